@@ -1,1 +1,30 @@
-//! placeholder
+//! Portico's reconcilers.
+//!
+//! Each reconciler is an in-memory index fed with the objects it watches
+//! (`reset` on a relist, `apply` on a change, `delete` on a removal). It
+//! decides in memory and returns [`Write`]s; it never talks to the API
+//! itself. A thin writer carries the writes out: [`ApiWriter`] with
+//! server-side apply in a cluster, the local store writer in `portico local`.
+//! The same reconciler code therefore runs in both places.
+//!
+//! ```text
+//!  watch events / manifests ──> reconciler index ──> Vec<Write> ──> ApiWriter  (cluster, leader only)
+//!     (reset/apply/delete)      (pure, in memory)               └─> local stores (portico local)
+//! ```
+//!
+//! Reconcilers:
+//! - [`clusterip`]: ClusterIP allocation from `--service-cluster-ip-range`
+//!   (allocates in `portico local`, audits in a cluster).
+
+#![forbid(unsafe_code)]
+
+pub mod clusterip;
+pub mod error;
+pub mod k8s;
+pub mod metrics;
+pub mod network;
+pub mod write;
+
+pub use error::{Error, Result};
+pub use network::NetworkConfig;
+pub use write::{ApiWriter, Apply, EventRecord, Target, TargetKind, Write};

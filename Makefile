@@ -1,0 +1,70 @@
+# The commands people type. `make test` is what CI runs (via .ci/run).
+SHELL := bash
+CARGO ?= cargo
+BIN := target/debug/portico
+APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils
+
+.PHONY: all deps build test test-only lint fmt demo bench crds check-generated e2e clean
+
+all: build
+
+## deps: install what building and testing need (idempotent; Debian/Ubuntu as root)
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing Debian packages:$$missing (install them as root; tests that need them will skip)"; \
+	  fi; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+## build: the portico binary and every crate
+build:
+	$(CARGO) build --workspace --all-targets
+
+## test: deps, formatting, lints, every test, and the generated-file drift check
+test: deps lint test-only check-generated
+
+test-only:
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+## lint: rustfmt and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## demo: portico local on the bundled lab example
+demo:
+	$(CARGO) build --bin portico
+	$(BIN) local -f examples/lab.yaml \
+	  --service-cluster-ip-range 10.96.0.0/12 --cluster-cidr 20.96.0.0/12 \
+	  --show services,events
+
+## bench: criterion and scale benchmarks (results go in docs/benchmarks.md)
+bench:
+	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
+
+## crds: regenerate the CRD YAML in crds/
+crds:
+	$(CARGO) build --bin portico
+	rm -f crds/*.yaml
+	$(BIN) crds --out-dir crds
+
+## check-generated: fail when generated files differ from what is committed
+check-generated:
+	$(CARGO) build --bin portico
+	scripts/check-generated.sh $(BIN)
+
+clean:
+	$(CARGO) clean

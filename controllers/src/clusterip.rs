@@ -1,0 +1,661 @@
+//! ClusterIP allocation from `--service-cluster-ip-range`.
+//!
+//! One index over all Services, backed by one [`Pool`] per service range.
+//! It runs in one of two modes:
+//!
+//! - [`Mode::Allocate`] (`portico local`, where Portico is the allocator): a
+//!   Service without ClusterIPs gets them according to `ipFamilyPolicy` and
+//!   `ipFamilies`; a requested `clusterIP` is honoured when it is in range and
+//!   free; otherwise the Service gets no address, a Warning Event and the
+//!   condition `portico.dev/ClusterIPAllocated=False` that says why.
+//! - [`Mode::Audit`] (a cluster, where kube-apiserver allocates): the index
+//!   mirrors what the Services hold and reports duplicates and addresses
+//!   outside every range with an Event, and in `portico_clusterip_*` metrics.
+//!
+//! ```text
+//!   reset(all) / apply(svc) / delete(svc)
+//!            │
+//!            v
+//!   ┌──────────────── ClusterIpController ────────────────┐
+//!   │ held:    ns/name -> [10.96.0.10, fd00::a]           │
+//!   │ holders: 10.96.0.10 -> ns/name                      │──> Vec<Write>
+//!   │ ranges:  10.96.0.0/12 -> Pool,  fd00::/108 -> Pool  │   (spec/status apply, Events)
+//!   │ blocked: services with problems, retried on release │
+//!   └─────────────────────────────────────────────────────┘
+//! ```
+//!
+//! State is rebuilt from the Services on every relist (`reset`): Services
+//! that already hold addresses are adopted first, oldest first, so the older
+//! of two Services holding the same address keeps it, and nothing new is
+//! handed out before every existing address is known.
+
+use crate::k8s::{Key, Service, is_headless, service_condition, service_type, stated_cluster_ips};
+use crate::metrics::{ClusterIpMetrics, ProblemReason, RangeState};
+use crate::network::{NetworkConfig, family_of_net};
+use crate::write::Write;
+use crate::{Error, Result};
+use ipnet::IpNet;
+use portico_crds::names::{CONDITION_CLUSTER_IP_ALLOCATED, KUBERNETES_SERVICE, reasons};
+use portico_ipam::{AllocError, Family, Pool, PoolOptions, Usage};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+/// Whether Portico allocates ClusterIPs or only audits them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Portico is the allocator (`portico local`).
+    Allocate,
+    /// kube-apiserver allocates; Portico mirrors and reports (a cluster).
+    Audit,
+}
+
+/// Why a Service does not (fully) hold the ClusterIPs it should.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Another Service holds the address.
+    Duplicate {
+        /// The address.
+        ip: IpAddr,
+        /// The Service that holds it.
+        holder: Key,
+    },
+    /// The address is in no service range.
+    OutOfRange {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// The address is reserved (network, broadcast, or the `kubernetes` Service's).
+    Reserved {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// No free address is left in the range.
+    RangeFull {
+        /// The range.
+        range: IpNet,
+    },
+    /// The Service needs a family that has no service range.
+    FamilyNotConfigured {
+        /// The family.
+        family: Family,
+    },
+    /// The Service's spec is inconsistent (bad address, policy, families).
+    InvalidSpec {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Problem {
+    /// The Event reason and metric label of this problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::Duplicate { .. } => reasons::DUPLICATE_CLUSTER_IP,
+            Problem::OutOfRange { .. } => reasons::CLUSTER_IP_OUT_OF_RANGE,
+            _ => reasons::CLUSTER_IP_NOT_ALLOCATED,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Duplicate { ip, holder } => {
+                write!(f, "clusterIP {ip} is already held by Service {holder}")
+            }
+            Problem::OutOfRange { ip } => {
+                write!(f, "clusterIP {ip} is outside every service range")
+            }
+            Problem::Reserved { ip } => write!(
+                f,
+                "clusterIP {ip} is reserved (network, broadcast, or the kubernetes Service's address)"
+            ),
+            Problem::RangeFull { range } => {
+                write!(f, "service range {range} has no free address left")
+            }
+            Problem::FamilyNotConfigured { family } => write!(
+                f,
+                "the Service needs an {family} address but no {family} service range is configured"
+            ),
+            Problem::InvalidSpec { message } => f.write_str(message),
+        }
+    }
+}
+
+struct Range {
+    cidr: IpNet,
+    family: Family,
+    pool: Pool,
+}
+
+/// A Service whose ClusterIPs are in trouble, kept to retry it when
+/// addresses are released.
+struct Blocked {
+    svc: Service,
+    problems: Vec<Problem>,
+}
+
+/// The ClusterIP index. See the module documentation.
+pub struct ClusterIpController {
+    mode: Mode,
+    ranges: Vec<Range>,
+    held: HashMap<Key, Vec<IpAddr>>,
+    holders: HashMap<IpAddr, Key>,
+    blocked: BTreeMap<Key, Blocked>,
+    metrics: ClusterIpMetrics,
+    seed: Option<u64>,
+}
+
+impl ClusterIpController {
+    /// An empty index over the service ranges of `net`.
+    pub fn new(net: &NetworkConfig, mode: Mode, metrics: ClusterIpMetrics) -> Result<Self> {
+        let mut ctrl = ClusterIpController {
+            mode,
+            ranges: Vec::new(),
+            held: HashMap::new(),
+            holders: HashMap::new(),
+            blocked: BTreeMap::new(),
+            metrics,
+            seed: None,
+        };
+        for cidr in &net.service_ranges {
+            let pool =
+                Pool::parse(&[cidr.to_string()], PoolOptions::service_range()).map_err(|e| {
+                    Error::Config {
+                        flag: "--service-cluster-ip-range",
+                        message: e.to_string(),
+                    }
+                })?;
+            ctrl.ranges.push(Range {
+                cidr: *cidr,
+                family: family_of_net(cidr),
+                pool,
+            });
+        }
+        ctrl.publish_metrics();
+        Ok(ctrl)
+    }
+
+    /// Makes dynamic allocation deterministic (tests).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self.ranges = std::mem::take(&mut self.ranges)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Range {
+                pool: r.pool.with_seed(seed.wrapping_add(i as u64)),
+                ..r
+            })
+            .collect();
+        self
+    }
+
+    /// Rebuilds the index from every Service (a relist). Services that hold
+    /// addresses are adopted first, oldest first; then the others are served.
+    /// Problems already reported before the reset are not reported again.
+    pub fn reset<'a>(&mut self, services: impl IntoIterator<Item = &'a Service>) -> Vec<Write> {
+        for range in &mut self.ranges {
+            for ip in range.pool.allocated().collect::<Vec<_>>() {
+                range.pool.release(ip);
+            }
+        }
+        self.held.clear();
+        self.holders.clear();
+        let reported: BTreeMap<Key, Vec<Problem>> = std::mem::take(&mut self.blocked)
+            .into_iter()
+            .map(|(k, b)| (k, b.problems))
+            .collect();
+
+        let mut ordered: Vec<&Service> = services.into_iter().collect();
+        ordered.sort_by_cached_key(|s| {
+            (
+                stated_cluster_ips(s).is_empty(),
+                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                Key::of(*s),
+            )
+        });
+        let mut writes = Vec::new();
+        for svc in ordered {
+            let previous = reported.get(&Key::of(svc)).cloned().unwrap_or_default();
+            writes.extend(self.evaluate(svc, Vec::new(), &previous));
+        }
+        self.publish_metrics();
+        writes
+    }
+
+    /// A Service was added or changed.
+    pub fn apply(&mut self, svc: &Service) -> Vec<Write> {
+        let key = Key::of(svc);
+        let old = self.held.remove(&key).unwrap_or_default();
+        let reported = self
+            .blocked
+            .remove(&key)
+            .map(|b| b.problems)
+            .unwrap_or_default();
+        let released = self.release_all(&old);
+        let mut writes = self.evaluate(svc, old, &reported);
+        if released {
+            writes.extend(self.retry_blocked(&key));
+        }
+        self.publish_metrics();
+        writes
+    }
+
+    /// A Service was deleted: its addresses are released, and Services that
+    /// were waiting for them are served.
+    pub fn delete(&mut self, svc: &Service) -> Vec<Write> {
+        let key = Key::of(svc);
+        self.blocked.remove(&key);
+        let old = self.held.remove(&key).unwrap_or_default();
+        let writes = if self.release_all(&old) {
+            self.retry_blocked(&key)
+        } else {
+            Vec::new()
+        };
+        self.publish_metrics();
+        writes
+    }
+
+    /// The Service that holds `ip`.
+    pub fn holder(&self, ip: IpAddr) -> Option<&Key> {
+        self.holders.get(&ip)
+    }
+
+    /// The addresses a Service holds.
+    pub fn held(&self, key: &Key) -> &[IpAddr] {
+        self.held.get(key).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The problems of a Service, if it has any.
+    pub fn problems(&self, key: &Key) -> &[Problem] {
+        self.blocked
+            .get(key)
+            .map(|b| b.problems.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Usage of every service range.
+    pub fn usage(&self) -> Vec<(IpNet, Usage)> {
+        self.ranges
+            .iter()
+            .map(|r| (r.cidr, r.pool.usage(r.family)))
+            .collect()
+    }
+
+    fn release_all(&mut self, ips: &[IpAddr]) -> bool {
+        for ip in ips {
+            self.holders.remove(ip);
+            if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(ip)) {
+                r.pool.release(*ip);
+            }
+        }
+        !ips.is_empty()
+    }
+
+    /// Serves again the blocked Services (except `skip`), since addresses
+    /// they wanted may be free now.
+    fn retry_blocked(&mut self, skip: &Key) -> Vec<Write> {
+        let keys: Vec<Key> = self
+            .blocked
+            .keys()
+            .filter(|k| *k != skip)
+            .cloned()
+            .collect();
+        let mut writes = Vec::new();
+        for key in keys {
+            if let Some(b) = self.blocked.remove(&key) {
+                writes.extend(self.evaluate(&b.svc, Vec::new(), &b.problems));
+            }
+        }
+        writes
+    }
+
+    /// Works out what `svc` holds, records it, and returns the writes.
+    /// `previous` are the addresses it held before (already released), used
+    /// when its spec does not show them yet; `reported` the problems already
+    /// reported, so they are not reported twice.
+    fn evaluate(
+        &mut self,
+        svc: &Service,
+        previous: Vec<IpAddr>,
+        reported: &[Problem],
+    ) -> Vec<Write> {
+        let key = Key::of(svc);
+        if service_type(svc) == "ExternalName" || is_headless(svc) {
+            return Vec::new();
+        }
+        let (held, problems) = match self.mode {
+            Mode::Audit => self.audit(svc, &key),
+            Mode::Allocate => match self.allocate(svc, &key, &previous) {
+                Ok(ips) => (ips, Vec::new()),
+                Err(p) => (Vec::new(), vec![p]),
+            },
+        };
+        let mut writes = Vec::new();
+        if self.mode == Mode::Allocate {
+            let was_blocked = !reported.is_empty();
+            writes.extend(self.allocation_writes(svc, &held, problems.first(), was_blocked));
+        }
+        for p in problems.iter().filter(|p| !reported.contains(p)) {
+            let action = match self.mode {
+                Mode::Audit => "Audit",
+                Mode::Allocate => "Allocate",
+            };
+            writes.push(Write::event(svc, true, p.reason(), action, p.to_string()));
+        }
+        if !held.is_empty() {
+            self.held.insert(key.clone(), held);
+        }
+        if !problems.is_empty() {
+            self.blocked.insert(
+                key,
+                Blocked {
+                    svc: svc.clone(),
+                    problems,
+                },
+            );
+        }
+        writes
+    }
+
+    /// Audit: hold every stated address that is free and in range; report the rest.
+    fn audit(&mut self, svc: &Service, key: &Key) -> (Vec<IpAddr>, Vec<Problem>) {
+        let mut held = Vec::new();
+        let mut problems = Vec::new();
+        for stated in stated_cluster_ips(svc) {
+            let result = parse_ip(&stated).and_then(|ip| self.claim(ip, key, true).map(|()| ip));
+            match result {
+                Ok(ip) => held.push(ip),
+                Err(p) => problems.push(p),
+            }
+        }
+        (held, problems)
+    }
+
+    /// Allocate: all the addresses the Service needs, or none.
+    fn allocate(
+        &mut self,
+        svc: &Service,
+        key: &Key,
+        previous: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, Problem> {
+        let mut stated = stated_cluster_ips(svc)
+            .iter()
+            .map(|s| parse_ip(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if stated.is_empty() {
+            stated = previous.to_vec();
+        }
+        let plan = self.plan(svc, &stated)?;
+        let allow_reserved = (key.namespace.as_str(), key.name.as_str()) == KUBERNETES_SERVICE;
+        let mut got: Vec<IpAddr> = Vec::new();
+        for (family, wanted) in plan {
+            let result = match wanted {
+                Some(ip) => self.claim(ip, key, allow_reserved).map(|()| ip),
+                None => self.allocate_dynamic(family, key),
+            };
+            match result {
+                Ok(ip) => got.push(ip),
+                Err(p) => {
+                    self.release_all(&got);
+                    return Err(p);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// The families a Service needs, in order, each with the address it asks for.
+    fn plan(
+        &self,
+        svc: &Service,
+        stated: &[IpAddr],
+    ) -> Result<Vec<(Family, Option<IpAddr>)>, Problem> {
+        let invalid = |message: String| Problem::InvalidSpec { message };
+        let spec = svc.spec.clone().unwrap_or_default();
+        let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
+        let families = spec
+            .ip_families
+            .unwrap_or_default()
+            .iter()
+            .map(|f| match f.as_str() {
+                "IPv4" => Ok(Family::V4),
+                "IPv6" => Ok(Family::V6),
+                other => Err(invalid(format!(
+                    "ipFamilies: {other:?} is not a family (IPv4 or IPv6)"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
+            return Err(invalid(format!(
+                "ipFamilies {families:?}: give each family at most once"
+            )));
+        }
+        if stated.len() > 2 || (stated.len() == 2 && Family::of(stated[0]) == Family::of(stated[1]))
+        {
+            return Err(invalid(format!(
+                "clusterIPs {stated:?}: give at most one address per family"
+            )));
+        }
+        for (i, (ip, fam)) in stated.iter().zip(&families).enumerate() {
+            if Family::of(*ip) != *fam {
+                return Err(invalid(format!(
+                    "clusterIPs[{i}] {ip} is {} but ipFamilies[{i}] is {fam}",
+                    Family::of(*ip)
+                )));
+            }
+        }
+        let configured: Vec<Family> = self.ranges.iter().map(|r| r.family).collect();
+        let Some(primary) = families
+            .first()
+            .copied()
+            .or_else(|| stated.first().map(|ip| Family::of(*ip)))
+            .or_else(|| configured.first().copied())
+        else {
+            return Err(invalid("no service range is configured".to_owned()));
+        };
+        let secondary = match primary {
+            Family::V4 => Family::V6,
+            Family::V6 => Family::V4,
+        };
+        let asks_two = families.len() > 1 || stated.len() > 1;
+        let wanted = match policy {
+            "SingleStack" if asks_two => {
+                return Err(invalid(
+                    "ipFamilyPolicy SingleStack allows one family, but the Service names two"
+                        .to_owned(),
+                ));
+            }
+            "SingleStack" => vec![primary],
+            "PreferDualStack" if asks_two || configured.contains(&secondary) => {
+                vec![primary, secondary]
+            }
+            "PreferDualStack" => vec![primary],
+            "RequireDualStack" => vec![primary, secondary],
+            other => {
+                return Err(invalid(format!(
+                    "ipFamilyPolicy {other:?} is not SingleStack, PreferDualStack or RequireDualStack"
+                )));
+            }
+        };
+        wanted
+            .into_iter()
+            .map(|family| {
+                if !configured.contains(&family) {
+                    return Err(Problem::FamilyNotConfigured { family });
+                }
+                Ok((
+                    family,
+                    stated.iter().copied().find(|ip| Family::of(*ip) == family),
+                ))
+            })
+            .collect()
+    }
+
+    /// Marks `ip` as held by `key`.
+    fn claim(&mut self, ip: IpAddr, key: &Key, allow_reserved: bool) -> Result<(), Problem> {
+        if let Some(holder) = self.holders.get(&ip) {
+            let holder = holder.clone();
+            return Err(if &holder == key {
+                Problem::InvalidSpec {
+                    message: format!("clusterIPs lists {ip} twice"),
+                }
+            } else {
+                Problem::Duplicate { ip, holder }
+            });
+        }
+        let Some(range) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip)) else {
+            return Err(Problem::OutOfRange { ip });
+        };
+        let result = match range.pool.allocate_ip(ip) {
+            Err(AllocError::Reserved { .. }) if allow_reserved => {
+                range.pool.allocate_reserved_ip(ip)
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => {
+                self.holders.insert(ip, key.clone());
+                Ok(())
+            }
+            Err(AllocError::OutOfRange { .. }) | Err(AllocError::Reserved { .. }) => {
+                Err(Problem::Reserved { ip })
+            }
+            Err(e) => Err(Problem::InvalidSpec {
+                message: format!("clusterIP {ip}: {e}"),
+            }),
+        }
+    }
+
+    fn allocate_dynamic(&mut self, family: Family, key: &Key) -> Result<IpAddr, Problem> {
+        let Some(range) = self.ranges.iter_mut().find(|r| r.family == family) else {
+            return Err(Problem::FamilyNotConfigured { family });
+        };
+        let ip = range
+            .pool
+            .allocate(family)
+            .map_err(|_| Problem::RangeFull { range: range.cidr })?;
+        self.holders.insert(ip, key.clone());
+        Ok(ip)
+    }
+
+    /// In allocate mode: the spec and status writes that make the Service
+    /// show what it holds (or why it holds nothing).
+    /// `was_blocked`: the Service had problems, so a `False` condition was
+    /// written even if `svc` does not show it yet.
+    fn allocation_writes(
+        &self,
+        svc: &Service,
+        held: &[IpAddr],
+        problem: Option<&Problem>,
+        was_blocked: bool,
+    ) -> Vec<Write> {
+        let mut writes = Vec::new();
+        let condition = service_condition(svc, CONDITION_CLUSTER_IP_ALLOCATED);
+        if let Some(p) = problem {
+            let same = condition.is_some_and(|c| c.status == "False" && c.message == p.to_string());
+            if !same {
+                writes.push(Write::apply_service_status(
+                    svc,
+                    json!({ "conditions": [condition_json(svc, "False", p.reason(), &p.to_string())] }),
+                ));
+            }
+            return writes;
+        }
+        let spec = svc.spec.clone().unwrap_or_default();
+        let ips: Vec<String> = held.iter().map(ToString::to_string).collect();
+        let families: Vec<String> = held.iter().map(|ip| Family::of(*ip).to_string()).collect();
+        let policy = spec
+            .ip_family_policy
+            .clone()
+            .unwrap_or_else(|| "SingleStack".to_owned());
+        let unchanged = spec.cluster_ip.as_deref() == ips.first().map(String::as_str)
+            && spec.cluster_ips.as_deref() == Some(ips.as_slice())
+            && spec.ip_families.as_deref() == Some(families.as_slice())
+            && spec.ip_family_policy.as_deref() == Some(policy.as_str());
+        if !unchanged {
+            writes.push(Write::apply_service(
+                svc,
+                json!({
+                    "clusterIP": ips.first(),
+                    "clusterIPs": ips,
+                    "ipFamilies": families,
+                    "ipFamilyPolicy": policy,
+                }),
+            ));
+            let stated = stated_cluster_ips(svc);
+            if stated != ips {
+                writes.push(Write::event(
+                    svc,
+                    false,
+                    reasons::CLUSTER_IP_ALLOCATED,
+                    "Allocate",
+                    format!("allocated ClusterIPs {}", ips.join(", ")),
+                ));
+            }
+        }
+        if was_blocked || condition.is_some_and(|c| c.status != "True") {
+            writes.push(Write::apply_service_status(
+                svc,
+                json!({ "conditions": [condition_json(svc, "True", "Allocated", "the Service holds its ClusterIPs")] }),
+            ));
+        }
+        writes
+    }
+
+    fn publish_metrics(&self) {
+        for r in &self.ranges {
+            let usage = r.pool.usage(r.family);
+            for (state, value) in [("used", usage.used), ("free", usage.free)] {
+                self.metrics
+                    .addresses
+                    .get_or_create(&RangeState {
+                        range: r.cidr.to_string(),
+                        state,
+                    })
+                    .set(value as f64);
+            }
+        }
+        let mut counts: BTreeMap<&'static str, i64> = [
+            reasons::DUPLICATE_CLUSTER_IP,
+            reasons::CLUSTER_IP_OUT_OF_RANGE,
+            reasons::CLUSTER_IP_NOT_ALLOCATED,
+        ]
+        .into_iter()
+        .map(|r| (r, 0))
+        .collect();
+        for b in self.blocked.values() {
+            if let Some(p) = b.problems.first() {
+                *counts.entry(p.reason()).or_default() += 1;
+            }
+        }
+        for (reason, n) in counts {
+            self.metrics
+                .problems
+                .get_or_create(&ProblemReason { reason })
+                .set(n);
+        }
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, Problem> {
+    s.parse().map_err(|_| Problem::InvalidSpec {
+        message: format!("clusterIP {s:?} is not an IP address"),
+    })
+}
+
+fn condition_json(svc: &Service, status: &str, reason: &str, message: &str) -> serde_json::Value {
+    json!({
+        "type": CONDITION_CLUSTER_IP_ALLOCATED,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": svc.metadata.generation,
+        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

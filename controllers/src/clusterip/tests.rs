@@ -1,0 +1,410 @@
+//! ClusterIP index tests.
+//!
+//! Address conventions: IPv4 service range 10.96.0.0/12 (10.96.0.1 belongs to
+//! `default/kubernetes`), IPv6 service range fd00:10:96::/108, pod network
+//! 10.244.0.0/16. Small ranges (/28) where exhaustion matters.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::write::Apply;
+use k8s_openapi::DeepMerge;
+use k8s_openapi::api::core::v1::ServiceSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+fn net(services: &str) -> NetworkConfig {
+    NetworkConfig::parse(services, "10.244.0.0/16").unwrap()
+}
+
+fn ctrl(services: &str, mode: Mode) -> ClusterIpController {
+    ClusterIpController::new(&net(services), mode, ClusterIpMetrics::default())
+        .unwrap()
+        .with_seed(7)
+}
+
+fn mk_svc(ns: &str, name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some([("app".to_owned(), name.to_owned())].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn with_spec(mut svc: Service, f: impl FnOnce(&mut ServiceSpec)) -> Service {
+    f(svc.spec.get_or_insert_with(Default::default));
+    svc
+}
+
+fn requesting(svc: Service, ips: &[&str]) -> Service {
+    with_spec(svc, |s| {
+        s.cluster_ip = ips.first().map(|s| s.to_string());
+        s.cluster_ips = Some(ips.iter().map(|s| s.to_string()).collect());
+    })
+}
+
+fn created_at(mut svc: Service, secs: i64) -> Service {
+    svc.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(),
+    ));
+    svc
+}
+
+/// Merges the spec/status applies of `writes` into `svc`, as the local store does.
+fn merged(svc: &Service, writes: &[Write]) -> Service {
+    let mut out = svc.clone();
+    for w in writes {
+        if let Write::Apply(Apply { patch, .. }) = w {
+            let patch: Service = serde_json::from_value(patch.clone()).unwrap();
+            out.merge_from(patch);
+        }
+    }
+    out
+}
+
+fn events(writes: &[Write]) -> Vec<(bool, String, String)> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Event(e) => Some((e.warning, e.reason.clone(), e.note.clone())),
+            Write::Apply(_) => None,
+        })
+        .collect()
+}
+
+fn ips(svc: &Service) -> Vec<String> {
+    svc.spec
+        .as_ref()
+        .unwrap()
+        .cluster_ips
+        .clone()
+        .unwrap_or_default()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[track_caller]
+fn assert_condition(svc: &Service, status: &str, needle: &str) {
+    let c = service_condition(svc, CONDITION_CLUSTER_IP_ALLOCATED).expect("condition");
+    assert_eq!(c.status, status);
+    assert!(
+        c.message.contains(needle),
+        "{:?} does not contain {needle:?}",
+        c.message
+    );
+}
+
+#[test]
+fn service_without_cluster_ip_gets_one_from_the_upper_band_of_the_range() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let svc = mk_svc("default", "web");
+    let writes = c.apply(&svc);
+    let svc = merged(&svc, &writes);
+    let got = ips(&svc);
+    assert_eq!(got.len(), 1);
+    let addr = ip(&got[0]);
+    assert!("10.96.0.0/12".parse::<IpNet>().unwrap().contains(&addr));
+    // KEP-3070: the lowest 256 addresses are kept for static requests.
+    assert!(
+        u32::from(match addr {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => unreachable!(),
+        }) >= u32::from(std::net::Ipv4Addr::new(10, 96, 1, 0))
+    );
+    let spec = svc.spec.as_ref().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some(got[0].as_str()));
+    assert_eq!(spec.ip_families.as_deref(), Some(&["IPv4".to_owned()][..]));
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+    assert_eq!(
+        events(&writes),
+        vec![(
+            false,
+            "ClusterIPAllocated".into(),
+            format!("allocated ClusterIPs {}", got[0])
+        )]
+    );
+    assert_eq!(c.holder(addr), Some(&Key::new("default", "web")));
+}
+
+#[test]
+fn unchanged_service_causes_no_writes() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let svc = mk_svc("default", "web");
+    let svc = merged(&svc, &c.apply(&svc));
+    assert!(c.apply(&svc).is_empty());
+    assert!(c.reset([&svc]).is_empty());
+    assert_eq!(ips(&svc).len(), 1);
+}
+
+#[test]
+fn allocation_survives_a_reapply_before_the_write_lands() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let svc = mk_svc("default", "web");
+    let first = merged(&svc, &c.apply(&svc));
+    let again = merged(&svc, &c.apply(&svc));
+    assert_eq!(ips(&first), ips(&again));
+}
+
+#[test]
+fn requested_cluster_ip_in_range_is_honoured_even_in_the_static_band() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let svc = requesting(mk_svc("default", "dns"), &["10.96.0.10"]);
+    let writes = c.apply(&svc);
+    let svc = merged(&svc, &writes);
+    assert_eq!(ips(&svc), vec!["10.96.0.10"]);
+    assert!(
+        events(&writes).is_empty(),
+        "a granted request is not news: {writes:?}"
+    );
+    assert_eq!(
+        c.holder(ip("10.96.0.10")),
+        Some(&Key::new("default", "dns"))
+    );
+}
+
+#[test]
+fn requested_cluster_ip_outside_the_range_gets_no_address_an_event_and_a_condition() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let svc = requesting(mk_svc("default", "odd"), &["10.200.0.1"]);
+    let writes = c.apply(&svc);
+    assert_eq!(
+        events(&writes),
+        vec![(
+            true,
+            "ClusterIPOutOfRange".into(),
+            "clusterIP 10.200.0.1 is outside every service range".into()
+        )]
+    );
+    let svc = merged(&svc, &writes);
+    assert_condition(&svc, "False", "outside every service range");
+    assert!(c.held(&Key::new("default", "odd")).is_empty());
+    assert_eq!(c.problems(&Key::new("default", "odd")).len(), 1);
+    // Reconciling again reports nothing new.
+    assert!(c.apply(&svc).is_empty());
+}
+
+#[test]
+fn requested_cluster_ip_held_by_another_service_is_refused_until_released() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let a = requesting(mk_svc("default", "a"), &["10.96.0.20"]);
+    let b = requesting(mk_svc("default", "b"), &["10.96.0.20"]);
+    let a = merged(&a, &c.apply(&a));
+    let writes = c.apply(&b);
+    assert_eq!(
+        events(&writes),
+        vec![(
+            true,
+            "DuplicateClusterIP".into(),
+            "clusterIP 10.96.0.20 is already held by Service default/a".into()
+        )]
+    );
+    let b = merged(&b, &writes);
+    assert_condition(&b, "False", "already held by Service default/a");
+
+    // Deleting a frees the address, and b, which waited for it, gets it.
+    let writes = c.delete(&a);
+    let b = merged(&b, &writes);
+    assert_eq!(c.holder(ip("10.96.0.20")), Some(&Key::new("default", "b")));
+    assert_condition(&b, "True", "holds its ClusterIPs");
+}
+
+#[test]
+fn headless_and_external_name_services_get_no_address() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let headless = requesting(mk_svc("default", "db"), &["None"]);
+    let ext = with_spec(mk_svc("default", "ext-github"), |s| {
+        s.type_ = Some("ExternalName".into());
+        s.external_name = Some("github.com".into());
+        s.selector = None;
+    });
+    assert!(c.apply(&headless).is_empty());
+    assert!(c.apply(&ext).is_empty());
+    assert_eq!(c.usage()[0].1.used, 0);
+}
+
+#[test]
+fn dual_stack_follows_ip_family_policy_and_families() {
+    let mut c = ctrl("10.96.0.0/12,fd00:10:96::/108", Mode::Allocate);
+    let prefer = with_spec(mk_svc("default", "prefer"), |s| {
+        s.ip_family_policy = Some("PreferDualStack".into());
+        s.ip_families = Some(vec!["IPv6".into()]);
+    });
+    let got = ips(&merged(&prefer, &c.apply(&prefer)));
+    assert_eq!(got.len(), 2);
+    assert!(ip(&got[0]).is_ipv6() && ip(&got[1]).is_ipv4(), "{got:?}");
+
+    let single = mk_svc("default", "single");
+    let got = ips(&merged(&single, &c.apply(&single)));
+    assert_eq!(got.len(), 1);
+    assert!(
+        ip(&got[0]).is_ipv4(),
+        "the primary family is the first range's"
+    );
+
+    // Only IPv4 configured: PreferDualStack gets one, RequireDualStack none.
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let prefer = with_spec(mk_svc("default", "prefer"), |s| {
+        s.ip_family_policy = Some("PreferDualStack".into());
+    });
+    assert_eq!(ips(&merged(&prefer, &c.apply(&prefer))).len(), 1);
+    let require = with_spec(mk_svc("default", "require"), |s| {
+        s.ip_family_policy = Some("RequireDualStack".into());
+    });
+    let writes = c.apply(&require);
+    let require = merged(&require, &writes);
+    assert!(ips(&require).is_empty());
+    assert_condition(
+        &require,
+        "False",
+        "needs an IPv6 address but no IPv6 service range",
+    );
+}
+
+#[test]
+fn inconsistent_specs_are_reported_not_allocated() {
+    let mut c = ctrl("10.96.0.0/12,fd00:10:96::/108", Mode::Allocate);
+    for (svc, needle) in [
+        (
+            with_spec(mk_svc("default", "a"), |s| {
+                s.ip_families = Some(vec!["IPv5".into()])
+            }),
+            "\"IPv5\" is not a family",
+        ),
+        (
+            requesting(mk_svc("default", "b"), &["10.96.0.30", "fd00:10:96::30"]),
+            "SingleStack allows one family",
+        ),
+        (
+            requesting(mk_svc("default", "c"), &["banana"]),
+            "\"banana\" is not an IP address",
+        ),
+        (
+            with_spec(requesting(mk_svc("default", "d"), &["10.96.0.31"]), |s| {
+                s.ip_families = Some(vec!["IPv6".into()])
+            }),
+            "clusterIPs[0] 10.96.0.31 is IPv4 but ipFamilies[0] is IPv6",
+        ),
+    ] {
+        let writes = c.apply(&svc);
+        let svc = merged(&svc, &writes);
+        assert_condition(&svc, "False", needle);
+        assert_eq!(events(&writes).len(), 1);
+    }
+    assert_eq!(c.usage().iter().map(|(_, u)| u.used).sum::<u128>(), 0);
+}
+
+#[test]
+fn the_first_address_belongs_to_the_kubernetes_service() {
+    let mut c = ctrl("10.96.0.0/12", Mode::Allocate);
+    let thief = requesting(mk_svc("default", "thief"), &["10.96.0.1"]);
+    let thief = merged(&thief, &c.apply(&thief));
+    assert_condition(&thief, "False", "reserved");
+    let k = requesting(mk_svc("default", "kubernetes"), &["10.96.0.1"]);
+    let k = merged(&k, &c.apply(&k));
+    assert_eq!(ips(&k), vec!["10.96.0.1"]);
+}
+
+#[test]
+fn a_full_range_is_reported_and_a_release_serves_the_waiting_service() {
+    // A /28 has 16 addresses: no static band, network and broadcast and
+    // 10.96.0.1 reserved, so 13 to hand out.
+    let mut c = ctrl("10.96.0.0/28", Mode::Allocate);
+    let mut held = Vec::new();
+    for i in 0..13 {
+        let svc = mk_svc("default", &format!("s{i}"));
+        let svc = merged(&svc, &c.apply(&svc));
+        assert_eq!(ips(&svc).len(), 1, "s{i}");
+        held.push(svc);
+    }
+    let late = mk_svc("default", "late");
+    let writes = c.apply(&late);
+    let late = merged(&late, &writes);
+    assert_condition(&late, "False", "10.96.0.0/28 has no free address left");
+    let writes = c.delete(&held[3]);
+    let late = merged(&late, &writes);
+    assert_eq!(ips(&late), ips(&held[3]), "{writes:#?}");
+}
+
+#[test]
+fn reset_adopts_existing_addresses_before_allocating_and_the_oldest_keeps_a_duplicate() {
+    let mut c = ctrl("10.96.0.0/28", Mode::Allocate);
+    let newcomer = created_at(mk_svc("default", "new"), 0);
+    let old = created_at(requesting(mk_svc("default", "old"), &["10.96.0.5"]), 10);
+    let young = created_at(requesting(mk_svc("default", "young"), &["10.96.0.5"]), 20);
+    let writes = c.reset([&newcomer, &young, &old]);
+    assert_eq!(c.holder(ip("10.96.0.5")), Some(&Key::new("default", "old")));
+    assert_eq!(c.problems(&Key::new("default", "young")).len(), 1);
+    let newcomer = merged(&newcomer, &writes);
+    assert_ne!(ips(&newcomer), vec!["10.96.0.5"]);
+    assert_eq!(ips(&newcomer).len(), 1);
+}
+
+#[test]
+fn audit_mode_mirrors_the_cluster_and_reports_each_problem_once() {
+    let metrics = ClusterIpMetrics::default();
+    let mut c =
+        ClusterIpController::new(&net("10.96.0.0/12"), Mode::Audit, metrics.clone()).unwrap();
+    let k = requesting(mk_svc("default", "kubernetes"), &["10.96.0.1"]);
+    let a = created_at(requesting(mk_svc("default", "a"), &["10.96.5.5"]), 0);
+    let b = created_at(requesting(mk_svc("team", "b"), &["10.96.5.5"]), 1);
+    let out = requesting(mk_svc("default", "out"), &["10.200.0.9"]);
+    let fresh = mk_svc("default", "not-yet-allocated");
+    let writes = c.reset([&k, &b, &a, &out, &fresh]);
+    assert_eq!(
+        events(&writes),
+        vec![
+            (
+                true,
+                "ClusterIPOutOfRange".into(),
+                "clusterIP 10.200.0.9 is outside every service range".into()
+            ),
+            (
+                true,
+                "DuplicateClusterIP".into(),
+                "clusterIP 10.96.5.5 is already held by Service default/a".into()
+            ),
+        ]
+    );
+    assert!(
+        writes.iter().all(|w| matches!(w, Write::Event(_))),
+        "audit mode only reports"
+    );
+    assert_eq!(
+        c.holder(ip("10.96.0.1")),
+        Some(&Key::new("default", "kubernetes"))
+    );
+    assert!(c.held(&Key::new("default", "not-yet-allocated")).is_empty());
+
+    // A relist reports nothing again; a change of b does not either.
+    assert!(c.reset([&k, &b, &a, &out]).is_empty());
+    assert!(c.apply(&b).is_empty());
+
+    let gauge = |reason| {
+        metrics
+            .problems
+            .get_or_create(&ProblemReason { reason })
+            .get()
+    };
+    assert_eq!(gauge("DuplicateClusterIP"), 1);
+    assert_eq!(gauge("ClusterIPOutOfRange"), 1);
+    let used = metrics
+        .addresses
+        .get_or_create(&RangeState {
+            range: "10.96.0.0/12".into(),
+            state: "used",
+        })
+        .get();
+    assert_eq!(used, 2.0);
+
+    // When a goes away, b holds the address without a problem.
+    assert!(c.delete(&a).is_empty());
+    assert_eq!(c.holder(ip("10.96.5.5")), Some(&Key::new("team", "b")));
+    assert_eq!(gauge("DuplicateClusterIP"), 0);
+}

@@ -1,0 +1,85 @@
+//! The Kubernetes types Portico uses, from one import path, and small helpers
+//! over them.
+
+pub use k8s_openapi::api::core::v1::{
+    Namespace, Node, ObjectReference, Pod, Service, ServicePort, ServiceSpec, ServiceStatus,
+};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+pub use kube::ResourceExt;
+
+use std::fmt;
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// Namespace (`default` when the object has none).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl Key {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Key {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of an object; objects without a namespace count as `default`.
+    pub fn of<K: kube::Resource>(obj: &K) -> Self {
+        Key {
+            namespace: obj.namespace().unwrap_or_else(|| "default".to_owned()),
+            name: obj.name_any(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Service `spec.type`, defaulting to `ClusterIP` as the API server does.
+pub fn service_type(svc: &Service) -> &str {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("ClusterIP")
+}
+
+/// Whether a Service is headless (`clusterIP: None`).
+pub fn is_headless(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .is_some_and(|ip| ip.eq_ignore_ascii_case("none"))
+}
+
+/// The ClusterIPs a Service states: `spec.clusterIPs`, or `spec.clusterIP`
+/// when the list is empty. Empty strings and `None` are left out.
+pub fn stated_cluster_ips(svc: &Service) -> Vec<String> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let list: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.clone(),
+        (_, Some(ip)) => vec![ip.clone()],
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .filter(|ip| !ip.is_empty() && !ip.eq_ignore_ascii_case("none"))
+        .collect()
+}
+
+/// The condition of `type_` in a Service's status.
+pub fn service_condition<'a>(svc: &'a Service, type_: &str) -> Option<&'a Condition> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}

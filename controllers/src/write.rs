@@ -1,0 +1,185 @@
+//! What reconcilers ask to be written, and the writer that sends it to the
+//! Kubernetes API.
+//!
+//! Reconcilers return [`Write`]s. In a cluster [`ApiWriter`] carries them out
+//! (server-side apply with Portico's field manager, Events through the events
+//! API); in `portico local` the binary merges them into its in-memory stores.
+
+use crate::Result;
+use crate::k8s::{ObjectReference, Service};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER};
+use serde_json::Value;
+
+/// A write that a reconciler decided on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Server-side apply of a partial object.
+    Apply(Apply),
+    /// An Event about an object.
+    Event(EventRecord),
+}
+
+/// The kinds of object reconcilers write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    /// `v1` Service.
+    Service,
+}
+
+/// The object a write is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Its kind.
+    pub kind: TargetKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A server-side apply: `patch` is the partial object Portico owns, with
+/// `apiVersion`, `kind` and `metadata.name`/`namespace`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Apply {
+    /// The object patched.
+    pub target: Target,
+    /// Whether the patch goes to the `status` subresource.
+    pub status: bool,
+    /// The partial object.
+    pub patch: Value,
+}
+
+/// An Event about one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    /// The object the Event is about.
+    pub regarding: ObjectReference,
+    /// `true` for `Warning`, `false` for `Normal`.
+    pub warning: bool,
+    /// Short PascalCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub note: String,
+    /// What the reconciler did (PascalCase).
+    pub action: String,
+}
+
+impl Write {
+    /// A server-side apply of a Service's spec fields.
+    pub fn apply_service(svc: &Service, spec: Value) -> Write {
+        Write::Apply(Apply {
+            target: Target::service(svc),
+            status: false,
+            patch: service_patch(svc, "spec", spec),
+        })
+    }
+
+    /// A server-side apply of a Service's status fields.
+    pub fn apply_service_status(svc: &Service, status: Value) -> Write {
+        Write::Apply(Apply {
+            target: Target::service(svc),
+            status: true,
+            patch: service_patch(svc, "status", status),
+        })
+    }
+
+    /// An Event about `obj`.
+    pub fn event<K: Resource<DynamicType = ()>>(
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) -> Write {
+        Write::Event(EventRecord {
+            regarding: obj.object_ref(&()),
+            warning,
+            reason: reason.to_owned(),
+            note: note.into(),
+            action: action.to_owned(),
+        })
+    }
+}
+
+impl Target {
+    /// The target for a Service.
+    pub fn service(svc: &Service) -> Target {
+        let key = crate::k8s::Key::of(svc);
+        Target {
+            kind: TargetKind::Service,
+            namespace: key.namespace,
+            name: key.name,
+        }
+    }
+}
+
+fn service_patch(svc: &Service, field: &str, value: Value) -> Value {
+    let key = crate::k8s::Key::of(svc);
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": key.name, "namespace": key.namespace },
+        field: value,
+    })
+}
+
+/// Carries [`Write`]s out against the Kubernetes API.
+#[derive(Clone)]
+pub struct ApiWriter {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl ApiWriter {
+    /// A writer that reports Events as `instance` (usually the pod name).
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: EVENT_REPORTER.to_owned(),
+            instance,
+        };
+        ApiWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
+    }
+
+    /// Sends one write: server-side apply (field manager `portico`, forced,
+    /// since Portico owns these fields) or an Event.
+    pub async fn write(&self, write: &Write) -> Result<()> {
+        match write {
+            Write::Apply(apply) => {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                let patch = Patch::Apply(&apply.patch);
+                let t = &apply.target;
+                match t.kind {
+                    TargetKind::Service => {
+                        let api: Api<Service> = Api::namespaced(self.client.clone(), &t.namespace);
+                        if apply.status {
+                            api.patch_status(&t.name, &params, &patch).await?;
+                        } else {
+                            api.patch(&t.name, &params, &patch).await?;
+                        }
+                    }
+                }
+            }
+            Write::Event(ev) => {
+                let event = Event {
+                    type_: if ev.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: ev.reason.clone(),
+                    note: Some(ev.note.clone()),
+                    action: ev.action.clone(),
+                    secondary: None,
+                };
+                self.recorder.publish(&event, &ev.regarding).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! The cluster-mode writer against a mock API server: each test asserts the
+//! exact request (method, path and query, content type, body) and answers as
+//! the API server would. Too few requests time out; too many fail the writer.
+#![allow(clippy::unwrap_used)]
+
+use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
+use kube::client::Body;
+use portico_controllers::{ApiWriter, Write};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tower_test::mock::{Handle, pair};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn mk_svc(ns: &str, name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            uid: Some("0b8d8c7a-5a8e-4c55-9a4e-3b5c1f7e2a10".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec::default()),
+        ..Default::default()
+    }
+}
+
+fn writer() -> (ApiWriter, ApiHandle) {
+    let (mock, handle) = pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(mock, "default");
+    (
+        ApiWriter::new(client, Some("portico-controller-0".into())),
+        handle,
+    )
+}
+
+/// Answers one request after checking it; returns its JSON body.
+async fn expect_request(
+    handle: &mut ApiHandle,
+    method: Method,
+    path_and_query: &str,
+    content_type: &str,
+    reply: Value,
+) -> Value {
+    let (request, send) = handle
+        .next_request()
+        .await
+        .expect("the writer sent no request");
+    assert_eq!(request.method(), method);
+    assert_eq!(request.uri().to_string(), path_and_query);
+    assert_eq!(request.headers().get("content-type").unwrap(), content_type);
+    let body = request.into_body().collect_bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+async fn run(writer: &ApiWriter, write: &Write) {
+    tokio::time::timeout(Duration::from_secs(1), writer.write(write))
+        .await
+        .expect("the writer timed out")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn service_spec_apply_is_a_forced_server_side_apply_with_portico_field_manager() {
+    let (writer, mut handle) = writer();
+    let svc = mk_svc("default", "api-tester");
+    let write = Write::apply_service(
+        &svc,
+        json!({ "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"] }),
+    );
+    let reply = serde_json::to_value(&svc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_request(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/default/services/api-tester?&force=true&fieldManager=portico",
+            "application/apply-patch+yaml",
+            reply,
+        )
+        .await
+    });
+    run(&writer, &write).await;
+    assert_eq!(
+        server.await.unwrap(),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": "api-tester", "namespace": "default" },
+            "spec": { "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"] }
+        })
+    );
+}
+
+#[tokio::test]
+async fn service_status_apply_goes_to_the_status_subresource() {
+    let (writer, mut handle) = writer();
+    let svc = mk_svc("team-a", "web");
+    let condition = json!({ "type": "portico.dev/ClusterIPAllocated", "status": "False", "reason": "ClusterIPOutOfRange", "message": "m" });
+    let write = Write::apply_service_status(&svc, json!({ "conditions": [condition.clone()] }));
+    let reply = serde_json::to_value(&svc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_request(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/team-a/services/web/status?&force=true&fieldManager=portico",
+            "application/apply-patch+yaml",
+            reply,
+        )
+        .await
+    });
+    run(&writer, &write).await;
+    let body = server.await.unwrap();
+    assert_eq!(body["status"], json!({ "conditions": [condition] }));
+    assert_eq!(body["kind"], "Service");
+}
+
+#[tokio::test]
+async fn a_duplicate_cluster_ip_is_reported_as_a_warning_event_on_the_service() {
+    let (writer, mut handle) = writer();
+    let svc = mk_svc("default", "b");
+    let write = Write::event(
+        &svc,
+        true,
+        "DuplicateClusterIP",
+        "Audit",
+        "clusterIP 10.96.5.5 is already held by Service default/a",
+    );
+    let server = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.expect("no request");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(
+            request.uri().to_string(),
+            "/apis/events.k8s.io/v1/namespaces/default/events?"
+        );
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        body
+    });
+    run(&writer, &write).await;
+    let body = server.await.unwrap();
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["reason"], "DuplicateClusterIP");
+    assert_eq!(body["action"], "Audit");
+    assert_eq!(
+        body["note"],
+        "clusterIP 10.96.5.5 is already held by Service default/a"
+    );
+    assert_eq!(body["reportingController"], "portico.dev/controller");
+    assert_eq!(body["reportingInstance"], "portico-controller-0");
+    assert_eq!(
+        body["regarding"],
+        json!({ "apiVersion": "v1", "kind": "Service", "name": "b", "namespace": "default", "uid": "0b8d8c7a-5a8e-4c55-9a4e-3b5c1f7e2a10" })
+    );
+}

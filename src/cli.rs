@@ -1,0 +1,188 @@
+//! Command-line interface. `--help` is the reference documentation: every
+//! flag says what it does, its default and its environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Kubernetes service networking: ClusterIP allocation, EndpointSlices,
+/// LoadBalancer IPAM, cluster DNS and an nftables dataplane, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the reconcilers against a Kubernetes cluster (kubeconfig or
+    /// in-cluster config), with leader election: only the leader writes.
+    Controller(ControllerArgs),
+    /// Run the whole suite on one machine from manifest files, without a
+    /// cluster, and print the resulting Services.
+    Local(LocalArgs),
+    /// Print Portico's CustomResourceDefinitions as YAML (what `make crds`
+    /// writes to `crds/` and the chart).
+    Crds(CrdsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write one `<plural>.<group>.yaml` file per CRD into this directory
+    /// instead of printing them.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Logging.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PORTICO_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax, e.g. `info,portico=debug`).
+    #[arg(long, global = true, default_value = "info", env = "PORTICO_LOG")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The cluster's networks, shared by every component.
+#[derive(Clone, Debug, Args)]
+pub struct NetworkArgs {
+    /// Service network: one CIDR per family, comma-separated for dual-stack
+    /// (the first is the primary family), as kube-apiserver's flag.
+    #[arg(
+        long,
+        default_value = "10.96.0.0/12",
+        env = "PORTICO_SERVICE_CLUSTER_IP_RANGE"
+    )]
+    pub service_cluster_ip_range: String,
+    /// Pod network: one CIDR per family, comma-separated. Must not overlap
+    /// the service network.
+    #[arg(long, default_value = "10.244.0.0/16", env = "PORTICO_CLUSTER_CIDR")]
+    pub cluster_cidr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "PORTICO_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader among replicas on a Lease; only the leader writes.
+    /// Turn off only when a single replica runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's own
+    /// namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Identity in the Lease and in Events (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// How long a Lease holds without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "PORTICO_LEASE_DURATION")]
+    pub lease_duration: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Manifest files or directories (`*.yaml`, `*.yml`, `*.json`; multi-document
+    /// YAML and `kind: List` are read). Repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        env = "PORTICO_LOCAL_FILES",
+        value_delimiter = ','
+    )]
+    pub files: Vec<PathBuf>,
+    /// Output: a table in the shape of `kubectl get svc -o wide`, or every
+    /// resulting object as YAML.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What the table shows (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "services")]
+    pub show: Vec<Show>,
+    /// Keep running: reload and reconcile again whenever the files change.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// How often `--watch` looks at the files.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub watch_interval: Duration,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables.
+    Table,
+    /// Every object, as multi-document YAML.
+    Yaml,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Show {
+    /// Services with their addresses (`kubectl get svc -o wide`).
+    Services,
+    /// Events the reconcilers recorded (`kubectl get events`).
+    Events,
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+}

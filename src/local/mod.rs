@@ -1,0 +1,294 @@
+//! `portico local`: the whole suite on one machine, from manifest files.
+//!
+//! ```text
+//!  manifests ──load──> World (reflector stores) ──reconcilers──> writes ──┐
+//!                          ^                                             │
+//!                          └──────────── local writer (merge) <──────────┘
+//!                 repeated until no reconciler writes (a fixpoint), then printed
+//! ```
+//!
+//! The reconcilers are the very ones `portico controller` runs; here Portico
+//! is the allocator, so ClusterIPs are assigned rather than audited.
+
+mod load;
+mod print;
+mod world;
+
+use crate::cli::{LocalArgs, Output};
+use load::{Diagnostic, Manifests};
+use portico_controllers::NetworkConfig;
+use portico_controllers::clusterip::{ClusterIpController, Mode};
+use portico_controllers::k8s::{
+    Key, Namespace, ObjectMeta, Service, ServicePort, ServiceSpec, Time, stated_cluster_ips,
+};
+use portico_controllers::metrics::ClusterIpMetrics;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use world::World;
+
+/// A fixpoint takes a few rounds (allocate, then confirm); more means two
+/// reconcilers disagree, which is a bug worth stopping for.
+const MAX_ROUNDS: usize = 20;
+
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    let net = NetworkConfig::parse(
+        &args.network.service_cluster_ip_range,
+        &args.network.cluster_cidr,
+    )?;
+    let mut previous: Option<World> = None;
+    let mut seen = load::fingerprint(&args.files);
+    loop {
+        let manifests = load::load(&args.files)?;
+        report(&manifests.diagnostics);
+        let world = reconcile(manifests, &net, previous.as_ref())?;
+        let mut out = std::io::stdout().lock();
+        match args.output {
+            Output::Table => print::tables(&mut out, &world, &args.show)?,
+            Output::Yaml => print::yaml(&mut out, &world)?,
+        }
+        out.flush()?;
+        print::warnings(&world);
+        if !args.watch {
+            return Ok(());
+        }
+        previous = Some(world);
+        // Wait for a change of the files (or Ctrl-C / SIGTERM).
+        loop {
+            tokio::select! {
+                () = crate::cluster::shutdown_signal() => return Ok(()),
+                () = tokio::time::sleep(args.watch_interval) => {}
+            }
+            let now = load::fingerprint(&args.files);
+            if now != seen {
+                seen = now;
+                eprintln!("--- files changed; reconciling again");
+                break;
+            }
+        }
+    }
+}
+
+fn report(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        eprintln!("{d}");
+    }
+}
+
+/// Builds the world from the manifests and runs the reconcilers to a fixpoint.
+/// `previous` is the world of the last run under `--watch`: what the
+/// reconcilers assigned there is kept, as the API server keeps fields that a
+/// `kubectl apply` does not set.
+fn reconcile(
+    mut m: Manifests,
+    net: &NetworkConfig,
+    previous: Option<&World>,
+) -> anyhow::Result<World> {
+    add_cluster_defaults(&mut m, net);
+    if let Some(prev) = previous {
+        keep_assigned_fields(&mut m.services, prev);
+    }
+    let mut world = World::new(m);
+    let mut clusterip = ClusterIpController::new(net, Mode::Allocate, ClusterIpMetrics::default())?;
+    let services = world.services.store.state();
+    let mut writes = clusterip.reset(services.iter().map(AsRef::as_ref));
+    for _ in 0..MAX_ROUNDS {
+        let changed = world.write(writes)?;
+        if changed.is_empty() {
+            return Ok(world);
+        }
+        writes = changed
+            .services
+            .iter()
+            .flat_map(|s| clusterip.apply(s))
+            .collect();
+    }
+    anyhow::bail!("the reconcilers did not settle after {MAX_ROUNDS} rounds; this is a bug")
+}
+
+/// What every cluster has: the `default` and `kube-system` namespaces (and
+/// every namespace the manifests use), and the `kubernetes` Service on the
+/// first address of the primary service range. Objects get a creation time
+/// in document order, so "oldest first" means "first in the files".
+fn add_cluster_defaults(m: &mut Manifests, net: &NetworkConfig) {
+    let declared: BTreeSet<String> = m
+        .namespaces
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    let used: BTreeSet<String> = m
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.namespace.clone())
+        .chain(m.pods.iter().filter_map(|p| p.metadata.namespace.clone()))
+        .chain(["default".to_owned(), "kube-system".to_owned()])
+        .collect();
+    for ns in used.difference(&declared) {
+        m.namespaces.push(Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+    }
+    let has_kubernetes = m.services.iter().any(|s| {
+        s.metadata.name.as_deref() == Some("kubernetes")
+            && s.metadata.namespace.as_deref() == Some("default")
+    });
+    if !has_kubernetes {
+        let first = net.service_ranges.first().and_then(|r| r.hosts().next());
+        m.services.insert(
+            0,
+            Service {
+                metadata: ObjectMeta {
+                    name: Some("kubernetes".into()),
+                    namespace: Some("default".into()),
+                    labels: Some(BTreeMap::from([
+                        ("component".to_owned(), "apiserver".to_owned()),
+                        ("provider".to_owned(), "kubernetes".to_owned()),
+                    ])),
+                    ..Default::default()
+                },
+                spec: Some(ServiceSpec {
+                    cluster_ip: first.map(|ip| ip.to_string()),
+                    ports: Some(vec![ServicePort {
+                        name: Some("https".into()),
+                        port: 443,
+                        protocol: Some("TCP".into()),
+                        target_port: Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(6443),
+                        ),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    let start = k8s_openapi::jiff::Timestamp::now();
+    let stamp = |meta: &mut ObjectMeta, i: usize| {
+        if meta.creation_timestamp.is_none() {
+            let at = start
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_micros(i as i64))
+                .unwrap_or(start);
+            meta.creation_timestamp = Some(Time(at));
+        }
+        meta.generation.get_or_insert(1);
+    };
+    for (i, s) in m.services.iter_mut().enumerate() {
+        stamp(&mut s.metadata, i);
+    }
+    for (i, p) in m.pods.iter_mut().enumerate() {
+        stamp(&mut p.metadata, i);
+    }
+}
+
+/// Under `--watch`: a Service that the files still define without
+/// ClusterIPs keeps the ones it was given in the previous run.
+fn keep_assigned_fields(services: &mut [Service], prev: &World) {
+    let before: BTreeMap<Key, std::sync::Arc<Service>> = prev
+        .services
+        .store
+        .state()
+        .into_iter()
+        .map(|s| (Key::of(s.as_ref()), s))
+        .collect();
+    for svc in services {
+        let Some(old) = before.get(&Key::of(&*svc)) else {
+            continue;
+        };
+        if !stated_cluster_ips(svc).is_empty() || portico_controllers::k8s::is_headless(svc) {
+            continue;
+        }
+        let (Some(spec), Some(old_spec)) = (svc.spec.as_mut(), old.spec.as_ref()) else {
+            continue;
+        };
+        spec.cluster_ip = old_spec.cluster_ip.clone();
+        spec.cluster_ips = old_spec.cluster_ips.clone();
+        if spec.ip_families.is_none() {
+            spec.ip_families = old_spec.ip_families.clone();
+        }
+        if spec.ip_family_policy.is_none() {
+            spec.ip_family_policy = old_spec.ip_family_policy.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn manifests(yaml: &str) -> Manifests {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        load::load(&[path]).unwrap()
+    }
+
+    fn net() -> NetworkConfig {
+        NetworkConfig::parse("10.96.0.0/12", "20.96.0.0/12").unwrap()
+    }
+
+    fn cluster_ips(world: &World, ns: &str, name: &str) -> Vec<String> {
+        let svc = world
+            .services
+            .sorted()
+            .into_iter()
+            .find(|s| {
+                s.metadata.name.as_deref() == Some(name)
+                    && s.metadata.namespace.as_deref() == Some(ns)
+            })
+            .unwrap();
+        stated_cluster_ips(&svc)
+    }
+
+    const TWO: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {selector: {app: a}, ports: [{port: 80}]}\n---\n\
+                       apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: team}\nspec: {clusterIP: 10.96.0.53, ports: [{port: 53, protocol: UDP}]}\n";
+
+    #[test]
+    fn the_reconcilers_run_to_a_fixpoint_and_the_cluster_defaults_exist() {
+        let world = reconcile(manifests(TWO), &net(), None).unwrap();
+        assert_eq!(
+            cluster_ips(&world, "default", "kubernetes"),
+            vec!["10.96.0.1"]
+        );
+        assert_eq!(cluster_ips(&world, "team", "b"), vec!["10.96.0.53"]);
+        let a = cluster_ips(&world, "default", "a");
+        assert_eq!(a.len(), 1);
+        let range: ipnet::IpNet = "10.96.0.0/12".parse().unwrap();
+        assert!(
+            range.contains(&a[0].parse::<std::net::IpAddr>().unwrap()),
+            "{a:?}"
+        );
+        let namespaces: Vec<String> = world
+            .namespaces
+            .sorted()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        assert_eq!(namespaces, vec!["default", "kube-system", "team"]);
+        assert_eq!(
+            world.events.len(),
+            1,
+            "one allocation event: {:?}",
+            world.events
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_addresses_assigned_before() {
+        let first = reconcile(manifests(TWO), &net(), None).unwrap();
+        let second = reconcile(manifests(TWO), &net(), Some(&first)).unwrap();
+        assert_eq!(
+            cluster_ips(&first, "default", "a"),
+            cluster_ips(&second, "default", "a")
+        );
+        assert!(
+            second.events.is_empty(),
+            "nothing new to say: {:?}",
+            second.events
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! What `portico local` prints: tables in the shape of `kubectl get`, or
+//! every object as YAML.
+
+use super::world::World;
+use crate::cli::Show;
+use portico_controllers::k8s::{Service, is_headless, service_condition, service_type};
+use portico_crds::names::CONDITION_CLUSTER_IP_ALLOCATED;
+use std::io::{self, Write};
+
+/// The tables `--show` asks for, separated by a blank line.
+pub fn tables(out: &mut impl Write, world: &World, show: &[Show]) -> io::Result<()> {
+    for (i, what) in show.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        match what {
+            Show::Services => services_table(out, world)?,
+            Show::Events => events_table(out, world)?,
+        }
+    }
+    Ok(())
+}
+
+/// `kubectl get svc -A -o wide`, with every ClusterIP of dual-stack Services.
+pub fn services_table(out: &mut impl Write, world: &World) -> io::Result<()> {
+    let mut rows = vec![row(&[
+        "NAMESPACE",
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "SELECTOR",
+    ])];
+    for svc in world.services.sorted() {
+        rows.push(vec![
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+            service_type(&svc).to_owned(),
+            cluster_ip_column(&svc),
+            external_ip_column(&svc),
+            ports_column(&svc),
+            selector_column(&svc),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+/// `kubectl get events -A`, in the order they were recorded.
+pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
+    let mut rows = vec![row(&["NAMESPACE", "TYPE", "REASON", "OBJECT", "MESSAGE"])];
+    for e in &world.events {
+        let r = &e.regarding;
+        rows.push(vec![
+            r.namespace.clone().unwrap_or_default(),
+            if e.warning { "Warning" } else { "Normal" }.to_owned(),
+            e.reason.clone(),
+            format!(
+                "{}/{}",
+                r.kind.as_deref().unwrap_or("").to_lowercase(),
+                r.name.as_deref().unwrap_or("")
+            ),
+            e.note.clone(),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+/// Every object, as multi-document YAML (namespaces, nodes, services, pods).
+pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
+    let mut docs = Vec::new();
+    for o in world.namespaces.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for o in world.nodes.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for o in world.services.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for o in world.pods.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for doc in docs {
+        write!(out, "---\n{doc}")?;
+        if !doc.ends_with('\n') {
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Warning Events go to stderr, whatever is printed on stdout.
+pub fn warnings(world: &World) {
+    for e in world.events.iter().filter(|e| e.warning) {
+        let r = &e.regarding;
+        eprintln!(
+            "warning: {} {}/{}: {}: {}",
+            r.kind.as_deref().unwrap_or("").to_lowercase(),
+            r.namespace.as_deref().unwrap_or(""),
+            r.name.as_deref().unwrap_or(""),
+            e.reason,
+            e.note
+        );
+    }
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn write_table(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == columns {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn cluster_ip_column(svc: &Service) -> String {
+    if service_type(svc) == "ExternalName" {
+        return "<none>".into();
+    }
+    if is_headless(svc) {
+        return "None".into();
+    }
+    if service_condition(svc, CONDITION_CLUSTER_IP_ALLOCATED).is_some_and(|c| c.status == "False") {
+        return "<none>".into();
+    }
+    let ips = portico_controllers::k8s::stated_cluster_ips(svc);
+    if ips.is_empty() {
+        "<pending>".into()
+    } else {
+        ips.join(",")
+    }
+}
+
+fn external_ip_column(svc: &Service) -> String {
+    let spec = svc.spec.clone().unwrap_or_default();
+    if service_type(svc) == "ExternalName" {
+        return spec.external_name.unwrap_or_else(|| "<none>".into());
+    }
+    let mut ips: Vec<String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.extend(spec.external_ips.unwrap_or_default());
+    match (ips.is_empty(), service_type(svc)) {
+        (false, _) => ips.join(","),
+        (true, "LoadBalancer") => "<pending>".into(),
+        (true, _) => "<none>".into(),
+    }
+}
+
+fn ports_column(svc: &Service) -> String {
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    if ports.is_empty() {
+        return "<none>".into();
+    }
+    ports
+        .iter()
+        .map(|p| {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port {
+                Some(np) => format!("{}:{np}/{proto}", p.port),
+                None => format!("{}/{proto}", p.port),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn selector_column(svc: &Service) -> String {
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    if selector.is_empty() {
+        return "<none>".into();
+    }
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,185 @@
+//! The `portico local` binary on manifest files: the table users see, the
+//! YAML they can feed to other tools, and the errors they get.
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::process::{Command, Output};
+
+fn portico(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+const LAB: &[&str] = &[
+    "local",
+    "-f",
+    "examples/lab.yaml",
+    "--service-cluster-ip-range",
+    "10.96.0.0/12",
+    "--cluster-cidr",
+    "20.96.0.0/12",
+];
+
+/// The table as rows of whitespace-separated cells.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+fn in_service_range(ip: &str) -> bool {
+    let net: ipnet::IpNet = "10.96.0.0/12".parse().unwrap();
+    net.contains(&ip.parse::<IpAddr>().unwrap())
+}
+
+#[test]
+fn the_lab_prints_its_services_with_cluster_ips() {
+    let out = portico(LAB);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = rows(&stdout(&out));
+    assert_eq!(
+        table[0],
+        [
+            "NAMESPACE",
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "SELECTOR"
+        ]
+    );
+    let find = |name: &str| {
+        table
+            .iter()
+            .find(|r| r[1] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {table:?}"))
+            .clone()
+    };
+    let api = find("api-tester");
+    assert_eq!(&api[..3], ["default", "api-tester", "ClusterIP"]);
+    assert!(in_service_range(&api[3]), "{api:?}");
+    assert_eq!(&api[4..], ["<none>", "80/TCP", "app=api-tester"]);
+
+    let nodeport = find("api-tester-nodeport");
+    assert_eq!(nodeport[2], "NodePort");
+    assert!(in_service_range(&nodeport[3]));
+    assert_eq!(nodeport[5], "80:31231/TCP");
+
+    let lb = find("api-tester-lb");
+    assert_eq!(lb[2], "LoadBalancer");
+    assert!(in_service_range(&lb[3]));
+
+    assert_eq!(
+        find("db")[2..6],
+        ["ClusterIP", "None", "<none>", "5432/TCP"]
+    );
+    assert_eq!(
+        find("ext-github")[2..5],
+        ["ExternalName", "<none>", "github.com"]
+    );
+    assert_eq!(find("kubernetes")[2..4], ["ClusterIP", "10.96.0.1"]);
+
+    let kubernetes = find("kubernetes");
+    let ips: std::collections::BTreeSet<&String> = [&api[3], &nodeport[3], &lb[3], &kubernetes[3]]
+        .into_iter()
+        .collect();
+    assert_eq!(ips.len(), 4, "every Service has its own address");
+    assert_eq!(table.len(), 7, "header and six Services: {table:?}");
+}
+
+#[test]
+fn yaml_output_carries_the_allocated_addresses() {
+    let mut args = LAB.to_vec();
+    args.extend(["-o", "yaml"]);
+    let out = portico(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d.trim_start_matches("---\n")).unwrap())
+        .collect();
+    let svc = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "api-tester")
+        .unwrap();
+    let ip = svc["spec"]["clusterIPs"][0].as_str().unwrap();
+    assert!(in_service_range(ip));
+    assert_eq!(svc["spec"]["ipFamilies"][0], "IPv4");
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "Node").count(), 3);
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "Pod").count(), 4);
+}
+
+#[test]
+fn a_bad_document_is_reported_and_skipped_and_a_bad_request_gets_no_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: broken}\nspec: {ports: nope}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: far}\nspec: {clusterIP: 10.200.0.1, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let out = portico(&["local", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("svc.yaml: document 1: skipped: invalid Service"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: service default/far: ClusterIPOutOfRange: clusterIP 10.200.0.1 is outside every service range"),
+        "{err}"
+    );
+    let table = rows(&stdout(&out));
+    assert!(
+        table
+            .iter()
+            .any(|r| r[1] == "good" && in_service_range(&r[3]))
+    );
+    assert!(table.iter().any(|r| r[1] == "far" && r[3] == "<none>"));
+    assert!(!table.iter().any(|r| r[1] == "broken"));
+}
+
+#[test]
+fn overlapping_service_and_pod_networks_stop_start_up_with_a_clear_message() {
+    let out = portico(&[
+        "local",
+        "-f",
+        "examples/lab.yaml",
+        "--service-cluster-ip-range",
+        "10.96.0.0/12",
+        "--cluster-cidr",
+        "10.100.0.0/16",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: --service-cluster-ip-range: service range 10.96.0.0/12 overlaps the pod network \
+         10.100.0.0/16 (--cluster-cidr): pods and services must never share addresses"
+    );
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let out = portico(&["local", "-f", "does/not/exist.yaml"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does/not/exist.yaml"),
+        "{}",
+        stderr(&out)
+    );
+}
