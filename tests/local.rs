@@ -183,3 +183,70 @@ fn a_missing_file_is_an_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn watch_reconciles_again_when_a_file_changes_and_keeps_given_addresses() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.yaml");
+    let first =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n";
+    std::fs::write(&file, first).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args([
+            "local",
+            "--watch",
+            "--watch-interval",
+            "50ms",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait_for = |name: &str| -> Vec<String> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no row for {name}"));
+            let cells: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            if cells.get(1).map(String::as_str) == Some(name) {
+                return cells;
+            }
+        }
+    };
+    let web_before = wait_for("web");
+    // Give the modification time a chance to differ on coarse filesystems.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(
+        &file,
+        format!("{first}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api}}\nspec: {{ports: [{{port: 8080}}]}}\n"),
+    )
+    .unwrap();
+    // Rows are sorted by name: api, kubernetes, web.
+    let api = wait_for("api");
+    let web_after = wait_for("web");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        web_before[3], web_after[3],
+        "a reload keeps the address given before"
+    );
+    assert!(in_service_range(&api[3]));
+    assert_ne!(api[3], web_after[3]);
+}
