@@ -74,10 +74,25 @@ pub struct NetworkArgs {
     pub cluster_cidr: String,
 }
 
+/// EndpointSlice controller settings, shared by `controller` and `local`.
+#[derive(Clone, Debug, Args)]
+pub struct EndpointSliceArgs {
+    /// At most this many endpoints per EndpointSlice (1 to 1000), as
+    /// kube-controller-manager's flag.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000), env = "PORTICO_MAX_ENDPOINTS_PER_SLICE")]
+    pub max_endpoints_per_slice: u16,
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub endpointslices: EndpointSliceArgs,
+    /// Pod changes wait this long before their Services' EndpointSlices are
+    /// written, so a burst of pod updates becomes one write per slice.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PORTICO_ENDPOINT_UPDATES_BATCH_PERIOD")]
+    pub endpoint_updates_batch_period: Duration,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "PORTICO_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
@@ -124,6 +139,8 @@ pub struct LocalArgs {
     pub watch_interval: Duration,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub endpointslices: EndpointSliceArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -138,6 +155,8 @@ pub enum Output {
 pub enum Show {
     /// Services with their addresses (`kubectl get svc -o wide`).
     Services,
+    /// EndpointSlices (`kubectl get endpointslices -o wide`).
+    Endpointslices,
     /// Events the reconcilers recorded (`kubectl get events`).
     Events,
 }

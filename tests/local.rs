@@ -250,3 +250,89 @@ fn watch_reconciles_again_when_a_file_changes_and_keeps_given_addresses() {
     assert!(in_service_range(&api[3]));
     assert_ne!(api[3], web_after[3]);
 }
+
+#[test]
+fn the_lab_shows_endpoint_slices_that_follow_the_selectors() {
+    let mut args = LAB.to_vec();
+    args.extend(["--show", "endpointslices"]);
+    let out = portico(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = rows(&stdout(&out));
+    assert_eq!(
+        table[0],
+        [
+            "NAMESPACE",
+            "NAME",
+            "SERVICE",
+            "ADDRESSTYPE",
+            "PORTS",
+            "ENDPOINTS"
+        ]
+    );
+    let of = |svc: &str| -> Vec<String> {
+        table
+            .iter()
+            .find(|r| r[2] == svc)
+            .unwrap_or_else(|| panic!("no slice for {svc}: {table:?}"))
+            .clone()
+    };
+    let api = of("api-tester");
+    assert!(api[1].starts_with("api-tester-"), "{api:?}");
+    assert_eq!(api[3..5], ["IPv4", "http:8080/TCP"]);
+    assert_eq!(
+        api[5],
+        "20.96.1.10(api-tester-7b9c5d6f8-k2x4q,RS),20.96.2.10(api-tester-7b9c5d6f8-p7m2z,RS)"
+    );
+    assert_eq!(of("db")[5], "20.96.1.20(db-0,RS),20.96.2.20(db-1,RS)");
+    assert!(
+        !table
+            .iter()
+            .any(|r| r[2] == "ext-github" || r[2] == "kubernetes"),
+        "no selector, no slices"
+    );
+    assert_eq!(table.len(), 5, "header and four slices: {table:?}");
+}
+
+#[test]
+fn yaml_output_has_endpoint_slices_owned_by_their_services() {
+    let mut args = LAB.to_vec();
+    args.extend(["-o", "yaml"]);
+    let out = portico(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<serde_json::Value> = stdout(&out)
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d.trim_start_matches("---\n")).unwrap())
+        .collect();
+    let db_svc = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "db")
+        .unwrap();
+    let slice = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "EndpointSlice"
+                && d["metadata"]["labels"]["kubernetes.io/service-name"] == "db"
+        })
+        .unwrap();
+    assert_eq!(slice["apiVersion"], "discovery.k8s.io/v1");
+    assert_eq!(slice["metadata"]["generateName"], "db-");
+    assert_eq!(
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice.portico.dev"
+    );
+    assert_eq!(
+        slice["metadata"]["labels"]["service.kubernetes.io/headless"],
+        ""
+    );
+    assert_eq!(
+        slice["metadata"]["ownerReferences"][0]["uid"],
+        db_svc["metadata"]["uid"]
+    );
+    assert_eq!(slice["endpoints"][0]["hostname"], "db-0");
+    assert_eq!(slice["endpoints"][0]["zone"], "lab-a");
+    assert_eq!(slice["endpoints"][1]["zone"], "lab-b");
+    assert_eq!(
+        db_svc["spec"]["ipFamilies"][0], "IPv4",
+        "headless Services get their family"
+    );
+}

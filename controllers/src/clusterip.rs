@@ -323,8 +323,11 @@ impl ClusterIpController {
         reported: &[Problem],
     ) -> Vec<Write> {
         let key = Key::of(svc);
-        if service_type(svc) == "ExternalName" || is_headless(svc) {
+        if service_type(svc) == "ExternalName" || (is_headless(svc) && self.mode == Mode::Audit) {
             return Vec::new();
+        }
+        if is_headless(svc) {
+            return self.headless_families(svc, key, reported);
         }
         let (held, problems) = match self.mode {
             Mode::Audit => self.audit(svc, &key),
@@ -552,18 +555,10 @@ impl ClusterIpController {
         problem: Option<&Problem>,
         was_blocked: bool,
     ) -> Vec<Write> {
-        let mut writes = Vec::new();
-        let condition = service_condition(svc, CONDITION_CLUSTER_IP_ALLOCATED);
-        if let Some(p) = problem {
-            let same = condition.is_some_and(|c| c.status == "False" && c.message == p.to_string());
-            if !same {
-                writes.push(Write::apply_service_status(
-                    svc,
-                    json!({ "conditions": [condition_json(svc, "False", p.reason(), &p.to_string())] }),
-                ));
-            }
-            return writes;
+        if problem.is_some() {
+            return condition_writes(svc, problem, was_blocked);
         }
+        let mut writes = Vec::new();
         let spec = svc.spec.clone().unwrap_or_default();
         let ips: Vec<String> = held.iter().map(ToString::to_string).collect();
         let families: Vec<String> = held.iter().map(|ip| Family::of(*ip).to_string()).collect();
@@ -596,11 +591,63 @@ impl ClusterIpController {
                 ));
             }
         }
-        if was_blocked || condition.is_some_and(|c| c.status != "True") {
-            writes.push(Write::apply_service_status(
-                svc,
-                json!({ "conditions": [condition_json(svc, "True", "Allocated", "the Service holds its ClusterIPs")] }),
-            ));
+        writes.extend(condition_writes(svc, None, was_blocked));
+        writes
+    }
+
+    /// In allocate mode, headless Services get no address but, as from the
+    /// API server, their `ipFamilies` and `ipFamilyPolicy` (which decide the
+    /// address types of their EndpointSlices). Without a selector and on a
+    /// dual-stack cluster the policy defaults to `RequireDualStack`.
+    fn headless_families(&mut self, svc: &Service, key: Key, reported: &[Problem]) -> Vec<Write> {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let selectorless = spec.selector.as_ref().is_none_or(|s| s.is_empty());
+        let policy = spec.ip_family_policy.clone().unwrap_or_else(|| {
+            if selectorless && self.ranges.len() > 1 {
+                "RequireDualStack".to_owned()
+            } else {
+                "SingleStack".to_owned()
+            }
+        });
+        let mut probe = svc.clone();
+        probe
+            .spec
+            .get_or_insert_with(Default::default)
+            .ip_family_policy = Some(policy.clone());
+        let was_blocked = !reported.is_empty();
+        let mut writes = Vec::new();
+        match self.plan(&probe, &[]) {
+            Ok(plan) => {
+                let families: Vec<String> = plan.iter().map(|(f, _)| f.to_string()).collect();
+                if spec.ip_families.as_deref() != Some(families.as_slice())
+                    || spec.ip_family_policy.as_deref() != Some(policy.as_str())
+                {
+                    writes.push(Write::apply_service(
+                        svc,
+                        json!({ "ipFamilies": families, "ipFamilyPolicy": policy }),
+                    ));
+                }
+                writes.extend(condition_writes(svc, None, was_blocked));
+            }
+            Err(p) => {
+                writes.extend(condition_writes(svc, Some(&p), was_blocked));
+                if !reported.contains(&p) {
+                    writes.push(Write::event(
+                        svc,
+                        true,
+                        p.reason(),
+                        "Allocate",
+                        p.to_string(),
+                    ));
+                }
+                self.blocked.insert(
+                    key,
+                    Blocked {
+                        svc: svc.clone(),
+                        problems: vec![p],
+                    },
+                );
+            }
         }
         writes
     }
@@ -638,6 +685,29 @@ impl ClusterIpController {
                 .set(n);
         }
     }
+}
+
+/// The condition that says whether a Service got its ClusterIPs: `False`
+/// with the problem, or back to `True` once a problem is gone. Nothing is
+/// written for Services that never had a problem.
+fn condition_writes(svc: &Service, problem: Option<&Problem>, was_blocked: bool) -> Vec<Write> {
+    let condition = service_condition(svc, CONDITION_CLUSTER_IP_ALLOCATED);
+    let (status, reason, message) = match problem {
+        Some(p) => ("False", p.reason(), p.to_string()),
+        None if was_blocked || condition.is_some_and(|c| c.status != "True") => (
+            "True",
+            "Allocated",
+            "the Service holds its ClusterIPs".to_owned(),
+        ),
+        None => return Vec::new(),
+    };
+    if condition.is_some_and(|c| c.status == status && c.message == message) {
+        return Vec::new();
+    }
+    vec![Write::apply_service_status(
+        svc,
+        json!({ "conditions": [condition_json(svc, status, reason, &message)] }),
+    )]
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, Problem> {

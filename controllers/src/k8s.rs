@@ -4,7 +4,12 @@
 pub use k8s_openapi::api::core::v1::{
     Namespace, Node, ObjectReference, Pod, Service, ServicePort, ServiceSpec, ServiceStatus,
 };
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+pub use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, ObjectMeta, OwnerReference, Time,
+};
 pub use kube::ResourceExt;
 
 use std::fmt;

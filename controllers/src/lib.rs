@@ -15,10 +15,13 @@
 //! Reconcilers:
 //! - [`clusterip`]: ClusterIP allocation from `--service-cluster-ip-range`
 //!   (allocates in `portico local`, audits in a cluster).
+//! - [`endpointslices`]: EndpointSlices that follow the pods each Service
+//!   selects, with kube-controller-manager's semantics.
 
 #![forbid(unsafe_code)]
 
 pub mod clusterip;
+pub mod endpointslices;
 pub mod error;
 pub mod k8s;
 pub mod metrics;
@@ -27,4 +30,4 @@ pub mod write;
 
 pub use error::{Error, Result};
 pub use network::NetworkConfig;
-pub use write::{ApiWriter, Apply, EventRecord, Target, TargetKind, Write};
+pub use write::{ApiWriter, Apply, EventRecord, Target, TargetKind, Write, Written};

@@ -6,8 +6,8 @@
 //! API); in `portico local` the binary merges them into its in-memory stores.
 
 use crate::Result;
-use crate::k8s::{ObjectReference, Service};
-use kube::api::{Api, Patch, PatchParams};
+use crate::k8s::{EndpointSlice, ObjectReference, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER};
@@ -18,6 +18,26 @@ use serde_json::Value;
 pub enum Write {
     /// Server-side apply of a partial object.
     Apply(Apply),
+    /// Creation of a whole object (its name may come from `generateName`).
+    Create {
+        /// Kind and namespace; the name is empty when generated.
+        target: Target,
+        /// The object.
+        object: Value,
+    },
+    /// Replacement of a whole object (an update guarded by its
+    /// `resourceVersion`, which the object carries).
+    Replace {
+        /// The object replaced.
+        target: Target,
+        /// The new object.
+        object: Value,
+    },
+    /// Deletion of an object.
+    Delete {
+        /// The object deleted.
+        target: Target,
+    },
     /// An Event about an object.
     Event(EventRecord),
 }
@@ -27,6 +47,21 @@ pub enum Write {
 pub enum TargetKind {
     /// `v1` Service.
     Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+}
+
+/// What a write did, as the API server answered: the object written, or the
+/// name of the object deleted. Writers feed this back into the reconcilers,
+/// so they never act on a store that has not seen their own writes yet.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    /// The object as stored after the write.
+    Object(TargetKind, Value),
+    /// The object was deleted.
+    Deleted(Target),
+    /// Nothing to feed back (Events).
+    Nothing,
 }
 
 /// The object a write is for.
@@ -147,23 +182,39 @@ impl ApiWriter {
     }
 
     /// Sends one write: server-side apply (field manager `portico`, forced,
-    /// since Portico owns these fields) or an Event.
-    pub async fn write(&self, write: &Write) -> Result<()> {
+    /// since Portico owns these fields), create, replace, delete, or an Event.
+    pub async fn write(&self, write: &Write) -> Result<Written> {
         match write {
             Write::Apply(apply) => {
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                let patch = Patch::Apply(&apply.patch);
                 let t = &apply.target;
                 match t.kind {
+                    TargetKind::Service => self.apply::<Service>(apply).await,
+                    TargetKind::EndpointSlice => self.apply::<EndpointSlice>(apply).await,
+                }
+            }
+            Write::Create { target, object } => match target.kind {
+                TargetKind::Service => self.create::<Service>(target, object).await,
+                TargetKind::EndpointSlice => self.create::<EndpointSlice>(target, object).await,
+            },
+            Write::Replace { target, object } => match target.kind {
+                TargetKind::Service => self.replace::<Service>(target, object).await,
+                TargetKind::EndpointSlice => self.replace::<EndpointSlice>(target, object).await,
+            },
+            Write::Delete { target } => {
+                let params = DeleteParams::default();
+                match target.kind {
                     TargetKind::Service => {
-                        let api: Api<Service> = Api::namespaced(self.client.clone(), &t.namespace);
-                        if apply.status {
-                            api.patch_status(&t.name, &params, &patch).await?;
-                        } else {
-                            api.patch(&t.name, &params, &patch).await?;
-                        }
+                        self.api::<Service>(target)
+                            .delete(&target.name, &params)
+                            .await?;
+                    }
+                    TargetKind::EndpointSlice => {
+                        self.api::<EndpointSlice>(target)
+                            .delete(&target.name, &params)
+                            .await?;
                     }
                 }
+                Ok(Written::Deleted(target.clone()))
             }
             Write::Event(ev) => {
                 let event = Event {
@@ -178,8 +229,75 @@ impl ApiWriter {
                     secondary: None,
                 };
                 self.recorder.publish(&event, &ev.regarding).await?;
+                Ok(Written::Nothing)
             }
         }
-        Ok(())
+    }
+
+    fn api<K>(&self, target: &Target) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &target.namespace)
+    }
+
+    async fn apply<K>(&self, apply: &Apply) -> Result<Written>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+    {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let patch = Patch::Apply(&apply.patch);
+        let api = self.api::<K>(&apply.target);
+        let out = if apply.status {
+            api.patch_status(&apply.target.name, &params, &patch)
+                .await?
+        } else {
+            api.patch(&apply.target.name, &params, &patch).await?
+        };
+        Ok(Written::Object(
+            apply.target.kind,
+            serde_json::to_value(out)?,
+        ))
+    }
+
+    async fn create<K>(&self, target: &Target, object: &Value) -> Result<Written>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+    {
+        let obj: K = serde_json::from_value(object.clone())?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let out = self.api::<K>(target).create(&params, &obj).await?;
+        Ok(Written::Object(target.kind, serde_json::to_value(out)?))
+    }
+
+    async fn replace<K>(&self, target: &Target, object: &Value) -> Result<Written>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+    {
+        let obj: K = serde_json::from_value(object.clone())?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let out = self
+            .api::<K>(target)
+            .replace(&target.name, &params, &obj)
+            .await?;
+        Ok(Written::Object(target.kind, serde_json::to_value(out)?))
     }
 }

@@ -166,3 +166,133 @@ async fn a_duplicate_cluster_ip_is_reported_as_a_warning_event_on_the_service() 
         json!({ "apiVersion": "v1", "kind": "Service", "name": "b", "namespace": "default", "uid": "0b8d8c7a-5a8e-4c55-9a4e-3b5c1f7e2a10" })
     );
 }
+
+fn slice_target(name: &str) -> portico_controllers::Target {
+    portico_controllers::Target {
+        kind: portico_controllers::TargetKind::EndpointSlice,
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn slice_json(name: Option<&str>, resource_version: Option<&str>) -> Value {
+    let mut metadata = json!({
+        "generateName": "web-",
+        "namespace": "default",
+        "labels": {
+            "kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "endpointslice.portico.dev"
+        },
+        "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Service", "name": "web", "uid": "uid-web",
+            "controller": true, "blockOwnerDeletion": true
+        }]
+    });
+    if let Some(n) = name {
+        metadata["name"] = json!(n);
+    }
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": metadata,
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": ["10.244.1.10"],
+            "conditions": { "ready": true, "serving": true, "terminating": false },
+            "nodeName": "node-a",
+            "targetRef": { "kind": "Pod", "name": "web-1", "namespace": "default", "uid": "uid-web-1" }
+        }],
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }]
+    })
+}
+
+#[tokio::test]
+async fn a_new_endpoint_slice_is_created_with_generate_name_and_the_result_is_returned() {
+    let (writer, mut handle) = writer();
+    let object = slice_json(None, None);
+    let write = Write::Create {
+        target: slice_target(""),
+        object: object.clone(),
+    };
+    let reply = slice_json(Some("web-x7k2p"), Some("41"));
+    let server = tokio::spawn(async move {
+        expect_request(
+            &mut handle,
+            Method::POST,
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?&fieldManager=portico",
+            "application/json",
+            reply,
+        )
+        .await
+    });
+    let written = tokio::time::timeout(Duration::from_secs(1), writer.write(&write))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(server.await.unwrap(), object);
+    match written {
+        portico_controllers::Written::Object(portico_controllers::TargetKind::EndpointSlice, v) => {
+            assert_eq!(
+                v["metadata"]["name"], "web-x7k2p",
+                "the writer returns what the API stored"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_slice_update_replaces_it_at_its_resource_version() {
+    let (writer, mut handle) = writer();
+    let object = slice_json(Some("web-x7k2p"), Some("41"));
+    let write = Write::Replace {
+        target: slice_target("web-x7k2p"),
+        object: object.clone(),
+    };
+    let reply = slice_json(Some("web-x7k2p"), Some("42"));
+    let server = tokio::spawn(async move {
+        expect_request(
+            &mut handle,
+            Method::PUT,
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-x7k2p?&fieldManager=portico",
+            "application/json",
+            reply,
+        )
+        .await
+    });
+    run(&writer, &write).await;
+    let body = server.await.unwrap();
+    assert_eq!(body, object);
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "41",
+        "the update is guarded by the version it replaces"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_slice_is_deleted_by_name() {
+    let (writer, mut handle) = writer();
+    let write = Write::Delete {
+        target: slice_target("web-x7k2p"),
+    };
+    let server = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.expect("no request");
+        assert_eq!(request.method(), Method::DELETE);
+        assert_eq!(
+            request.uri().to_string(),
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-x7k2p?"
+        );
+        let status =
+            json!({ "apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {} });
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
+    });
+    run(&writer, &write).await;
+    server.await.unwrap();
+}

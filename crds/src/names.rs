@@ -31,3 +31,18 @@ pub mod reasons {
     /// A Service could not be given the ClusterIPs it needs.
     pub const CLUSTER_IP_NOT_ALLOCATED: &str = "ClusterIPNotAllocated";
 }
+
+/// `endpointslice.kubernetes.io/managed-by` value of the slices Portico manages.
+pub const ENDPOINTSLICE_MANAGER: &str = "endpointslice.portico.dev";
+
+/// Well-known labels Portico reads and writes.
+pub mod labels {
+    /// Names the Service an EndpointSlice belongs to.
+    pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+    /// Names the controller that manages an EndpointSlice.
+    pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+    /// Set (empty) on the EndpointSlices of headless Services.
+    pub const HEADLESS: &str = "service.kubernetes.io/headless";
+    /// A Node's zone.
+    pub const ZONE: &str = "topology.kubernetes.io/zone";
+}

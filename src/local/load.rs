@@ -2,7 +2,7 @@
 //! `kind: List` included. A document that cannot be used is reported with its
 //! file and index and skipped; the rest is read.
 
-use portico_controllers::k8s::{Namespace, Node, Pod, Service};
+use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -17,6 +17,7 @@ pub struct Manifests {
     pub nodes: Vec<Node>,
     pub services: Vec<Service>,
     pub pods: Vec<Pod>,
+    pub endpoint_slices: Vec<EndpointSlice>,
     /// What could not be used, and why.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -189,6 +190,11 @@ impl Ctx<'_> {
             ("v1", "Pod") => {
                 if let Some(o) = self.typed::<Pod>(value, true) {
                     self.out.pods.push(o);
+                }
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                if let Some(o) = self.typed::<EndpointSlice>(value, true) {
+                    self.out.endpoint_slices.push(o);
                 }
             }
             (api_version, kind) => self.diag(

@@ -18,12 +18,15 @@ use crate::cli::{LocalArgs, Output};
 use load::{Diagnostic, Manifests};
 use portico_controllers::NetworkConfig;
 use portico_controllers::clusterip::{ClusterIpController, Mode};
+use portico_controllers::endpointslices::{self, EndpointSliceController};
 use portico_controllers::k8s::{
     Key, Namespace, ObjectMeta, Service, ServicePort, ServiceSpec, Time, stated_cluster_ips,
 };
 use portico_controllers::metrics::ClusterIpMetrics;
+use portico_controllers::metrics::EndpointSliceMetrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
+use std::time::{Duration, Instant};
 use world::World;
 
 /// A fixpoint takes a few rounds (allocate, then confirm); more means two
@@ -40,7 +43,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
-        let world = reconcile(manifests, &net, previous.as_ref())?;
+        let settings = Settings {
+            max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
+        };
+        let world = reconcile(manifests, &net, &settings, previous.as_ref())?;
         let mut out = std::io::stdout().lock();
         match args.output {
             Output::Table => print::tables(&mut out, &world, &args.show)?,
@@ -74,33 +80,79 @@ fn report(diagnostics: &[Diagnostic]) {
     }
 }
 
+/// Reconciler settings of `portico local`.
+pub struct Settings {
+    pub max_endpoints_per_slice: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_endpoints_per_slice: endpointslices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+        }
+    }
+}
+
 /// Builds the world from the manifests and runs the reconcilers to a fixpoint.
 /// `previous` is the world of the last run under `--watch`: what the
-/// reconcilers assigned there is kept, as the API server keeps fields that a
-/// `kubectl apply` does not set.
-fn reconcile(
+/// reconcilers made there is kept (ClusterIPs, EndpointSlices), as the API
+/// server keeps fields that a `kubectl apply` does not set.
+///
+/// Each round first settles ClusterIP allocation (which also decides the
+/// Services' families), then syncs EndpointSlices, then feeds every changed
+/// object back to the reconcilers.
+pub fn reconcile(
     mut m: Manifests,
     net: &NetworkConfig,
+    settings: &Settings,
     previous: Option<&World>,
 ) -> anyhow::Result<World> {
     add_cluster_defaults(&mut m, net);
     if let Some(prev) = previous {
         keep_assigned_fields(&mut m.services, prev);
+        keep_endpoint_slices(&mut m.endpoint_slices, prev);
     }
     let mut world = World::new(m);
     let mut clusterip = ClusterIpController::new(net, Mode::Allocate, ClusterIpMetrics::default())?;
+    let cfg = endpointslices::Config {
+        max_endpoints_per_slice: settings.max_endpoints_per_slice,
+        batch_period: Duration::ZERO,
+        delete_orphans: true,
+    };
+    let mut slices = EndpointSliceController::new(cfg, EndpointSliceMetrics::default());
+    let now = Instant::now();
     let services = world.services.store.state();
     let mut writes = clusterip.reset(services.iter().map(AsRef::as_ref));
-    for _ in 0..MAX_ROUNDS {
-        let changed = world.write(writes)?;
-        if changed.is_empty() {
-            return Ok(world);
-        }
-        writes = changed
-            .services
+    slices.reset_services(services.iter().map(AsRef::as_ref), now);
+    slices.reset_pods(world.pods.store.state().iter().map(AsRef::as_ref), now);
+    slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
+    slices.reset_slices(
+        world
+            .endpoint_slices
+            .store
+            .state()
             .iter()
-            .flat_map(|s| clusterip.apply(s))
-            .collect();
+            .map(AsRef::as_ref),
+        now,
+    );
+    for _ in 0..MAX_ROUNDS {
+        if writes.is_empty() {
+            writes = slices.flush(now);
+            if writes.is_empty() {
+                return Ok(world);
+            }
+        }
+        let changed = world.write(std::mem::take(&mut writes))?;
+        for svc in &changed.services {
+            writes.extend(clusterip.apply(svc));
+            slices.apply_service(svc, now);
+        }
+        for slice in &changed.slices {
+            slices.apply_slice(slice, now);
+        }
+        for slice in &changed.deleted_slices {
+            slices.delete_slice(slice, now);
+        }
     }
     anyhow::bail!("the reconcilers did not settle after {MAX_ROUNDS} rounds; this is a bug")
 }
@@ -215,6 +267,29 @@ fn keep_assigned_fields(services: &mut [Service], prev: &World) {
     }
 }
 
+/// Under `--watch`: the EndpointSlices Portico made in the previous run are
+/// kept (unless the files define slices of the same name), so a reload
+/// updates them instead of making new ones.
+fn keep_endpoint_slices(slices: &mut Vec<portico_controllers::k8s::EndpointSlice>, prev: &World) {
+    use portico_crds::names::{ENDPOINTSLICE_MANAGER, labels};
+    let defined: BTreeSet<(Option<String>, Option<String>)> = slices
+        .iter()
+        .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
+        .collect();
+    for old in prev.endpoint_slices.store.state() {
+        let ours = old
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::MANAGED_BY))
+            .map(String::as_str)
+            == Some(ENDPOINTSLICE_MANAGER);
+        if ours && !defined.contains(&(old.metadata.namespace.clone(), old.metadata.name.clone())) {
+            slices.push((*old).clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -249,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_reconcilers_run_to_a_fixpoint_and_the_cluster_defaults_exist() {
-        let world = reconcile(manifests(TWO), &net(), None).unwrap();
+        let world = reconcile(manifests(TWO), &net(), &Settings::default(), None).unwrap();
         assert_eq!(
             cluster_ips(&world, "default", "kubernetes"),
             vec!["10.96.0.1"]
@@ -279,8 +354,8 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_addresses_assigned_before() {
-        let first = reconcile(manifests(TWO), &net(), None).unwrap();
-        let second = reconcile(manifests(TWO), &net(), Some(&first)).unwrap();
+        let first = reconcile(manifests(TWO), &net(), &Settings::default(), None).unwrap();
+        let second = reconcile(manifests(TWO), &net(), &Settings::default(), Some(&first)).unwrap();
         assert_eq!(
             cluster_ips(&first, "default", "a"),
             cluster_ips(&second, "default", "a")

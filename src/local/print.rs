@@ -15,6 +15,7 @@ pub fn tables(out: &mut impl Write, world: &World, show: &[Show]) -> io::Result<
         }
         match what {
             Show::Services => services_table(out, world)?,
+            Show::Endpointslices => endpoint_slices_table(out, world)?,
             Show::Events => events_table(out, world)?,
         }
     }
@@ -46,6 +47,85 @@ pub fn services_table(out: &mut impl Write, world: &World) -> io::Result<()> {
     write_table(out, &rows)
 }
 
+/// `kubectl get endpointslices -A -o wide`, with each endpoint's pod and
+/// conditions (`R` ready, `S` serving, `T` terminating) so a reader sees what
+/// DNS and the dataplane will use.
+pub fn endpoint_slices_table(out: &mut impl Write, world: &World) -> io::Result<()> {
+    let mut rows = vec![row(&[
+        "NAMESPACE",
+        "NAME",
+        "SERVICE",
+        "ADDRESSTYPE",
+        "PORTS",
+        "ENDPOINTS",
+    ])];
+    for slice in world.endpoint_slices.sorted() {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(portico_crds::names::labels::SERVICE_NAME))
+            .cloned()
+            .unwrap_or_else(|| "<none>".into());
+        let ports: Vec<String> = slice
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| match &p.name {
+                Some(n) if !n.is_empty() => format!(
+                    "{n}:{}/{}",
+                    p.port.unwrap_or_default(),
+                    p.protocol.as_deref().unwrap_or("TCP")
+                ),
+                _ => format!(
+                    "{}/{}",
+                    p.port.unwrap_or_default(),
+                    p.protocol.as_deref().unwrap_or("TCP")
+                ),
+            })
+            .collect();
+        let endpoints: Vec<String> = slice
+            .endpoints
+            .iter()
+            .map(|e| {
+                let c = e.conditions.clone().unwrap_or_default();
+                let flags: String = [(c.ready, 'R'), (c.serving, 'S'), (c.terminating, 'T')]
+                    .iter()
+                    .filter(|(v, _)| *v == Some(true))
+                    .map(|(_, f)| *f)
+                    .collect();
+                let who = e
+                    .hostname
+                    .clone()
+                    .or_else(|| e.target_ref.as_ref().and_then(|r| r.name.clone()))
+                    .unwrap_or_default();
+                format!(
+                    "{}({who},{})",
+                    e.addresses.join("+"),
+                    if flags.is_empty() { "-" } else { &flags }
+                )
+            })
+            .collect();
+        rows.push(vec![
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            slice.metadata.name.clone().unwrap_or_default(),
+            service,
+            slice.address_type.clone(),
+            if ports.is_empty() {
+                "<unset>".into()
+            } else {
+                ports.join(",")
+            },
+            if endpoints.is_empty() {
+                "<unset>".into()
+            } else {
+                endpoints.join(",")
+            },
+        ]);
+    }
+    write_table(out, &rows)
+}
+
 /// `kubectl get events -A`, in the order they were recorded.
 pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
     let mut rows = vec![row(&["NAMESPACE", "TYPE", "REASON", "OBJECT", "MESSAGE"])];
@@ -66,7 +146,8 @@ pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
     write_table(out, &rows)
 }
 
-/// Every object, as multi-document YAML (namespaces, nodes, services, pods).
+/// Every object, as multi-document YAML (namespaces, nodes, services,
+/// endpoint slices, pods).
 pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
     let mut docs = Vec::new();
     for o in world.namespaces.sorted() {
@@ -76,6 +157,9 @@ pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
     for o in world.services.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for o in world.endpoint_slices.sorted() {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
     for o in world.pods.sorted() {

@@ -9,8 +9,8 @@ use super::load::Manifests;
 use k8s_openapi::DeepMerge;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
-use portico_controllers::k8s::{Namespace, Node, Pod, Service};
-use portico_controllers::{Apply, EventRecord, TargetKind, Write};
+use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
+use portico_controllers::{Apply, EventRecord, Target, TargetKind, Write};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -32,7 +32,15 @@ where
     fn new(objects: Vec<K>) -> Self {
         let (store, mut writer) = reflector::store::<K>();
         writer.apply_watcher_event(&watcher::Event::Init);
-        for obj in objects {
+        for mut obj in objects {
+            let meta = obj.meta_mut();
+            if meta.uid.is_none() {
+                meta.uid = Some(uid(
+                    &K::kind(&()),
+                    meta.namespace.as_deref(),
+                    meta.name.as_deref(),
+                ));
+            }
             writer.apply_watcher_event(&watcher::Event::InitApply(obj));
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
@@ -71,6 +79,71 @@ where
             .apply_watcher_event(&watcher::Event::Apply(next));
         Ok(self.store.get(&key))
     }
+
+    /// Stores an object as the API server would on create or update: a new
+    /// `resourceVersion`, and a `uid` when it has none.
+    fn put(&mut self, mut obj: K, version: u64) -> Option<Arc<K>> {
+        let meta = obj.meta_mut();
+        meta.resource_version = Some(version.to_string());
+        if meta.uid.is_none() {
+            meta.uid = Some(uid(
+                &K::kind(&()),
+                meta.namespace.as_deref(),
+                meta.name.as_deref(),
+            ));
+        }
+        let key = ObjectRef::<K>::new(meta.name.as_deref().unwrap_or_default())
+            .within(meta.namespace.as_deref().unwrap_or_default());
+        self.writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        self.store.get(&key)
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.store.get(&ObjectRef::<K>::new(name).within(namespace))
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let old = self.get(namespace, name)?;
+        self.writer
+            .apply_watcher_event(&watcher::Event::Delete((*old).clone()));
+        Some(old)
+    }
+}
+
+/// A stable UID for an object of the manifests, from its kind and name, so
+/// that owner references do not change when `--watch` reloads the files.
+pub fn uid(kind: &str, namespace: Option<&str>, name: Option<&str>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut halves = [0u64; 2];
+    for (i, half) in halves.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (i, kind, namespace, name).hash(&mut h);
+        *half = h.finish();
+    }
+    let hex = format!("{:016x}{:016x}", halves[0], halves[1]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The suffix the API server appends to a `generateName`: five characters
+/// of its alphabet. Portico derives them from a counter, so a run of
+/// `portico local` names its slices the same way every time.
+fn generated_suffix(n: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(x % ALPHABET.len() as u64) as usize] as char;
+            x /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
 }
 
 /// Every object `portico local` knows, and the Events recorded so far.
@@ -79,19 +152,18 @@ pub struct World {
     pub nodes: Objects<Node>,
     pub services: Objects<Service>,
     pub pods: Objects<Pod>,
+    pub endpoint_slices: Objects<EndpointSlice>,
     pub events: Vec<EventRecord>,
+    /// The last `resourceVersion` handed out.
+    version: u64,
 }
 
 /// What a round of writes changed.
 #[derive(Default)]
 pub struct Changed {
     pub services: Vec<Arc<Service>>,
-}
-
-impl Changed {
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
-    }
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub deleted_slices: Vec<Arc<EndpointSlice>>,
 }
 
 impl World {
@@ -101,8 +173,15 @@ impl World {
             nodes: Objects::new(m.nodes),
             services: Objects::new(m.services),
             pods: Objects::new(m.pods),
+            endpoint_slices: Objects::new(m.endpoint_slices),
             events: Vec::new(),
+            version: 0,
         }
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.version += 1;
+        self.version
     }
 
     /// Carries out writes, as the API server would; returns what changed.
@@ -116,17 +195,102 @@ impl World {
                             self.services
                                 .merge(&target.namespace, &target.name, &patch)?
                         {
-                            changed.services.retain(|s| {
-                                s.metadata.name != svc.metadata.name
-                                    || s.metadata.namespace != svc.metadata.namespace
-                            });
-                            changed.services.push(svc);
+                            push_latest(&mut changed.services, svc);
                         }
                     }
+                    TargetKind::EndpointSlice => {
+                        if let Some(slice) =
+                            self.endpoint_slices
+                                .merge(&target.namespace, &target.name, &patch)?
+                        {
+                            push_latest(&mut changed.slices, slice);
+                        }
+                    }
+                },
+                Write::Create { target, object } => match target.kind {
+                    TargetKind::EndpointSlice => {
+                        let mut slice: EndpointSlice = serde_json::from_value(object)?;
+                        slice.metadata.namespace = Some(target.namespace.clone());
+                        if slice.metadata.name.is_none() {
+                            let prefix = slice.metadata.generate_name.clone().unwrap_or_default();
+                            let name = loop {
+                                let n = self.next_version();
+                                let candidate = format!("{prefix}{}", generated_suffix(n));
+                                if self
+                                    .endpoint_slices
+                                    .get(&target.namespace, &candidate)
+                                    .is_none()
+                                {
+                                    break candidate;
+                                }
+                            };
+                            slice.metadata.name = Some(name);
+                        }
+                        let version = self.next_version();
+                        if let Some(slice) = self.endpoint_slices.put(slice, version) {
+                            push_latest(&mut changed.slices, slice);
+                        }
+                    }
+                    TargetKind::Service => anyhow::bail!("portico local does not create Services"),
+                },
+                Write::Replace { target, object } => match target.kind {
+                    TargetKind::EndpointSlice => {
+                        let slice: EndpointSlice = serde_json::from_value(object)?;
+                        let current = self.endpoint_slices.get(&target.namespace, &target.name);
+                        check_version(
+                            &target,
+                            slice.metadata.resource_version.as_deref(),
+                            current,
+                        )?;
+                        let version = self.next_version();
+                        if let Some(slice) = self.endpoint_slices.put(slice, version) {
+                            push_latest(&mut changed.slices, slice);
+                        }
+                    }
+                    TargetKind::Service => anyhow::bail!("portico local does not replace Services"),
+                },
+                Write::Delete { target } => match target.kind {
+                    TargetKind::EndpointSlice => {
+                        if let Some(old) =
+                            self.endpoint_slices.remove(&target.namespace, &target.name)
+                        {
+                            changed
+                                .slices
+                                .retain(|s| s.metadata.name != old.metadata.name);
+                            changed.deleted_slices.push(old);
+                        }
+                    }
+                    TargetKind::Service => anyhow::bail!("portico local does not delete Services"),
                 },
                 Write::Event(event) => self.events.push(event),
             }
         }
         Ok(changed)
     }
+}
+
+/// Keeps only the latest version of each object in a change list.
+fn push_latest<K: kube::Resource>(list: &mut Vec<Arc<K>>, obj: Arc<K>) {
+    list.retain(|o| o.meta().name != obj.meta().name || o.meta().namespace != obj.meta().namespace);
+    list.push(obj);
+}
+
+/// An update must carry the `resourceVersion` it replaces, as in the API.
+fn check_version<K: kube::Resource>(
+    target: &Target,
+    given: Option<&str>,
+    current: Option<Arc<K>>,
+) -> anyhow::Result<()> {
+    let Some(current) = current else {
+        anyhow::bail!("{}/{} does not exist", target.namespace, target.name);
+    };
+    if given != current.meta().resource_version.as_deref() {
+        anyhow::bail!(
+            "conflict replacing {}/{}: version {given:?}, stored {:?}",
+            target.namespace,
+            target.name,
+            current.meta().resource_version
+        );
+    }
+    Ok(())
 }

@@ -72,7 +72,7 @@ fn events(writes: &[Write]) -> Vec<(bool, String, String)> {
         .iter()
         .filter_map(|w| match w {
             Write::Event(e) => Some((e.warning, e.reason.clone(), e.note.clone())),
-            Write::Apply(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -224,9 +224,39 @@ fn headless_and_external_name_services_get_no_address() {
         s.external_name = Some("github.com".into());
         s.selector = None;
     });
-    assert!(c.apply(&headless).is_empty());
+    let headless = merged(&headless, &c.apply(&headless));
+    assert_eq!(ips(&headless), vec!["None"]);
     assert!(c.apply(&ext).is_empty());
     assert_eq!(c.usage()[0].1.used, 0);
+    assert!(c.apply(&headless).is_empty());
+}
+
+#[test]
+fn headless_services_get_their_families_as_from_the_api_server() {
+    let mut c = ctrl("fd00:10:96::/108,10.96.0.0/12", Mode::Allocate);
+    let with_selector = requesting(mk_svc("default", "db"), &["None"]);
+    let spec = merged(&with_selector, &c.apply(&with_selector))
+        .spec
+        .unwrap();
+    assert_eq!(spec.ip_families.as_deref(), Some(&["IPv6".to_owned()][..]));
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+
+    let selectorless = with_spec(requesting(mk_svc("default", "ext-db"), &["None"]), |s| {
+        s.selector = None
+    });
+    let spec = merged(&selectorless, &c.apply(&selectorless)).spec.unwrap();
+    assert_eq!(
+        spec.ip_families.as_deref(),
+        Some(&["IPv6".to_owned(), "IPv4".to_owned()][..])
+    );
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("RequireDualStack"));
+
+    let mut single = ctrl("10.96.0.0/12", Mode::Allocate);
+    let require = with_spec(requesting(mk_svc("default", "db"), &["None"]), |s| {
+        s.ip_family_policy = Some("RequireDualStack".into())
+    });
+    let writes = single.apply(&require);
+    assert_condition(&merged(&require, &writes), "False", "no IPv6 service range");
 }
 
 #[test]
