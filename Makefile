@@ -54,6 +54,7 @@ demo:
 ## bench: criterion and scale benchmarks (results go in docs/benchmarks.md)
 bench:
 	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p portico --bench endpointslices
 
 ## crds: regenerate the CRD YAML in crds/
 crds:

@@ -1,44 +1,124 @@
 //! `portico controller`: the reconcilers against a Kubernetes cluster.
 //!
 //! ```text
-//!  watch Services ──> reflector Store ──> ClusterIpController (audit) ──> writes
-//!                                                                         │
-//!  Lease (kube-lease-manager) ── leader? ─────────────────────────────────┴─> ApiWriter
+//!  watch Services ─────────┐
+//!  watch Pods ─────────────┤    ClusterIpController (audit) ──┐
+//!  watch Node metadata ────┼──> EndpointSliceController ──────┼──> writes ──> ApiWriter
+//!  watch Portico's slices ─┘        ^                         │   (leader only)
+//!                                   └── what the API stored ──┘
 //! ```
 //!
-//! Every replica watches and keeps its index warm; only the Lease holder
-//! writes. A replica that becomes leader rebuilds its index from the store
-//! and reports what is wrong at that moment.
+//! Every replica watches and keeps its indexes warm; only the Lease holder
+//! writes. A replica that becomes leader rebuilds the ClusterIP index from
+//! its store and syncs every Service's slices. What the API returns for a
+//! write is fed back into the index at once, so a Service is never synced
+//! against a store that has not seen Portico's own last write; a failed
+//! write makes its Service sync again after a pause.
 
 use crate::cli::ControllerArgs;
 use crate::http::Health;
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
+use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use portico_controllers::clusterip::{ClusterIpController, Mode};
-use portico_controllers::k8s::Service;
-use portico_controllers::metrics::ClusterIpMetrics;
-use portico_controllers::{ApiWriter, NetworkConfig, Write};
-use portico_crds::names::{CONTROLLER_LEASE, FIELD_MANAGER};
+use portico_controllers::endpointslices::{self, EndpointSliceController};
+use portico_controllers::k8s::{EndpointSlice, Node, Pod, Service};
+use portico_controllers::metrics::{ClusterIpMetrics, EndpointSliceMetrics};
+use portico_controllers::{ApiWriter, NetworkConfig, TargetKind, Write, Written};
+use portico_crds::names::{CONTROLLER_LEASE, ENDPOINTSLICE_MANAGER, FIELD_MANAGER, labels};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::time::{Duration, Instant};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// A failed write makes its Service sync again after this pause.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// One watch event of any kind the controllers read.
+enum Change {
+    Service(watcher::Event<Service>),
+    Pod(Box<watcher::Event<Pod>>),
+    Node(watcher::Event<PartialObjectMeta<Node>>),
+    Slice(watcher::Event<EndpointSlice>),
+}
+
+/// Objects of one kind collected during a relist.
+struct Relist<K> {
+    buffer: Vec<K>,
+    synced: bool,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Relist {
+            buffer: Vec::new(),
+            synced: false,
+        }
+    }
+}
+
+impl<K> Relist<K> {
+    /// Feeds a watch event; returns the relisted objects on `InitDone`, and
+    /// the change for other events.
+    fn feed(&mut self, event: watcher::Event<K>) -> Option<Fed<K>> {
+        match event {
+            watcher::Event::Init => {
+                self.buffer.clear();
+                None
+            }
+            watcher::Event::InitApply(o) => {
+                self.buffer.push(o);
+                None
+            }
+            watcher::Event::InitDone => {
+                self.synced = true;
+                Some(Fed::Reset(std::mem::take(&mut self.buffer)))
+            }
+            watcher::Event::Apply(o) => Some(Fed::Apply(o)),
+            watcher::Event::Delete(o) => Some(Fed::Delete(o)),
+        }
+    }
+}
+
+enum Fed<K> {
+    Reset(Vec<K>),
+    Apply(K),
+    Delete(K),
+}
+
+/// Only a Node's labels matter (its zone), so Nodes are watched as metadata.
+fn node_event(ev: watcher::Event<PartialObjectMeta<Node>>) -> watcher::Event<Node> {
+    let node = |meta: PartialObjectMeta<Node>| Node {
+        metadata: meta.metadata,
+        ..Default::default()
+    };
+    match ev {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(m) => watcher::Event::InitApply(node(m)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(m) => watcher::Event::Apply(node(m)),
+        watcher::Event::Delete(m) => watcher::Event::Delete(node(m)),
+    }
+}
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let net = NetworkConfig::parse(
         &args.network.service_cluster_ip_range,
         &args.network.cluster_cidr,
     )?;
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)")?;
+    let client = Client::try_default().await.context(
+        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+    )?;
 
     let mut registry = Registry::default();
-    let metrics = ClusterIpMetrics::default();
-    metrics.register(&mut registry);
+    let clusterip_metrics = ClusterIpMetrics::default();
+    clusterip_metrics.register(&mut registry);
+    let slice_metrics = EndpointSliceMetrics::default();
+    slice_metrics.register(&mut registry);
     let leader_gauge: Gauge = Gauge::default();
     registry.register(
         "portico_controller_leader",
@@ -87,20 +167,60 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let writer = ApiWriter::new(client.clone(), Some(identity));
     let (store, store_writer) = reflector::store::<Service>();
-    let services =
-        watcher(Api::<Service>::all(client), watcher::Config::default()).default_backoff();
-    let mut events = reflector(store_writer, services).boxed();
+    let managed = format!("{}={ENDPOINTSLICE_MANAGER}", labels::MANAGED_BY);
+    let mut changes = futures::stream::select_all([
+        reflector(
+            store_writer,
+            watcher(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .map_ok(Change::Service)
+        .boxed(),
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .map_ok(|e| Change::Pod(Box::new(e)))
+            .boxed(),
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(Change::Node)
+        .boxed(),
+        watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default().labels(&managed),
+        )
+        .default_backoff()
+        .map_ok(Change::Slice)
+        .boxed(),
+    ]);
 
-    let mut ctrl = ClusterIpController::new(&net, Mode::Audit, metrics.clone())?;
-    let mut relist: Vec<Service> = Vec::new();
-    let mut synced = false;
+    let mut clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?;
+    let mut slices = EndpointSliceController::new(
+        endpointslices::Config {
+            max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
+            batch_period: args.endpoint_updates_batch_period,
+            delete_orphans: false,
+        },
+        slice_metrics,
+    );
+    let mut services: Relist<Service> = Relist::default();
+    let mut pods: Relist<Pod> = Relist::default();
+    let mut nodes: Relist<Node> = Relist::default();
+    let mut slice_relist: Relist<EndpointSlice> = Relist::default();
     let mut leader = *leader_rx.borrow_and_update();
     leader_gauge.set(i64::from(leader));
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let writes: Vec<Write> = tokio::select! {
+        let all_synced = services.synced && pods.synced && nodes.synced && slice_relist.synced;
+        let next_due = slices.next_due().filter(|_| all_synced);
+        let mut writes: Vec<Write> = tokio::select! {
             () = &mut shutdown => break,
             changed = leader_rx.changed() => {
                 changed.context("leader election stopped")?;
@@ -109,40 +229,104 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 tracing::info!(leader = now, "leadership changed");
                 let gained = now && !leader;
                 leader = now;
-                if gained && synced {
-                    // A new leader reports the current problems afresh.
-                    ctrl = ClusterIpController::new(&net, Mode::Audit, metrics.clone())?;
-                    ctrl.reset(store.state().iter().map(|s| s.as_ref()))
+                if gained && services.synced {
+                    // A new leader reports the current problems afresh and
+                    // writes the slices the others only computed.
+                    clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?;
+                    slices.resync_all(Instant::now());
+                    clusterip.reset(store.state().iter().map(|s| s.as_ref()))
                 } else {
                     Vec::new()
                 }
             }
-            event = events.try_next() => match event {
-                Ok(Some(watcher::Event::Init)) => { relist.clear(); Vec::new() }
-                Ok(Some(watcher::Event::InitApply(svc))) => { relist.push(svc); Vec::new() }
-                Ok(Some(watcher::Event::InitDone)) => {
-                    let writes = ctrl.reset(relist.iter());
-                    relist.clear();
-                    if !synced {
-                        tracing::info!(services = store.len(), "initial sync done");
+            () = sleep_until(next_due) => Vec::new(),
+            change = changes.try_next() => {
+                let now = Instant::now();
+                match change {
+                    Ok(Some(Change::Service(ev))) => match services.feed(ev) {
+                        Some(Fed::Reset(all)) => {
+                            slices.reset_services(all.iter(), now);
+                            clusterip.reset(all.iter())
+                        }
+                        Some(Fed::Apply(svc)) => {
+                            slices.apply_service(&svc, now);
+                            clusterip.apply(&svc)
+                        }
+                        Some(Fed::Delete(svc)) => {
+                            slices.delete_service(&svc, now);
+                            clusterip.delete(&svc)
+                        }
+                        None => Vec::new(),
+                    },
+                    Ok(Some(Change::Pod(ev))) => {
+                        match pods.feed(*ev) {
+                            Some(Fed::Reset(all)) => slices.reset_pods(all.iter(), now),
+                            Some(Fed::Apply(pod)) => slices.apply_pod(&pod, now),
+                            Some(Fed::Delete(pod)) => slices.delete_pod(&pod, now),
+                            None => {}
+                        }
+                        Vec::new()
                     }
-                    synced = true;
-                    health.set_ready(true);
-                    writes
+                    Ok(Some(Change::Node(ev))) => {
+                        match nodes.feed(node_event(ev)) {
+                            Some(Fed::Reset(all)) => slices.reset_nodes(all.iter(), now),
+                            Some(Fed::Apply(node)) => slices.apply_node(&node, now),
+                            Some(Fed::Delete(node)) => slices.delete_node(&node, now),
+                            None => {}
+                        }
+                        Vec::new()
+                    }
+                    Ok(Some(Change::Slice(ev))) => {
+                        match slice_relist.feed(ev) {
+                            Some(Fed::Reset(all)) => slices.reset_slices(all.iter(), now),
+                            Some(Fed::Apply(s)) => slices.apply_slice(&s, now),
+                            Some(Fed::Delete(s)) => slices.delete_slice(&s, now),
+                            None => {}
+                        }
+                        Vec::new()
+                    }
+                    Ok(None) => anyhow::bail!("a watch ended"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch failed; retrying with backoff");
+                        Vec::new()
+                    }
                 }
-                Ok(Some(watcher::Event::Apply(svc))) => ctrl.apply(&svc),
-                Ok(Some(watcher::Event::Delete(svc))) => ctrl.delete(&svc),
-                Ok(None) => anyhow::bail!("the Service watch ended"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Service watch failed; retrying with backoff");
-                    Vec::new()
-                }
-            },
+            }
         };
-        if leader {
-            for write in &writes {
-                if let Err(e) = writer.write(write).await {
+        let all_synced = services.synced && pods.synced && nodes.synced && slice_relist.synced;
+        if all_synced {
+            if !health.is_ready() {
+                tracing::info!(services = store.len(), "initial sync done");
+                health.set_ready(true);
+            }
+            writes.extend(slices.flush(Instant::now()));
+        }
+        if !leader {
+            continue;
+        }
+        for write in &writes {
+            match writer.write(write).await {
+                Ok(Written::Object(TargetKind::EndpointSlice, value)) => {
+                    match serde_json::from_value::<EndpointSlice>(value) {
+                        Ok(slice) => slices.apply_slice(&slice, Instant::now()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the API answered with an unreadable EndpointSlice")
+                        }
+                    }
+                }
+                Ok(Written::Deleted(t)) if t.kind == TargetKind::EndpointSlice => {
+                    slices.forget_slice(&t.namespace, &t.name, Instant::now());
+                }
+                Ok(_) => {}
+                Err(e) => {
                     tracing::warn!(error = %e, kind = e.metric_label(), ?write, "write failed");
+                    if let Write::Create { target, object } | Write::Replace { target, object } =
+                        write
+                        && target.kind == TargetKind::EndpointSlice
+                    {
+                        let slice = serde_json::from_value::<EndpointSlice>(object.clone()).ok();
+                        slices.retry(target, slice.as_ref(), Instant::now(), RETRY_DELAY);
+                    }
                 }
             }
         }
@@ -163,6 +347,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

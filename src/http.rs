@@ -34,6 +34,11 @@ impl Health {
         }
     }
 
+    /// Whether the component is ready.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
     /// Marks the component ready (or not).
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Relaxed);

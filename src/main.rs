@@ -1,23 +1,9 @@
-//! `portico`: Kubernetes service networking in one binary.
-//!
-//! ```text
-//!  portico controller   reconcilers against the Kubernetes API (leader-elected)
-//!  portico local        the whole suite on one machine, from manifest files
-//!  portico crds         prints Portico's CustomResourceDefinitions
-//! ```
-//!
-//! Every subcommand's flags have an environment variable (`PORTICO_*`);
-//! `portico <command> --help` documents them.
+//! The `portico` binary; see the library for what each command does.
 
 #![forbid(unsafe_code)]
 
-mod cli;
-mod cluster;
-mod http;
-mod local;
-mod telemetry;
-
 use clap::Parser;
+use portico::{cli, cluster, local, telemetry};
 use std::process::ExitCode;
 
 /// `portico crds`: prints every CRD, or writes one file each.

@@ -10,9 +10,9 @@
 //! The reconcilers are the very ones `portico controller` runs; here Portico
 //! is the allocator, so ClusterIPs are assigned rather than audited.
 
-mod load;
-mod print;
-mod world;
+pub mod load;
+pub mod print;
+pub mod world;
 
 use crate::cli::{LocalArgs, Output};
 use load::{Diagnostic, Manifests};

@@ -401,6 +401,30 @@ impl EndpointSliceController {
         }
     }
 
+    /// Marks every Service for a sync now (a replica that becomes leader
+    /// writes what the others only computed).
+    pub fn resync_all(&mut self, now: Instant) {
+        self.mark_all(now);
+    }
+
+    /// Forgets a slice the writer just deleted, before the watch says so.
+    pub fn forget_slice(&mut self, namespace: &str, name: &str, now: Instant) {
+        let owner = self
+            .slices
+            .iter()
+            .find(|(k, m)| k.namespace == namespace && m.contains_key(name))
+            .map(|(k, _)| k.clone());
+        if let Some(key) = owner {
+            if let Some(m) = self.slices.get_mut(&key) {
+                m.remove(name);
+                if m.is_empty() {
+                    self.slices.remove(&key);
+                }
+            }
+            self.mark(key, now);
+        }
+    }
+
     /// When the next Service is due, if any.
     pub fn next_due(&self) -> Option<Instant> {
         self.dirty.values().min().copied()
