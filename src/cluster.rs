@@ -40,7 +40,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// One watch event of any kind the controllers read.
 enum Change {
-    Service(watcher::Event<Service>),
+    Service(Box<watcher::Event<Service>>),
     Pod(Box<watcher::Event<Pod>>),
     Node(watcher::Event<PartialObjectMeta<Node>>),
     Slice(watcher::Event<EndpointSlice>),
@@ -243,7 +243,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             change = changes.try_next() => {
                 let now = Instant::now();
                 match change {
-                    Ok(Some(Change::Service(ev))) => match services.feed(ev) {
+                    Ok(Some(Change::Service(ev))) => match services.feed(*ev) {
                         Some(Fed::Reset(all)) => {
                             slices.reset_services(all.iter(), now);
                             clusterip.reset(all.iter())
