@@ -177,7 +177,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             ),
         )
         .default_backoff()
-        .map_ok(Change::Service)
+        .map_ok(|e| Change::Service(Box::new(e)))
         .boxed(),
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
             .default_backoff()
