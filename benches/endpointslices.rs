@@ -17,11 +17,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portico::local::world::StoredPod;
 use portico::local::{Settings, load::Manifests, reconcile};
 use portico_controllers::NetworkConfig;
 use portico_controllers::endpointslices::{Config, EndpointSliceController};
 use portico_controllers::metrics::EndpointSliceMetrics;
-use portico_controllers::{Write, k8s::EndpointSlice};
+use portico_controllers::{Object, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PODS_PER_SERVICE: usize = 10;
@@ -107,6 +109,7 @@ fn manifests(services: usize) -> Manifests {
         services: (0..services).map(service).collect(),
         pods: (0..services)
             .flat_map(|s| (0..PODS_PER_SERVICE).map(move |j| pod(s, j, true)))
+            .map(|p| StoredPod::new(p).expect("a pod serializes"))
             .collect(),
         ..Default::default()
     }
@@ -167,14 +170,14 @@ fn one_change(services: usize, changes: usize) {
     ctrl.reset_slices(std::iter::empty(), now);
     // Carry out the initial creates as the API would.
     for (n, w) in ctrl.flush(now).into_iter().enumerate() {
-        if let Write::Create { object, .. } = w {
-            let mut s: EndpointSlice = serde_json::from_value(object).expect("slice");
+        if let Write::Create(Object::EndpointSlice(s)) = w {
+            let mut s = *s;
             s.metadata.name = Some(format!(
                 "{}{n:05}",
                 s.metadata.generate_name.clone().unwrap_or_default()
             ));
             s.metadata.resource_version = Some(n.to_string());
-            ctrl.apply_slice(&s, now);
+            ctrl.apply_slice(Arc::new(s), now);
         }
     }
     assert!(ctrl.flush(now).is_empty());
@@ -189,10 +192,10 @@ fn one_change(services: usize, changes: usize) {
         let writes = ctrl.flush(now);
         times.push(started.elapsed());
         assert_eq!(writes.len(), 1, "one pod change, one slice write");
-        if let Some(Write::Replace { object, .. }) = writes.first() {
-            let mut s: EndpointSlice = serde_json::from_value(object.clone()).expect("slice");
+        if let Some(Write::Replace(Object::EndpointSlice(s))) = writes.first() {
+            let mut s = (**s).clone();
             s.metadata.resource_version = Some(format!("u{k}"));
-            ctrl.apply_slice(&s, now);
+            ctrl.apply_slice(Arc::new(s), now);
             ctrl.flush(now);
         }
     }

@@ -27,10 +27,11 @@ use portico_controllers::clusterip::{ClusterIpController, Mode};
 use portico_controllers::endpointslices::{self, EndpointSliceController};
 use portico_controllers::k8s::{EndpointSlice, Node, Pod, Service};
 use portico_controllers::metrics::{ClusterIpMetrics, EndpointSliceMetrics};
-use portico_controllers::{ApiWriter, NetworkConfig, TargetKind, Write, Written};
+use portico_controllers::{ApiWriter, NetworkConfig, Object, TargetKind, Write, Written};
 use portico_crds::names::{CONTROLLER_LEASE, ENDPOINTSLICE_MANAGER, FIELD_MANAGER, labels};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -278,8 +279,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     }
                     Ok(Some(Change::Slice(ev))) => {
                         match slice_relist.feed(ev) {
-                            Some(Fed::Reset(all)) => slices.reset_slices(all.iter(), now),
-                            Some(Fed::Apply(s)) => slices.apply_slice(&s, now),
+                            Some(Fed::Reset(all)) => slices.reset_slices(all.into_iter().map(Arc::new), now),
+                            Some(Fed::Apply(s)) => slices.apply_slice(Arc::new(s), now),
                             Some(Fed::Delete(s)) => slices.delete_slice(&s, now),
                             None => {}
                         }
@@ -306,13 +307,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
         for write in &writes {
             match writer.write(write).await {
-                Ok(Written::Object(TargetKind::EndpointSlice, value)) => {
-                    match serde_json::from_value::<EndpointSlice>(value) {
-                        Ok(slice) => slices.apply_slice(&slice, Instant::now()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the API answered with an unreadable EndpointSlice")
-                        }
-                    }
+                Ok(Written::Object(Object::EndpointSlice(slice))) => {
+                    slices.apply_slice(Arc::new(*slice), Instant::now());
                 }
                 Ok(Written::Deleted(t)) if t.kind == TargetKind::EndpointSlice => {
                     slices.forget_slice(&t.namespace, &t.name, Instant::now());
@@ -320,12 +316,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, kind = e.metric_label(), ?write, "write failed");
-                    if let Write::Create { target, object } | Write::Replace { target, object } =
-                        write
-                        && target.kind == TargetKind::EndpointSlice
+                    if let Write::Create(Object::EndpointSlice(slice))
+                    | Write::Replace(Object::EndpointSlice(slice)) = write
                     {
-                        let slice = serde_json::from_value::<EndpointSlice>(object.clone()).ok();
-                        slices.retry(target, slice.as_ref(), Instant::now(), RETRY_DELAY);
+                        let target = Object::EndpointSlice(slice.clone()).target();
+                        slices.retry(&target, Some(slice), Instant::now(), RETRY_DELAY);
                     }
                 }
             }

@@ -19,20 +19,10 @@ pub enum Write {
     /// Server-side apply of a partial object.
     Apply(Apply),
     /// Creation of a whole object (its name may come from `generateName`).
-    Create {
-        /// Kind and namespace; the name is empty when generated.
-        target: Target,
-        /// The object.
-        object: Value,
-    },
-    /// Replacement of a whole object (an update guarded by its
-    /// `resourceVersion`, which the object carries).
-    Replace {
-        /// The object replaced.
-        target: Target,
-        /// The new object.
-        object: Value,
-    },
+    Create(Object),
+    /// Replacement of a whole object: an update guarded by the
+    /// `resourceVersion` the object carries.
+    Replace(Object),
     /// Deletion of an object.
     Delete {
         /// The object deleted.
@@ -51,13 +41,41 @@ pub enum TargetKind {
     EndpointSlice,
 }
 
+/// A whole object that reconcilers create or replace. Typed, not JSON: a
+/// sync of a large cluster creates thousands of them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+impl Object {
+    /// The target this object is (its name is empty when generated).
+    pub fn target(&self) -> Target {
+        let (kind, meta) = match self {
+            Object::Service(o) => (TargetKind::Service, &o.metadata),
+            Object::EndpointSlice(o) => (TargetKind::EndpointSlice, &o.metadata),
+        };
+        Target {
+            kind,
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// What a write did, as the API server answered: the object written, or the
 /// name of the object deleted. Writers feed this back into the reconcilers,
 /// so they never act on a store that has not seen their own writes yet.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Written {
     /// The object as stored after the write.
-    Object(TargetKind, Value),
+    Object(Object),
     /// The object was deleted.
     Deleted(Target),
     /// Nothing to feed back (Events).
@@ -185,21 +203,46 @@ impl ApiWriter {
     /// since Portico owns these fields), create, replace, delete, or an Event.
     pub async fn write(&self, write: &Write) -> Result<Written> {
         match write {
-            Write::Apply(apply) => {
-                let t = &apply.target;
-                match t.kind {
-                    TargetKind::Service => self.apply::<Service>(apply).await,
-                    TargetKind::EndpointSlice => self.apply::<EndpointSlice>(apply).await,
-                }
+            Write::Apply(apply) => match apply.target.kind {
+                TargetKind::Service => self
+                    .apply::<Service>(apply)
+                    .await
+                    .map(|o| Object::Service(Box::new(o))),
+                TargetKind::EndpointSlice => self
+                    .apply::<EndpointSlice>(apply)
+                    .await
+                    .map(|o| Object::EndpointSlice(Box::new(o))),
             }
-            Write::Create { target, object } => match target.kind {
-                TargetKind::Service => self.create::<Service>(target, object).await,
-                TargetKind::EndpointSlice => self.create::<EndpointSlice>(target, object).await,
-            },
-            Write::Replace { target, object } => match target.kind {
-                TargetKind::Service => self.replace::<Service>(target, object).await,
-                TargetKind::EndpointSlice => self.replace::<EndpointSlice>(target, object).await,
-            },
+            .map(Written::Object),
+            Write::Create(object) => {
+                let params = post_params();
+                let stored = match object {
+                    Object::Service(o) => Object::Service(Box::new(
+                        self.api(&object.target())
+                            .create(&params, o.as_ref())
+                            .await?,
+                    )),
+                    Object::EndpointSlice(o) => Object::EndpointSlice(Box::new(
+                        self.api(&object.target())
+                            .create(&params, o.as_ref())
+                            .await?,
+                    )),
+                };
+                Ok(Written::Object(stored))
+            }
+            Write::Replace(object) => {
+                let params = post_params();
+                let t = object.target();
+                let stored = match object {
+                    Object::Service(o) => Object::Service(Box::new(
+                        self.api(&t).replace(&t.name, &params, o.as_ref()).await?,
+                    )),
+                    Object::EndpointSlice(o) => Object::EndpointSlice(Box::new(
+                        self.api(&t).replace(&t.name, &params, o.as_ref()).await?,
+                    )),
+                };
+                Ok(Written::Object(stored))
+            }
             Write::Delete { target } => {
                 let params = DeleteParams::default();
                 match target.kind {
@@ -241,7 +284,7 @@ impl ApiWriter {
         Api::namespaced(self.client.clone(), &target.namespace)
     }
 
-    async fn apply<K>(&self, apply: &Apply) -> Result<Written>
+    async fn apply<K>(&self, apply: &Apply) -> Result<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -252,52 +295,20 @@ impl ApiWriter {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(&apply.patch);
         let api = self.api::<K>(&apply.target);
-        let out = if apply.status {
+        Ok(if apply.status {
             api.patch_status(&apply.target.name, &params, &patch)
                 .await?
         } else {
             api.patch(&apply.target.name, &params, &patch).await?
-        };
-        Ok(Written::Object(
-            apply.target.kind,
-            serde_json::to_value(out)?,
-        ))
+        })
     }
+}
 
-    async fn create<K>(&self, target: &Target, object: &Value) -> Result<Written>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + serde::Serialize,
-    {
-        let obj: K = serde_json::from_value(object.clone())?;
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
-        let out = self.api::<K>(target).create(&params, &obj).await?;
-        Ok(Written::Object(target.kind, serde_json::to_value(out)?))
-    }
-
-    async fn replace<K>(&self, target: &Target, object: &Value) -> Result<Written>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + serde::Serialize,
-    {
-        let obj: K = serde_json::from_value(object.clone())?;
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
-        let out = self
-            .api::<K>(target)
-            .replace(&target.name, &params, &obj)
-            .await?;
-        Ok(Written::Object(target.kind, serde_json::to_value(out)?))
+/// Creates and replaces carry Portico's field manager, so `managedFields`
+/// say who wrote what.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
     }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::client::Body;
-use portico_controllers::{ApiWriter, Write};
+use portico_controllers::{ApiWriter, Object, Write};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tower_test::mock::{Handle, pair};
@@ -213,10 +213,9 @@ fn slice_json(name: Option<&str>, resource_version: Option<&str>) -> Value {
 async fn a_new_endpoint_slice_is_created_with_generate_name_and_the_result_is_returned() {
     let (writer, mut handle) = writer();
     let object = slice_json(None, None);
-    let write = Write::Create {
-        target: slice_target(""),
-        object: object.clone(),
-    };
+    let write = Write::Create(Object::EndpointSlice(Box::new(
+        serde_json::from_value(object.clone()).unwrap(),
+    )));
     let reply = slice_json(Some("web-x7k2p"), Some("41"));
     let server = tokio::spawn(async move {
         expect_request(
@@ -234,9 +233,10 @@ async fn a_new_endpoint_slice_is_created_with_generate_name_and_the_result_is_re
         .unwrap();
     assert_eq!(server.await.unwrap(), object);
     match written {
-        portico_controllers::Written::Object(portico_controllers::TargetKind::EndpointSlice, v) => {
+        portico_controllers::Written::Object(Object::EndpointSlice(s)) => {
             assert_eq!(
-                v["metadata"]["name"], "web-x7k2p",
+                s.metadata.name.as_deref(),
+                Some("web-x7k2p"),
                 "the writer returns what the API stored"
             );
         }
@@ -248,10 +248,9 @@ async fn a_new_endpoint_slice_is_created_with_generate_name_and_the_result_is_re
 async fn an_endpoint_slice_update_replaces_it_at_its_resource_version() {
     let (writer, mut handle) = writer();
     let object = slice_json(Some("web-x7k2p"), Some("41"));
-    let write = Write::Replace {
-        target: slice_target("web-x7k2p"),
-        object: object.clone(),
-    };
+    let write = Write::Replace(Object::EndpointSlice(Box::new(
+        serde_json::from_value(object.clone()).unwrap(),
+    )));
     let reply = slice_json(Some("web-x7k2p"), Some("42"));
     let server = tokio::spawn(async move {
         expect_request(

@@ -2,6 +2,7 @@
 //! `kind: List` included. A document that cannot be used is reported with its
 //! file and index and skipped; the rest is read.
 
+use super::world::StoredPod;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -16,7 +17,8 @@ pub struct Manifests {
     pub namespaces: Vec<Namespace>,
     pub nodes: Vec<Node>,
     pub services: Vec<Service>,
-    pub pods: Vec<Pod>,
+    /// Pods, kept compact (see [`StoredPod`]).
+    pub pods: Vec<StoredPod>,
     pub endpoint_slices: Vec<EndpointSlice>,
     /// What could not be used, and why.
     pub diagnostics: Vec<Diagnostic>,
@@ -189,7 +191,10 @@ impl Ctx<'_> {
             }
             ("v1", "Pod") => {
                 if let Some(o) = self.typed::<Pod>(value, true) {
-                    self.out.pods.push(o);
+                    match StoredPod::new(o) {
+                        Ok(p) => self.out.pods.push(p),
+                        Err(e) => self.skip(format!("Pod cannot be stored: {e}")),
+                    }
                 }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {

@@ -124,17 +124,9 @@ pub fn reconcile(
     let services = world.services.store.state();
     let mut writes = clusterip.reset(services.iter().map(AsRef::as_ref));
     slices.reset_services(services.iter().map(AsRef::as_ref), now);
-    slices.reset_pods(world.pods.store.state().iter().map(AsRef::as_ref), now);
+    slices.reset_pods(world.pods.iter(), now);
     slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
-    slices.reset_slices(
-        world
-            .endpoint_slices
-            .store
-            .state()
-            .iter()
-            .map(AsRef::as_ref),
-        now,
-    );
+    slices.reset_slices(world.endpoint_slices.store.state(), now);
     for _ in 0..MAX_ROUNDS {
         if writes.is_empty() {
             writes = slices.flush(now);
@@ -147,7 +139,7 @@ pub fn reconcile(
             writes.extend(clusterip.apply(svc));
             slices.apply_service(svc, now);
         }
-        for slice in &changed.slices {
+        for slice in changed.slices {
             slices.apply_slice(slice, now);
         }
         for slice in &changed.deleted_slices {
@@ -159,7 +151,7 @@ pub fn reconcile(
 
 /// What every cluster has: the `default` and `kube-system` namespaces (and
 /// every namespace the manifests use), and the `kubernetes` Service on the
-/// first address of the primary service range. Objects get a creation time
+/// first address of the primary service range. Services get a creation time
 /// in document order, so "oldest first" means "first in the files".
 fn add_cluster_defaults(m: &mut Manifests, net: &NetworkConfig) {
     let declared: BTreeSet<String> = m
@@ -171,7 +163,7 @@ fn add_cluster_defaults(m: &mut Manifests, net: &NetworkConfig) {
         .services
         .iter()
         .filter_map(|s| s.metadata.namespace.clone())
-        .chain(m.pods.iter().filter_map(|p| p.metadata.namespace.clone()))
+        .chain(m.pods.iter().map(|p| p.namespace.clone()))
         .chain(["default".to_owned(), "kube-system".to_owned()])
         .collect();
     for ns in used.difference(&declared) {
@@ -230,9 +222,6 @@ fn add_cluster_defaults(m: &mut Manifests, net: &NetworkConfig) {
     };
     for (i, s) in m.services.iter_mut().enumerate() {
         stamp(&mut s.metadata, i);
-    }
-    for (i, p) in m.pods.iter_mut().enumerate() {
-        stamp(&mut p.metadata, i);
     }
 }
 

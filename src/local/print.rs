@@ -162,8 +162,8 @@ pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
     for o in world.endpoint_slices.sorted() {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
-    for o in world.pods.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    for o in world.pods.iter() {
+        docs.push(serde_saphyr::to_string(&o)?);
     }
     for doc in docs {
         write!(out, "---\n{doc}")?;

@@ -10,8 +10,9 @@ use k8s_openapi::DeepMerge;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
-use portico_controllers::{Apply, EventRecord, Target, TargetKind, Write};
+use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write};
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One kind's store and the writer that feeds it.
@@ -146,12 +147,81 @@ fn generated_suffix(n: u64) -> String {
         .collect()
 }
 
+/// A Pod as `portico local` keeps it: compact JSON. A typed `Pod` costs
+/// about 5 KiB (its container struct alone is 2 KiB), its JSON well under
+/// 1 KiB, and a cluster has many pods; they are decoded when needed, much as
+/// the API server keeps objects serialized.
+#[derive(Clone, Debug)]
+pub struct StoredPod {
+    pub namespace: String,
+    pub name: String,
+    json: Box<str>,
+}
+
+impl StoredPod {
+    /// Stores a pod (with a stable UID if it has none).
+    pub fn new(mut pod: Pod) -> serde_json::Result<Self> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.metadata.uid.is_none() {
+            pod.metadata.uid = Some(uid("Pod", Some(&namespace), Some(&name)));
+        }
+        Ok(StoredPod {
+            namespace,
+            name,
+            json: serde_json::to_string(&pod)?.into_boxed_str(),
+        })
+    }
+
+    /// The pod.
+    pub fn pod(&self) -> serde_json::Result<Pod> {
+        serde_json::from_str(&self.json)
+    }
+}
+
+/// Every pod, by namespace and name.
+#[derive(Default)]
+pub struct Pods {
+    pods: BTreeMap<(String, String), StoredPod>,
+}
+
+impl Pods {
+    fn new(pods: Vec<StoredPod>) -> Self {
+        Pods {
+            pods: pods
+                .into_iter()
+                .map(|p| ((p.namespace.clone(), p.name.clone()), p))
+                .collect(),
+        }
+    }
+
+    /// Every pod, decoded, in namespace and name order.
+    pub fn iter(&self) -> impl Iterator<Item = Pod> + '_ {
+        // Decoding what `StoredPod::new` encoded cannot fail.
+        self.pods.values().filter_map(|p| p.pod().ok())
+    }
+
+    /// How many pods there are.
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+}
+
 /// Every object `portico local` knows, and the Events recorded so far.
 pub struct World {
     pub namespaces: Objects<Namespace>,
     pub nodes: Objects<Node>,
     pub services: Objects<Service>,
-    pub pods: Objects<Pod>,
+    pub pods: Pods,
     pub endpoint_slices: Objects<EndpointSlice>,
     pub events: Vec<EventRecord>,
     /// The last `resourceVersion` handed out.
@@ -172,7 +242,7 @@ impl World {
             namespaces: Objects::new(m.namespaces),
             nodes: Objects::new(m.nodes),
             services: Objects::new(m.services),
-            pods: Objects::new(m.pods),
+            pods: Pods::new(m.pods),
             endpoint_slices: Objects::new(m.endpoint_slices),
             events: Vec::new(),
             version: 0,
@@ -207,48 +277,41 @@ impl World {
                         }
                     }
                 },
-                Write::Create { target, object } => match target.kind {
-                    TargetKind::EndpointSlice => {
-                        let mut slice: EndpointSlice = serde_json::from_value(object)?;
-                        slice.metadata.namespace = Some(target.namespace.clone());
-                        if slice.metadata.name.is_none() {
-                            let prefix = slice.metadata.generate_name.clone().unwrap_or_default();
-                            let name = loop {
-                                let n = self.next_version();
-                                let candidate = format!("{prefix}{}", generated_suffix(n));
-                                if self
-                                    .endpoint_slices
-                                    .get(&target.namespace, &candidate)
-                                    .is_none()
-                                {
-                                    break candidate;
-                                }
-                            };
-                            slice.metadata.name = Some(name);
-                        }
-                        let version = self.next_version();
-                        if let Some(slice) = self.endpoint_slices.put(slice, version) {
-                            push_latest(&mut changed.slices, slice);
-                        }
+                Write::Create(Object::EndpointSlice(slice)) => {
+                    let mut slice = *slice;
+                    let namespace = slice
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".to_owned());
+                    if slice.metadata.name.is_none() {
+                        let prefix = slice.metadata.generate_name.clone().unwrap_or_default();
+                        let name = loop {
+                            let n = self.next_version();
+                            let candidate = format!("{prefix}{}", generated_suffix(n));
+                            if self.endpoint_slices.get(&namespace, &candidate).is_none() {
+                                break candidate;
+                            }
+                        };
+                        slice.metadata.name = Some(name);
                     }
-                    TargetKind::Service => anyhow::bail!("portico local does not create Services"),
-                },
-                Write::Replace { target, object } => match target.kind {
-                    TargetKind::EndpointSlice => {
-                        let slice: EndpointSlice = serde_json::from_value(object)?;
-                        let current = self.endpoint_slices.get(&target.namespace, &target.name);
-                        check_version(
-                            &target,
-                            slice.metadata.resource_version.as_deref(),
-                            current,
-                        )?;
-                        let version = self.next_version();
-                        if let Some(slice) = self.endpoint_slices.put(slice, version) {
-                            push_latest(&mut changed.slices, slice);
-                        }
+                    let version = self.next_version();
+                    if let Some(slice) = self.endpoint_slices.put(slice, version) {
+                        push_latest(&mut changed.slices, slice);
                     }
-                    TargetKind::Service => anyhow::bail!("portico local does not replace Services"),
-                },
+                }
+                Write::Replace(Object::EndpointSlice(slice)) => {
+                    let target = Object::EndpointSlice(slice.clone()).target();
+                    let current = self.endpoint_slices.get(&target.namespace, &target.name);
+                    check_version(&target, slice.metadata.resource_version.as_deref(), current)?;
+                    let version = self.next_version();
+                    if let Some(slice) = self.endpoint_slices.put(*slice, version) {
+                        push_latest(&mut changed.slices, slice);
+                    }
+                }
+                Write::Create(Object::Service(_)) | Write::Replace(Object::Service(_)) => {
+                    anyhow::bail!("portico local does not create or replace Services")
+                }
                 Write::Delete { target } => match target.kind {
                     TargetKind::EndpointSlice => {
                         if let Some(old) =

@@ -24,7 +24,7 @@ pub use plan::{Plan, plan};
 
 use crate::k8s::{EndpointSlice, Key, Node, Pod, Service, service_type};
 use crate::metrics::EndpointSliceMetrics;
-use crate::write::{Target, TargetKind, Write};
+use crate::write::{Object, Target, TargetKind, Write};
 use portico_crds::names::{ENDPOINTSLICE_MANAGER, labels};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -155,11 +155,15 @@ impl EndpointSliceController {
     // ---- Pods ----------------------------------------------------------
 
     /// Replaces every Pod (a relist); all Services are synced.
-    pub fn reset_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a Pod>, now: Instant) {
+    pub fn reset_pods<P: std::borrow::Borrow<Pod>>(
+        &mut self,
+        pods: impl IntoIterator<Item = P>,
+        now: Instant,
+    ) {
         self.pods.clear();
         self.pods_by_label.clear();
         for pod in pods {
-            self.insert_pod(PodInfo::of(pod));
+            self.insert_pod(PodInfo::of(pod.borrow()));
         }
         self.mark_all(now);
     }
@@ -331,10 +335,10 @@ impl EndpointSliceController {
     // ---- EndpointSlices ------------------------------------------------
 
     /// Replaces every EndpointSlice (a relist). Slices managed by others are
-    /// ignored.
-    pub fn reset_slices<'a>(
+    /// ignored. Slices are shared with the caller's store, not copied.
+    pub fn reset_slices(
         &mut self,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        slices: impl IntoIterator<Item = Arc<EndpointSlice>>,
         now: Instant,
     ) {
         self.slices.clear();
@@ -345,12 +349,12 @@ impl EndpointSliceController {
     }
 
     /// An EndpointSlice was added or changed (by anyone, Portico included).
-    pub fn apply_slice(&mut self, slice: &EndpointSlice, now: Instant) {
-        let Some((svc, name)) = managed(slice) else {
+    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>, now: Instant) {
+        let Some((svc, name)) = managed(&slice) else {
             return;
         };
         let known = self.slices.get(&svc).and_then(|m| m.get(&name));
-        if known.is_some_and(|k| k.as_ref() == slice) {
+        if known.is_some_and(|k| *k == slice) {
             return;
         }
         self.insert_slice(slice);
@@ -371,12 +375,9 @@ impl EndpointSliceController {
         self.mark(svc, now);
     }
 
-    fn insert_slice(&mut self, slice: &EndpointSlice) {
-        if let Some((svc, name)) = managed(slice) {
-            self.slices
-                .entry(svc)
-                .or_default()
-                .insert(name, Arc::new(slice.clone()));
+    fn insert_slice(&mut self, slice: Arc<EndpointSlice>) {
+        if let Some((svc, name)) = managed(&slice) {
+            self.slices.entry(svc).or_default().insert(name, slice);
         }
     }
 
@@ -528,39 +529,26 @@ impl EndpointSliceController {
 }
 
 fn writes(key: &Key, plan: Plan, metrics: &EndpointSliceMetrics) -> Vec<Write> {
-    let target = |name: Option<&String>| Target {
-        kind: TargetKind::EndpointSlice,
-        namespace: key.namespace.clone(),
-        name: name.cloned().unwrap_or_default(),
-    };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(plan.delete.len() + plan.update.len() + plan.create.len());
     for s in plan.delete {
         metrics.change("delete");
         out.push(Write::Delete {
-            target: target(s.metadata.name.as_ref()),
+            target: Target {
+                kind: TargetKind::EndpointSlice,
+                namespace: key.namespace.clone(),
+                name: s.metadata.name.clone().unwrap_or_default(),
+            },
         });
     }
     for s in plan.update {
         metrics.change("update");
-        out.push(Write::Replace {
-            target: target(s.metadata.name.as_ref()),
-            object: to_value(&s),
-        });
+        out.push(Write::Replace(Object::EndpointSlice(Box::new(s))));
     }
     for s in plan.create {
         metrics.change("create");
-        out.push(Write::Create {
-            target: target(None),
-            object: to_value(&s),
-        });
+        out.push(Write::Create(Object::EndpointSlice(Box::new(s))));
     }
     out
-}
-
-fn to_value(slice: &EndpointSlice) -> serde_json::Value {
-    // An EndpointSlice always serializes; a failure would be a bug in its
-    // Serialize impl, and an empty object is refused by the API loudly.
-    serde_json::to_value(slice).unwrap_or_default()
 }
 
 /// The selector of a Service that gets slices: `None` when it has none (or

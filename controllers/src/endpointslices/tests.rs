@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::k8s::{Endpoint, EndpointPort, ServicePort, ServiceSpec};
+use crate::write::Object;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus,
 };
@@ -156,27 +157,28 @@ impl Sim {
 
     fn carry_out(&mut self, w: Write) {
         match w {
-            Write::Create { object, .. } => {
-                let mut s: EndpointSlice = serde_json::from_value(object).unwrap();
+            Write::Create(Object::EndpointSlice(s)) => {
+                let mut s = *s;
                 assert!(s.metadata.name.is_none());
                 self.next += 1;
                 let prefix = s.metadata.generate_name.clone().unwrap();
                 s.metadata.name = Some(format!("{prefix}{:05}", self.next));
                 s.metadata.resource_version = Some(self.next.to_string());
-                self.ctrl.apply_slice(&s, self.now);
+                self.ctrl.apply_slice(Arc::new(s.clone()), self.now);
                 self.slices.insert(s.metadata.name.clone().unwrap(), s);
             }
-            Write::Replace { target, object } => {
-                let mut s: EndpointSlice = serde_json::from_value(object).unwrap();
-                let stored = &self.slices[&target.name];
+            Write::Replace(Object::EndpointSlice(s)) => {
+                let mut s = *s;
+                let name = s.metadata.name.clone().unwrap();
+                let stored = &self.slices[&name];
                 assert_eq!(
                     s.metadata.resource_version, stored.metadata.resource_version,
                     "updates carry the version they replace"
                 );
                 self.next += 1;
                 s.metadata.resource_version = Some(self.next.to_string());
-                self.ctrl.apply_slice(&s, self.now);
-                self.slices.insert(target.name, s);
+                self.ctrl.apply_slice(Arc::new(s.clone()), self.now);
+                self.slices.insert(name, s);
             }
             Write::Delete { target } => {
                 let s = self.slices.remove(&target.name).unwrap();
@@ -214,8 +216,8 @@ fn count(writes: &[Write]) -> (usize, usize, usize) {
     let mut c = (0, 0, 0);
     for w in writes {
         match w {
-            Write::Create { .. } => c.0 += 1,
-            Write::Replace { .. } => c.1 += 1,
+            Write::Create(_) => c.0 += 1,
+            Write::Replace(_) => c.1 += 1,
             Write::Delete { .. } => c.2 += 1,
             _ => {}
         }
@@ -527,7 +529,7 @@ fn services_without_a_selector_are_left_alone_and_lose_portico_slices() {
         .as_mut()
         .unwrap()
         .insert(labels::MANAGED_BY.into(), "someone-else".into());
-    sim.ctrl.apply_slice(&mine, sim.now);
+    sim.ctrl.apply_slice(Arc::new(mine.clone()), sim.now);
     sim.slices.insert("web-by-hand".into(), mine);
 
     let selectorless = with_spec(svc, |s| s.selector = None);
@@ -594,12 +596,7 @@ fn deleting_a_service_deletes_its_slices_in_local_mode_only() {
         EndpointSliceController::new(Config::default(), EndpointSliceMetrics::default());
     let now = Instant::now();
     cluster.apply_service(&svc, now);
-    cluster.apply_slice(
-        &EndpointSlice {
-            ..sim_slice("web-abcde", "web")
-        },
-        now,
-    );
+    cluster.apply_slice(Arc::new(sim_slice("web-abcde", "web")), now);
     cluster.flush(now);
     cluster.delete_service(&svc, now);
     assert!(
@@ -689,7 +686,7 @@ fn an_unchanged_service_causes_zero_writes_even_after_a_relist() {
         [&mk_node("node-a", "zone-a"), &mk_node("node-b", "zone-b")],
         sim.now,
     );
-    fresh.reset_slices(stored.iter(), sim.now);
+    fresh.reset_slices(stored.into_iter().map(Arc::new), sim.now);
     assert!(
         fresh.flush(sim.now).is_empty(),
         "existing slices are adopted by their labels"
