@@ -35,6 +35,9 @@
 //!   next free address, wrapping around within the band. With several
 //!   blocks of a family, a block is chosen at random weighted by its free
 //!   addresses. Seed the generator with [`Pool::with_seed`] in tests.
+//!   LoadBalancer pools ([`PoolOptions::lb_pool`]) instead hand out the
+//!   lowest free address, blocks in order, as MetalLB and Cilium do
+//!   ([`PoolOptions::lowest_first`]).
 //! * **Dense or sparse.** Blocks of at most [`DENSE_MAX_ADDRESSES`] (2^24)
 //!   addresses keep a bitmap with summary levels, so searching from a random
 //!   start skips full regions 64 words at a time and never degrades into a

@@ -43,6 +43,10 @@ pub struct PoolOptions {
     /// never handed out, not even when asked for explicitly (as MetalLB
     /// does), and do not count in [`Usage::size`].
     pub avoid_buggy_ips: bool,
+    /// Hand out the lowest free address (blocks in order) instead of a
+    /// random one, as MetalLB and Cilium do for LoadBalancer pools: the
+    /// first Service gets the first address, which users expect to see.
+    pub lowest_first: bool,
 }
 
 impl PoolOptions {
@@ -54,6 +58,7 @@ impl PoolOptions {
             static_band: true,
             reserve_first: true,
             avoid_buggy_ips: false,
+            lowest_first: false,
         }
     }
 
@@ -61,7 +66,10 @@ impl PoolOptions {
     /// allocatable. Set [`PoolOptions::avoid_buggy_ips`] for MetalLB's
     /// behaviour.
     pub fn lb_pool() -> PoolOptions {
-        PoolOptions::default()
+        PoolOptions {
+            lowest_first: true,
+            ..PoolOptions::default()
+        }
     }
 }
 
@@ -285,9 +293,10 @@ impl Pool {
         (s.family == family && n - s.base <= s.span).then_some((idx, n - s.base))
     }
 
-    /// Allocates a free address of the family, chosen at random: from the
-    /// upper (dynamic) band first, from the static band when the upper band
-    /// of every block is full.
+    /// Allocates a free address of the family, chosen at random (or the
+    /// lowest, with [`PoolOptions::lowest_first`]): from the upper (dynamic)
+    /// band first, from the static band when the upper band of every block
+    /// is full.
     ///
     /// Fails with [`AllocError::NoSuchFamily`] when the pool has no block of
     /// the family and [`AllocError::Full`] when no address is free.
@@ -298,7 +307,12 @@ impl Pool {
         }
         for band in [UPPER, LOWER] {
             let segments = &mut self.segments[range.clone()];
-            let idx = if let [only] = segments {
+            let idx = if self.opts.lowest_first {
+                match segments.iter().position(|s| s.free(band) > 0) {
+                    Some(i) => i,
+                    None => continue,
+                }
+            } else if let [only] = segments {
                 if only.free(band) == 0 {
                     continue;
                 }
@@ -322,7 +336,8 @@ impl Pool {
                 idx
             };
             let seg = &mut segments[idx];
-            if let Some(off) = seg.allocate(band, &mut self.rng) {
+            let lowest = self.opts.lowest_first;
+            if let Some(off) = seg.allocate(band, lowest, &mut self.rng) {
                 return Ok(from_num(family, seg.base + off));
             }
         }

@@ -309,9 +309,14 @@ impl Segment {
         self.cap[band] - self.used[band]
     }
 
-    /// Allocates a random free offset of a band (random start, then the
-    /// next free offset, wrapping around within the band).
-    pub(crate) fn allocate<R: Rng + ?Sized>(&mut self, band: usize, rng: &mut R) -> Option<u128> {
+    /// Allocates a free offset of a band: the lowest, or a random one (random
+    /// start, then the next free offset, wrapping around within the band).
+    pub(crate) fn allocate<R: Rng + ?Sized>(
+        &mut self,
+        band: usize,
+        lowest: bool,
+        rng: &mut R,
+    ) -> Option<u128> {
         if self.free(band) == 0 {
             return None;
         }
@@ -326,7 +331,7 @@ impl Segment {
         let off = match &mut self.store {
             Store::Dense(bm) => {
                 let (a, b) = (a as usize, b as usize);
-                let start = rng.random_range(a..=b);
+                let start = if lowest { a } else { rng.random_range(a..=b) };
                 let i = bm
                     .next_clear(start)
                     .filter(|&i| i <= b)
@@ -336,6 +341,8 @@ impl Segment {
                 }
                 i as u128
             }
+            Store::Sparse64(s) if lowest => sparse_lowest(s, a, b, skip)?,
+            Store::Sparse128(s) if lowest => sparse_lowest(s, a, b, skip)?,
             Store::Sparse64(s) => sparse_take(s, a, b, rng, skip)?,
             Store::Sparse128(s) => sparse_take(s, a, b, rng, skip)?,
         };
@@ -402,6 +409,17 @@ impl Segment {
             Store::Sparse128(s) => s.heap_bytes(),
         }
     }
+}
+
+/// Takes (inserts and returns) the lowest free offset of `a..=b` in a sparse set.
+fn sparse_lowest<K: Offset>(
+    set: &mut SparseSet<K>,
+    a: u128,
+    b: u128,
+    skip: impl Fn(u128) -> bool,
+) -> Option<u128> {
+    let c = set.first_gap(a, b, &skip)?;
+    set.insert(c).then_some(c)
 }
 
 /// Takes (inserts and returns) a random free offset of `a..=b` in a sparse

@@ -20,14 +20,20 @@ const SHAPES: &[&[&str]] = &[
 ];
 
 fn options() -> impl Strategy<Value = PoolOptions> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(n, s, f, b)| {
-        PoolOptions {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(n, s, f, b, l)| PoolOptions {
             reserve_network_broadcast: n,
             static_band: s,
             reserve_first: f,
             avoid_buggy_ips: b,
-        }
-    })
+            lowest_first: l,
+        })
 }
 
 fn build(shape: usize, opts: PoolOptions, seed: u64) -> Pool {

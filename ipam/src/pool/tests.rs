@@ -489,16 +489,18 @@ fn ipv6_slash64_is_sparse() {
     assert_eq!(p.usage(Family::V6).used, 1000);
     // About 16 bytes per address, far from 2^64 bits.
     assert!(p.heap_bytes() < 64 * 1000, "{}", p.heap_bytes());
-    p.allocate_ip(ip("fd00::5")).unwrap();
+    p.allocate_ip(ip("fd00::dead:5")).unwrap();
     assert_eq!(
-        p.allocate_ip(ip("fd00::5")),
-        Err(AllocError::InUse { ip: ip("fd00::5") })
+        p.allocate_ip(ip("fd00::dead:5")),
+        Err(AllocError::InUse {
+            ip: ip("fd00::dead:5")
+        })
     );
     for a in &got {
         assert!(p.release(*a));
     }
     assert!(!p.release(got[0]));
-    assert_eq!(p.allocated().collect::<Vec<_>>(), vec![ip("fd00::5")]);
+    assert_eq!(p.allocated().collect::<Vec<_>>(), vec![ip("fd00::dead:5")]);
     assert_eq!(p.usage(Family::V6).used, 1);
 }
 
@@ -680,4 +682,53 @@ fn whole_address_space_blocks_do_not_overflow() {
         assert_eq!(p.usage(Family::V6).used, 101);
         assert_eq!(p.allocated().count(), 201);
     }
+}
+
+#[test]
+fn lb_pools_hand_out_the_lowest_free_address_first() {
+    let mut pool = Pool::parse(
+        &["192.168.56.60-192.168.56.70", "192.168.57.0/30"],
+        PoolOptions::lb_pool(),
+    )
+    .unwrap();
+    let v4 = |s: &str| -> IpAddr { s.parse().unwrap() };
+    assert_eq!(pool.allocate(Family::V4).unwrap(), v4("192.168.56.60"));
+    assert_eq!(pool.allocate(Family::V4).unwrap(), v4("192.168.56.61"));
+    pool.allocate_ip(v4("192.168.56.62")).unwrap();
+    assert_eq!(pool.allocate(Family::V4).unwrap(), v4("192.168.56.63"));
+    assert!(pool.release(v4("192.168.56.60")));
+    assert_eq!(
+        pool.allocate(Family::V4).unwrap(),
+        v4("192.168.56.60"),
+        "a released address is the first again"
+    );
+    for _ in 64..=70 {
+        pool.allocate(Family::V4).unwrap();
+    }
+    // The next block, from its network address: LB pools reserve nothing.
+    assert_eq!(pool.allocate(Family::V4).unwrap(), v4("192.168.57.0"));
+
+    let mut v6 = Pool::parse(&["fd00:56::/64"], PoolOptions::lb_pool()).unwrap();
+    assert_eq!(
+        v6.allocate(Family::V6).unwrap(),
+        "fd00:56::".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        v6.allocate(Family::V6).unwrap(),
+        "fd00:56::1".parse::<IpAddr>().unwrap()
+    );
+
+    let mut buggy = Pool::parse(
+        &["192.168.56.255-192.168.57.1"],
+        PoolOptions {
+            avoid_buggy_ips: true,
+            ..PoolOptions::lb_pool()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        buggy.allocate(Family::V4).unwrap(),
+        v4("192.168.57.1"),
+        ".255 and .0 are skipped"
+    );
 }
