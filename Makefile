@@ -56,11 +56,13 @@ bench:
 	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p portico --bench endpointslices
 
-## crds: regenerate the CRD YAML in crds/
+## crds: regenerate the CRD YAML in crds/ and in the chart
 crds:
 	$(CARGO) build --bin portico
-	rm -f crds/*.yaml
+	rm -f crds/*.yaml charts/portico/crds/*.yaml
+	mkdir -p charts/portico/crds
 	$(BIN) crds --out-dir crds
+	$(BIN) crds --out-dir charts/portico/crds
 
 ## check-generated: fail when generated files differ from what is committed
 check-generated:

@@ -6,9 +6,9 @@
 //! its controllers elect a leader on. Other crates import these constants
 //! instead of spelling the strings again.
 //!
-//! The custom resource types themselves (IP pools and friends) are added to
-//! this crate with the features that need them; `portico crds` prints every
-//! CRD this crate defines.
+//! It also holds Portico's custom resource types ([`IPPool`]);
+//! `portico crds` prints every CRD this crate defines and `make crds` writes
+//! them to `crds/*.yaml` and the chart, checked for drift by `make test`.
 //!
 //! ```text
 //!   crds (names, CRD types) <── controllers, dns, dataplane, portico binary
@@ -16,14 +16,72 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ippool;
 pub mod names;
 
-/// Every CustomResourceDefinition that Portico installs, as YAML documents in
-/// a stable order (what `portico crds` prints and `make crds` writes to
-/// `crds/`).
-///
-/// Empty until the first custom resource type lands; the generation and drift
-/// check run over whatever this returns.
+pub use ippool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus};
+
+use kube::CustomResourceExt;
+
+/// Every CustomResourceDefinition that Portico installs, as `(file name,
+/// YAML)` in a stable order: what `portico crds` prints and `make crds`
+/// writes.
 pub fn all() -> Vec<(&'static str, String)> {
-    Vec::new()
+    vec![("ippools.portico.dev.yaml", yaml(&IPPool::crd()))]
+}
+
+fn yaml<T: serde::Serialize>(crd: &T) -> String {
+    // A CRD is plain data; serializing it cannot fail short of a bug in the
+    // YAML writer, which the drift check and the tests would show at once.
+    serde_saphyr::to_string(crd).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ippool_crd_is_cluster_scoped_with_a_status_subresource_and_columns() {
+        let crd = IPPool::crd();
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.kind, "IPPool");
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Addresses", "Used", "Free", "Ready", "Age"]);
+    }
+
+    #[test]
+    fn the_ippool_schema_is_structural() {
+        // A structural schema has a type everywhere and no oneOf/anyOf
+        // without one; addresses are plain strings.
+        let crd = serde_json::to_value(IPPool::crd()).unwrap_or_default();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let spec = &schema["properties"]["spec"];
+        assert_eq!(spec["properties"]["addresses"]["items"]["type"], "string");
+        assert_eq!(spec["properties"]["autoAssign"]["default"], true);
+        fn check(path: &str, v: &serde_json::Value) {
+            if let Some(obj) = v.as_object() {
+                if obj.contains_key("properties") || obj.contains_key("items") {
+                    assert!(obj.contains_key("type"), "{path} has no type");
+                }
+                for key in ["oneOf", "anyOf"] {
+                    if let Some(alts) = obj.get(key) {
+                        for alt in alts.as_array().into_iter().flatten() {
+                            assert!(alt.get("type").is_none(), "{path}.{key} sets a type: not structural");
+                        }
+                    }
+                }
+                for (k, child) in obj {
+                    check(&format!("{path}.{k}"), child);
+                }
+            } else if let Some(arr) = v.as_array() {
+                for (i, child) in arr.iter().enumerate() {
+                    check(&format!("{path}[{i}]"), child);
+                }
+            }
+        }
+        check("openAPIV3Schema", schema);
+    }
 }
