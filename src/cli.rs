@@ -83,12 +83,24 @@ pub struct EndpointSliceArgs {
     pub max_endpoints_per_slice: u16,
 }
 
+/// LoadBalancer IPAM settings, shared by `controller` and `local`.
+#[derive(Clone, Debug, Args)]
+pub struct LoadBalancerArgs {
+    /// Serve `type: LoadBalancer` Services without `spec.loadBalancerClass`
+    /// (Portico is the cluster's default LoadBalancer implementation).
+    /// Services of class `portico.dev/lb` are always served.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_DEFAULT_LOAD_BALANCER_CLASS")]
+    pub default_load_balancer_class: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     #[command(flatten)]
     pub network: NetworkArgs,
     #[command(flatten)]
     pub endpointslices: EndpointSliceArgs,
+    #[command(flatten)]
+    pub lb: LoadBalancerArgs,
     /// Pod changes wait this long before their Services' EndpointSlices are
     /// written, so a burst of pod updates becomes one write per slice.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PORTICO_ENDPOINT_UPDATES_BATCH_PERIOD")]
@@ -141,6 +153,8 @@ pub struct LocalArgs {
     pub network: NetworkArgs,
     #[command(flatten)]
     pub endpointslices: EndpointSliceArgs,
+    #[command(flatten)]
+    pub lb: LoadBalancerArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -157,6 +171,8 @@ pub enum Show {
     Services,
     /// EndpointSlices (`kubectl get endpointslices -o wide`).
     Endpointslices,
+    /// IPPools with their addresses, usage and conditions (`kubectl get ippools`).
+    Ippools,
     /// Events the reconcilers recorded (`kubectl get events`).
     Events,
 }

@@ -4,13 +4,15 @@
 //!  watch Services ─────────┐
 //!  watch Pods ─────────────┤    ClusterIpController (audit) ──┐
 //!  watch Node metadata ────┼──> EndpointSliceController ──────┼──> writes ──> ApiWriter
-//!  watch Portico's slices ─┘        ^                         │   (leader only)
+//!  watch Portico's slices ─┤    LbIpamController ─────────────┤   (leader only)
+//!  watch IPPools, Namespace metadata ┘ ^                      │
 //!                                   └── what the API stored ──┘
 //! ```
 //!
 //! Every replica watches and keeps its indexes warm; only the Lease holder
 //! writes. A replica that becomes leader rebuilds the ClusterIP index from
-//! its store and syncs every Service's slices. What the API returns for a
+//! its store, syncs every Service's slices, and re-adopts LoadBalancer
+//! addresses from the Services' statuses as they are. What the API returns for a
 //! write is fed back into the index at once, so a Service is never synced
 //! against a store that has not seen Portico's own last write; a failed
 //! write makes its Service sync again after a pause.
@@ -25,9 +27,11 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use portico_controllers::clusterip::{ClusterIpController, Mode};
 use portico_controllers::endpointslices::{self, EndpointSliceController};
-use portico_controllers::k8s::{EndpointSlice, Node, Pod, Service};
-use portico_controllers::metrics::{ClusterIpMetrics, EndpointSliceMetrics};
+use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
+use portico_controllers::lbipam::{self, LbIpamController};
+use portico_controllers::metrics::{ClusterIpMetrics, EndpointSliceMetrics, LbIpamMetrics};
 use portico_controllers::{ApiWriter, NetworkConfig, Object, TargetKind, Write, Written};
+use portico_crds::IPPool;
 use portico_crds::names::{CONTROLLER_LEASE, ENDPOINTSLICE_MANAGER, FIELD_MANAGER, labels};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -45,6 +49,8 @@ enum Change {
     Pod(Box<watcher::Event<Pod>>),
     Node(watcher::Event<PartialObjectMeta<Node>>),
     Slice(watcher::Event<EndpointSlice>),
+    Pool(Box<watcher::Event<IPPool>>),
+    Namespace(watcher::Event<PartialObjectMeta<Namespace>>),
 }
 
 /// Objects of one kind collected during a relist.
@@ -91,18 +97,22 @@ enum Fed<K> {
     Delete(K),
 }
 
-/// Only a Node's labels matter (its zone), so Nodes are watched as metadata.
-fn node_event(ev: watcher::Event<PartialObjectMeta<Node>>) -> watcher::Event<Node> {
-    let node = |meta: PartialObjectMeta<Node>| Node {
-        metadata: meta.metadata,
-        ..Default::default()
+/// Only the labels of Nodes (zones) and Namespaces (pool selectors) matter,
+/// so they are watched as metadata and rebuilt as objects with metadata only.
+fn from_meta<K: kube::Resource + Default>(
+    ev: watcher::Event<PartialObjectMeta<K>>,
+) -> watcher::Event<K> {
+    let obj = |meta: PartialObjectMeta<K>| {
+        let mut o = K::default();
+        *o.meta_mut() = meta.metadata;
+        o
     };
     match ev {
         watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(m) => watcher::Event::InitApply(node(m)),
+        watcher::Event::InitApply(m) => watcher::Event::InitApply(obj(m)),
         watcher::Event::InitDone => watcher::Event::InitDone,
-        watcher::Event::Apply(m) => watcher::Event::Apply(node(m)),
-        watcher::Event::Delete(m) => watcher::Event::Delete(node(m)),
+        watcher::Event::Apply(m) => watcher::Event::Apply(obj(m)),
+        watcher::Event::Delete(m) => watcher::Event::Delete(obj(m)),
     }
 }
 
@@ -120,6 +130,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     clusterip_metrics.register(&mut registry);
     let slice_metrics = EndpointSliceMetrics::default();
     slice_metrics.register(&mut registry);
+    let lb_metrics = LbIpamMetrics::default();
+    lb_metrics.register(&mut registry);
     let leader_gauge: Gauge = Gauge::default();
     registry.register(
         "portico_controller_leader",
@@ -192,11 +204,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .map_ok(Change::Node)
         .boxed(),
         watcher(
-            Api::<EndpointSlice>::all(client),
+            Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&managed),
         )
         .default_backoff()
         .map_ok(Change::Slice)
+        .boxed(),
+        watcher(
+            Api::<IPPool>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|e| Change::Pool(Box::new(e)))
+        .boxed(),
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(Change::Namespace)
         .boxed(),
     ]);
 
@@ -209,6 +235,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         },
         slice_metrics,
     );
+    let mut lb = LbIpamController::new(
+        lbipam::Config {
+            default_class: args.lb.default_load_balancer_class,
+        },
+        &net,
+        lb_metrics,
+    );
+    let mut pools: Relist<IPPool> = Relist::default();
+    let mut namespaces: Relist<Namespace> = Relist::default();
     let mut services: Relist<Service> = Relist::default();
     let mut pods: Relist<Pod> = Relist::default();
     let mut nodes: Relist<Node> = Relist::default();
@@ -219,7 +254,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let all_synced = services.synced && pods.synced && nodes.synced && slice_relist.synced;
+        let all_synced = services.synced
+            && pods.synced
+            && nodes.synced
+            && slice_relist.synced
+            && pools.synced
+            && namespaces.synced;
         let next_due = slices.next_due().filter(|_| all_synced);
         let mut writes: Vec<Write> = tokio::select! {
             () = &mut shutdown => break,
@@ -235,6 +275,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     // writes the slices the others only computed.
                     clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?;
                     slices.resync_all(Instant::now());
+                    lb.reset_services(store.state().iter().map(|s| s.as_ref()));
                     clusterip.reset(store.state().iter().map(|s| s.as_ref()))
                 } else {
                     Vec::new()
@@ -247,14 +288,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     Ok(Some(Change::Service(ev))) => match services.feed(*ev) {
                         Some(Fed::Reset(all)) => {
                             slices.reset_services(all.iter(), now);
+                            lb.reset_services(all.iter());
                             clusterip.reset(all.iter())
                         }
                         Some(Fed::Apply(svc)) => {
                             slices.apply_service(&svc, now);
+                            lb.apply_service(&svc);
                             clusterip.apply(&svc)
                         }
                         Some(Fed::Delete(svc)) => {
                             slices.delete_service(&svc, now);
+                            lb.delete_service(&svc);
                             clusterip.delete(&svc)
                         }
                         None => Vec::new(),
@@ -269,7 +313,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                         Vec::new()
                     }
                     Ok(Some(Change::Node(ev))) => {
-                        match nodes.feed(node_event(ev)) {
+                        match nodes.feed(from_meta(ev)) {
                             Some(Fed::Reset(all)) => slices.reset_nodes(all.iter(), now),
                             Some(Fed::Apply(node)) => slices.apply_node(&node, now),
                             Some(Fed::Delete(node)) => slices.delete_node(&node, now),
@@ -286,6 +330,23 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                         }
                         Vec::new()
                     }
+                    Ok(Some(Change::Pool(ev))) => {
+                        match pools.feed(*ev) {
+                            Some(Fed::Reset(all)) => lb.reset_pools(all.iter()),
+                            Some(Fed::Apply(p)) => lb.apply_pool(&p),
+                            Some(Fed::Delete(p)) => lb.delete_pool(&p),
+                            None => {}
+                        }
+                        Vec::new()
+                    }
+                    Ok(Some(Change::Namespace(ev))) => {
+                        match namespaces.feed(from_meta(ev)) {
+                            Some(Fed::Reset(all)) => lb.reset_namespaces(all.iter()),
+                            Some(Fed::Apply(ns)) => lb.apply_namespace(&ns),
+                            Some(Fed::Delete(_)) | None => {}
+                        }
+                        Vec::new()
+                    }
                     Ok(None) => anyhow::bail!("a watch ended"),
                     Err(e) => {
                         tracing::warn!(error = %e, "watch failed; retrying with backoff");
@@ -294,13 +355,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        let all_synced = services.synced && pods.synced && nodes.synced && slice_relist.synced;
+        let all_synced = services.synced
+            && pods.synced
+            && nodes.synced
+            && slice_relist.synced
+            && pools.synced
+            && namespaces.synced;
         if all_synced {
             if !health.is_ready() {
                 tracing::info!(services = store.len(), "initial sync done");
                 health.set_ready(true);
             }
             writes.extend(slices.flush(Instant::now()));
+            writes.extend(lb.flush());
         }
         if !leader {
             continue;

@@ -81,6 +81,11 @@ fn the_lab_prints_its_services_with_cluster_ips() {
     let lb = find("api-tester-lb");
     assert_eq!(lb[2], "LoadBalancer");
     assert!(in_service_range(&lb[3]));
+    assert_eq!(
+        lb[4..6],
+        ["192.168.56.60", "80:31232/TCP"],
+        "the first address of the lab pool"
+    );
 
     assert_eq!(
         find("db")[2..6],
@@ -335,4 +340,55 @@ fn yaml_output_has_endpoint_slices_owned_by_their_services() {
         db_svc["spec"]["ipFamilies"][0], "IPv4",
         "headless Services get their family"
     );
+}
+
+#[test]
+fn pools_show_usage_and_conflicts_and_services_say_why_they_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lb.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: portico.dev/v1alpha1\nkind: IPPool\nmetadata: {name: tiny}\nspec: {addresses: [192.168.56.60/31]}\n---\n\
+         apiVersion: portico.dev/v1alpha1\nkind: IPPool\nmetadata: {name: clash}\nspec: {addresses: [10.96.100.0/24]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: c}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let out = portico(&[
+        "local",
+        "-f",
+        file.to_str().unwrap(),
+        "--show",
+        "services,ippools",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let table = rows(&text);
+    let external = |name: &str| {
+        table
+            .iter()
+            .find(|r| r.get(1).map(String::as_str) == Some(name))
+            .unwrap()[4]
+            .clone()
+    };
+    assert_eq!(external("a"), "192.168.56.60");
+    assert_eq!(external("b"), "192.168.56.61");
+    assert_eq!(external("c"), "<pending>");
+    assert!(
+        text.contains("tiny    192.168.56.60/31   2      0      True    0 addresses free"),
+        "{text}"
+    );
+    assert!(
+        text.contains("clash   10.96.100.0/24     0      256    False   its addresses 10.96.100.0/24 overlap the service range 10.96.0.0/12; no new assignments"),
+        "{text}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "warning: service default/c: PoolExhausted: no free IPv4 address left in pool tiny"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("warning: ippool clash: PoolConflict"), "{err}");
 }

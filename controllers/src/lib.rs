@@ -17,6 +17,7 @@
 //!   (allocates in `portico local`, audits in a cluster).
 //! - [`endpointslices`]: EndpointSlices that follow the pods each Service
 //!   selects, with kube-controller-manager's semantics.
+//! - [`lbipam`]: addresses for `type: LoadBalancer` Services from `IPPool`s.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod clusterip;
 pub mod endpointslices;
 pub mod error;
 pub mod k8s;
+pub mod lbipam;
 pub mod metrics;
 pub mod network;
 pub mod write;

@@ -123,3 +123,46 @@ impl EndpointSliceMetrics {
             .inc();
     }
 }
+
+/// Labels of `portico_lbipam_addresses`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolAddresses {
+    /// The IPPool.
+    pub pool: String,
+    /// `IPv4` or `IPv6`.
+    pub family: String,
+    /// `used` or `free`.
+    pub state: &'static str,
+}
+
+/// Labels of `portico_lbipam_pending_services`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PendingReason {
+    /// Why the Services have no address (e.g. `PoolExhausted`).
+    pub reason: &'static str,
+}
+
+/// Metrics of LoadBalancer IPAM. Cheap to clone; clones share values.
+#[derive(Clone, Debug, Default)]
+pub struct LbIpamMetrics {
+    /// Addresses of each pool and family by state.
+    pub addresses: Family<PoolAddresses, Gauge<f64, AtomicU64>>,
+    /// LoadBalancer Services without (all) their addresses, by reason.
+    pub pending: Family<PendingReason, Gauge>,
+}
+
+impl LbIpamMetrics {
+    /// Registers the metrics under `portico_lbipam_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "portico_lbipam_addresses",
+            "Addresses of each IPPool and family, used and free",
+            self.addresses.clone(),
+        );
+        registry.register(
+            "portico_lbipam_pending_services",
+            "LoadBalancer Services without the addresses they need, by reason",
+            self.pending.clone(),
+        );
+    }
+}

@@ -10,6 +10,7 @@ use crate::k8s::{EndpointSlice, ObjectReference, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
+use portico_crds::IPPool;
 use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER};
 use serde_json::Value;
 
@@ -39,6 +40,8 @@ pub enum TargetKind {
     Service,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
+    /// `portico.dev/v1alpha1` IPPool (cluster-scoped: empty namespace).
+    IPPool,
 }
 
 /// A whole object that reconcilers create or replace. Typed, not JSON: a
@@ -212,6 +215,18 @@ impl ApiWriter {
                     .apply::<EndpointSlice>(apply)
                     .await
                     .map(|o| Object::EndpointSlice(Box::new(o))),
+                TargetKind::IPPool => {
+                    let api: Api<IPPool> = Api::all(self.client.clone());
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    let patch = Patch::Apply(&apply.patch);
+                    if apply.status {
+                        api.patch_status(&apply.target.name, &params, &patch)
+                            .await?;
+                    } else {
+                        api.patch(&apply.target.name, &params, &patch).await?;
+                    }
+                    return Ok(Written::Nothing);
+                }
             }
             .map(Written::Object),
             Write::Create(object) => {
@@ -253,6 +268,11 @@ impl ApiWriter {
                     }
                     TargetKind::EndpointSlice => {
                         self.api::<EndpointSlice>(target)
+                            .delete(&target.name, &params)
+                            .await?;
+                    }
+                    TargetKind::IPPool => {
+                        Api::<IPPool>::all(self.client.clone())
                             .delete(&target.name, &params)
                             .await?;
                     }

@@ -295,3 +295,116 @@ async fn an_endpoint_slice_is_deleted_by_name() {
     run(&writer, &write).await;
     server.await.unwrap();
 }
+
+/// The lab: pool `lab` and one LoadBalancer Service; the controller's own
+/// writes for it.
+fn lab_writes() -> Vec<Write> {
+    use portico_controllers::lbipam::{Config, LbIpamController};
+    use portico_controllers::metrics::LbIpamMetrics;
+    let net = portico_controllers::NetworkConfig::parse("10.96.0.0/12", "20.96.0.0/12").unwrap();
+    let mut ctrl = LbIpamController::new(Config::default(), &net, LbIpamMetrics::default());
+    let pool = portico_crds::IPPool::new(
+        "lab",
+        portico_crds::IPPoolSpec {
+            addresses: vec!["192.168.56.60-192.168.56.70".into()],
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            disabled: false,
+            service_selector: None,
+            namespace_selector: None,
+            priority: 0,
+        },
+    );
+    let mut svc = mk_svc("default", "api-tester-lb");
+    svc.spec = Some(ServiceSpec {
+        type_: Some("LoadBalancer".into()),
+        ip_families: Some(vec!["IPv4".into()]),
+        ..Default::default()
+    });
+    ctrl.reset_pools([&pool]);
+    ctrl.reset_namespaces(std::iter::empty());
+    ctrl.reset_services([&svc]);
+    ctrl.flush()
+}
+
+#[tokio::test]
+async fn a_load_balancer_address_is_applied_to_the_service_status_subresource() {
+    let writes = lab_writes();
+    let write = writes
+        .iter()
+        .find(|w| matches!(w, Write::Apply(a) if a.target.kind == portico_controllers::TargetKind::Service))
+        .unwrap()
+        .clone();
+    let (writer, mut handle) = writer();
+    let reply = serde_json::to_value(mk_svc("default", "api-tester-lb")).unwrap();
+    let server = tokio::spawn(async move {
+        expect_request(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/default/services/api-tester-lb/status?&force=true&fieldManager=portico",
+            "application/apply-patch+yaml",
+            reply,
+        )
+        .await
+    });
+    run(&writer, &write).await;
+    let body = server.await.unwrap();
+    assert_eq!(body["apiVersion"], "v1");
+    assert_eq!(body["kind"], "Service");
+    assert_eq!(
+        body["metadata"],
+        json!({ "name": "api-tester-lb", "namespace": "default" })
+    );
+    assert_eq!(
+        body["status"]["loadBalancer"],
+        json!({ "ingress": [{ "ip": "192.168.56.60", "ipMode": "VIP" }] })
+    );
+    let c = &body["status"]["conditions"][0];
+    assert_eq!(c["type"], "portico.dev/IPAllocated");
+    assert_eq!(c["status"], "True");
+    assert_eq!(c["reason"], "IPAllocated");
+    assert_eq!(c["message"], "192.168.56.60 from pool lab");
+    assert!(c["lastTransitionTime"].is_string());
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        4,
+        "nothing but what Portico owns: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_status_is_applied_to_the_cluster_scoped_ippool() {
+    let writes = lab_writes();
+    let write = writes
+        .iter()
+        .find(|w| matches!(w, Write::Apply(a) if a.target.kind == portico_controllers::TargetKind::IPPool))
+        .unwrap()
+        .clone();
+    let (writer, mut handle) = writer();
+    let server = tokio::spawn(async move {
+        expect_request(
+            &mut handle,
+            Method::PATCH,
+            "/apis/portico.dev/v1alpha1/ippools/lab/status?&force=true&fieldManager=portico",
+            "application/apply-patch+yaml",
+            json!({ "apiVersion": "portico.dev/v1alpha1", "kind": "IPPool", "metadata": { "name": "lab" }, "spec": { "addresses": [] } }),
+        )
+        .await
+    });
+    run(&writer, &write).await;
+    let body = server.await.unwrap();
+    assert_eq!(body["kind"], "IPPool");
+    assert_eq!(body["status"]["used"], 1);
+    assert_eq!(body["status"]["free"], 10);
+    assert_eq!(
+        body["status"]["ipv4"],
+        json!({ "total": 11, "used": 1, "free": 10 })
+    );
+    let types: Vec<&str> = body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Ready", "Conflict"]);
+}

@@ -47,8 +47,18 @@ mod tests {
         assert_eq!(crd.spec.names.kind, "IPPool");
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-        let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let columns: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(columns, ["Addresses", "Used", "Free", "Ready", "Age"]);
     }
 
@@ -69,7 +79,10 @@ mod tests {
                 for key in ["oneOf", "anyOf"] {
                     if let Some(alts) = obj.get(key) {
                         for alt in alts.as_array().into_iter().flatten() {
-                            assert!(alt.get("type").is_none(), "{path}.{key} sets a type: not structural");
+                            assert!(
+                                alt.get("type").is_none(),
+                                "{path}.{key} sets a type: not structural"
+                            );
                         }
                     }
                 }

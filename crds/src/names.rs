@@ -46,3 +46,45 @@ pub mod labels {
     /// A Node's zone.
     pub const ZONE: &str = "topology.kubernetes.io/zone";
 }
+
+/// `spec.loadBalancerClass` of the Services Portico's LoadBalancer IPAM
+/// serves (and Services without a class, when Portico is the default).
+pub const LOAD_BALANCER_CLASS: &str = "portico.dev/lb";
+
+/// Service condition written by LoadBalancer IPAM: `True` with the pool's
+/// name, or `False` with why the Service has no address.
+pub const CONDITION_IP_ALLOCATED: &str = "portico.dev/IPAllocated";
+
+/// Annotations Portico reads.
+pub mod annotations {
+    /// Requested LoadBalancer addresses, comma-separated, at most one per family.
+    pub const LOAD_BALANCER_IPS: &str = "portico.dev/load-balancer-ips";
+    /// The IPPool a Service wants its address from.
+    pub const IP_POOL: &str = "portico.dev/ip-pool";
+    /// Services of one namespace with the same key may share an address.
+    pub const SHARING_KEY: &str = "portico.dev/sharing-key";
+}
+
+/// Event reasons and condition reasons of LoadBalancer IPAM.
+pub mod lb_reasons {
+    /// An address was assigned (or kept after a restart).
+    pub const ALLOCATED: &str = "IPAllocated";
+    /// The Service's addresses were released.
+    pub const RELEASED: &str = "IPReleased";
+    /// No pool may serve the Service.
+    pub const NO_MATCHING_POOL: &str = "NoMatchingPool";
+    /// Every pool that may serve the Service is full.
+    pub const POOL_EXHAUSTED: &str = "PoolExhausted";
+    /// The requested address is held by a Service it may not share with.
+    pub const REQUESTED_IP_IN_USE: &str = "RequestedIPInUse";
+    /// The requested address is in no pool the Service may use.
+    pub const REQUESTED_IP_NOT_IN_POOL: &str = "RequestedIPNotInPool";
+    /// The only pools that could serve the Service are in conflict.
+    pub const POOL_IN_CONFLICT: &str = "PoolInConflict";
+    /// The request itself is malformed.
+    pub const INVALID_REQUEST: &str = "InvalidRequest";
+    /// An address in the Service's status could not be kept.
+    pub const ADDRESS_NOT_KEPT: &str = "AddressNotKept";
+    /// A pool's addresses overlap something.
+    pub const POOL_CONFLICT: &str = "PoolConflict";
+}

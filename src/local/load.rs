@@ -4,6 +4,7 @@
 
 use super::world::StoredPod;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
+use portico_crds::IPPool;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -20,6 +21,7 @@ pub struct Manifests {
     /// Pods, kept compact (see [`StoredPod`]).
     pub pods: Vec<StoredPod>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    pub ippools: Vec<IPPool>,
     /// What could not be used, and why.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -195,6 +197,11 @@ impl Ctx<'_> {
                         Ok(p) => self.out.pods.push(p),
                         Err(e) => self.skip(format!("Pod cannot be stored: {e}")),
                     }
+                }
+            }
+            ("portico.dev/v1alpha1", "IPPool") => {
+                if let Some(o) = self.typed::<IPPool>(value, false) {
+                    self.out.ippools.push(o);
                 }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {

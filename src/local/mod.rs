@@ -22,8 +22,9 @@ use portico_controllers::endpointslices::{self, EndpointSliceController};
 use portico_controllers::k8s::{
     Key, Namespace, ObjectMeta, Service, ServicePort, ServiceSpec, Time, stated_cluster_ips,
 };
+use portico_controllers::lbipam::{self, LbIpamController};
 use portico_controllers::metrics::ClusterIpMetrics;
-use portico_controllers::metrics::EndpointSliceMetrics;
+use portico_controllers::metrics::{EndpointSliceMetrics, LbIpamMetrics};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         report(&manifests.diagnostics);
         let settings = Settings {
             max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
+            default_load_balancer_class: args.lb.default_load_balancer_class,
         };
         let world = reconcile(manifests, &net, &settings, previous.as_ref())?;
         let mut out = std::io::stdout().lock();
@@ -83,12 +85,15 @@ fn report(diagnostics: &[Diagnostic]) {
 /// Reconciler settings of `portico local`.
 pub struct Settings {
     pub max_endpoints_per_slice: usize,
+    /// Portico serves LoadBalancer Services without a class.
+    pub default_load_balancer_class: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_endpoints_per_slice: endpointslices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            default_load_balancer_class: true,
         }
     }
 }
@@ -120,6 +125,16 @@ pub fn reconcile(
         delete_orphans: true,
     };
     let mut slices = EndpointSliceController::new(cfg, EndpointSliceMetrics::default());
+    let mut lb = LbIpamController::new(
+        lbipam::Config {
+            default_class: settings.default_load_balancer_class,
+        },
+        net,
+        LbIpamMetrics::default(),
+    );
+    lb.reset_pools(world.ippools.store.state().iter().map(AsRef::as_ref));
+    lb.reset_namespaces(world.namespaces.store.state().iter().map(AsRef::as_ref));
+    lb.reset_services(world.services.store.state().iter().map(AsRef::as_ref));
     let now = Instant::now();
     let services = world.services.store.state();
     let mut writes = clusterip.reset(services.iter().map(AsRef::as_ref));
@@ -130,6 +145,7 @@ pub fn reconcile(
     for _ in 0..MAX_ROUNDS {
         if writes.is_empty() {
             writes = slices.flush(now);
+            writes.extend(lb.flush());
             if writes.is_empty() {
                 return Ok(world);
             }
@@ -138,6 +154,10 @@ pub fn reconcile(
         for svc in &changed.services {
             writes.extend(clusterip.apply(svc));
             slices.apply_service(svc, now);
+            lb.apply_service(svc);
+        }
+        for pool in &changed.pools {
+            lb.apply_pool(pool);
         }
         for slice in changed.slices {
             slices.apply_slice(slice, now);

@@ -16,6 +16,7 @@ pub fn tables(out: &mut impl Write, world: &World, show: &[Show]) -> io::Result<
         match what {
             Show::Services => services_table(out, world)?,
             Show::Endpointslices => endpoint_slices_table(out, world)?,
+            Show::Ippools => ippools_table(out, world)?,
             Show::Events => events_table(out, world)?,
         }
     }
@@ -126,6 +127,32 @@ pub fn endpoint_slices_table(out: &mut impl Write, world: &World) -> io::Result<
     write_table(out, &rows)
 }
 
+/// `kubectl get ippools`, with the conditions spelled out so a reader sees
+/// at once which pool is full, disabled or in conflict, and why.
+pub fn ippools_table(out: &mut impl Write, world: &World) -> io::Result<()> {
+    let mut rows = vec![row(&[
+        "NAME",
+        "ADDRESSES",
+        "USED",
+        "FREE",
+        "READY",
+        "MESSAGE",
+    ])];
+    for pool in world.ippools.sorted() {
+        let status = pool.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        rows.push(vec![
+            pool.metadata.name.clone().unwrap_or_default(),
+            pool.spec.addresses.join(","),
+            status.used.to_string(),
+            status.free.to_string(),
+            ready.map_or_else(|| "Unknown".to_owned(), |c| c.status.clone()),
+            ready.map(|c| c.message.clone()).unwrap_or_default(),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
 /// `kubectl get events -A`, in the order they were recorded.
 pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
     let mut rows = vec![row(&["NAMESPACE", "TYPE", "REASON", "OBJECT", "MESSAGE"])];
@@ -147,7 +174,7 @@ pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
 }
 
 /// Every object, as multi-document YAML (namespaces, nodes, services,
-/// endpoint slices, pods).
+/// endpoint slices, IP pools, pods).
 pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
     let mut docs = Vec::new();
     for o in world.namespaces.sorted() {
@@ -160,6 +187,9 @@ pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
     for o in world.endpoint_slices.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for o in world.ippools.sorted() {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
     for o in world.pods.iter() {
@@ -178,11 +208,13 @@ pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
 pub fn warnings(world: &World) {
     for e in world.events.iter().filter(|e| e.warning) {
         let r = &e.regarding;
+        let name = match r.namespace.as_deref() {
+            Some(ns) if !ns.is_empty() => format!("{ns}/{}", r.name.as_deref().unwrap_or("")),
+            _ => r.name.clone().unwrap_or_default(),
+        };
         eprintln!(
-            "warning: {} {}/{}: {}: {}",
+            "warning: {} {name}: {}: {}",
             r.kind.as_deref().unwrap_or("").to_lowercase(),
-            r.namespace.as_deref().unwrap_or(""),
-            r.name.as_deref().unwrap_or(""),
             e.reason,
             e.note
         );

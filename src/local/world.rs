@@ -11,6 +11,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write};
+use portico_crds::IPPool;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,12 +24,7 @@ pub struct Objects<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
 
 impl<K> Objects<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeepMerge
-        + DeserializeOwned
-        + PartialEq
-        + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     fn new(objects: Vec<K>) -> Self {
         let (store, mut writer) = reflector::store::<K>();
@@ -57,7 +53,17 @@ where
         });
         all
     }
+}
 
+impl<K> Objects<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeepMerge
+        + DeserializeOwned
+        + PartialEq
+        + 'static,
+{
     /// Merges a server-side apply patch into the object; returns the new
     /// object when it changed.
     fn merge(
@@ -66,7 +72,7 @@ where
         name: &str,
         patch: &serde_json::Value,
     ) -> anyhow::Result<Option<Arc<K>>> {
-        let key = ObjectRef::<K>::new(name).within(namespace);
+        let key = object_ref::<K>(namespace, name);
         let Some(current) = self.store.get(&key) else {
             anyhow::bail!("{} {namespace}/{name} does not exist", K::kind(&()));
         };
@@ -80,7 +86,12 @@ where
             .apply_watcher_event(&watcher::Event::Apply(next));
         Ok(self.store.get(&key))
     }
+}
 
+impl<K> Objects<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
     /// Stores an object as the API server would on create or update: a new
     /// `resourceVersion`, and a `uid` when it has none.
     fn put(&mut self, mut obj: K, version: u64) -> Option<Arc<K>> {
@@ -93,14 +104,16 @@ where
                 meta.name.as_deref(),
             ));
         }
-        let key = ObjectRef::<K>::new(meta.name.as_deref().unwrap_or_default())
-            .within(meta.namespace.as_deref().unwrap_or_default());
+        let key = object_ref::<K>(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
         self.writer.apply_watcher_event(&watcher::Event::Apply(obj));
         self.store.get(&key)
     }
 
     fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.store.get(&ObjectRef::<K>::new(name).within(namespace))
+        self.store.get(&object_ref::<K>(namespace, name))
     }
 
     fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<K>> {
@@ -108,6 +121,16 @@ where
         self.writer
             .apply_watcher_event(&watcher::Event::Delete((*old).clone()));
         Some(old)
+    }
+}
+
+/// The store key of an object; cluster-scoped objects have an empty namespace.
+fn object_ref<K: kube::Resource<DynamicType = ()>>(namespace: &str, name: &str) -> ObjectRef<K> {
+    let key = ObjectRef::<K>::new(name);
+    if namespace.is_empty() {
+        key
+    } else {
+        key.within(namespace)
     }
 }
 
@@ -223,6 +246,7 @@ pub struct World {
     pub services: Objects<Service>,
     pub pods: Pods,
     pub endpoint_slices: Objects<EndpointSlice>,
+    pub ippools: Objects<IPPool>,
     pub events: Vec<EventRecord>,
     /// The last `resourceVersion` handed out.
     version: u64,
@@ -234,6 +258,7 @@ pub struct Changed {
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub deleted_slices: Vec<Arc<EndpointSlice>>,
+    pub pools: Vec<Arc<IPPool>>,
 }
 
 impl World {
@@ -244,9 +269,29 @@ impl World {
             services: Objects::new(m.services),
             pods: Pods::new(m.pods),
             endpoint_slices: Objects::new(m.endpoint_slices),
+            ippools: Objects::new(m.ippools),
             events: Vec::new(),
             version: 0,
         }
+    }
+
+    /// An IPPool's status is Portico's alone: the applied status replaces it.
+    fn set_pool_status(
+        &mut self,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> anyhow::Result<Option<Arc<IPPool>>> {
+        let Some(current) = self.ippools.get("", name) else {
+            anyhow::bail!("IPPool {name} does not exist");
+        };
+        let status: portico_crds::IPPoolStatus = serde_json::from_value(patch["status"].clone())?;
+        if current.status.as_ref() == Some(&status) {
+            return Ok(None);
+        }
+        let mut next = (*current).clone();
+        next.status = Some(status);
+        let version = self.next_version();
+        Ok(self.ippools.put(next, version))
     }
 
     fn next_version(&mut self) -> u64 {
@@ -266,6 +311,11 @@ impl World {
                                 .merge(&target.namespace, &target.name, &patch)?
                         {
                             push_latest(&mut changed.services, svc);
+                        }
+                    }
+                    TargetKind::IPPool => {
+                        if let Some(pool) = self.set_pool_status(&target.name, &patch)? {
+                            push_latest(&mut changed.pools, pool);
                         }
                     }
                     TargetKind::EndpointSlice => {
@@ -323,7 +373,9 @@ impl World {
                             changed.deleted_slices.push(old);
                         }
                     }
-                    TargetKind::Service => anyhow::bail!("portico local does not delete Services"),
+                    TargetKind::Service | TargetKind::IPPool => {
+                        anyhow::bail!("portico local does not delete {:?}s", target.kind)
+                    }
                 },
                 Write::Event(event) => self.events.push(event),
             }

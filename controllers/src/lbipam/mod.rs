@@ -1,0 +1,1308 @@
+//! LoadBalancer IPAM: addresses for `type: LoadBalancer` Services from
+//! bare-metal pools (`IPPool`), as MetalLB and Cilium LB-IPAM users expect,
+//! with feedback on every Service and pool.
+//!
+//! ```text
+//!  IPPools ──> pools (ipam::Pool each, lowest free address first)
+//!               │  conflicts: overlap with an older pool, the service range
+//!               │  or the pod network -> no new assignments
+//!  Services ──> per Service, in creation order:
+//!  Namespaces    keep what it holds while a pool it may use contains it,
+//!               else its request (annotation / spec.loadBalancerIP),
+//!               else an address shared under its sharing key,
+//!               else the lowest free address of the best pool (priority, name)
+//!               │
+//!               v
+//!   status.loadBalancer.ingress + condition portico.dev/IPAllocated + Event
+//!   IPPool status: Ready, Conflict, used/free per family
+//! ```
+//!
+//! State comes from the API: on a relist or any pool change the index is
+//! rebuilt and the addresses in Services' statuses are re-adopted, oldest
+//! Service first, before anything new is assigned; an address that cannot be
+//! kept (in no pool, held twice, in a pool the Service may no longer use) is
+//! reported and replaced.
+
+use crate::k8s::{Key, Namespace, Service, service_condition, service_type};
+use crate::metrics::LbIpamMetrics;
+use crate::network::NetworkConfig;
+use crate::write::{Apply, Target, TargetKind, Write};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::{Selector, SelectorExt};
+use portico_crds::names::{CONDITION_IP_ALLOCATED, LOAD_BALANCER_CLASS, annotations, lb_reasons};
+use portico_crds::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus};
+use portico_ipam::{Block, Family, Pool, PoolOptions};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How LoadBalancer IPAM behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Serve Services without `spec.loadBalancerClass` (Portico is the
+    /// cluster's default LoadBalancer implementation).
+    pub default_class: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_class: true,
+        }
+    }
+}
+
+/// Why a Service has no (or not every) address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Condition and Event reason (see `portico_crds::names::lb_reasons`).
+    pub reason: &'static str,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// One pool as the controller sees it.
+struct PoolState {
+    obj: Arc<IPPool>,
+    /// The addresses, when they all parse.
+    pool: Option<Pool>,
+    /// Why the spec cannot be used.
+    invalid: Option<String>,
+    /// What its addresses overlap.
+    conflict: Option<String>,
+    service_selector: Option<Selector>,
+    namespace_selector: Option<Selector>,
+    /// The conflict last reported in an Event.
+    reported_conflict: Option<String>,
+}
+
+impl PoolState {
+    fn spec(&self) -> &IPPoolSpec {
+        &self.obj.spec
+    }
+
+    fn name(&self) -> String {
+        self.obj.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.contains(ip))
+    }
+
+    /// Whether it may make new assignments at all.
+    fn assigns(&self) -> bool {
+        self.pool.is_some() && self.conflict.is_none() && !self.spec().disabled
+    }
+}
+
+/// Addresses a Service holds, with the pool of each.
+type Held = Vec<(IpAddr, String)>;
+
+/// The LoadBalancer IPAM index. See the module documentation.
+pub struct LbIpamController {
+    cfg: Config,
+    networks: Vec<(String, Block)>,
+    pools: BTreeMap<String, PoolState>,
+    services: BTreeMap<Key, Arc<Service>>,
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+    held: HashMap<Key, Held>,
+    holders: HashMap<IpAddr, Vec<Key>>,
+    problems: HashMap<Key, Problem>,
+    dirty: BTreeSet<Key>,
+    rebuild: bool,
+    metrics: LbIpamMetrics,
+}
+
+impl LbIpamController {
+    /// An empty index; pools may not overlap the networks of `net`.
+    pub fn new(cfg: Config, net: &NetworkConfig, metrics: LbIpamMetrics) -> Self {
+        let mut networks = Vec::new();
+        for (what, nets) in [
+            ("the service range", &net.service_ranges),
+            ("the pod network", &net.cluster_cidrs),
+        ] {
+            for n in nets {
+                if let Ok(b) = Block::from_cidr(*n) {
+                    networks.push((format!("{what} {n}"), b));
+                }
+            }
+        }
+        LbIpamController {
+            cfg,
+            networks,
+            pools: BTreeMap::new(),
+            services: BTreeMap::new(),
+            namespaces: HashMap::new(),
+            held: HashMap::new(),
+            holders: HashMap::new(),
+            problems: HashMap::new(),
+            dirty: BTreeSet::new(),
+            rebuild: true,
+            metrics,
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    /// Replaces every pool (a relist).
+    pub fn reset_pools<'a>(&mut self, pools: impl IntoIterator<Item = &'a IPPool>) {
+        self.pools.clear();
+        for p in pools {
+            self.insert_pool(p);
+        }
+        self.rebuild = true;
+    }
+
+    /// A pool was added or changed. A change of its spec rebuilds the index;
+    /// a change of its status alone (Portico's own write) does not.
+    pub fn apply_pool(&mut self, pool: &IPPool) {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        match self.pools.get_mut(&name) {
+            Some(p) if p.obj.spec == pool.spec => p.obj = Arc::new(pool.clone()),
+            _ => {
+                self.insert_pool(pool);
+                self.rebuild = true;
+            }
+        }
+    }
+
+    /// A pool was deleted: its Services get addresses elsewhere.
+    pub fn delete_pool(&mut self, pool: &IPPool) {
+        if let Some(name) = &pool.metadata.name {
+            self.pools.remove(name);
+            self.rebuild = true;
+        }
+    }
+
+    fn insert_pool(&mut self, pool: &IPPool) {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let mut state = PoolState {
+            obj: Arc::new(pool.clone()),
+            pool: None,
+            invalid: None,
+            conflict: None,
+            service_selector: None,
+            namespace_selector: None,
+            reported_conflict: None,
+        };
+        let parse_selector =
+            |sel: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+             what: &str| {
+                sel.clone()
+                    .map(|s| Selector::try_from(s).map_err(|e| format!("spec.{what}: {e}")))
+                    .transpose()
+            };
+        let opts = PoolOptions {
+            avoid_buggy_ips: pool.spec.avoid_buggy_ips,
+            ..PoolOptions::lb_pool()
+        };
+        let parsed = (|| -> Result<(Pool, Option<Selector>, Option<Selector>), String> {
+            let p = Pool::parse(&pool.spec.addresses, opts)
+                .map_err(|e| format!("spec.addresses: {e}"))?;
+            Ok((
+                p,
+                parse_selector(&pool.spec.service_selector, "serviceSelector")?,
+                parse_selector(&pool.spec.namespace_selector, "namespaceSelector")?,
+            ))
+        })();
+        match parsed {
+            Ok((p, s, n)) => {
+                state.pool = Some(p);
+                state.service_selector = s;
+                state.namespace_selector = n;
+            }
+            Err(e) => state.invalid = Some(e),
+        }
+        self.pools.insert(name, state);
+    }
+
+    /// Replaces every Namespace (a relist).
+    pub fn reset_namespaces<'a>(&mut self, namespaces: impl IntoIterator<Item = &'a Namespace>) {
+        self.namespaces = namespaces
+            .into_iter()
+            .filter_map(|n| {
+                Some((
+                    n.metadata.name.clone()?,
+                    n.metadata.labels.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        self.rebuild = true;
+    }
+
+    /// A Namespace was added or changed: its labels may select other pools.
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        let Some(name) = ns.metadata.name.clone() else {
+            return;
+        };
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        if self.namespaces.get(&name) != Some(&labels) {
+            self.namespaces.insert(name.clone(), labels);
+            let keys: Vec<Key> = self
+                .services
+                .keys()
+                .filter(|k| k.namespace == name)
+                .cloned()
+                .collect();
+            self.dirty.extend(keys);
+        }
+    }
+
+    /// Replaces every Service (a relist): addresses are re-adopted from
+    /// their statuses.
+    pub fn reset_services<'a>(&mut self, services: impl IntoIterator<Item = &'a Service>) {
+        self.services = services
+            .into_iter()
+            .map(|s| (Key::of(s), Arc::new(s.clone())))
+            .collect();
+        self.rebuild = true;
+    }
+
+    /// A Service was added or changed.
+    pub fn apply_service(&mut self, svc: &Service) {
+        let key = Key::of(svc);
+        self.services.insert(key.clone(), Arc::new(svc.clone()));
+        self.dirty.insert(key);
+    }
+
+    /// A Service was deleted: its addresses are free (or one fewer holder
+    /// shares them), and Services waiting for addresses are served.
+    pub fn delete_service(&mut self, svc: &Service) {
+        let key = Key::of(svc);
+        self.services.remove(&key);
+        self.problems.remove(&key);
+        self.dirty.remove(&key);
+        if let Some(held) = self.held.remove(&key)
+            && !held.is_empty()
+        {
+            for (ip, _) in held {
+                self.release(ip, &key);
+            }
+            self.retry_waiting();
+        }
+    }
+
+    /// Marks the Services without addresses for another try.
+    fn retry_waiting(&mut self) {
+        let waiting: Vec<Key> = self.problems.keys().cloned().collect();
+        self.dirty.extend(waiting);
+    }
+
+    // ---- queries -------------------------------------------------------
+
+    /// The addresses a Service holds, with their pools.
+    pub fn assigned(&self, key: &Key) -> &[(IpAddr, String)] {
+        self.held.get(key).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The Services that hold an address.
+    pub fn holders(&self, ip: IpAddr) -> &[Key] {
+        self.holders.get(&ip).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The problem of a Service, if it has one.
+    pub fn problem(&self, key: &Key) -> Option<&Problem> {
+        self.problems.get(key)
+    }
+
+    /// Every assignment: `(service, address, pool)`.
+    pub fn assignments(&self) -> impl Iterator<Item = (&Key, IpAddr, &str)> {
+        self.held
+            .iter()
+            .flat_map(|(k, h)| h.iter().map(move |(ip, pool)| (k, *ip, pool.as_str())))
+    }
+
+    // ---- the work --------------------------------------------------------
+
+    /// Everything that changed since the last flush, as writes: Service
+    /// statuses and Events first, then pool statuses.
+    pub fn flush(&mut self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        if self.rebuild {
+            self.rebuild_all(&mut writes);
+        }
+        let mut due: Vec<Key> = std::mem::take(&mut self.dirty).into_iter().collect();
+        due.sort_by_cached_key(|k| {
+            (
+                self.services
+                    .get(k)
+                    .and_then(|s| s.metadata.creation_timestamp.clone())
+                    .map(|t| t.0),
+                k.clone(),
+            )
+        });
+        for key in due {
+            writes.extend(self.sync_service(&key));
+        }
+        writes.extend(self.pool_writes());
+        self.publish_metrics();
+        writes
+    }
+
+    /// Re-reads every pool, finds conflicts, and re-adopts the addresses in
+    /// Service statuses, oldest Service first.
+    fn rebuild_all(&mut self, writes: &mut Vec<Write>) {
+        self.rebuild = false;
+        // Fresh pools (a spec may have changed) and conflicts, oldest pool first.
+        let objs: Vec<Arc<IPPool>> = self.pools.values().map(|p| p.obj.clone()).collect();
+        let reported: HashMap<String, Option<String>> = self
+            .pools
+            .iter()
+            .map(|(n, p)| (n.clone(), p.reported_conflict.clone()))
+            .collect();
+        self.pools.clear();
+        for o in &objs {
+            self.insert_pool(o);
+        }
+        let mut order: Vec<String> = self.pools.keys().cloned().collect();
+        order.sort_by_cached_key(|n| {
+            (
+                self.pools[n]
+                    .obj
+                    .metadata
+                    .creation_timestamp
+                    .clone()
+                    .map(|t| t.0),
+                n.clone(),
+            )
+        });
+        for (i, name) in order.iter().enumerate() {
+            let conflict = self.conflict_of(name, &order[..i]);
+            if let Some(p) = self.pools.get_mut(name) {
+                p.conflict = conflict;
+                p.reported_conflict = reported.get(name).cloned().flatten();
+            }
+        }
+        for p in self.pools.values_mut() {
+            if p.conflict != p.reported_conflict {
+                if let Some(c) = &p.conflict {
+                    writes.push(Write::event(
+                        p.obj.as_ref(),
+                        true,
+                        lb_reasons::POOL_CONFLICT,
+                        "Validate",
+                        format!("{c}; the pool makes no new assignments until the overlap is gone"),
+                    ));
+                }
+                p.reported_conflict = p.conflict.clone();
+            }
+        }
+
+        // Re-adopt what the Services' statuses say, oldest first.
+        self.held.clear();
+        self.holders.clear();
+        let mut order: Vec<Arc<Service>> = self.services.values().cloned().collect();
+        order.sort_by_cached_key(|s| {
+            (
+                s.metadata.creation_timestamp.clone().map(|t| t.0),
+                Key::of(s.as_ref()),
+            )
+        });
+        for svc in order {
+            let key = Key::of(svc.as_ref());
+            if !self.eligible(&svc) {
+                continue;
+            }
+            let mut held = Vec::new();
+            for ip in status_ips(&svc) {
+                match self.adoptable(&svc, &key, ip, &held) {
+                    Ok(pool) => {
+                        self.hold(ip, &key, &pool);
+                        held.push((ip, pool));
+                    }
+                    Err(why) => writes.push(Write::event(
+                        svc.as_ref(),
+                        true,
+                        lb_reasons::ADDRESS_NOT_KEPT,
+                        "Adopt",
+                        format!("{ip} in the Service's status is not kept: {why}"),
+                    )),
+                }
+            }
+            if !held.is_empty() {
+                self.held.insert(key, held);
+            }
+        }
+        self.dirty.extend(self.services.keys().cloned());
+    }
+
+    /// What a pool's addresses overlap: the cluster's networks, or a pool
+    /// older than it (`earlier`).
+    fn conflict_of(&self, name: &str, earlier: &[String]) -> Option<String> {
+        let pool = self.pools.get(name)?.pool.as_ref()?;
+        for (what, net) in &self.networks {
+            if let Some(b) = pool.blocks().iter().find(|b| b.overlaps(net)) {
+                return Some(format!("its addresses {b} overlap {what}"));
+            }
+        }
+        for other in earlier {
+            if let Some(op) = self.pools.get(other).and_then(|p| p.pool.as_ref())
+                && let Some((mine, theirs)) = pool.overlaps(op)
+            {
+                return Some(format!(
+                    "its addresses {mine} overlap pool {other} ({theirs})"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Whether `ip` from a status can be kept by the Service.
+    fn adoptable(
+        &self,
+        svc: &Service,
+        key: &Key,
+        ip: IpAddr,
+        held: &Held,
+    ) -> Result<String, String> {
+        if held.iter().any(|(h, _)| Family::of(*h) == Family::of(ip)) {
+            return Err(format!(
+                "the Service already holds an {} address",
+                Family::of(ip)
+            ));
+        }
+        let Some(pool) = self.pools.values().find(|p| p.contains(ip)) else {
+            return Err("it is in no pool".to_owned());
+        };
+        if !self.may_use(svc, pool, Some(ip)) {
+            return Err(format!("pool {} does not serve this Service", pool.name()));
+        }
+        self.compatible(svc, key, ip)
+            .map_err(|(holder, why)| format!("Service {holder} holds it and {why}"))?;
+        Ok(pool.name())
+    }
+
+    fn sync_service(&mut self, key: &Key) -> Vec<Write> {
+        let Some(svc) = self.services.get(key).cloned() else {
+            return Vec::new();
+        };
+        if !self.eligible(&svc) {
+            // Not (or no longer) Portico's: release, and clear what Portico wrote.
+            self.services.remove(key);
+            self.problems.remove(key);
+            let held = self.held.remove(key).unwrap_or_default();
+            for (ip, _) in &held {
+                self.release(*ip, key);
+            }
+            let mut writes = Vec::new();
+            if !held.is_empty() {
+                self.retry_waiting();
+                writes.push(Write::event(
+                    svc.as_ref(),
+                    false,
+                    lb_reasons::RELEASED,
+                    "Release",
+                    format!("released {}: {}", list(&held), self.not_eligible_why(&svc)),
+                ));
+            }
+            let released = Problem::new(lb_reasons::RELEASED, self.not_eligible_why(&svc));
+            let shows_ours = service_condition(&svc, CONDITION_IP_ALLOCATED).is_some()
+                || !status_ips(&svc).is_empty();
+            if shows_ours
+                && !(status_ips(&svc).is_empty() && condition_is(&svc, &[], Some(&released)))
+            {
+                writes.push(status_write(&svc, &[], Some(&released)));
+            }
+            return writes;
+        }
+
+        let before = self.held.remove(key).unwrap_or_default();
+        let (got, problem) = self.assign(&svc, key, before.clone());
+        let mut writes = Vec::new();
+        if !same_ips(&got, &status_ips(&svc)) || !condition_is(&svc, &got, problem.as_ref()) {
+            writes.push(status_write(&svc, &got, problem.as_ref()));
+        }
+        if !same_ips(&got, &before.iter().map(|(ip, _)| *ip).collect::<Vec<_>>()) && !got.is_empty()
+        {
+            let note = if before.is_empty() {
+                format!("assigned {}", list(&got))
+            } else {
+                format!("assigned {} (was {})", list(&got), list(&before))
+            };
+            writes.push(Write::event(
+                svc.as_ref(),
+                false,
+                lb_reasons::ALLOCATED,
+                "Assign",
+                note,
+            ));
+        }
+        match problem {
+            Some(p) => {
+                if self.problems.get(key) != Some(&p) {
+                    writes.push(Write::event(
+                        svc.as_ref(),
+                        true,
+                        p.reason,
+                        "Assign",
+                        p.message.clone(),
+                    ));
+                }
+                self.problems.insert(key.clone(), p);
+            }
+            None => {
+                self.problems.remove(key);
+            }
+        }
+        if !got.is_empty() {
+            self.held.insert(key.clone(), got);
+        }
+        writes
+    }
+
+    /// Works out the Service's addresses, family by family. `before` is what
+    /// it held (none of it released yet).
+    fn assign(&mut self, svc: &Service, key: &Key, before: Held) -> (Held, Option<Problem>) {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let requested = match requested_ips(svc) {
+            Ok(r) => r,
+            Err(p) => {
+                for (ip, _) in &before {
+                    self.release(*ip, key);
+                }
+                return (Vec::new(), Some(p));
+            }
+        };
+        let mut families: Vec<Family> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(Family::V4),
+                "IPv6" => Some(Family::V6),
+                _ => None,
+            })
+            .collect();
+        if families.is_empty() {
+            families = requested.iter().map(|ip| Family::of(*ip)).collect();
+        }
+        if families.is_empty() {
+            families.push(Family::V4);
+        }
+        let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
+        let required = |i: usize| i == 0 || policy == "RequireDualStack";
+        for ip in &requested {
+            if !families.contains(&Family::of(*ip)) {
+                for (h, _) in &before {
+                    self.release(*h, key);
+                }
+                return (
+                    Vec::new(),
+                    Some(Problem::new(
+                        lb_reasons::INVALID_REQUEST,
+                        format!(
+                            "requested {ip} is {}, which the Service's ipFamilies do not include",
+                            Family::of(*ip)
+                        ),
+                    )),
+                );
+            }
+        }
+
+        let mut got: Held = Vec::new();
+        let mut problem = None;
+        let mut kept: Vec<IpAddr> = Vec::new();
+        for (i, family) in families.iter().copied().enumerate() {
+            let wanted = requested
+                .iter()
+                .copied()
+                .find(|ip| Family::of(*ip) == family);
+            if let Some((ip, pool)) = before.iter().find(|(ip, _)| Family::of(*ip) == family)
+                && wanted.is_none_or(|w| w == *ip)
+                && self.may_keep(svc, *ip, pool)
+                && self.compatible(svc, key, *ip).is_ok()
+            {
+                got.push((*ip, pool.clone()));
+                kept.push(*ip);
+                continue;
+            }
+            let result = match wanted {
+                Some(ip) => self.claim(svc, key, ip),
+                None => self.share_or_allocate(svc, key, family),
+            };
+            match result {
+                Ok(pool) => got.push(pool),
+                Err(p) if required(i) => {
+                    problem.get_or_insert(p);
+                }
+                Err(_) => {}
+            }
+        }
+        // Release what is not kept (what was just claimed is already held).
+        for (ip, _) in &before {
+            if !kept.contains(ip) && !got.iter().any(|(g, _)| g == ip) {
+                self.release(*ip, key);
+            }
+        }
+        if problem.is_some() && policy == "RequireDualStack" {
+            for (ip, _) in got.drain(..) {
+                self.release(ip, key);
+            }
+        }
+        (got, problem)
+    }
+
+    /// Takes a requested address.
+    fn claim(&mut self, svc: &Service, key: &Key, ip: IpAddr) -> Result<(IpAddr, String), Problem> {
+        let Some(pool) = self.pools.values().find(|p| p.contains(ip)) else {
+            return Err(Problem::new(
+                lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                format!("requested {ip} is in no pool"),
+            ));
+        };
+        let name = pool.name();
+        if !self.may_use(svc, pool, Some(ip)) {
+            return Err(Problem::new(
+                lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                format!("requested {ip} is in pool {name}, which does not serve this Service"),
+            ));
+        }
+        if let Some(c) = &pool.conflict {
+            return Err(Problem::new(
+                lb_reasons::POOL_IN_CONFLICT,
+                format!("requested {ip} is in pool {name}, which is in conflict: {c}"),
+            ));
+        }
+        let shared = self.holders.get(&ip).is_some_and(|h| !h.is_empty());
+        if shared {
+            self.compatible(svc, key, ip).map_err(|(holder, why)| {
+                Problem::new(
+                    lb_reasons::REQUESTED_IP_IN_USE,
+                    format!("requested {ip} is held by Service {holder}, and {why}"),
+                )
+            })?;
+        } else {
+            if pool.spec().disabled {
+                return Err(Problem::new(
+                    lb_reasons::POOL_EXHAUSTED,
+                    format!(
+                        "requested {ip} is in pool {name}, which is disabled for new assignments"
+                    ),
+                ));
+            }
+            let result = self
+                .pools
+                .get_mut(&name)
+                .and_then(|p| p.pool.as_mut())
+                .map(|p| p.allocate_ip(ip));
+            match result {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    return Err(Problem::new(
+                        lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                        format!("requested {ip}: {e}"),
+                    ));
+                }
+                None => {
+                    return Err(Problem::new(
+                        lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                        format!("requested {ip} is in no pool"),
+                    ));
+                }
+            }
+        }
+        self.add_holder(ip, key);
+        Ok((ip, name))
+    }
+
+    /// Shares an address under the Service's sharing key, or takes the
+    /// lowest free address of the best pool.
+    fn share_or_allocate(
+        &mut self,
+        svc: &Service,
+        key: &Key,
+        family: Family,
+    ) -> Result<(IpAddr, String), Problem> {
+        if let Some(sharing) = annotation(svc, annotations::SHARING_KEY) {
+            let mut partners: Vec<(IpAddr, String)> = self
+                .held
+                .iter()
+                .filter(|(k, _)| k.namespace == key.namespace && *k != key)
+                .filter(|(k, _)| {
+                    self.services
+                        .get(*k)
+                        .and_then(|s| annotation(s, annotations::SHARING_KEY))
+                        == Some(sharing)
+                })
+                .flat_map(|(_, h)| h.iter().cloned())
+                .filter(|(ip, _)| Family::of(*ip) == family)
+                .collect();
+            partners.sort();
+            partners.dedup();
+            for (ip, pool) in partners {
+                let usable = self
+                    .pools
+                    .get(&pool)
+                    .is_some_and(|p| self.may_use(svc, p, None));
+                if usable && self.compatible(svc, key, ip).is_ok() {
+                    self.add_holder(ip, key);
+                    return Ok((ip, pool));
+                }
+            }
+        }
+        let mut candidates: Vec<&PoolState> = self
+            .pools
+            .values()
+            .filter(|p| {
+                p.pool
+                    .as_ref()
+                    .is_some_and(|pool| pool.families().any(|f| f == family))
+            })
+            .filter(|p| self.may_use(svc, p, None))
+            .collect();
+        if candidates.is_empty() {
+            return Err(Problem::new(
+                lb_reasons::NO_MATCHING_POOL,
+                format!(
+                    "no pool serves {family} addresses to this Service{}",
+                    self.why_no_pool(svc)
+                ),
+            ));
+        }
+        candidates.sort_by_key(|p| (p.spec().priority, p.name()));
+        let (usable, blocked): (Vec<&PoolState>, Vec<&PoolState>) =
+            candidates.into_iter().partition(|p| p.assigns());
+        let names: Vec<String> = usable.iter().map(|p| p.name()).collect();
+        let blocked: Vec<(String, Option<String>)> = blocked
+            .iter()
+            .map(|p| (p.name(), p.conflict.clone()))
+            .collect();
+        for name in &names {
+            let ip = self
+                .pools
+                .get_mut(name)
+                .and_then(|p| p.pool.as_mut())
+                .and_then(|p| p.allocate(family).ok());
+            if let Some(ip) = ip {
+                self.add_holder(ip, key);
+                return Ok((ip, name.clone()));
+            }
+        }
+        if names.is_empty() {
+            let why: Vec<String> = blocked
+                .iter()
+                .map(|(name, conflict)| match conflict {
+                    Some(c) => format!("pool {name} is in conflict ({c})"),
+                    None => format!("pool {name} is disabled"),
+                })
+                .collect();
+            let reason = if blocked.iter().any(|(_, c)| c.is_some()) {
+                lb_reasons::POOL_IN_CONFLICT
+            } else {
+                lb_reasons::POOL_EXHAUSTED
+            };
+            return Err(Problem::new(
+                reason,
+                format!("no pool can assign an {family} address: {}", why.join("; ")),
+            ));
+        }
+        Err(Problem::new(
+            lb_reasons::POOL_EXHAUSTED,
+            format!(
+                "no free {family} address left in pool{} {}",
+                if names.len() > 1 { "s" } else { "" },
+                names.join(", ")
+            ),
+        ))
+    }
+
+    /// Why no pool matched, when a pool was asked for by name.
+    fn why_no_pool(&self, svc: &Service) -> String {
+        match annotation(svc, annotations::IP_POOL) {
+            Some(name) if !self.pools.contains_key(name) => {
+                format!(" (the requested pool {name} does not exist)")
+            }
+            Some(name) => {
+                format!(" (the requested pool {name} does not select it or has no such addresses)")
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Whether the Service may get addresses from the pool: selectors, the
+    /// pool it asks for, and `autoAssign` (a pool that does not auto-assign
+    /// serves Services that ask for it or for one of its addresses).
+    fn may_use(&self, svc: &Service, pool: &PoolState, requested: Option<IpAddr>) -> bool {
+        if pool.pool.is_none() {
+            return false;
+        }
+        let name = pool.name();
+        let asked_pool = annotation(svc, annotations::IP_POOL);
+        if asked_pool.is_some_and(|a| a != name) {
+            return false;
+        }
+        let asked_ip = requested.is_some_and(|ip| pool.contains(ip))
+            || requested_ips(svc)
+                .unwrap_or_default()
+                .iter()
+                .any(|ip| pool.contains(*ip));
+        if !pool.spec().auto_assign && asked_pool.is_none() && !asked_ip {
+            return false;
+        }
+        let labels = svc.metadata.labels.clone().unwrap_or_default();
+        if pool
+            .service_selector
+            .as_ref()
+            .is_some_and(|s| !s.matches(&labels))
+        {
+            return false;
+        }
+        let ns = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let ns_labels = self.namespaces.get(&ns).cloned().unwrap_or_default();
+        pool.namespace_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(&ns_labels))
+    }
+
+    /// Whether the Service keeps an address it holds: it is still inside a
+    /// pool the Service may use (disabled or conflicting pools keep theirs).
+    /// (The caller also checks that it may still share it with the others
+    /// who hold it: a Service that drops its sharing key moves.)
+    fn may_keep(&self, svc: &Service, ip: IpAddr, pool: &str) -> bool {
+        self.pools
+            .get(pool)
+            .is_some_and(|p| p.contains(ip) && self.may_use(svc, p, Some(ip)))
+    }
+
+    /// Whether the Service may share `ip` with everyone who holds it.
+    fn compatible(&self, svc: &Service, key: &Key, ip: IpAddr) -> Result<(), (Key, String)> {
+        for holder in self.holders.get(&ip).into_iter().flatten() {
+            if holder == key {
+                continue;
+            }
+            let Some(other) = self.services.get(holder) else {
+                continue;
+            };
+            can_share(svc, other).map_err(|why| (holder.clone(), why))?;
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, ip: IpAddr, key: &Key, pool: &str) {
+        let first = self.holders.get(&ip).is_none_or(|h| h.is_empty());
+        if first && let Some(p) = self.pools.get_mut(pool).and_then(|p| p.pool.as_mut()) {
+            // Adoption: the address was checked to be in this pool and free.
+            let _ = p.allocate_ip(ip);
+        }
+        self.add_holder(ip, key);
+    }
+
+    fn add_holder(&mut self, ip: IpAddr, key: &Key) {
+        let h = self.holders.entry(ip).or_default();
+        if !h.contains(key) {
+            h.push(key.clone());
+        }
+    }
+
+    fn release(&mut self, ip: IpAddr, key: &Key) {
+        let Some(h) = self.holders.get_mut(&ip) else {
+            return;
+        };
+        h.retain(|k| k != key);
+        if h.is_empty() {
+            self.holders.remove(&ip);
+            for p in self.pools.values_mut() {
+                if let Some(pool) = p.pool.as_mut()
+                    && pool.contains(ip)
+                {
+                    pool.release(ip);
+                }
+            }
+        }
+    }
+
+    /// Whether Portico serves the Service: `type: LoadBalancer` and the
+    /// class `portico.dev/lb` (or none, when Portico is the default).
+    fn eligible(&self, svc: &Service) -> bool {
+        if service_type(svc) != "LoadBalancer" || svc.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        match svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_class.as_deref())
+        {
+            Some(class) => class == LOAD_BALANCER_CLASS,
+            None => self.cfg.default_class,
+        }
+    }
+
+    fn not_eligible_why(&self, svc: &Service) -> String {
+        if service_type(svc) != "LoadBalancer" {
+            format!("the Service is of type {}", service_type(svc))
+        } else {
+            match svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.load_balancer_class.as_deref())
+            {
+                Some(class) => {
+                    format!("the Service's loadBalancerClass is {class}, not {LOAD_BALANCER_CLASS}")
+                }
+                None => "Portico is not the default LoadBalancer class".to_owned(),
+            }
+        }
+    }
+
+    /// Status writes for the pools whose status differs from what they show.
+    fn pool_writes(&self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for p in self.pools.values() {
+            let status = self.pool_status(p);
+            let current = p.obj.status.clone().unwrap_or_default();
+            if same_pool_status(&status, &current) {
+                continue;
+            }
+            let mut value = serde_json::to_value(&status).unwrap_or_default();
+            // Keep transition times of conditions that did not change.
+            if let Some(conds) = value.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+                for c in conds {
+                    let old = current
+                        .conditions
+                        .iter()
+                        .find(|o| Some(o.type_.as_str()) == c["type"].as_str());
+                    if let Some(old) = old
+                        && Some(old.status.as_str()) == c["status"].as_str()
+                    {
+                        c["lastTransitionTime"] = json!(old.last_transition_time);
+                    }
+                }
+            }
+            writes.push(Write::Apply(Apply {
+                target: Target {
+                    kind: TargetKind::IPPool,
+                    namespace: String::new(),
+                    name: p.name(),
+                },
+                status: true,
+                patch: json!({
+                    "apiVersion": "portico.dev/v1alpha1",
+                    "kind": "IPPool",
+                    "metadata": { "name": p.name() },
+                    "status": value,
+                }),
+            }));
+        }
+        writes
+    }
+
+    fn pool_status(&self, p: &PoolState) -> IPPoolStatus {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+        let condition = |type_: &str, status: bool, reason: &str, message: String| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.to_owned(),
+                status: if status { "True" } else { "False" }.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                last_transition_time: now.clone(),
+                observed_generation: p.obj.metadata.generation,
+            }
+        };
+        let usage = |family| {
+            p.pool
+                .as_ref()
+                .filter(|pool| pool.families().any(|f| f == family))
+                .map(|pool| {
+                    let u = pool.usage(family);
+                    FamilyUsage {
+                        total: sat(u.size),
+                        used: sat(u.used),
+                        free: sat(u.free),
+                    }
+                })
+        };
+        let (ipv4, ipv6) = (usage(Family::V4), usage(Family::V6));
+        let sum = |f: fn(&FamilyUsage) -> i64| {
+            [ipv4, ipv6]
+                .iter()
+                .flatten()
+                .map(f)
+                .fold(0i64, i64::saturating_add)
+        };
+        let ready = match (&p.invalid, &p.conflict, p.spec().disabled) {
+            (Some(e), _, _) => condition("Ready", false, "InvalidSpec", e.clone()),
+            (None, Some(c), _) => condition(
+                "Ready",
+                false,
+                "Conflict",
+                format!("{c}; no new assignments"),
+            ),
+            (None, None, true) => condition(
+                "Ready",
+                false,
+                "Disabled",
+                "disabled: no new assignments; Services keep their addresses".to_owned(),
+            ),
+            (None, None, false) => condition(
+                "Ready",
+                true,
+                "Ready",
+                format!("{} addresses free", sum(|u| u.free)),
+            ),
+        };
+        let conflict = match &p.conflict {
+            Some(c) => condition("Conflict", true, "Overlap", c.clone()),
+            None => condition(
+                "Conflict",
+                false,
+                "NoOverlap",
+                "its addresses overlap nothing".to_owned(),
+            ),
+        };
+        IPPoolStatus {
+            conditions: vec![ready, conflict],
+            used: sum(|u| u.used),
+            free: sum(|u| u.free),
+            ipv4,
+            ipv6,
+        }
+    }
+
+    fn publish_metrics(&self) {
+        for p in self.pools.values() {
+            let Some(pool) = p.pool.as_ref() else {
+                continue;
+            };
+            for family in pool.families() {
+                let u = pool.usage(family);
+                for (state, value) in [("used", u.used), ("free", u.free)] {
+                    self.metrics
+                        .addresses
+                        .get_or_create(&crate::metrics::PoolAddresses {
+                            pool: p.name(),
+                            family: family.to_string(),
+                            state,
+                        })
+                        .set(value as f64);
+                }
+            }
+        }
+        let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for p in self.problems.values() {
+            *counts.entry(p.reason).or_default() += 1;
+        }
+        for reason in [
+            lb_reasons::NO_MATCHING_POOL,
+            lb_reasons::POOL_EXHAUSTED,
+            lb_reasons::REQUESTED_IP_IN_USE,
+            lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+            lb_reasons::POOL_IN_CONFLICT,
+            lb_reasons::INVALID_REQUEST,
+        ] {
+            self.metrics
+                .pending
+                .get_or_create(&crate::metrics::PendingReason { reason })
+                .set(counts.get(reason).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// Whether two Services may share an address: same namespace, same sharing
+/// key, no port and protocol in common, and with `externalTrafficPolicy:
+/// Local` the same selector (traffic must reach the same pods' nodes).
+pub fn can_share(a: &Service, b: &Service) -> Result<(), String> {
+    if a.metadata.namespace != b.metadata.namespace {
+        return Err("it is in another namespace".to_owned());
+    }
+    let (ka, kb) = (
+        annotation(a, annotations::SHARING_KEY),
+        annotation(b, annotations::SHARING_KEY),
+    );
+    if ka.is_none() || ka != kb {
+        return Err(format!(
+            "they do not have the same {} annotation",
+            annotations::SHARING_KEY
+        ));
+    }
+    let ports = |s: &Service| -> BTreeSet<(i32, String)> {
+        s.spec
+            .iter()
+            .flat_map(|sp| sp.ports.iter().flatten())
+            .map(|p| {
+                (
+                    p.port,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                )
+            })
+            .collect()
+    };
+    if let Some((port, proto)) = ports(a).intersection(&ports(b)).next() {
+        return Err(format!("both use port {port}/{proto}"));
+    }
+    let local = |s: &Service| {
+        s.spec
+            .as_ref()
+            .and_then(|sp| sp.external_traffic_policy.as_deref())
+            == Some("Local")
+    };
+    let selector = |s: &Service| s.spec.as_ref().and_then(|sp| sp.selector.clone());
+    if (local(a) || local(b)) && selector(a) != selector(b) {
+        return Err("externalTrafficPolicy Local needs the same selector".to_owned());
+    }
+    Ok(())
+}
+
+fn annotation<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
+    svc.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// The addresses a Service asks for: the annotation, else the deprecated
+/// `spec.loadBalancerIP`; at most one per family.
+pub fn requested_ips(svc: &Service) -> Result<Vec<IpAddr>, Problem> {
+    let raw: Vec<String> = match annotation(svc, annotations::LOAD_BALANCER_IPS) {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_ip.clone())
+            .filter(|s| !s.is_empty())
+            .into_iter()
+            .collect(),
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for s in raw {
+        let ip: IpAddr = s.parse().map_err(|_| {
+            Problem::new(
+                lb_reasons::INVALID_REQUEST,
+                format!("requested address {s:?} is not an IP address"),
+            )
+        })?;
+        if out.iter().any(|o| Family::of(*o) == Family::of(ip)) {
+            return Err(Problem::new(
+                lb_reasons::INVALID_REQUEST,
+                format!(
+                    "{} asks for two {} addresses; give at most one per family",
+                    annotations::LOAD_BALANCER_IPS,
+                    Family::of(ip)
+                ),
+            ));
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+/// The addresses in a Service's `status.loadBalancer.ingress`.
+fn status_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+fn same_ips(held: &[(IpAddr, String)], ips: &[IpAddr]) -> bool {
+    held.len() == ips.len() && held.iter().zip(ips).all(|((a, _), b)| a == b)
+}
+
+fn list(held: &[(IpAddr, String)]) -> String {
+    held.iter()
+        .map(|(ip, pool)| format!("{ip} from pool {pool}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The condition the Service should show.
+fn wanted_condition(
+    got: &[(IpAddr, String)],
+    problem: Option<&Problem>,
+) -> (&'static str, &'static str, String) {
+    match problem {
+        Some(p) => ("False", p.reason, p.message.clone()),
+        None => ("True", lb_reasons::ALLOCATED, list(got)),
+    }
+}
+
+fn condition_is(svc: &Service, got: &[(IpAddr, String)], problem: Option<&Problem>) -> bool {
+    let (status, reason, message) = wanted_condition(got, problem);
+    service_condition(svc, CONDITION_IP_ALLOCATED)
+        .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
+}
+
+fn status_write(svc: &Service, got: &[(IpAddr, String)], problem: Option<&Problem>) -> Write {
+    let (status, reason, message) = wanted_condition(got, problem);
+    let old = service_condition(svc, CONDITION_IP_ALLOCATED);
+    let since = match old {
+        Some(c) if c.status == status => c.last_transition_time.0,
+        _ => Timestamp::now(),
+    };
+    let ingress: Vec<_> = got
+        .iter()
+        .map(|(ip, _)| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
+        .collect();
+    Write::apply_service_status(
+        svc,
+        json!({
+            "loadBalancer": { "ingress": ingress },
+            "conditions": [{
+                "type": CONDITION_IP_ALLOCATED,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": svc.metadata.generation,
+                "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since),
+            }],
+        }),
+    )
+}
+
+fn same_pool_status(a: &IPPoolStatus, b: &IPPoolStatus) -> bool {
+    let conds = |s: &IPPoolStatus| -> Vec<(String, String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
+            .collect()
+    };
+    a.used == b.used
+        && a.free == b.free
+        && a.ipv4 == b.ipv4
+        && a.ipv6 == b.ipv6
+        && conds(a) == conds(b)
+}
+
+fn sat(n: u128) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
