@@ -55,6 +55,7 @@ demo:
 bench:
 	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p portico --bench endpointslices
+	$(CARGO) bench -p portico-controllers --bench lbipam
 
 ## crds: regenerate the CRD YAML in crds/ and in the chart
 crds:
