@@ -134,7 +134,13 @@ fn initial_sync(services: usize) {
     let m = manifests(services);
     let (_, before) = memory_kib();
     let started = Instant::now();
-    let world = reconcile(m, &net, &Settings::default(), None).expect("reconcile");
+    let mut clusterip = portico_controllers::clusterip::ClusterIpController::new(
+        &net,
+        portico_controllers::clusterip::Mode::Allocate,
+        Default::default(),
+    )
+    .expect("index");
+    let world = reconcile(m, &net, &Settings::default(), None, &mut clusterip).expect("reconcile");
     let took = started.elapsed();
     let (peak, after) = memory_kib();
     let slices = world.endpoint_slices.store.state();

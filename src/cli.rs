@@ -74,6 +74,17 @@ pub struct NetworkArgs {
     pub cluster_cidr: String,
 }
 
+/// ClusterIP allocation settings, shared by `controller` and `local`.
+#[derive(Clone, Debug, Args)]
+pub struct ClusterIpArgs {
+    /// An address freed by a deleted Service is not handed out again for
+    /// this long, so clients with cached DNS answers or conntrack entries do
+    /// not reach another Service by surprise; a Service re-created under the
+    /// same name gets its address back. `0s` turns the quarantine off.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "PORTICO_CLUSTERIP_REUSE_DELAY")]
+    pub clusterip_reuse_delay: Duration,
+}
+
 /// EndpointSlice controller settings, shared by `controller` and `local`.
 #[derive(Clone, Debug, Args)]
 pub struct EndpointSliceArgs {
@@ -97,6 +108,8 @@ pub struct LoadBalancerArgs {
 pub struct ControllerArgs {
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub clusterip: ClusterIpArgs,
     #[command(flatten)]
     pub endpointslices: EndpointSliceArgs,
     #[command(flatten)]
@@ -151,6 +164,8 @@ pub struct LocalArgs {
     pub watch_interval: Duration,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub clusterip: ClusterIpArgs,
     #[command(flatten)]
     pub endpointslices: EndpointSliceArgs,
     #[command(flatten)]

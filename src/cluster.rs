@@ -226,7 +226,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .boxed(),
     ]);
 
-    let mut clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?;
+    let mut clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?
+        .with_reuse_delay(args.clusterip.clusterip_reuse_delay);
     let mut slices = EndpointSliceController::new(
         endpointslices::Config {
             max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
@@ -253,6 +254,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut quarantine_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let all_synced = services.synced
             && pods.synced
@@ -273,7 +275,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 if gained && services.synced {
                     // A new leader reports the current problems afresh and
                     // writes the slices the others only computed.
-                    clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?;
+                    clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?
+        .with_reuse_delay(args.clusterip.clusterip_reuse_delay);
                     slices.resync_all(Instant::now());
                     lb.reset_services(store.state().iter().map(|s| s.as_ref()));
                     clusterip.reset(store.state().iter().map(|s| s.as_ref()))
@@ -282,6 +285,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 }
             }
             () = sleep_until(next_due) => Vec::new(),
+            _ = quarantine_tick.tick() => clusterip.tick(),
             change = changes.try_next() => {
                 let now = Instant::now();
                 match change {

@@ -38,9 +38,11 @@ use ipnet::IpNet;
 use portico_crds::names::{CONDITION_CLUSTER_IP_ALLOCATED, KUBERNETES_SERVICE, reasons};
 use portico_ipam::{AllocError, Family, Pool, PoolOptions, Usage};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Whether Portico allocates ClusterIPs or only audits them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +139,20 @@ struct Blocked {
     problems: Vec<Problem>,
 }
 
+/// An address freed by a deleted Service: no dynamic allocation hands it
+/// out before `until`, and the Service of the same name may have it back.
+struct Quarantined {
+    until: Instant,
+    owner: Key,
+}
+
+/// How many deleted Services' addresses are remembered for "stable
+/// addresses" (a re-created Service gets its address back while free).
+const REMEMBERED_MAX: usize = 65_536;
+
+/// The time source (a fake one in tests).
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 /// The ClusterIP index. See the module documentation.
 pub struct ClusterIpController {
     mode: Mode,
@@ -146,6 +162,11 @@ pub struct ClusterIpController {
     blocked: BTreeMap<Key, Blocked>,
     metrics: ClusterIpMetrics,
     seed: Option<u64>,
+    reuse_delay: Duration,
+    clock: Clock,
+    quarantine: HashMap<IpAddr, Quarantined>,
+    remembered: HashMap<Key, Vec<IpAddr>>,
+    remembered_order: VecDeque<Key>,
 }
 
 impl ClusterIpController {
@@ -159,6 +180,11 @@ impl ClusterIpController {
             blocked: BTreeMap::new(),
             metrics,
             seed: None,
+            reuse_delay: Duration::ZERO,
+            clock: Arc::new(Instant::now),
+            quarantine: HashMap::new(),
+            remembered: HashMap::new(),
+            remembered_order: VecDeque::new(),
         };
         for cidr in &net.service_ranges {
             let pool =
@@ -176,6 +202,21 @@ impl ClusterIpController {
         }
         ctrl.publish_metrics();
         Ok(ctrl)
+    }
+
+    /// Keeps addresses freed by deleted Services out of dynamic allocation
+    /// for `delay` (`--clusterip-reuse-delay`; zero turns it off), so clients
+    /// with cached DNS answers or conntrack entries do not reach another
+    /// Service by surprise.
+    pub fn with_reuse_delay(mut self, delay: Duration) -> Self {
+        self.reuse_delay = delay;
+        self
+    }
+
+    /// Uses another time source (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Makes dynamic allocation deterministic (tests).
@@ -196,6 +237,7 @@ impl ClusterIpController {
     /// addresses are adopted first, oldest first; then the others are served.
     /// Problems already reported before the reset are not reported again.
     pub fn reset<'a>(&mut self, services: impl IntoIterator<Item = &'a Service>) -> Vec<Write> {
+        self.expire();
         for range in &mut self.ranges {
             for ip in range.pool.allocated().collect::<Vec<_>>() {
                 range.pool.release(ip);
@@ -216,17 +258,23 @@ impl ClusterIpController {
                 Key::of(*s),
             )
         });
+        let adopting = ordered.partition_point(|s| !stated_cluster_ips(s).is_empty());
         let mut writes = Vec::new();
-        for svc in ordered {
+        for (i, svc) in ordered.into_iter().enumerate() {
+            if i == adopting {
+                self.remark_quarantine();
+            }
             let previous = reported.get(&Key::of(svc)).cloned().unwrap_or_default();
             writes.extend(self.evaluate(svc, Vec::new(), &previous));
         }
+        self.remark_quarantine();
         self.publish_metrics();
         writes
     }
 
     /// A Service was added or changed.
     pub fn apply(&mut self, svc: &Service) -> Vec<Write> {
+        self.expire();
         let key = Key::of(svc);
         let old = self.held.remove(&key).unwrap_or_default();
         let reported = self
@@ -246,16 +294,100 @@ impl ClusterIpController {
     /// A Service was deleted: its addresses are released, and Services that
     /// were waiting for them are served.
     pub fn delete(&mut self, svc: &Service) -> Vec<Write> {
+        self.expire();
         let key = Key::of(svc);
         self.blocked.remove(&key);
         let old = self.held.remove(&key).unwrap_or_default();
-        let writes = if self.release_all(&old) {
+        let writes = if old.is_empty() {
+            Vec::new()
+        } else {
+            self.remember(&key, &old);
+            if self.reuse_delay.is_zero() {
+                self.release_all(&old);
+            } else {
+                let until = (self.clock)() + self.reuse_delay;
+                for ip in &old {
+                    self.holders.remove(ip);
+                    self.quarantine.insert(
+                        *ip,
+                        Quarantined {
+                            until,
+                            owner: key.clone(),
+                        },
+                    );
+                }
+            }
+            // Services waiting for these addresses asked for them by name,
+            // which quarantine does not refuse.
             self.retry_blocked(&key)
+        };
+        self.publish_metrics();
+        writes
+    }
+
+    /// Addresses in quarantine.
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    /// Ends the quarantines that are over and serves the Services waiting
+    /// for addresses. Drivers call it now and then (every few seconds).
+    pub fn tick(&mut self) -> Vec<Write> {
+        let before = self.quarantine.len();
+        self.expire();
+        let writes = if self.quarantine.len() < before {
+            self.retry_blocked(&Key::new("", ""))
         } else {
             Vec::new()
         };
         self.publish_metrics();
         writes
+    }
+
+    /// Frees the addresses whose quarantine is over.
+    fn expire(&mut self) {
+        let now = (self.clock)();
+        let over: Vec<IpAddr> = self
+            .quarantine
+            .iter()
+            .filter(|(_, q)| q.until <= now)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in over {
+            self.quarantine.remove(&ip);
+            if !self.holders.contains_key(&ip)
+                && let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip))
+            {
+                r.pool.release(ip);
+            }
+        }
+    }
+
+    /// After a rebuild: marks the quarantined addresses no Service holds as
+    /// taken again, so that no dynamic allocation hands them out.
+    fn remark_quarantine(&mut self) {
+        let ips: Vec<IpAddr> = self.quarantine.keys().copied().collect();
+        for ip in ips {
+            if self.holders.contains_key(&ip) {
+                self.quarantine.remove(&ip);
+                continue;
+            }
+            if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip)) {
+                let _ = r.pool.allocate_ip(ip);
+            }
+        }
+    }
+
+    /// Remembers a deleted Service's addresses for when it comes back.
+    fn remember(&mut self, key: &Key, ips: &[IpAddr]) {
+        if self.remembered.insert(key.clone(), ips.to_vec()).is_none() {
+            self.remembered_order.push_back(key.clone());
+        }
+        while self.remembered_order.len() > REMEMBERED_MAX {
+            if let Some(old) = self.remembered_order.pop_front() {
+                self.remembered.remove(&old);
+            }
+        }
     }
 
     /// The Service that holds `ip`.
@@ -499,6 +631,12 @@ impl ClusterIpController {
 
     /// Marks `ip` as held by `key`.
     fn claim(&mut self, ip: IpAddr, key: &Key, allow_reserved: bool) -> Result<(), Problem> {
+        // Quarantine keeps addresses from dynamic allocation only: asking
+        // for one by name (or the API server handing it out) takes it.
+        if !self.holders.contains_key(&ip) && self.quarantine.remove(&ip).is_some() {
+            self.holders.insert(ip, key.clone());
+            return Ok(());
+        }
         if let Some(holder) = self.holders.get(&ip) {
             let holder = holder.clone();
             return Err(if &holder == key {
@@ -533,6 +671,31 @@ impl ClusterIpController {
     }
 
     fn allocate_dynamic(&mut self, family: Family, key: &Key) -> Result<IpAddr, Problem> {
+        // Stable addresses: a re-created Service gets its previous address
+        // back while it is free (or quarantined for this very Service).
+        let previous = self
+            .remembered
+            .get(key)
+            .and_then(|ips| ips.iter().copied().find(|ip| Family::of(*ip) == family));
+        if let Some(ip) = previous
+            && !self.holders.contains_key(&ip)
+        {
+            let ours = self.quarantine.get(&ip).is_some_and(|q| &q.owner == key);
+            let free = !self.quarantine.contains_key(&ip)
+                && self
+                    .ranges
+                    .iter_mut()
+                    .find(|r| r.cidr.contains(&ip))
+                    .is_some_and(|r| r.pool.allocate_ip(ip).is_ok());
+            if ours || free {
+                self.quarantine.remove(&ip);
+                self.holders.insert(ip, key.clone());
+                if let Some(ips) = self.remembered.get_mut(key) {
+                    ips.retain(|i| *i != ip);
+                }
+                return Ok(ip);
+            }
+        }
         let Some(range) = self.ranges.iter_mut().find(|r| r.family == family) else {
             return Err(Problem::FamilyNotConfigured { family });
         };
@@ -653,6 +816,7 @@ impl ClusterIpController {
     }
 
     fn publish_metrics(&self) {
+        self.metrics.quarantined.set(self.quarantine.len() as i64);
         for r in &self.ranges {
             let usage = r.pool.usage(r.family);
             for (state, value) in [("used", usage.used), ("free", usage.free)] {

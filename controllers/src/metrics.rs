@@ -31,6 +31,8 @@ pub struct ClusterIpMetrics {
     pub addresses: Family<RangeState, Gauge<f64, AtomicU64>>,
     /// Services with a ClusterIP problem, by reason.
     pub problems: Family<ProblemReason, Gauge>,
+    /// Addresses freed by deleted Services and not yet handed out again.
+    pub quarantined: Gauge,
 }
 
 impl ClusterIpMetrics {
@@ -45,6 +47,11 @@ impl ClusterIpMetrics {
             "portico_clusterip_problems",
             "Services whose ClusterIPs are in trouble (duplicate, out of range, not allocated), by reason",
             self.problems.clone(),
+        );
+        registry.register(
+            "portico_clusterip_quarantined_addresses",
+            "Addresses freed by deleted Services that are kept from reuse for --clusterip-reuse-delay",
+            self.quarantined.clone(),
         );
     }
 }

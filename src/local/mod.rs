@@ -40,15 +40,27 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         &args.network.cluster_cidr,
     )?;
     let mut previous: Option<World> = None;
+    // The ClusterIP index lives across --watch reloads, so that Services
+    // removed from the files go through the reuse quarantine and come back
+    // with their addresses.
+    let mut clusterip: Option<ClusterIpController> = None;
     let mut seen = load::fingerprint(&args.files);
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
         let settings = Settings {
             max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
+            clusterip_reuse_delay: args.clusterip.clusterip_reuse_delay,
             default_load_balancer_class: args.lb.default_load_balancer_class,
         };
-        let world = reconcile(manifests, &net, &settings, previous.as_ref())?;
+        let clusterip = match clusterip.as_mut() {
+            Some(c) => c,
+            None => clusterip.insert(
+                ClusterIpController::new(&net, Mode::Allocate, ClusterIpMetrics::default())?
+                    .with_reuse_delay(settings.clusterip_reuse_delay),
+            ),
+        };
+        let world = reconcile(manifests, &net, &settings, previous.as_ref(), clusterip)?;
         let mut out = std::io::stdout().lock();
         match args.output {
             Output::Table => print::tables(&mut out, &world, &args.show)?,
@@ -85,6 +97,8 @@ fn report(diagnostics: &[Diagnostic]) {
 /// Reconciler settings of `portico local`.
 pub struct Settings {
     pub max_endpoints_per_slice: usize,
+    /// `--clusterip-reuse-delay`.
+    pub clusterip_reuse_delay: Duration,
     /// Portico serves LoadBalancer Services without a class.
     pub default_load_balancer_class: bool,
 }
@@ -93,6 +107,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_endpoints_per_slice: endpointslices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            clusterip_reuse_delay: Duration::from_secs(300),
             default_load_balancer_class: true,
         }
     }
@@ -111,6 +126,7 @@ pub fn reconcile(
     net: &NetworkConfig,
     settings: &Settings,
     previous: Option<&World>,
+    clusterip: &mut ClusterIpController,
 ) -> anyhow::Result<World> {
     add_cluster_defaults(&mut m, net);
     if let Some(prev) = previous {
@@ -118,7 +134,6 @@ pub fn reconcile(
         keep_endpoint_slices(&mut m.endpoint_slices, prev);
     }
     let mut world = World::new(m);
-    let mut clusterip = ClusterIpController::new(net, Mode::Allocate, ClusterIpMetrics::default())?;
     let cfg = endpointslices::Config {
         max_endpoints_per_slice: settings.max_endpoints_per_slice,
         batch_period: Duration::ZERO,
@@ -137,6 +152,15 @@ pub fn reconcile(
     lb.reset_services(world.services.store.state().iter().map(AsRef::as_ref));
     let now = Instant::now();
     let services = world.services.store.state();
+    if let Some(prev) = previous {
+        // Services gone from the files are deleted, as from the API.
+        let now: BTreeSet<Key> = services.iter().map(|s| Key::of(s.as_ref())).collect();
+        for old in prev.services.store.state() {
+            if !now.contains(&Key::of(old.as_ref())) {
+                clusterip.delete(&old);
+            }
+        }
+    }
     let mut writes = clusterip.reset(services.iter().map(AsRef::as_ref));
     slices.reset_services(services.iter().map(AsRef::as_ref), now);
     slices.reset_pods(world.pods.iter(), now);
@@ -315,6 +339,47 @@ mod tests {
         NetworkConfig::parse("10.96.0.0/12", "20.96.0.0/12").unwrap()
     }
 
+    fn index() -> ClusterIpController {
+        ClusterIpController::new(&net(), Mode::Allocate, ClusterIpMetrics::default())
+            .unwrap()
+            .with_reuse_delay(Duration::from_secs(300))
+    }
+
+    #[test]
+    fn a_service_removed_and_put_back_under_watch_gets_its_address_back() {
+        let mut clusterip = index();
+        let first = reconcile(
+            manifests(TWO),
+            &net(),
+            &Settings::default(),
+            None,
+            &mut clusterip,
+        )
+        .unwrap();
+        let only_b = TWO.split("---").nth(1).unwrap();
+        let second = reconcile(
+            manifests(only_b),
+            &net(),
+            &Settings::default(),
+            Some(&first),
+            &mut clusterip,
+        )
+        .unwrap();
+        assert_eq!(clusterip.quarantined(), 1, "a's address is in quarantine");
+        let third = reconcile(
+            manifests(TWO),
+            &net(),
+            &Settings::default(),
+            Some(&second),
+            &mut clusterip,
+        )
+        .unwrap();
+        assert_eq!(
+            cluster_ips(&third, "default", "a"),
+            cluster_ips(&first, "default", "a")
+        );
+    }
+
     fn cluster_ips(world: &World, ns: &str, name: &str) -> Vec<String> {
         let svc = world
             .services
@@ -333,7 +398,14 @@ mod tests {
 
     #[test]
     fn the_reconcilers_run_to_a_fixpoint_and_the_cluster_defaults_exist() {
-        let world = reconcile(manifests(TWO), &net(), &Settings::default(), None).unwrap();
+        let world = reconcile(
+            manifests(TWO),
+            &net(),
+            &Settings::default(),
+            None,
+            &mut index(),
+        )
+        .unwrap();
         assert_eq!(
             cluster_ips(&world, "default", "kubernetes"),
             vec!["10.96.0.1"]
@@ -363,8 +435,23 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_addresses_assigned_before() {
-        let first = reconcile(manifests(TWO), &net(), &Settings::default(), None).unwrap();
-        let second = reconcile(manifests(TWO), &net(), &Settings::default(), Some(&first)).unwrap();
+        let mut clusterip = index();
+        let first = reconcile(
+            manifests(TWO),
+            &net(),
+            &Settings::default(),
+            None,
+            &mut clusterip,
+        )
+        .unwrap();
+        let second = reconcile(
+            manifests(TWO),
+            &net(),
+            &Settings::default(),
+            Some(&first),
+            &mut clusterip,
+        )
+        .unwrap();
         assert_eq!(
             cluster_ips(&first, "default", "a"),
             cluster_ips(&second, "default", "a")

@@ -10,6 +10,8 @@ use crate::write::Apply;
 use k8s_openapi::DeepMerge;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn net(services: &str) -> NetworkConfig {
     NetworkConfig::parse(services, "10.244.0.0/16").unwrap()
@@ -437,4 +439,115 @@ fn audit_mode_mirrors_the_cluster_and_reports_each_problem_once() {
     assert!(c.delete(&a).is_empty());
     assert_eq!(c.holder(ip("10.96.5.5")), Some(&Key::new("team", "b")));
     assert_eq!(gauge("DuplicateClusterIP"), 0);
+}
+
+// ---- reuse quarantine and stable addresses --------------------------------
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct FakeClock(Arc<std::sync::Mutex<Instant>>);
+
+impl FakeClock {
+    fn new() -> Self {
+        FakeClock(Arc::new(std::sync::Mutex::new(Instant::now())))
+    }
+    fn clock(&self) -> Clock {
+        let c = self.0.clone();
+        Arc::new(move || *c.lock().unwrap())
+    }
+    fn advance(&self, d: Duration) {
+        *self.0.lock().unwrap() += d;
+    }
+}
+
+fn quarantining(range: &str, clock: &FakeClock) -> ClusterIpController {
+    ctrl(range, Mode::Allocate)
+        .with_reuse_delay(Duration::from_secs(300))
+        .with_clock(clock.clock())
+}
+
+#[test]
+fn a_freed_address_is_not_handed_out_again_before_the_reuse_delay() {
+    // A /28: 13 addresses to hand out; fill it, free one.
+    let clock = FakeClock::new();
+    let mut c = quarantining("10.96.0.0/28", &clock);
+    let mut svcs = Vec::new();
+    for i in 0..13 {
+        let s = mk_svc("default", &format!("s{i}"));
+        svcs.push(merged(&s, &c.apply(&s)));
+    }
+    let freed = ips(&svcs[4]);
+    assert!(c.delete(&svcs[4]).is_empty());
+    assert_eq!(c.quarantined(), 1);
+    let late = mk_svc("default", "late");
+    let late = merged(&late, &c.apply(&late));
+    assert_condition(&late, "False", "no free address left");
+    clock.advance(Duration::from_secs(299));
+    assert!(c.tick().is_empty(), "still in quarantine");
+    clock.advance(Duration::from_secs(1));
+    let late = merged(&late, &c.tick());
+    assert_eq!(
+        ips(&late),
+        freed,
+        "the quarantine is over: the waiting Service gets it"
+    );
+    assert_eq!(c.quarantined(), 0);
+}
+
+#[test]
+fn a_recreated_service_gets_its_previous_address_back() {
+    let clock = FakeClock::new();
+    let mut c = quarantining("10.96.0.0/12", &clock);
+    let web = mk_svc("default", "web");
+    let first = merged(&web, &c.apply(&web));
+    c.delete(&first);
+    // Re-created within the quarantine: its own address, not another.
+    let again = merged(&web, &c.apply(&web));
+    assert_eq!(ips(&again), ips(&first));
+    // Deleted again and re-created long after: still free, so still its own.
+    c.delete(&again);
+    clock.advance(Duration::from_secs(3600));
+    let later = merged(&web, &c.apply(&web));
+    assert_eq!(ips(&later), ips(&first));
+    // Unless someone took it meanwhile.
+    c.delete(&later);
+    clock.advance(Duration::from_secs(3600));
+    let thief = requesting(mk_svc("default", "thief"), &[ips(&first)[0].as_str()]);
+    assert_eq!(
+        ips(&merged(&thief, &c.apply(&thief))),
+        ips(&first),
+        "asking by name takes a freed address"
+    );
+    let last = merged(&web, &c.apply(&web));
+    assert_ne!(ips(&last), ips(&first));
+    assert_eq!(ips(&last).len(), 1);
+}
+
+#[test]
+fn asking_for_a_quarantined_address_by_name_takes_it() {
+    let clock = FakeClock::new();
+    let mut c = quarantining("10.96.0.0/12", &clock);
+    let a = requesting(mk_svc("default", "a"), &["10.96.0.50"]);
+    let a = merged(&a, &c.apply(&a));
+    c.delete(&a);
+    let b = requesting(mk_svc("default", "b"), &["10.96.0.50"]);
+    assert_eq!(ips(&merged(&b, &c.apply(&b))), ["10.96.0.50"]);
+    assert_eq!(c.quarantined(), 0);
+}
+
+#[test]
+fn a_relist_keeps_the_quarantine() {
+    let clock = FakeClock::new();
+    let mut c = quarantining("10.96.0.0/28", &clock);
+    let mut svcs = Vec::new();
+    for i in 0..13 {
+        let s = mk_svc("default", &format!("s{i}"));
+        svcs.push(merged(&s, &c.apply(&s)));
+    }
+    c.delete(&svcs[0]);
+    let rest: Vec<&Service> = svcs[1..].iter().collect();
+    let newcomer = mk_svc("default", "newcomer");
+    let writes = c.reset(rest.into_iter().chain([&newcomer]));
+    assert_condition(&merged(&newcomer, &writes), "False", "no free address left");
+    assert_eq!(c.quarantined(), 1);
 }
