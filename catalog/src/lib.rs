@@ -1,17 +1,453 @@
-//! The service catalog: Services and EndpointSlices turned into one
-//! normalised model that the DNS server and the node dataplane share.
+//! The service catalog: Services, EndpointSlices and pod addresses turned
+//! into one normalised model that the DNS server and the node dataplane
+//! share.
 //!
 //! ```text
-//!  Services ────────┐
-//!                   ├──> catalog (per Service: addresses, ports, endpoints
-//!  EndpointSlices ──┘     with ready/serving/terminating, hostnames, nodes)
-//!                              │                    │
-//!                              v                    v
-//!                         dns (records)      dataplane (NAT rules)
+//!  Services ─────────┐   apply_* / delete_* / reset_*     ┌─> dns (records)
+//!  EndpointSlices ───┼──> Catalog ── take_changes() ──────┤
+//!  Pods (addresses) ─┘    per Service: ServiceInfo +      └─> dataplane (NAT rules)
+//!                         endpoints merged over its slices
 //! ```
 //!
-//! Both consumers read the same model so that what DNS answers and what the
-//! dataplane forwards to can never disagree. The model is filled by the
-//! DNS and dataplane issues; this crate depends on nothing of Portico's.
+//! Both consumers read the same model, so what DNS answers and what the
+//! dataplane forwards to can never disagree.
+//!
+//! - Each call costs work proportional to the objects it changes: a slice
+//!   change re-merges the endpoints of that slice's Service only.
+//! - The catalog records which Services (and which pod addresses) changed;
+//!   a consumer calls [`Catalog::take_changes`] after a batch of calls and
+//!   updates just those, reading their current state with
+//!   [`Catalog::service`] and [`Catalog::endpoints`].
+//! - `reset_*` replaces every object of a kind (a relist after a watch
+//!   restart) and reports only what differs from before.
+//!
+//! Endpoints are merged over all slices labelled
+//! `kubernetes.io/service-name: <service>` (whoever manages them), in slice
+//! name order, and deduplicated by address: when two slices hold the same
+//! address (an endpoint moving between slices), the ready one wins, then
+//! the serving one, then the first.
 
 #![forbid(unsafe_code)]
+
+mod model;
+
+pub use model::{
+    DEFAULT_AFFINITY_TIMEOUT, Endpoint, EndpointPort, Protocol, ServiceInfo, ServiceKey,
+    ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use model::{SliceInfo, namespace_of, pod_ips};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A pod address in a namespace, as reported in [`Changes`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodAddress {
+    /// Namespace of the pod(s) holding the address.
+    pub namespace: Arc<str>,
+    /// The address.
+    pub address: IpAddr,
+}
+
+/// What changed since the last [`Catalog::take_changes`]. Consumers read
+/// the current state of each entry from the catalog (a Service that is
+/// gone has no [`Catalog::service`]; an address that is gone fails
+/// [`Catalog::has_pod_address`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Services whose info or endpoints changed (added, updated, deleted).
+    pub services: BTreeSet<ServiceKey>,
+    /// Pod addresses that appeared in or disappeared from a namespace.
+    pub pod_addresses: BTreeSet<PodAddress>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.pod_addresses.is_empty()
+    }
+}
+
+type SliceKey = (String, String);
+type PodKey = (Arc<str>, Box<str>);
+
+/// The catalog. See the crate documentation.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    services: HashMap<ServiceKey, Arc<ServiceInfo>>,
+    slices: HashMap<SliceKey, SliceInfo>,
+    slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
+    endpoints: HashMap<ServiceKey, Arc<[Endpoint]>>,
+    pods: HashMap<PodKey, Box<[IpAddr]>>,
+    pod_addresses: HashMap<Arc<str>, HashMap<IpAddr, u32>>,
+    namespaces: HashSet<Arc<str>>,
+    changes: Changes,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Catalog::default()
+    }
+
+    /// Takes the changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    // ---- reading -------------------------------------------------------
+
+    /// A Service, by key.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<ServiceInfo>> {
+        self.services.get(key)
+    }
+
+    /// Every Service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceInfo>> {
+        self.services.values()
+    }
+
+    /// The number of Services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The endpoints of a Service, merged over its slices (empty when it
+    /// has none). Slices may exist before their Service does.
+    pub fn endpoints(&self, key: &ServiceKey) -> &[Endpoint] {
+        self.endpoints.get(key).map_or(&[], |e| e)
+    }
+
+    /// Whether a pod in `namespace` holds `address`.
+    pub fn has_pod_address(&self, namespace: &str, address: IpAddr) -> bool {
+        self.pod_addresses
+            .get(namespace)
+            .is_some_and(|m| m.contains_key(&address))
+    }
+
+    /// Every pod address, by namespace, in no particular order.
+    pub fn pod_addresses(&self) -> impl Iterator<Item = PodAddress> + '_ {
+        self.pod_addresses.iter().flat_map(|(ns, m)| {
+            m.keys().map(|a| PodAddress {
+                namespace: ns.clone(),
+                address: *a,
+            })
+        })
+    }
+
+    /// The number of pods that hold at least one address.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    // ---- Services ------------------------------------------------------
+
+    /// A Service was added or changed.
+    pub fn apply_service(&mut self, svc: &Service) {
+        let info = ServiceInfo::from_service(svc);
+        let key = info.key();
+        if self.services.get(&key).is_some_and(|old| **old == info) {
+            return;
+        }
+        self.services.insert(key.clone(), Arc::new(info));
+        self.changes.services.insert(key);
+    }
+
+    /// A Service was deleted.
+    pub fn delete_service(&mut self, svc: &Service) {
+        let key = ServiceKey::new(
+            namespace_of(svc.metadata.namespace.as_deref()),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        if self.services.remove(&key).is_some() {
+            self.changes.services.insert(key);
+        }
+    }
+
+    /// Replaces every Service (a relist); reports those that differ.
+    pub fn reset_services<'a>(&mut self, services: impl IntoIterator<Item = &'a Service>) {
+        let mut old = std::mem::take(&mut self.services);
+        for svc in services {
+            let info = ServiceInfo::from_service(svc);
+            let key = info.key();
+            match old.remove(&key) {
+                Some(prev) if *prev == info => {
+                    self.services.insert(key, prev);
+                }
+                _ => {
+                    self.services.insert(key.clone(), Arc::new(info));
+                    self.changes.services.insert(key);
+                }
+            }
+        }
+        self.changes.services.extend(old.into_keys());
+    }
+
+    // ---- EndpointSlices ------------------------------------------------
+
+    /// An EndpointSlice was added or changed. Slices without a
+    /// `kubernetes.io/service-name` label are ignored.
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        let key = slice_key(slice);
+        let info = SliceInfo::from_slice(slice);
+        let old = self.slices.get(&key);
+        if old == info.as_ref() {
+            return;
+        }
+        let mut touched = BTreeSet::new();
+        if let Some(old) = self.remove_slice(&key) {
+            touched.insert(old.service);
+        }
+        if let Some(info) = info {
+            touched.insert(info.service.clone());
+            self.insert_slice(key, info);
+        }
+        for svc in touched {
+            self.merge(svc);
+        }
+    }
+
+    /// An EndpointSlice was deleted.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
+        if let Some(old) = self.remove_slice(&slice_key(slice)) {
+            self.merge(old.service);
+        }
+    }
+
+    /// Replaces every EndpointSlice (a relist); reports the Services whose
+    /// endpoints differ.
+    pub fn reset_slices<'a>(&mut self, slices: impl IntoIterator<Item = &'a EndpointSlice>) {
+        let mut old = std::mem::take(&mut self.slices);
+        self.slices_by_service.clear();
+        let mut touched = BTreeSet::new();
+        for slice in slices {
+            let key = slice_key(slice);
+            let Some(info) = SliceInfo::from_slice(slice) else {
+                continue;
+            };
+            match old.remove(&key) {
+                Some(prev) if prev == info => {}
+                Some(prev) => {
+                    touched.insert(prev.service);
+                    touched.insert(info.service.clone());
+                }
+                None => {
+                    touched.insert(info.service.clone());
+                }
+            }
+            self.insert_slice(key, info);
+        }
+        touched.extend(old.into_values().map(|s| s.service));
+        for svc in touched {
+            self.merge(svc);
+        }
+    }
+
+    fn insert_slice(&mut self, key: SliceKey, info: SliceInfo) {
+        self.slices_by_service
+            .entry(info.service.clone())
+            .or_default()
+            .insert(key.1.clone());
+        self.slices.insert(key, info);
+    }
+
+    fn remove_slice(&mut self, key: &SliceKey) -> Option<SliceInfo> {
+        let old = self.slices.remove(key)?;
+        if let Some(names) = self.slices_by_service.get_mut(&old.service) {
+            names.remove(&key.1);
+            if names.is_empty() {
+                self.slices_by_service.remove(&old.service);
+            }
+        }
+        Some(old)
+    }
+
+    /// Recomputes the merged endpoints of one Service from its slices.
+    fn merge(&mut self, svc: ServiceKey) {
+        let mut merged: Vec<Endpoint> = Vec::new();
+        let mut at: HashMap<IpAddr, usize> = HashMap::new();
+        for name in self.slices_by_service.get(&svc).into_iter().flatten() {
+            let key = (svc.namespace.clone(), name.clone());
+            let Some(slice) = self.slices.get(&key) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                match at.get(&ep.address) {
+                    Some(&i) => {
+                        if rank(ep) > rank(&merged[i]) {
+                            merged[i] = ep.clone();
+                        }
+                    }
+                    None => {
+                        at.insert(ep.address, merged.len());
+                        merged.push(ep.clone());
+                    }
+                }
+            }
+        }
+        let old = self.endpoints.get(&svc);
+        if old.map_or(&[][..], |e| e) == merged.as_slice() {
+            return;
+        }
+        if merged.is_empty() {
+            self.endpoints.remove(&svc);
+        } else {
+            self.endpoints.insert(svc.clone(), merged.into());
+        }
+        self.changes.services.insert(svc);
+    }
+
+    // ---- Pods ----------------------------------------------------------
+
+    /// A Pod was added or changed: only its addresses matter.
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
+        let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
+        let ips: Box<[IpAddr]> = pod_ips(pod).into();
+        let key = (ns, name);
+        if self.pods.get(&key) == Some(&ips) {
+            return;
+        }
+        self.remove_pod(&key);
+        if !ips.is_empty() {
+            for ip in ips.iter() {
+                self.add_pod_address(&key.0, *ip);
+            }
+            self.pods.insert(key, ips);
+        }
+    }
+
+    /// A Pod was deleted.
+    pub fn delete_pod(&mut self, pod: &Pod) {
+        let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
+        let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
+        self.remove_pod(&(ns, name));
+    }
+
+    /// Replaces every Pod (a relist); reports the addresses that differ.
+    pub fn reset_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a Pod>) {
+        let before = std::mem::take(&mut self.pod_addresses);
+        self.pods.clear();
+        for pod in pods {
+            let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
+            let ips: Box<[IpAddr]> = pod_ips(pod).into();
+            if ips.is_empty() {
+                continue;
+            }
+            for ip in ips.iter() {
+                *self
+                    .pod_addresses
+                    .entry(ns.clone())
+                    .or_default()
+                    .entry(*ip)
+                    .or_default() += 1;
+            }
+            let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
+            self.pods.insert((ns, name), ips);
+        }
+        for (ns, old) in &before {
+            let new = self.pod_addresses.get(ns);
+            for ip in old.keys() {
+                if !new.is_some_and(|m| m.contains_key(ip)) {
+                    self.changes.pod_addresses.insert(PodAddress {
+                        namespace: ns.clone(),
+                        address: *ip,
+                    });
+                }
+            }
+        }
+        for (ns, new) in &self.pod_addresses {
+            let old = before.get(ns);
+            for ip in new.keys() {
+                if !old.is_some_and(|m| m.contains_key(ip)) {
+                    self.changes.pod_addresses.insert(PodAddress {
+                        namespace: ns.clone(),
+                        address: *ip,
+                    });
+                }
+            }
+        }
+    }
+
+    fn remove_pod(&mut self, key: &PodKey) {
+        if let Some(ips) = self.pods.remove(key) {
+            for ip in ips.iter() {
+                self.remove_pod_address(&key.0, *ip);
+            }
+        }
+    }
+
+    fn add_pod_address(&mut self, ns: &Arc<str>, ip: IpAddr) {
+        let count = self
+            .pod_addresses
+            .entry(ns.clone())
+            .or_default()
+            .entry(ip)
+            .or_default();
+        *count += 1;
+        if *count == 1 {
+            self.changes.pod_addresses.insert(PodAddress {
+                namespace: ns.clone(),
+                address: ip,
+            });
+        }
+    }
+
+    fn remove_pod_address(&mut self, ns: &Arc<str>, ip: IpAddr) {
+        let Some(m) = self.pod_addresses.get_mut(ns) else {
+            return;
+        };
+        let Some(count) = m.get_mut(&ip) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            m.remove(&ip);
+            if m.is_empty() {
+                self.pod_addresses.remove(ns);
+            }
+            self.changes.pod_addresses.insert(PodAddress {
+                namespace: ns.clone(),
+                address: ip,
+            });
+        }
+    }
+
+    fn intern(&mut self, ns: &str) -> Arc<str> {
+        if let Some(a) = self.namespaces.get(ns) {
+            return a.clone();
+        }
+        let a: Arc<str> = ns.into();
+        self.namespaces.insert(a.clone());
+        a
+    }
+
+    /// Services grouped by namespace, sorted (for tests and printing).
+    pub fn service_keys(&self) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for k in self.services.keys() {
+            out.entry(k.namespace.as_str())
+                .or_default()
+                .insert(k.name.as_str());
+        }
+        out
+    }
+}
+
+fn slice_key(slice: &EndpointSlice) -> SliceKey {
+    (
+        namespace_of(slice.metadata.namespace.as_deref()),
+        slice.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Which of two endpoints with one address wins: ready, then serving.
+fn rank(ep: &Endpoint) -> (bool, bool) {
+    (ep.ready, ep.serving)
+}
+
+#[cfg(test)]
+mod tests;
