@@ -122,6 +122,18 @@ impl Entry {
         Some((entry, ttl > 0))
     }
 
+    /// The upstream's response as stored, with the TTLs less the time
+    /// since it was stored.
+    pub(crate) fn aged(&self, now: Instant) -> Vec<u8> {
+        let elapsed = now.saturating_duration_since(self.stored).as_secs() as u32;
+        let mut out = self.bytes.to_vec();
+        for &(off, ttl) in self.ttls.iter() {
+            let off = off as usize;
+            out[off..off + 4].copy_from_slice(&ttl.saturating_sub(elapsed).to_be_bytes());
+        }
+        out
+    }
+
     /// The rcode of the response.
     pub(crate) fn rcode(&self) -> u16 {
         u16::from(self.bytes[3] & 0x0F)

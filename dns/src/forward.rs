@@ -297,18 +297,7 @@ fn chase_response(
     entry: &Entry,
     out: &mut Vec<u8>,
 ) {
-    let mut tmp = Vec::new();
-    entry.write(
-        req,
-        &Parsed {
-            max_size: u16::MAX as usize,
-            edns: true,
-            ..p.clone()
-        },
-        Instant::now(),
-        &mut tmp,
-    );
-    let upstream = Message::from_vec(&tmp).ok();
+    let upstream = Message::from_vec(&entry.aged(Instant::now())).ok();
     let mut records = Vec::new();
     let mut count = 0u16;
     if let Some(m) = &upstream {
