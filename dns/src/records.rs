@@ -1,0 +1,218 @@
+//! The records of one Service, per the Kubernetes DNS-Based Service
+//! Discovery specification 1.1.0:
+//!
+//! | Service | name | records |
+//! | --- | --- | --- |
+//! | ClusterIP (any type with ClusterIPs) | `<svc>.<ns>.svc.<zone>` | A/AAAA: the ClusterIPs |
+//! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for each named port → `<svc>.<ns>.svc.<zone>` |
+//! | | reverse of each ClusterIP | PTR → `<svc>.<ns>.svc.<zone>` |
+//! | headless | `<svc>.<ns>.svc.<zone>` | A/AAAA: ready endpoints (no name at all when none) |
+//! | | `<host>.<svc>.<ns>.svc.<zone>` | A/AAAA of that endpoint; `<host>` is its hostname, else its dashed address |
+//! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV per ready endpoint with that port → `<host>.<svc>…`, addresses in additional |
+//! | | reverse of each ready endpoint | PTR → `<host>.<svc>.<ns>.svc.<zone>` |
+//! | ExternalName | `<svc>.<ns>.svc.<zone>` | CNAME → the external name |
+//!
+//! "Ready" includes not-ready endpoints when the Service sets
+//! `publishNotReadyAddresses`.
+
+use crate::index::{Node, Rrset, Zone};
+use crate::wire::{self, Owner, rtype};
+use portico_catalog::{Endpoint, Protocol, ServiceInfo, ServiceType};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// The records of a Service: nodes by name, and PTR targets by address.
+#[derive(Debug, Default)]
+pub(crate) struct Built {
+    pub(crate) nodes: Vec<(Vec<u8>, Node)>,
+    pub(crate) ptrs: Vec<(IpAddr, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct SetBuilder {
+    records: Vec<u8>,
+    count: u16,
+    seen: BTreeSet<Vec<u8>>,
+    extra: Vec<u8>,
+    extra_count: u16,
+    extra_seen: BTreeSet<(Vec<u8>, IpAddr)>,
+}
+
+#[derive(Default)]
+struct NodeBuilder {
+    sets: BTreeMap<u16, SetBuilder>,
+    cname: Option<Vec<u8>>,
+}
+
+struct Builder<'z> {
+    zone: &'z Zone,
+    nodes: BTreeMap<Vec<u8>, NodeBuilder>,
+    ptrs: BTreeSet<(IpAddr, Vec<u8>)>,
+}
+
+impl Builder<'_> {
+    fn node(&mut self, name: &[u8]) -> &mut NodeBuilder {
+        self.nodes.entry(name.to_vec()).or_default()
+    }
+
+    fn add(&mut self, name: &[u8], rtype: u16, rdata: Vec<u8>) -> Option<&mut SetBuilder> {
+        let ttl = self.zone.ttl;
+        let set = self.node(name).sets.entry(rtype).or_default();
+        if set.count == u16::MAX || set.seen.contains(&rdata) {
+            return None;
+        }
+        wire::push_rr(&mut set.records, Owner::Question, rtype, ttl, &rdata);
+        set.count += 1;
+        set.seen.insert(rdata);
+        Some(set)
+    }
+
+    fn add_address(&mut self, name: &[u8], ip: IpAddr) {
+        let (t, rdata) = wire::address_rdata(ip);
+        self.add(name, t, rdata);
+    }
+
+    fn finish(self) -> Built {
+        let nodes = self
+            .nodes
+            .into_iter()
+            .map(|(name, nb)| {
+                let rrsets = nb
+                    .sets
+                    .into_iter()
+                    .map(|(t, s)| Rrset {
+                        rtype: t,
+                        count: s.count,
+                        records: s.records.into(),
+                        extra_count: s.extra_count,
+                        extra: s.extra.into(),
+                    })
+                    .collect();
+                (
+                    name,
+                    Node {
+                        rrsets,
+                        cname: nb.cname.map(Into::into),
+                    },
+                )
+            })
+            .collect();
+        Built {
+            nodes,
+            ptrs: self.ptrs.into_iter().collect(),
+        }
+    }
+}
+
+/// Adds an address record for the SRV set's additional section.
+fn add_extra(set: &mut SetBuilder, owner: &[u8], ip: IpAddr, ttl: u32) {
+    if set.extra_count == u16::MAX || !set.extra_seen.insert((owner.to_vec(), ip)) {
+        return;
+    }
+    let (t, rdata) = wire::address_rdata(ip);
+    wire::push_rr(&mut set.extra, Owner::Name(owner), t, ttl, &rdata);
+    set.extra_count += 1;
+}
+
+/// SRV weights as CoreDNS gives them: 100 shared by the records.
+fn weight(n: usize) -> u16 {
+    (100 / n.max(1)).max(1) as u16
+}
+
+/// The records of one Service and its endpoints. Names that would be
+/// invalid (a label over 63 bytes) are left out.
+pub(crate) fn service_records(zone: &Zone, svc: &ServiceInfo, endpoints: &[Endpoint]) -> Built {
+    let mut b = Builder {
+        zone,
+        nodes: BTreeMap::new(),
+        ptrs: BTreeSet::new(),
+    };
+    let Some(svc_name) = wire::name_under(&[&svc.name, &svc.namespace, "svc"], &zone.apex) else {
+        return Built::default();
+    };
+
+    if svc.type_ == ServiceType::ExternalName {
+        let target = svc
+            .external_name
+            .as_deref()
+            .and_then(wire::name_from_text)
+            .filter(|t| t.len() > 1);
+        let node = b.node(&svc_name);
+        if let Some(target) = target {
+            node.cname = Some(target.clone());
+            b.add(&svc_name, rtype::CNAME, target);
+        }
+        return b.finish();
+    }
+
+    if !svc.headless {
+        b.node(&svc_name);
+        for ip in &svc.cluster_ips {
+            b.add_address(&svc_name, *ip);
+            b.ptrs.insert((*ip, svc_name.clone()));
+        }
+        for port in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+            let Some(srv) = srv_name(&port.name, port.protocol, &svc_name) else {
+                continue;
+            };
+            b.add(
+                &srv,
+                rtype::SRV,
+                wire::srv_rdata(0, weight(1), port.port, &svc_name),
+            );
+        }
+        return b.finish();
+    }
+
+    // Headless: the ready endpoints.
+    let ready: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.ready || svc.publish_not_ready_addresses)
+        .collect();
+    let mut srv: BTreeMap<Vec<u8>, Vec<SrvTarget>> = BTreeMap::new();
+    for ep in &ready {
+        let host = ep
+            .hostname
+            .clone()
+            .unwrap_or_else(|| wire::dashed(ep.address));
+        let Some(host_name) = wire::name_under(&[&host], &svc_name) else {
+            continue;
+        };
+        b.add_address(&svc_name, ep.address);
+        b.add_address(&host_name, ep.address);
+        b.ptrs.insert((ep.address, host_name.clone()));
+        for port in ep.ports.iter().filter(|p| !p.name.is_empty()) {
+            if let Some(name) = srv_name(&port.name, port.protocol, &svc_name) {
+                srv.entry(name)
+                    .or_default()
+                    .push((port.port, host_name.clone(), ep.address));
+            }
+        }
+    }
+    for (name, targets) in srv {
+        let mut distinct: BTreeSet<(u16, &[u8])> = BTreeSet::new();
+        for (port, host, _) in &targets {
+            distinct.insert((*port, host));
+        }
+        let w = weight(distinct.len());
+        for (port, host, ip) in &targets {
+            let ttl = zone.ttl;
+            if let Some(set) = b.add(&name, rtype::SRV, wire::srv_rdata(0, w, *port, host)) {
+                add_extra(set, host, *ip, ttl);
+            } else if let Some(set) = b.node(&name).sets.get_mut(&rtype::SRV) {
+                // The same host again (dual-stack): its other address.
+                add_extra(set, host, *ip, ttl);
+            }
+        }
+    }
+    b.finish()
+}
+
+/// An SRV target: endpoint port, target name, its address.
+type SrvTarget = (u16, Vec<u8>, IpAddr);
+
+fn srv_name(port: &str, protocol: Protocol, svc_name: &[u8]) -> Option<Vec<u8>> {
+    let port = format!("_{port}");
+    let proto = format!("_{}", protocol.srv_label());
+    wire::name_under(&[&port, &proto], svc_name)
+}
