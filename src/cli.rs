@@ -22,6 +22,9 @@ pub enum Command {
     /// Run the reconcilers against a Kubernetes cluster (kubeconfig or
     /// in-cluster config), with leader election: only the leader writes.
     Controller(ControllerArgs),
+    /// Serve cluster DNS: answer the cluster zone from Services,
+    /// EndpointSlices and Pods, and forward every other name.
+    Dns(DnsArgs),
     /// Run the whole suite on one machine from manifest files, without a
     /// cluster, and print the resulting Services.
     Local(LocalArgs),
@@ -72,6 +75,75 @@ pub struct NetworkArgs {
     /// the service network.
     #[arg(long, default_value = "10.244.0.0/16", env = "PORTICO_CLUSTER_CIDR")]
     pub cluster_cidr: String,
+}
+
+/// Cluster DNS settings, shared by `dns` and `local`.
+#[derive(Clone, Debug, Args)]
+pub struct DnsSettings {
+    /// The cluster zone.
+    #[arg(long, default_value = "cluster.local", env = "PORTICO_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+    /// TTL of the answers in the cluster zone.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "PORTICO_DNS_TTL")]
+    pub ttl: Duration,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: `disabled`, `insecure` (any
+    /// well-formed name) or `verified` (only addresses of existing pods in
+    /// that namespace).
+    #[arg(long, default_value = "verified", env = "PORTICO_DNS_PODS")]
+    pub pods: portico_dns::PodsMode,
+    /// Servers for names outside the cluster zone, comma-separated or
+    /// repeated (`ip`, `ip:port`, `[ipv6]:port`). Default: the nameservers of
+    /// /etc/resolv.conf.
+    #[arg(
+        long = "upstream",
+        value_delimiter = ',',
+        env = "PORTICO_DNS_UPSTREAMS"
+    )]
+    pub upstreams: Vec<String>,
+    /// A domain with its own servers, `DOMAIN=SERVER[,SERVER…]`, repeatable:
+    /// e.g. `corp.example=192.168.56.50` for the company's DNS server.
+    #[arg(long = "stub-domain")]
+    pub stub_domains: Vec<portico_dns::StubDomain>,
+}
+
+impl DnsSettings {
+    /// The server configuration for `listen`.
+    pub fn config(&self, listen: SocketAddr) -> anyhow::Result<portico_dns::DnsConfig> {
+        use anyhow::Context as _;
+        let upstreams = if self.upstreams.is_empty() {
+            portico_dns::upstreams_from_resolv_conf("/etc/resolv.conf")
+                .context("reading /etc/resolv.conf for upstreams (or give --upstream)")?
+        } else {
+            self.upstreams
+                .iter()
+                .map(|s| portico_dns::parse_server(s).with_context(|| format!("--upstream {s:?}")))
+                .collect::<anyhow::Result<_>>()?
+        };
+        Ok(portico_dns::DnsConfig {
+            zone: self
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            ttl: u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX),
+            pods: self.pods,
+            listen,
+            upstreams,
+            stub_domains: self.stub_domains.clone(),
+            ..portico_dns::DnsConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// UDP and TCP address to answer on.
+    #[arg(long, default_value = "0.0.0.0:53", env = "PORTICO_DNS_LISTEN")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub dns: DnsSettings,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "PORTICO_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
 }
 
 /// ClusterIP allocation settings, shared by `controller` and `local`.
@@ -162,6 +234,15 @@ pub struct LocalArgs {
     /// How often `--watch` looks at the files.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub watch_interval: Duration,
+    /// Serve cluster DNS for the manifests on `--dns-listen` and keep
+    /// running (until Ctrl-C); with `--watch`, answers follow the files.
+    #[arg(long)]
+    pub dns: bool,
+    /// Where `--dns` answers (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    pub dns_listen: SocketAddr,
+    #[command(flatten)]
+    pub dns_settings: DnsSettings,
     #[command(flatten)]
     pub network: NetworkArgs,
     #[command(flatten)]

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  portico controller   reconcilers against the Kubernetes API (leader-elected)
+//!  portico dns          cluster DNS (cluster.local), forwarding the rest
 //!  portico local        the whole suite on one machine, from manifest files
 //!  portico crds         prints Portico's CustomResourceDefinitions
 //! ```
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod dns;
 pub mod http;
 pub mod local;
 pub mod telemetry;

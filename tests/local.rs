@@ -392,3 +392,80 @@ fn pools_show_usage_and_conflicts_and_services_say_why_they_wait() {
     );
     assert!(err.contains("warning: ippool clash: PoolConflict"), "{err}");
 }
+
+#[test]
+fn local_serves_cluster_dns_for_the_lab() {
+    use std::time::{Duration, Instant};
+    if Command::new("dig").arg("-v").output().is_err() {
+        assert!(
+            std::env::var_os("PORTICO_REQUIRE_ROOT_TESTS").is_none(),
+            "dig is required here (make deps installs bind9-dnsutils)"
+        );
+        eprintln!("skipping: dig is not installed (make deps installs bind9-dnsutils)");
+        return;
+    }
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = LAB.to_vec();
+    args.extend([
+        "--dns",
+        "--dns-listen",
+        &listen,
+        "--upstream",
+        "127.0.0.1:1",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dig = |name: &str, kind: &str| -> String {
+        let out = Command::new("dig")
+            .args([
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+                name,
+                kind,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dig("db-0.db.default.svc.cluster.local", "A").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "portico local --dns never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let api = dig("api-tester.default.svc.cluster.local", "A");
+    let headless = dig("db.default.svc.cluster.local", "A");
+    let srv = dig("_postgres._tcp.db.default.svc.cluster.local", "SRV");
+    let cname = dig("ext-github.default.svc.cluster.local", "CNAME");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(in_service_range(&api), "{api}");
+    assert_eq!(
+        headless.lines().collect::<Vec<_>>(),
+        ["20.96.1.20", "20.96.2.20"]
+    );
+    assert_eq!(
+        srv.lines().collect::<Vec<_>>(),
+        [
+            "0 50 5432 db-0.db.default.svc.cluster.local.",
+            "0 50 5432 db-1.db.default.svc.cluster.local."
+        ]
+    );
+    assert_eq!(cname, "github.com.");
+}

@@ -15,6 +15,7 @@ pub mod print;
 pub mod world;
 
 use crate::cli::{LocalArgs, Output};
+use anyhow::Context as _;
 use load::{Diagnostic, Manifests};
 use portico_controllers::NetworkConfig;
 use portico_controllers::clusterip::{ClusterIpController, Mode};
@@ -45,6 +46,26 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     // with their addresses.
     let mut clusterip: Option<ClusterIpController> = None;
     let mut seen = load::fingerprint(&args.files);
+    let dns = if args.dns {
+        let dns = portico_dns::Dns::new(args.dns_settings.config(args.dns_listen)?)
+            .context("configuring the DNS server")?;
+        let listener = dns
+            .bind()
+            .await
+            .with_context(|| format!("binding DNS to {}", args.dns_listen))?;
+        eprintln!(
+            "serving DNS on {} (UDP and TCP); Ctrl-C to stop",
+            listener.local_addr()
+        );
+        tokio::spawn(async move {
+            if let Err(e) = listener.run(crate::cluster::shutdown_signal()).await {
+                eprintln!("error: DNS server: {e}");
+            }
+        });
+        Some(dns)
+    } else {
+        None
+    };
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
@@ -68,7 +89,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
         print::warnings(&world);
+        if let Some(dns) = &dns {
+            dns.reset(&catalog(&world));
+            dns.mark_synced();
+        }
         if !args.watch {
+            if dns.is_some() {
+                crate::cluster::shutdown_signal().await;
+            }
             return Ok(());
         }
         previous = Some(world);
@@ -92,6 +120,24 @@ fn report(diagnostics: &[Diagnostic]) {
     for d in diagnostics {
         eprintln!("{d}");
     }
+}
+
+/// The service catalog of the world: what DNS (and the dataplane) read.
+pub fn catalog(world: &World) -> portico_catalog::Catalog {
+    let mut catalog = portico_catalog::Catalog::new();
+    catalog.reset_services(world.services.store.state().iter().map(AsRef::as_ref));
+    catalog.reset_slices(
+        world
+            .endpoint_slices
+            .store
+            .state()
+            .iter()
+            .map(AsRef::as_ref),
+    );
+    let pods: Vec<portico_controllers::k8s::Pod> = world.pods.iter().collect();
+    catalog.reset_pods(pods.iter());
+    catalog.take_changes();
+    catalog
 }
 
 /// Reconciler settings of `portico local`.

@@ -1,0 +1,126 @@
+//! `portico dns`: cluster DNS in a cluster.
+//!
+//! ```text
+//!  watch Services ─────┐
+//!  watch EndpointSlices ┼──> Catalog ── take_changes() ──> Dns (record index, snapshot) ──> UDP/TCP answers
+//!  watch Pods ─────────┘                                      (SERVFAIL for the zone until synced)
+//! ```
+
+use crate::cli::DnsArgs;
+use crate::cluster::{Fed, Relist, shutdown_signal};
+use crate::http::Health;
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use portico_catalog::Catalog;
+use portico_controllers::k8s::{EndpointSlice, Pod, Service};
+use portico_dns::{Dns, PodsMode};
+use prometheus_client::registry::Registry;
+
+enum Change {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Pod(Box<watcher::Event<Pod>>),
+}
+
+pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
+    let config = args.dns.config(args.listen)?;
+    let pods_needed = config.pods == PodsMode::Verified;
+    let dns = Dns::new(config).context("configuring the DNS server")?;
+    let client = Client::try_default().await.context(
+        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+    )?;
+    let mut registry = Registry::default();
+    dns.register(&mut registry);
+    let health = Health::new(registry);
+    let http = tokio::spawn(health.clone().serve(args.metrics_addr));
+
+    let mut streams = vec![
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|e| Change::Service(Box::new(e)))
+        .boxed(),
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(Change::Slice)
+        .boxed(),
+    ];
+    if pods_needed {
+        streams.push(
+            watcher(Api::<Pod>::all(client), watcher::Config::default())
+                .default_backoff()
+                .map_ok(|e| Change::Pod(Box::new(e)))
+                .boxed(),
+        );
+    }
+    let mut changes = futures::stream::select_all(streams);
+
+    let server = dns.clone();
+    let mut serving = tokio::spawn(async move { server.serve(shutdown_signal()).await });
+    tracing::info!(listen = %args.listen, "serving DNS (SERVFAIL for the cluster zone until the first sync)");
+
+    let mut catalog = Catalog::new();
+    let mut services: Relist<Service> = Relist::default();
+    let mut slices: Relist<EndpointSlice> = Relist::default();
+    let mut pods: Relist<Pod> = Relist::default();
+    pods.synced = !pods_needed;
+    loop {
+        let change = tokio::select! {
+            served = &mut serving => {
+                http.abort();
+                return match served {
+                    Ok(result) => result.context("serving DNS"),
+                    Err(e) => Err(anyhow::anyhow!("the DNS server task failed: {e}")),
+                };
+            }
+            change = changes.try_next() => change,
+        };
+        match change {
+            Ok(Some(Change::Service(ev))) => match services.feed(*ev) {
+                Some(Fed::Reset(all)) => catalog.reset_services(all.iter()),
+                Some(Fed::Apply(o)) => catalog.apply_service(&o),
+                Some(Fed::Delete(o)) => catalog.delete_service(&o),
+                None => {}
+            },
+            Ok(Some(Change::Slice(ev))) => match slices.feed(*ev) {
+                Some(Fed::Reset(all)) => catalog.reset_slices(all.iter()),
+                Some(Fed::Apply(o)) => catalog.apply_slice(&o),
+                Some(Fed::Delete(o)) => catalog.delete_slice(&o),
+                None => {}
+            },
+            Ok(Some(Change::Pod(ev))) => match pods.feed(*ev) {
+                Some(Fed::Reset(all)) => catalog.reset_pods(all.iter()),
+                Some(Fed::Apply(o)) => catalog.apply_pod(&o),
+                Some(Fed::Delete(o)) => catalog.delete_pod(&o),
+                None => {}
+            },
+            Ok(None) => anyhow::bail!("a watch ended"),
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+        }
+        if !(services.synced && slices.synced && pods.synced) {
+            continue;
+        }
+        let changes = catalog.take_changes();
+        if dns.is_synced() {
+            if !changes.is_empty() {
+                dns.apply(&catalog, &changes);
+            }
+        } else {
+            dns.reset(&catalog);
+            dns.mark_synced();
+            health.set_ready(true);
+            tracing::info!(
+                services = catalog.service_count(),
+                pods = catalog.pod_count(),
+                "initial sync done"
+            );
+        }
+    }
+}
