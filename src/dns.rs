@@ -49,7 +49,7 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
             watcher::Config::default(),
         )
         .default_backoff()
-        .map_ok(Change::Slice)
+        .map_ok(|e| Change::Slice(Box::new(e)))
         .boxed(),
     ];
     if pods_needed {

@@ -687,8 +687,17 @@ async fn metrics_are_registered() {
     .await;
     let mut registry = prometheus_client::registry::Registry::default();
     server.dns.register(&mut registry);
+    // The server observes a batch's latency after sending its answers: give
+    // it a moment after ours arrived.
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for _ in 0..100 {
+        text.clear();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        if text.contains("portico_dns_request_duration_seconds_count 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(
         text.contains(r#"portico_dns_queries_total{type="A",rcode="NOERROR"} 1"#),
         "{text}"
