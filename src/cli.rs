@@ -269,6 +269,8 @@ pub enum Show {
     Endpointslices,
     /// IPPools with their addresses, usage and conditions (`kubectl get ippools`).
     Ippools,
+    /// ClusterIPRanges with their usage and conditions (`kubectl get clusteripranges`).
+    Clusteripranges,
     /// Events the reconcilers recorded (`kubectl get events`).
     Events,
 }

@@ -31,8 +31,8 @@ use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_controllers::lbipam::{self, LbIpamController};
 use portico_controllers::metrics::{ClusterIpMetrics, EndpointSliceMetrics, LbIpamMetrics};
 use portico_controllers::{ApiWriter, NetworkConfig, Object, TargetKind, Write, Written};
-use portico_crds::IPPool;
 use portico_crds::names::{CONTROLLER_LEASE, ENDPOINTSLICE_MANAGER, FIELD_MANAGER, labels};
+use portico_crds::{ClusterIPRange, IPPool};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -50,6 +50,7 @@ enum Change {
     Node(watcher::Event<PartialObjectMeta<Node>>),
     Slice(watcher::Event<EndpointSlice>),
     Pool(Box<watcher::Event<IPPool>>),
+    Range(Box<watcher::Event<ClusterIPRange>>),
     Namespace(watcher::Event<PartialObjectMeta<Namespace>>),
 }
 
@@ -218,6 +219,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .map_ok(|e| Change::Pool(Box::new(e)))
         .boxed(),
         watcher(
+            Api::<ClusterIPRange>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|e| Change::Range(Box::new(e)))
+        .boxed(),
+        watcher(
             Api::<PartialObjectMeta<Namespace>>::all(client),
             watcher::Config::default(),
         )
@@ -244,6 +252,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         lb_metrics,
     );
     let mut pools: Relist<IPPool> = Relist::default();
+    let mut cluster_ranges: Relist<ClusterIPRange> = Relist::default();
     let mut namespaces: Relist<Namespace> = Relist::default();
     let mut services: Relist<Service> = Relist::default();
     let mut pods: Relist<Pod> = Relist::default();
@@ -343,10 +352,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                         }
                         Vec::new()
                     }
+                    Ok(Some(Change::Range(ev))) => match cluster_ranges.feed(*ev) {
+                        Some(Fed::Reset(all)) => clusterip.reset_ranges(all.iter()),
+                        Some(Fed::Apply(r)) => clusterip.apply_range(&r),
+                        Some(Fed::Delete(r)) => clusterip.delete_range(&r),
+                        None => Vec::new(),
+                    },
                     Ok(Some(Change::Namespace(ev))) => {
                         match namespaces.feed(from_meta(ev)) {
-                            Some(Fed::Reset(all)) => lb.reset_namespaces(all.iter()),
-                            Some(Fed::Apply(ns)) => lb.apply_namespace(&ns),
+                            Some(Fed::Reset(all)) => {
+                                lb.reset_namespaces(all.iter());
+                                clusterip.reset_namespaces(all.iter());
+                            }
+                            Some(Fed::Apply(ns)) => {
+                                lb.apply_namespace(&ns);
+                                clusterip.apply_namespace(&ns);
+                            }
                             Some(Fed::Delete(_)) | None => {}
                         }
                         Vec::new()

@@ -469,3 +469,48 @@ fn local_serves_cluster_dns_for_the_lab() {
     );
     assert_eq!(cname, "github.com.");
 }
+
+#[test]
+fn a_cluster_ip_range_gives_its_namespaces_their_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ranges.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a, labels: {team: a}}\n---\n\
+         apiVersion: portico.dev/v1alpha1\nkind: ClusterIPRange\nmetadata: {name: team-a}\n\
+         spec: {cidr: 10.96.16.0/20, namespaceSelector: {matchLabels: {team: a}}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: team-a}\nspec: {ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec: {ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let out = portico(&[
+        "local",
+        "-f",
+        file.to_str().unwrap(),
+        "--show",
+        "services,clusteripranges",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let table = rows(&text);
+    let block: ipnet::IpNet = "10.96.16.0/20".parse().unwrap();
+    let api = table
+        .iter()
+        .find(|r| r.get(1).map(String::as_str) == Some("api"))
+        .unwrap();
+    assert!(block.contains(&api[3].parse::<IpAddr>().unwrap()), "{text}");
+    let other = table
+        .iter()
+        .find(|r| r.get(1).map(String::as_str) == Some("other"))
+        .unwrap();
+    assert!(
+        !block.contains(&other[3].parse::<IpAddr>().unwrap()),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "team-a   10.96.16.0/20   team=a       1      4095   True    4095 addresses free"
+        ),
+        "{text}"
+    );
+}

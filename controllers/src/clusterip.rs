@@ -29,12 +29,15 @@
 //! of two Services holding the same address keeps it, and nothing new is
 //! handed out before every existing address is known.
 
-use crate::k8s::{Key, Service, is_headless, service_condition, service_type, stated_cluster_ips};
+use crate::k8s::{
+    Key, Namespace, Service, is_headless, service_condition, service_type, stated_cluster_ips,
+};
 use crate::metrics::{ClusterIpMetrics, ProblemReason, RangeState};
 use crate::network::{NetworkConfig, family_of_net};
 use crate::write::Write;
 use crate::{Error, Result};
 use ipnet::IpNet;
+use portico_crds::ClusterIPRange;
 use portico_crds::names::{CONDITION_CLUSTER_IP_ALLOCATED, KUBERNETES_SERVICE, reasons};
 use portico_ipam::{AllocError, Family, Pool, PoolOptions, Usage};
 use serde_json::json;
@@ -167,6 +170,7 @@ pub struct ClusterIpController {
     quarantine: HashMap<IpAddr, Quarantined>,
     remembered: HashMap<Key, Vec<IpAddr>>,
     remembered_order: VecDeque<Key>,
+    sub: ranges::SubRanges,
 }
 
 impl ClusterIpController {
@@ -185,6 +189,7 @@ impl ClusterIpController {
             quarantine: HashMap::new(),
             remembered: HashMap::new(),
             remembered_order: VecDeque::new(),
+            sub: ranges::SubRanges::default(),
         };
         for cidr in &net.service_ranges {
             let pool =
@@ -325,6 +330,80 @@ impl ClusterIpController {
         writes
     }
 
+    /// Replaces every `ClusterIPRange` (a relist).
+    pub fn reset_ranges<'a>(
+        &mut self,
+        ranges: impl IntoIterator<Item = &'a ClusterIPRange>,
+    ) -> Vec<Write> {
+        let changed = self
+            .sub
+            .reset(ranges.into_iter().map(|r| Arc::new(r.clone())));
+        self.after_range_change(changed)
+    }
+
+    /// A `ClusterIPRange` was added or changed.
+    pub fn apply_range(&mut self, range: &ClusterIPRange) -> Vec<Write> {
+        let changed = self.sub.apply(range);
+        self.after_range_change(changed)
+    }
+
+    /// A `ClusterIPRange` was deleted.
+    pub fn delete_range(&mut self, range: &ClusterIPRange) -> Vec<Write> {
+        let changed = self.sub.delete(range);
+        self.after_range_change(changed)
+    }
+
+    /// Replaces every Namespace's labels (for `ClusterIPRange` selectors).
+    pub fn reset_namespaces<'a>(&mut self, namespaces: impl IntoIterator<Item = &'a Namespace>) {
+        self.sub.set_namespaces(
+            namespaces
+                .into_iter()
+                .filter_map(|n| {
+                    Some((
+                        n.metadata.name.clone()?,
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    ))
+                })
+                .collect(),
+        );
+    }
+
+    /// A Namespace was added or changed: later allocations follow its labels.
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = ns.metadata.name.clone() {
+            self.sub
+                .set_namespace(name, ns.metadata.labels.clone().unwrap_or_default());
+        }
+    }
+
+    /// Rebuilds the sub-ranges when a range's spec changed; returns the
+    /// ranges' status writes either way.
+    fn after_range_change(&mut self, changed: bool) -> Vec<Write> {
+        if changed {
+            self.unpark();
+            let service_ranges: Vec<IpNet> = self.ranges.iter().map(|r| r.cidr).collect();
+            let taken: Vec<IpAddr> = self
+                .holders
+                .keys()
+                .chain(self.quarantine.keys())
+                .copied()
+                .collect();
+            self.sub.rebuild(&service_ranges, taken);
+        }
+        let writes = self.sub.writes();
+        self.publish_metrics();
+        writes
+    }
+
+    /// Gives the parked addresses back to the main ranges.
+    fn unpark(&mut self) {
+        for ip in std::mem::take(&mut self.sub.parked) {
+            if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip)) {
+                r.pool.release(ip);
+            }
+        }
+    }
+
     /// Addresses in quarantine.
     pub fn quarantined(&self) -> usize {
         self.quarantine.len()
@@ -355,10 +434,11 @@ impl ClusterIpController {
             .collect();
         for ip in over {
             self.quarantine.remove(&ip);
-            if !self.holders.contains_key(&ip)
-                && let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip))
-            {
-                r.pool.release(ip);
+            if !self.holders.contains_key(&ip) {
+                self.sub.release(ip);
+                if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip)) {
+                    r.pool.release(ip);
+                }
             }
         }
     }
@@ -419,6 +499,7 @@ impl ClusterIpController {
     fn release_all(&mut self, ips: &[IpAddr]) -> bool {
         for ip in ips {
             self.holders.remove(ip);
+            self.sub.release(*ip);
             if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(ip)) {
                 r.pool.release(*ip);
             }
@@ -528,7 +609,18 @@ impl ClusterIpController {
         let mut got: Vec<IpAddr> = Vec::new();
         for (family, wanted) in plan {
             let result = match wanted {
-                Some(ip) => self.claim(ip, key, allow_reserved).map(|()| ip),
+                // A range created later does not take addresses away from
+                // Services that hold them already.
+                Some(ip) => match self.sub.allows(&key.namespace, ip).or_else(|e| {
+                    if previous.contains(&ip) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                }) {
+                    Ok(()) => self.claim(ip, key, allow_reserved).map(|()| ip),
+                    Err(message) => Err(Problem::InvalidSpec { message }),
+                },
                 None => self.allocate_dynamic(family, key),
             };
             match result {
@@ -633,8 +725,11 @@ impl ClusterIpController {
     fn claim(&mut self, ip: IpAddr, key: &Key, allow_reserved: bool) -> Result<(), Problem> {
         // Quarantine keeps addresses from dynamic allocation only: asking
         // for one by name (or the API server handing it out) takes it.
-        if !self.holders.contains_key(&ip) && self.quarantine.remove(&ip).is_some() {
+        if !self.holders.contains_key(&ip)
+            && (self.quarantine.remove(&ip).is_some() || self.sub.parked.remove(&ip))
+        {
             self.holders.insert(ip, key.clone());
+            self.sub.mark(ip);
             return Ok(());
         }
         if let Some(holder) = self.holders.get(&ip) {
@@ -659,6 +754,7 @@ impl ClusterIpController {
         match result {
             Ok(()) => {
                 self.holders.insert(ip, key.clone());
+                self.sub.mark(ip);
                 Ok(())
             }
             Err(AllocError::OutOfRange { .. }) | Err(AllocError::Reserved { .. }) => {
@@ -672,39 +768,72 @@ impl ClusterIpController {
 
     fn allocate_dynamic(&mut self, family: Family, key: &Key) -> Result<IpAddr, Problem> {
         // Stable addresses: a re-created Service gets its previous address
-        // back while it is free (or quarantined for this very Service).
+        // back while it is free (or quarantined for this very Service), and
+        // still allowed to its namespace.
         let previous = self
             .remembered
             .get(key)
-            .and_then(|ips| ips.iter().copied().find(|ip| Family::of(*ip) == family));
+            .and_then(|ips| ips.iter().copied().find(|ip| Family::of(*ip) == family))
+            .filter(|ip| self.sub.allows(&key.namespace, *ip).is_ok());
         if let Some(ip) = previous
             && !self.holders.contains_key(&ip)
         {
             let ours = self.quarantine.get(&ip).is_some_and(|q| &q.owner == key);
+            let parked = self.sub.parked.contains(&ip);
             let free = !self.quarantine.contains_key(&ip)
+                && !parked
                 && self
                     .ranges
                     .iter_mut()
                     .find(|r| r.cidr.contains(&ip))
                     .is_some_and(|r| r.pool.allocate_ip(ip).is_ok());
-            if ours || free {
+            if ours || parked || free {
                 self.quarantine.remove(&ip);
+                self.sub.parked.remove(&ip);
                 self.holders.insert(ip, key.clone());
+                self.sub.mark(ip);
                 if let Some(ips) = self.remembered.get_mut(key) {
                     ips.retain(|i| *i != ip);
                 }
                 return Ok(ip);
             }
         }
-        let Some(range) = self.ranges.iter_mut().find(|r| r.family == family) else {
+        let Some(range_idx) = self.ranges.iter().position(|r| r.family == family) else {
             return Err(Problem::FamilyNotConfigured { family });
         };
-        let ip = range
-            .pool
-            .allocate(family)
-            .map_err(|_| Problem::RangeFull { range: range.cidr })?;
-        self.holders.insert(ip, key.clone());
-        Ok(ip)
+
+        // The namespace's own ranges, if any select it: only from those.
+        let selected = self.sub.selecting(&key.namespace, family);
+        if !selected.is_empty() {
+            for i in &selected {
+                while let Ok(ip) = self.sub.valid[*i].pool.allocate(family) {
+                    let main = &mut self.ranges[range_idx].pool;
+                    if main.allocate_ip(ip).is_ok() || self.sub.parked.remove(&ip) {
+                        self.holders.insert(ip, key.clone());
+                        return Ok(ip);
+                    }
+                    // Taken in the main range already (kept marked here too).
+                }
+            }
+            return Err(Problem::RangeFull {
+                range: self.sub.valid[selected[0]].cidr,
+            });
+        }
+
+        // Other namespaces: anywhere but inside a range.
+        loop {
+            let range = &mut self.ranges[range_idx];
+            let ip = range
+                .pool
+                .allocate(family)
+                .map_err(|_| Problem::RangeFull { range: range.cidr })?;
+            if self.sub.containing(ip).is_some() {
+                self.sub.parked.insert(ip);
+                continue;
+            }
+            self.holders.insert(ip, key.clone());
+            return Ok(ip);
+        }
     }
 
     /// In allocate mode: the spec and status writes that make the Service
@@ -817,6 +946,17 @@ impl ClusterIpController {
 
     fn publish_metrics(&self) {
         self.metrics.quarantined.set(self.quarantine.len() as i64);
+        for (range, usage) in self.sub.usage() {
+            for (state, value) in [("used", usage.used), ("free", usage.free)] {
+                self.metrics
+                    .addresses
+                    .get_or_create(&RangeState {
+                        range: range.clone(),
+                        state,
+                    })
+                    .set(value as f64);
+            }
+        }
         for r in &self.ranges {
             let usage = r.pool.usage(r.family);
             for (state, value) in [("used", usage.used), ("free", usage.free)] {
@@ -891,5 +1031,8 @@ fn condition_json(svc: &Service, status: &str, reason: &str, message: &str) -> s
     })
 }
 
+mod ranges;
 #[cfg(test)]
 mod tests;
+
+pub use ranges::RANGE_CONFLICT;

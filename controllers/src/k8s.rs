@@ -88,3 +88,22 @@ pub fn service_condition<'a>(svc: &'a Service, type_: &str) -> Option<&'a Condit
         .iter()
         .find(|c| c.type_ == type_)
 }
+
+/// A condition without its timestamps and generation: what decides whether a
+/// status needs writing again.
+pub type ConditionSummary = (String, String, String, String);
+
+/// The summaries (type, status, reason, message) of conditions, in order.
+pub fn condition_summaries(conditions: &[Condition]) -> Vec<ConditionSummary> {
+    conditions
+        .iter()
+        .map(|c| {
+            (
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+        .collect()
+}

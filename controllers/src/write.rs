@@ -10,8 +10,8 @@ use crate::k8s::{EndpointSlice, ObjectReference, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
-use portico_crds::IPPool;
 use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER};
+use portico_crds::{ClusterIPRange, IPPool};
 use serde_json::Value;
 
 /// A write that a reconciler decided on.
@@ -42,6 +42,8 @@ pub enum TargetKind {
     EndpointSlice,
     /// `portico.dev/v1alpha1` IPPool (cluster-scoped: empty namespace).
     IPPool,
+    /// `portico.dev/v1alpha1` ClusterIPRange (cluster-scoped: empty namespace).
+    ClusterIPRange,
 }
 
 /// A whole object that reconcilers create or replace. Typed, not JSON: a
@@ -216,15 +218,11 @@ impl ApiWriter {
                     .await
                     .map(|o| Object::EndpointSlice(Box::new(o))),
                 TargetKind::IPPool => {
-                    let api: Api<IPPool> = Api::all(self.client.clone());
-                    let params = PatchParams::apply(FIELD_MANAGER).force();
-                    let patch = Patch::Apply(&apply.patch);
-                    if apply.status {
-                        api.patch_status(&apply.target.name, &params, &patch)
-                            .await?;
-                    } else {
-                        api.patch(&apply.target.name, &params, &patch).await?;
-                    }
+                    self.apply_cluster_scoped::<IPPool>(apply).await?;
+                    return Ok(Written::Nothing);
+                }
+                TargetKind::ClusterIPRange => {
+                    self.apply_cluster_scoped::<ClusterIPRange>(apply).await?;
                     return Ok(Written::Nothing);
                 }
             }
@@ -276,6 +274,11 @@ impl ApiWriter {
                             .delete(&target.name, &params)
                             .await?;
                     }
+                    TargetKind::ClusterIPRange => {
+                        Api::<ClusterIPRange>::all(self.client.clone())
+                            .delete(&target.name, &params)
+                            .await?;
+                    }
                 }
                 Ok(Written::Deleted(target.clone()))
             }
@@ -295,6 +298,26 @@ impl ApiWriter {
                 Ok(Written::Nothing)
             }
         }
+    }
+
+    /// Server-side apply to a cluster-scoped object (or its status).
+    async fn apply_cluster_scoped<K>(&self, apply: &Apply) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let patch = Patch::Apply(&apply.patch);
+        if apply.status {
+            api.patch_status(&apply.target.name, &params, &patch)
+                .await?;
+        } else {
+            api.patch(&apply.target.name, &params, &patch).await?;
+        }
+        Ok(())
     }
 
     fn api<K>(&self, target: &Target) -> Api<K>

@@ -6,7 +6,8 @@
 //! its controllers elect a leader on. Other crates import these constants
 //! instead of spelling the strings again.
 //!
-//! It also holds Portico's custom resource types ([`IPPool`]);
+//! It also holds Portico's custom resource types ([`IPPool`],
+//! [`ClusterIPRange`]);
 //! `portico crds` prints every CRD this crate defines and `make crds` writes
 //! them to `crds/*.yaml` and the chart, checked for drift by `make test`.
 //!
@@ -16,9 +17,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clusteriprange;
 pub mod ippool;
 pub mod names;
 
+pub use clusteriprange::{ClusterIPRange, ClusterIPRangeSpec, ClusterIPRangeStatus};
 pub use ippool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus};
 
 use kube::CustomResourceExt;
@@ -27,7 +30,13 @@ use kube::CustomResourceExt;
 /// YAML)` in a stable order: what `portico crds` prints and `make crds`
 /// writes.
 pub fn all() -> Vec<(&'static str, String)> {
-    vec![("ippools.portico.dev.yaml", yaml(&IPPool::crd()))]
+    vec![
+        (
+            "clusteripranges.portico.dev.yaml",
+            yaml(&ClusterIPRange::crd()),
+        ),
+        ("ippools.portico.dev.yaml", yaml(&IPPool::crd())),
+    ]
 }
 
 fn yaml<T: serde::Serialize>(crd: &T) -> String {

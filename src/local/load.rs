@@ -4,7 +4,7 @@
 
 use super::world::StoredPod;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
-use portico_crds::IPPool;
+use portico_crds::{ClusterIPRange, IPPool};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -22,6 +22,7 @@ pub struct Manifests {
     pub pods: Vec<StoredPod>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub ippools: Vec<IPPool>,
+    pub clusteripranges: Vec<ClusterIPRange>,
     /// What could not be used, and why.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -197,6 +198,11 @@ impl Ctx<'_> {
                         Ok(p) => self.out.pods.push(p),
                         Err(e) => self.skip(format!("Pod cannot be stored: {e}")),
                     }
+                }
+            }
+            ("portico.dev/v1alpha1", "ClusterIPRange") => {
+                if let Some(o) = self.typed::<ClusterIPRange>(value, false) {
+                    self.out.clusteripranges.push(o);
                 }
             }
             ("portico.dev/v1alpha1", "IPPool") => {

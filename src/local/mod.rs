@@ -207,7 +207,16 @@ pub fn reconcile(
             }
         }
     }
-    let mut writes = clusterip.reset(services.iter().map(AsRef::as_ref));
+    clusterip.reset_namespaces(world.namespaces.store.state().iter().map(AsRef::as_ref));
+    let mut writes = clusterip.reset_ranges(
+        world
+            .clusteripranges
+            .store
+            .state()
+            .iter()
+            .map(AsRef::as_ref),
+    );
+    writes.extend(clusterip.reset(services.iter().map(AsRef::as_ref)));
     slices.reset_services(services.iter().map(AsRef::as_ref), now);
     slices.reset_pods(world.pods.iter(), now);
     slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
@@ -228,6 +237,9 @@ pub fn reconcile(
         }
         for pool in &changed.pools {
             lb.apply_pool(pool);
+        }
+        for range in &changed.ranges {
+            writes.extend(clusterip.apply_range(range));
         }
         for slice in changed.slices {
             slices.apply_slice(slice, now);

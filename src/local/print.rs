@@ -17,6 +17,7 @@ pub fn tables(out: &mut impl Write, world: &World, show: &[Show]) -> io::Result<
             Show::Services => services_table(out, world)?,
             Show::Endpointslices => endpoint_slices_table(out, world)?,
             Show::Ippools => ippools_table(out, world)?,
+            Show::Clusteripranges => ranges_table(out, world)?,
             Show::Events => events_table(out, world)?,
         }
     }
@@ -153,6 +154,46 @@ pub fn ippools_table(out: &mut impl Write, world: &World) -> io::Result<()> {
     write_table(out, &rows)
 }
 
+/// `kubectl get clusteripranges`, with the Ready message.
+pub fn ranges_table(out: &mut impl Write, world: &World) -> io::Result<()> {
+    let mut rows = vec![row(&[
+        "NAME",
+        "CIDR",
+        "NAMESPACES",
+        "USED",
+        "FREE",
+        "READY",
+        "MESSAGE",
+    ])];
+    for r in world.clusteripranges.sorted() {
+        let status = r.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let selector = r
+            .spec
+            .namespace_selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push(vec![
+            r.metadata.name.clone().unwrap_or_default(),
+            r.spec.cidr.clone(),
+            if selector.is_empty() {
+                "<expressions>".into()
+            } else {
+                selector
+            },
+            status.used.to_string(),
+            status.free.to_string(),
+            ready.map_or_else(|| "Unknown".to_owned(), |c| c.status.clone()),
+            ready.map(|c| c.message.clone()).unwrap_or_default(),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
 /// `kubectl get events -A`, in the order they were recorded.
 pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
     let mut rows = vec![row(&["NAMESPACE", "TYPE", "REASON", "OBJECT", "MESSAGE"])];
@@ -190,6 +231,9 @@ pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
     for o in world.ippools.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
+    for o in world.clusteripranges.sorted() {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
     for o in world.pods.iter() {

@@ -11,7 +11,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write};
-use portico_crds::IPPool;
+use portico_crds::{ClusterIPRange, IPPool};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -247,6 +247,7 @@ pub struct World {
     pub pods: Pods,
     pub endpoint_slices: Objects<EndpointSlice>,
     pub ippools: Objects<IPPool>,
+    pub clusteripranges: Objects<ClusterIPRange>,
     pub events: Vec<EventRecord>,
     /// The last `resourceVersion` handed out.
     version: u64,
@@ -259,6 +260,7 @@ pub struct Changed {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub deleted_slices: Vec<Arc<EndpointSlice>>,
     pub pools: Vec<Arc<IPPool>>,
+    pub ranges: Vec<Arc<ClusterIPRange>>,
 }
 
 impl World {
@@ -270,6 +272,7 @@ impl World {
             pods: Pods::new(m.pods),
             endpoint_slices: Objects::new(m.endpoint_slices),
             ippools: Objects::new(m.ippools),
+            clusteripranges: Objects::new(m.clusteripranges),
             events: Vec::new(),
             version: 0,
         }
@@ -281,17 +284,30 @@ impl World {
         name: &str,
         patch: &serde_json::Value,
     ) -> anyhow::Result<Option<Arc<IPPool>>> {
-        let Some(current) = self.ippools.get("", name) else {
-            anyhow::bail!("IPPool {name} does not exist");
-        };
-        let status: portico_crds::IPPoolStatus = serde_json::from_value(patch["status"].clone())?;
-        if current.status.as_ref() == Some(&status) {
-            return Ok(None);
-        }
-        let mut next = (*current).clone();
-        next.status = Some(status);
-        let version = self.next_version();
-        Ok(self.ippools.put(next, version))
+        let version = self.version + 1;
+        let out = set_status(&mut self.ippools, name, patch, version, |p: &mut IPPool| {
+            &mut p.status
+        })?;
+        self.version += u64::from(out.is_some());
+        Ok(out)
+    }
+
+    /// A ClusterIPRange's status is Portico's alone, as a pool's.
+    fn set_range_status(
+        &mut self,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> anyhow::Result<Option<Arc<ClusterIPRange>>> {
+        let version = self.version + 1;
+        let out = set_status(
+            &mut self.clusteripranges,
+            name,
+            patch,
+            version,
+            |r: &mut ClusterIPRange| &mut r.status,
+        )?;
+        self.version += u64::from(out.is_some());
+        Ok(out)
     }
 
     fn next_version(&mut self) -> u64 {
@@ -316,6 +332,11 @@ impl World {
                     TargetKind::IPPool => {
                         if let Some(pool) = self.set_pool_status(&target.name, &patch)? {
                             push_latest(&mut changed.pools, pool);
+                        }
+                    }
+                    TargetKind::ClusterIPRange => {
+                        if let Some(range) = self.set_range_status(&target.name, &patch)? {
+                            push_latest(&mut changed.ranges, range);
                         }
                     }
                     TargetKind::EndpointSlice => {
@@ -373,7 +394,7 @@ impl World {
                             changed.deleted_slices.push(old);
                         }
                     }
-                    TargetKind::Service | TargetKind::IPPool => {
+                    TargetKind::Service | TargetKind::IPPool | TargetKind::ClusterIPRange => {
                         anyhow::bail!("portico local does not delete {:?}s", target.kind)
                     }
                 },
@@ -382,6 +403,31 @@ impl World {
         }
         Ok(changed)
     }
+}
+
+/// Replaces the status of a cluster-scoped object with the applied one
+/// (Portico is the status's only writer); `None` when nothing changed.
+fn set_status<K, S>(
+    objs: &mut Objects<K>,
+    name: &str,
+    patch: &serde_json::Value,
+    version: u64,
+    status: impl Fn(&mut K) -> &mut Option<S>,
+) -> anyhow::Result<Option<Arc<K>>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    S: serde::de::DeserializeOwned + PartialEq,
+{
+    let Some(current) = objs.get("", name) else {
+        anyhow::bail!("{} {name} does not exist", K::kind(&()));
+    };
+    let new: S = serde_json::from_value(patch["status"].clone())?;
+    let mut next = (*current).clone();
+    if status(&mut next).as_ref() == Some(&new) {
+        return Ok(None);
+    }
+    *status(&mut next) = Some(new);
+    Ok(objs.put(next, version))
 }
 
 /// Keeps only the latest version of each object in a change list.

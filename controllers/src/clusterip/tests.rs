@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::write::Apply;
+use crate::write::{Apply, TargetKind};
 use k8s_openapi::DeepMerge;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -550,4 +550,174 @@ fn a_relist_keeps_the_quarantine() {
     let writes = c.reset(rest.into_iter().chain([&newcomer]));
     assert_condition(&merged(&newcomer, &writes), "False", "no free address left");
     assert_eq!(c.quarantined(), 1);
+}
+
+// ---- ClusterIPRanges --------------------------------------------------------
+
+fn mk_range(name: &str, cidr: &str, team: &str, age: i64) -> portico_crds::ClusterIPRange {
+    let mut r = portico_crds::ClusterIPRange::new(
+        name,
+        portico_crds::ClusterIPRangeSpec {
+            cidr: cidr.into(),
+            namespace_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("team".to_owned(), team.to_owned())].into()),
+                ..Default::default()
+            },
+        },
+    );
+    r.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + age).unwrap(),
+    ));
+    r
+}
+
+fn mk_ns(name: &str, team: &str) -> crate::k8s::Namespace {
+    crate::k8s::Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("team".to_owned(), team.to_owned())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn range_status(writes: &[Write], name: &str) -> Option<serde_json::Value> {
+    writes.iter().find_map(|w| match w {
+        Write::Apply(a) if a.target.kind == TargetKind::ClusterIPRange && a.target.name == name => {
+            Some(a.patch["status"].clone())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn namespaces_selected_by_a_range_get_addresses_from_it_and_others_never_do() {
+    // A small service range so that "never" is tested over many draws.
+    let mut c = ctrl("10.96.0.0/24", Mode::Allocate);
+    c.reset_namespaces([&mk_ns("team-a", "a"), &mk_ns("team-b", "b")]);
+    let writes = c.reset_ranges([&mk_range("team-a", "10.96.0.128/26", "a", 0)]);
+    let st = range_status(&writes, "team-a").expect("status");
+    assert_eq!(
+        (st["used"].as_i64(), st["free"].as_i64()),
+        (Some(0), Some(64))
+    );
+    let block: IpNet = "10.96.0.128/26".parse().unwrap();
+    for i in 0..40 {
+        let a = mk_svc("team-a", &format!("a{i}"));
+        let got = ips(&merged(&a, &c.apply(&a)));
+        assert!(block.contains(&ip(&got[0])), "team-a got {got:?}");
+        let b = mk_svc("team-b", &format!("b{i}"));
+        let got = ips(&merged(&b, &c.apply(&b)));
+        assert!(
+            !block.contains(&ip(&got[0])),
+            "team-b got {got:?} from team-a's range"
+        );
+    }
+    // Asking by name for an address of another team's range is refused.
+    let thief = requesting(mk_svc("team-b", "thief"), &["10.96.0.190"]);
+    assert_condition(
+        &merged(&thief, &c.apply(&thief)),
+        "False",
+        "ClusterIPRange team-a (10.96.0.128/26), which does not select namespace team-b",
+    );
+    let own = requesting(mk_svc("team-a", "own"), &["10.96.0.190"]);
+    assert_eq!(ips(&merged(&own, &c.apply(&own))), ["10.96.0.190"]);
+}
+
+#[test]
+fn a_full_range_is_reported_and_does_not_spill_into_the_service_range() {
+    let mut c = ctrl("10.96.0.0/24", Mode::Allocate);
+    c.reset_namespaces([&mk_ns("team-a", "a")]);
+    c.reset_ranges([&mk_range("tiny", "10.96.0.200/30", "a", 0)]);
+    for i in 0..4 {
+        let a = mk_svc("team-a", &format!("a{i}"));
+        assert_eq!(ips(&merged(&a, &c.apply(&a))).len(), 1);
+    }
+    let late = mk_svc("team-a", "late");
+    let writes = c.apply(&late);
+    assert_condition(
+        &merged(&late, &writes),
+        "False",
+        "10.96.0.200/30 has no free address left",
+    );
+}
+
+#[test]
+fn ranges_outside_the_service_range_or_overlapping_an_older_one_are_rejected() {
+    let mut c = ctrl("10.96.0.0/16", Mode::Allocate);
+    let writes = c.reset_ranges([
+        &mk_range("old", "10.96.16.0/20", "a", 0),
+        &mk_range("newer", "10.96.20.0/24", "b", 10),
+        &mk_range("outside", "10.200.0.0/24", "c", 20),
+        &mk_range("sloppy", "10.96.40.1/24", "d", 30),
+    ]);
+    let ready = |name: &str| range_status(&writes, name).unwrap()["conditions"][0].clone();
+    assert_eq!(ready("old")["status"], "True");
+    assert_eq!(ready("newer")["reason"], "Overlap");
+    assert_eq!(
+        ready("newer")["message"],
+        "10.96.20.0/24 overlaps ClusterIPRange old (10.96.16.0/20)"
+    );
+    assert_eq!(ready("outside")["reason"], "OutsideServiceRange");
+    assert_eq!(
+        ready("sloppy")["message"],
+        "spec.cidr 10.96.40.1/24 has host bits set; did you mean 10.96.40.0/24?"
+    );
+    let events: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Event(e) => Some(e.reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, [RANGE_CONFLICT; 3]);
+    // Nothing changed: nothing is written again once the statuses show.
+    let mut shown = Vec::new();
+    for (name, age) in [("old", 0), ("newer", 10), ("outside", 20), ("sloppy", 30)] {
+        let cidr = match name {
+            "old" => "10.96.16.0/20",
+            "newer" => "10.96.20.0/24",
+            "outside" => "10.200.0.0/24",
+            _ => "10.96.40.1/24",
+        };
+        let mut r = mk_range(name, cidr, "x", age);
+        r.status = Some(serde_json::from_value(range_status(&writes, name).unwrap()).unwrap());
+        shown.push(r);
+    }
+    let again = c.reset_ranges(shown.iter());
+    assert!(again.is_empty(), "{again:#?}");
+}
+
+#[test]
+fn creating_a_range_later_gives_parked_addresses_back_and_keeps_existing_services() {
+    let mut c = ctrl("10.96.0.0/24", Mode::Allocate);
+    c.reset_namespaces([&mk_ns("team-a", "a"), &mk_ns("team-b", "b")]);
+    let early = requesting(mk_svc("team-b", "early"), &["10.96.0.130"]);
+    let early = merged(&early, &c.apply(&early));
+    c.reset_ranges([&mk_range("team-a", "10.96.0.128/26", "a", 0)]);
+    // The Service already inside keeps its address (ranges affect new allocations).
+    assert!(c.apply(&early).is_empty());
+    assert_eq!(
+        c.holder(ip("10.96.0.130")),
+        Some(&Key::new("team-b", "early"))
+    );
+    // Removing the range lets everyone use the block again.
+    c.delete_range(&mk_range("team-a", "10.96.0.128/26", "a", 0));
+    let mut inside = 0;
+    for i in 0..120 {
+        let b = mk_svc("team-b", &format!("b{i}"));
+        let got = ips(&merged(&b, &c.apply(&b)));
+        if "10.96.0.128/26"
+            .parse::<IpNet>()
+            .unwrap()
+            .contains(&ip(&got[0]))
+        {
+            inside += 1;
+        }
+    }
+    assert!(
+        inside > 0,
+        "the block is open to everyone once the range is gone"
+    );
 }

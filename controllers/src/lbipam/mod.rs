@@ -23,7 +23,7 @@
 //! kept (in no pool, held twice, in a pool the Service may no longer use) is
 //! reported and replaced.
 
-use crate::k8s::{Key, Namespace, Service, service_condition, service_type};
+use crate::k8s::{Key, Namespace, Service, condition_summaries, service_condition, service_type};
 use crate::metrics::LbIpamMetrics;
 use crate::network::NetworkConfig;
 use crate::write::{Apply, Target, TargetKind, Write};
@@ -1280,24 +1280,11 @@ fn status_write(svc: &Service, got: &[(IpAddr, String)], problem: Option<&Proble
 }
 
 fn same_pool_status(a: &IPPoolStatus, b: &IPPoolStatus) -> bool {
-    let conds = |s: &IPPoolStatus| -> Vec<(String, String, String, String)> {
-        s.conditions
-            .iter()
-            .map(|c| {
-                (
-                    c.type_.clone(),
-                    c.status.clone(),
-                    c.reason.clone(),
-                    c.message.clone(),
-                )
-            })
-            .collect()
-    };
     a.used == b.used
         && a.free == b.free
         && a.ipv4 == b.ipv4
         && a.ipv6 == b.ipv6
-        && conds(a) == conds(b)
+        && condition_summaries(&a.conditions) == condition_summaries(&b.conditions)
 }
 
 fn sat(n: u128) -> i64 {

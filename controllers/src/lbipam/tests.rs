@@ -184,7 +184,9 @@ impl Sim {
                     p.status = Some(status);
                     self.ctrl.apply_pool(p);
                 }
-                TargetKind::EndpointSlice => panic!("no slices here"),
+                TargetKind::EndpointSlice | TargetKind::ClusterIPRange => {
+                    panic!("not written by LB IPAM")
+                }
             },
             Write::Event(e) => self.events.push((e.warning, e.reason, e.note)),
             other => panic!("unexpected {other:?}"),
