@@ -171,6 +171,29 @@ pub struct ClusterIpController {
     remembered: HashMap<Key, Vec<IpAddr>>,
     remembered_order: VecDeque<Key>,
     sub: ranges::SubRanges,
+    /// Addresses handed out by the admission webhook for Services not seen
+    /// yet, until when they stay reserved.
+    pending: HashMap<Key, (Instant, Vec<IpAddr>)>,
+    /// Report Services whose addresses Portico did not hand out (the
+    /// webhook is on, so those come from kube-apiserver or a request).
+    report_adoptions: bool,
+}
+
+/// What the admission webhook answers for a Service being created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Leave the Service as it is (it needs no ClusterIP, asks for its own,
+    /// or has a problem the API server reports better).
+    Leave,
+    /// Fill in these addresses, families and policy.
+    Assign {
+        /// `spec.clusterIPs`, primary first.
+        ips: Vec<IpAddr>,
+        /// `spec.ipFamilyPolicy`.
+        policy: String,
+    },
+    /// Refuse the Service: it would get an address it must not have.
+    Refuse(Problem),
 }
 
 impl ClusterIpController {
@@ -190,6 +213,8 @@ impl ClusterIpController {
             remembered: HashMap::new(),
             remembered_order: VecDeque::new(),
             sub: ranges::SubRanges::default(),
+            pending: HashMap::new(),
+            report_adoptions: false,
         };
         for cidr in &net.service_ranges {
             let pool =
@@ -215,6 +240,13 @@ impl ClusterIpController {
     /// Service by surprise.
     pub fn with_reuse_delay(mut self, delay: Duration) -> Self {
         self.reuse_delay = delay;
+        self
+    }
+
+    /// Reports, with an Event, Services whose addresses Portico did not
+    /// hand out (set when the admission webhook is on).
+    pub fn with_adoption_events(mut self, on: bool) -> Self {
+        self.report_adoptions = on;
         self
     }
 
@@ -268,11 +300,14 @@ impl ClusterIpController {
         for (i, svc) in ordered.into_iter().enumerate() {
             if i == adopting {
                 self.remark_quarantine();
+                self.reclaim_pending();
             }
             let previous = reported.get(&Key::of(svc)).cloned().unwrap_or_default();
             writes.extend(self.evaluate(svc, Vec::new(), &previous));
         }
         self.remark_quarantine();
+        self.reclaim_pending();
+        writes.extend(self.sub.writes());
         self.publish_metrics();
         writes
     }
@@ -287,8 +322,24 @@ impl ClusterIpController {
             .remove(&key)
             .map(|b| b.problems)
             .unwrap_or_default();
+        let admitted = self.pending.remove(&key).is_some();
+        let adopted =
+            self.report_adoptions && self.mode == Mode::Audit && old.is_empty() && !admitted;
         let released = self.release_all(&old);
         let mut writes = self.evaluate(svc, old, &reported);
+        if adopted && let Some(ips) = self.held.get(&key).filter(|h| !h.is_empty()) {
+            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            writes.push(Write::event(
+                svc,
+                false,
+                reasons::CLUSTER_IP_ADOPTED,
+                "Adopt",
+                format!(
+                    "ClusterIPs {} were not handed out by Portico (asked for, or allocated by kube-apiserver while the webhook did not answer); Portico adopted them",
+                    list.join(", ")
+                ),
+            ));
+        }
         if released {
             writes.extend(self.retry_blocked(&key));
         }
@@ -328,6 +379,62 @@ impl ClusterIpController {
         };
         self.publish_metrics();
         writes
+    }
+
+    /// Chooses the ClusterIPs of a Service being created (the admission
+    /// webhook): quarantine, stable addresses and ranges apply, and the
+    /// addresses stay reserved for it until it shows up in the watch or
+    /// `reserve_for` passes, so two creations in flight never get the same
+    /// address.
+    pub fn admit(&mut self, svc: &Service, reserve_for: Duration) -> Admission {
+        self.expire();
+        if service_type(svc) == "ExternalName"
+            || is_headless(svc)
+            || !stated_cluster_ips(svc).is_empty()
+        {
+            return Admission::Leave;
+        }
+        let key = Key::of(svc);
+        let policy = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ip_family_policy.clone())
+            .unwrap_or_else(|| "SingleStack".to_owned());
+        if let Some((_, ips)) = self.pending.get(&key) {
+            // The same creation, asked again (the API server retries).
+            return Admission::Assign {
+                ips: ips.clone(),
+                policy,
+            };
+        }
+        if self.held.get(&key).is_some_and(|h| !h.is_empty()) {
+            // A Service of that name exists: the creation will fail anyway.
+            return Admission::Leave;
+        }
+        let plan = match self.plan(svc, &[]) {
+            Ok(plan) => plan,
+            Err(_) => return Admission::Leave,
+        };
+        let mut got = Vec::new();
+        for (family, _) in plan {
+            match self.allocate_dynamic(family, &key) {
+                Ok(ip) => got.push(ip),
+                Err(p) => {
+                    self.release_all(&got);
+                    return Admission::Refuse(p);
+                }
+            }
+        }
+        self.held.insert(key.clone(), got.clone());
+        self.pending
+            .insert(key, ((self.clock)() + reserve_for, got.clone()));
+        self.publish_metrics();
+        Admission::Assign { ips: got, policy }
+    }
+
+    /// Services admitted and not seen yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Replaces every `ClusterIPRange` (a relist).
@@ -413,6 +520,20 @@ impl ClusterIpController {
     /// for addresses. Drivers call it now and then (every few seconds).
     pub fn tick(&mut self) -> Vec<Write> {
         let before = self.quarantine.len();
+        let now = (self.clock)();
+        let stale: Vec<Key> = self
+            .pending
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            // Admitted but never created: the reservation ends.
+            self.pending.remove(&key);
+            if let Some(ips) = self.held.remove(&key) {
+                self.release_all(&ips);
+            }
+        }
         self.expire();
         let writes = if self.quarantine.len() < before {
             self.retry_blocked(&Key::new("", ""))
@@ -455,6 +576,26 @@ impl ClusterIpController {
             if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip)) {
                 let _ = r.pool.allocate_ip(ip);
             }
+        }
+    }
+
+    /// After a rebuild: the webhook's reservations for Services not seen
+    /// yet are held again.
+    fn reclaim_pending(&mut self) {
+        let pending: Vec<(Key, Vec<IpAddr>)> = self
+            .pending
+            .iter()
+            .filter(|(k, _)| !self.held.contains_key(*k))
+            .map(|(k, (_, ips))| (k.clone(), ips.clone()))
+            .collect();
+        for (key, ips) in pending {
+            let mut got = Vec::new();
+            for ip in ips {
+                if self.claim(ip, &key, false).is_ok() {
+                    got.push(ip);
+                }
+            }
+            self.held.insert(key, got);
         }
     }
 

@@ -30,6 +30,8 @@ pub mod reasons {
     pub const CLUSTER_IP_ALLOCATED: &str = "ClusterIPAllocated";
     /// A Service could not be given the ClusterIPs it needs.
     pub const CLUSTER_IP_NOT_ALLOCATED: &str = "ClusterIPNotAllocated";
+    /// A Service holds ClusterIPs Portico did not hand out, now adopted.
+    pub const CLUSTER_IP_ADOPTED: &str = "ClusterIPAdopted";
 }
 
 /// `endpointslice.kubernetes.io/managed-by` value of the slices Portico manages.

@@ -721,3 +721,141 @@ fn creating_a_range_later_gives_parked_addresses_back_and_keeps_existing_service
         "the block is open to everyone once the range is gone"
     );
 }
+
+// ---- admission ---------------------------------------------------------------
+
+fn webhook_index(range: &str, clock: &FakeClock) -> ClusterIpController {
+    ClusterIpController::new(&net(range), Mode::Audit, ClusterIpMetrics::default())
+        .unwrap()
+        .with_seed(3)
+        .with_reuse_delay(Duration::from_secs(300))
+        .with_clock(clock.clock())
+        .with_adoption_events(true)
+}
+
+fn assigned(a: Admission) -> Vec<String> {
+    match a {
+        Admission::Assign { ips, .. } => ips.iter().map(ToString::to_string).collect(),
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+/// The Service as the API server stores it after the webhook's patch.
+fn as_created(svc: &Service, ips: &[String]) -> Service {
+    requesting(
+        svc.clone(),
+        &ips.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn admitted_addresses_stay_reserved_until_the_service_shows_up() {
+    let clock = FakeClock::new();
+    let mut c = webhook_index("10.96.0.0/12", &clock);
+    c.reset(std::iter::empty());
+    let (a, b) = (mk_svc("default", "a"), mk_svc("default", "b"));
+    let ia = assigned(c.admit(&a, Duration::from_secs(30)));
+    let ib = assigned(c.admit(&b, Duration::from_secs(30)));
+    assert_ne!(ia, ib, "two creations in flight never get the same address");
+    assert_eq!(
+        assigned(c.admit(&a, Duration::from_secs(30))),
+        ia,
+        "a retried admission gets the same answer"
+    );
+    assert_eq!(c.pending(), 2);
+    // A relist while they are in flight keeps the reservations.
+    c.reset(std::iter::empty());
+    assert_eq!(c.holder(ip(&ia[0])), Some(&Key::new("default", "a")));
+    // a shows up with its address: no Event, no longer pending.
+    assert!(c.apply(&as_created(&a, &ia)).is_empty());
+    assert_eq!(c.pending(), 1);
+    // b never shows up: its reservation ends.
+    clock.advance(Duration::from_secs(31));
+    c.tick();
+    assert_eq!(c.pending(), 0);
+    assert_eq!(c.holder(ip(&ib[0])), None);
+}
+
+#[test]
+fn the_webhook_leaves_services_that_need_no_address_or_ask_for_their_own() {
+    let clock = FakeClock::new();
+    let mut c = webhook_index("10.96.0.0/12", &clock);
+    let headless = requesting(mk_svc("default", "db"), &["None"]);
+    let ext = with_spec(mk_svc("default", "ext"), |s| {
+        s.type_ = Some("ExternalName".into())
+    });
+    let asks = requesting(mk_svc("default", "dns"), &["10.96.0.10"]);
+    let bad = with_spec(mk_svc("default", "bad"), |s| {
+        s.ip_family_policy = Some("RequireDualStack".into())
+    });
+    for svc in [&headless, &ext, &asks, &bad] {
+        assert_eq!(c.admit(svc, Duration::from_secs(30)), Admission::Leave);
+    }
+    let dual = ClusterIpController::new(
+        &net("10.96.0.0/12,fd00:10:96::/108"),
+        Mode::Audit,
+        ClusterIpMetrics::default(),
+    )
+    .unwrap()
+    .admit(
+        &with_spec(mk_svc("default", "d"), |s| {
+            s.ip_family_policy = Some("PreferDualStack".into())
+        }),
+        Duration::from_secs(30),
+    );
+    match dual {
+        Admission::Assign { ips, policy } => {
+            assert_eq!(policy, "PreferDualStack");
+            assert!(ips[0].is_ipv4() && ips[1].is_ipv6());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn admission_follows_quarantine_stable_addresses_and_ranges() {
+    let clock = FakeClock::new();
+    let mut c = webhook_index("10.96.0.0/24", &clock);
+    c.reset_namespaces([&mk_ns("team-a", "a")]);
+    c.reset_ranges([&mk_range("tiny", "10.96.0.200/31", "a", 0)]);
+    c.reset(std::iter::empty());
+    // Stable: web comes back to its address.
+    let web = mk_svc("default", "web");
+    let first = assigned(c.admit(&web, Duration::from_secs(30)));
+    let created = as_created(&web, &first);
+    c.apply(&created);
+    c.delete(&created);
+    assert_eq!(assigned(c.admit(&web, Duration::from_secs(30))), first);
+    // Ranges: team-a draws from its block, and a full block refuses.
+    for i in 0..2 {
+        let got = assigned(c.admit(&mk_svc("team-a", &format!("a{i}")), Duration::from_secs(30)));
+        assert!(
+            got[0] == "10.96.0.200" || got[0] == "10.96.0.201",
+            "{got:?}"
+        );
+    }
+    match c.admit(&mk_svc("team-a", "late"), Duration::from_secs(30)) {
+        Admission::Refuse(p) => assert_eq!(
+            p.to_string(),
+            "service range 10.96.0.200/31 has no free address left"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_service_the_api_server_allocated_itself_is_adopted_with_an_event() {
+    let clock = FakeClock::new();
+    let mut c = webhook_index("10.96.0.0/12", &clock);
+    c.reset(std::iter::empty());
+    let svc = requesting(mk_svc("default", "web"), &["10.96.7.7"]);
+    assert_eq!(
+        events(&c.apply(&svc)),
+        vec![(
+            false,
+            "ClusterIPAdopted".into(),
+            "ClusterIPs 10.96.7.7 were not handed out by Portico (asked for, or allocated by kube-apiserver while the webhook did not answer); Portico adopted them".into()
+        )]
+    );
+    assert!(c.apply(&svc).is_empty(), "once");
+}
