@@ -146,6 +146,35 @@ pub struct DnsArgs {
     pub metrics_addr: SocketAddr,
 }
 
+/// The ClusterIP admission webhook of `portico controller`.
+#[derive(Clone, Debug, Args)]
+pub struct WebhookArgs {
+    /// Serve the mutating admission webhook that makes Portico choose new
+    /// Services' ClusterIPs (HTTPS `POST /mutate-services`), e.g.
+    /// `0.0.0.0:9443`. Off when unset: kube-apiserver allocates and Portico
+    /// audits.
+    #[arg(long, env = "PORTICO_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// The webhook's serving certificate chain (PEM); read again when it changes.
+    #[arg(
+        long,
+        default_value = "/etc/portico/webhook/tls.crt",
+        env = "PORTICO_WEBHOOK_CERT_FILE"
+    )]
+    pub webhook_cert_file: PathBuf,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        default_value = "/etc/portico/webhook/tls.key",
+        env = "PORTICO_WEBHOOK_KEY_FILE"
+    )]
+    pub webhook_key_file: PathBuf,
+    /// How long addresses handed out by the webhook stay reserved for a
+    /// Service that does not show up (another webhook refused it, say).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "PORTICO_WEBHOOK_RESERVATION")]
+    pub webhook_reservation: Duration,
+}
+
 /// ClusterIP allocation settings, shared by `controller` and `local`.
 #[derive(Clone, Debug, Args)]
 pub struct ClusterIpArgs {
@@ -182,6 +211,8 @@ pub struct ControllerArgs {
     pub network: NetworkArgs,
     #[command(flatten)]
     pub clusterip: ClusterIpArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
     #[command(flatten)]
     pub endpointslices: EndpointSliceArgs,
     #[command(flatten)]

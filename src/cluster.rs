@@ -19,6 +19,7 @@
 
 use crate::cli::ControllerArgs;
 use crate::http::Health;
+use crate::webhook::{self, SharedIndex, WebhookState, lock};
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::PartialObjectMeta;
@@ -36,6 +37,8 @@ use portico_crds::{ClusterIPRange, IPPool};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -139,7 +142,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         "1 when this replica holds the controller Lease and writes",
         leader_gauge.clone(),
     );
-    let health = Health::new(registry);
+    let webhook_leader = Arc::new(AtomicBool::new(false));
+    let webhook_synced = Arc::new(AtomicBool::new(false));
+    let (l, s) = (webhook_leader.clone(), webhook_synced.clone());
+    let health = Health::new(registry).with_check(
+        "webhook",
+        Arc::new(move || l.load(Ordering::Relaxed) && s.load(Ordering::Relaxed)),
+    );
     let server = tokio::spawn(health.clone().serve(args.metrics_addr));
 
     let identity = args
@@ -234,8 +243,44 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .boxed(),
     ]);
 
-    let mut clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?
-        .with_reuse_delay(args.clusterip.clusterip_reuse_delay);
+    let new_index = || -> anyhow::Result<ClusterIpController> {
+        Ok(
+            ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?
+                .with_reuse_delay(args.clusterip.clusterip_reuse_delay)
+                .with_adoption_events(args.webhook.webhook_listen.is_some()),
+        )
+    };
+    let clusterip: SharedIndex = Arc::new(Mutex::new(new_index()?));
+    let webhook = WebhookState {
+        index: clusterip.clone(),
+        leader: webhook_leader,
+        synced: webhook_synced,
+        reserve_for: args.webhook.webhook_reservation,
+    };
+    if let Some(addr) = args.webhook.webhook_listen {
+        let tls = Arc::new(webhook::Tls::load(
+            &args.webhook.webhook_cert_file,
+            &args.webhook.webhook_key_file,
+        )?);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admission webhook to {addr}"))?;
+        tracing::info!(%addr, "serving the ClusterIP admission webhook (HTTPS POST /mutate-services)");
+        let app = webhook::router(webhook.clone());
+        tokio::spawn(async move {
+            if let Err(e) = webhook::serve(
+                listener,
+                tls,
+                app,
+                Duration::from_secs(10),
+                std::future::pending(),
+            )
+            .await
+            {
+                tracing::error!(error = %format!("{e:#}"), "admission webhook stopped");
+            }
+        });
+    }
     let mut slices = EndpointSliceController::new(
         endpointslices::Config {
             max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
@@ -260,6 +305,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut slice_relist: Relist<EndpointSlice> = Relist::default();
     let mut leader = *leader_rx.borrow_and_update();
     leader_gauge.set(i64::from(leader));
+    webhook.leader.store(leader, Ordering::Relaxed);
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -278,23 +324,23 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 changed.context("leader election stopped")?;
                 let now = *leader_rx.borrow_and_update();
                 leader_gauge.set(i64::from(now));
+                webhook.leader.store(now, Ordering::Relaxed);
                 tracing::info!(leader = now, "leadership changed");
                 let gained = now && !leader;
                 leader = now;
                 if gained && services.synced {
                     // A new leader reports the current problems afresh and
                     // writes the slices the others only computed.
-                    clusterip = ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?
-        .with_reuse_delay(args.clusterip.clusterip_reuse_delay);
+                    *lock(&clusterip) = new_index()?;
                     slices.resync_all(Instant::now());
                     lb.reset_services(store.state().iter().map(|s| s.as_ref()));
-                    clusterip.reset(store.state().iter().map(|s| s.as_ref()))
+                    lock(&clusterip).reset(store.state().iter().map(|s| s.as_ref()))
                 } else {
                     Vec::new()
                 }
             }
             () = sleep_until(next_due) => Vec::new(),
-            _ = quarantine_tick.tick() => clusterip.tick(),
+            _ = quarantine_tick.tick() => lock(&clusterip).tick(),
             change = changes.try_next() => {
                 let now = Instant::now();
                 match change {
@@ -302,17 +348,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                         Some(Fed::Reset(all)) => {
                             slices.reset_services(all.iter(), now);
                             lb.reset_services(all.iter());
-                            clusterip.reset(all.iter())
+                            lock(&clusterip).reset(all.iter())
                         }
                         Some(Fed::Apply(svc)) => {
                             slices.apply_service(&svc, now);
                             lb.apply_service(&svc);
-                            clusterip.apply(&svc)
+                            lock(&clusterip).apply(&svc)
                         }
                         Some(Fed::Delete(svc)) => {
                             slices.delete_service(&svc, now);
                             lb.delete_service(&svc);
-                            clusterip.delete(&svc)
+                            lock(&clusterip).delete(&svc)
                         }
                         None => Vec::new(),
                     },
@@ -353,20 +399,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                         Vec::new()
                     }
                     Ok(Some(Change::Range(ev))) => match cluster_ranges.feed(*ev) {
-                        Some(Fed::Reset(all)) => clusterip.reset_ranges(all.iter()),
-                        Some(Fed::Apply(r)) => clusterip.apply_range(&r),
-                        Some(Fed::Delete(r)) => clusterip.delete_range(&r),
+                        Some(Fed::Reset(all)) => lock(&clusterip).reset_ranges(all.iter()),
+                        Some(Fed::Apply(r)) => lock(&clusterip).apply_range(&r),
+                        Some(Fed::Delete(r)) => lock(&clusterip).delete_range(&r),
                         None => Vec::new(),
                     },
                     Ok(Some(Change::Namespace(ev))) => {
                         match namespaces.feed(from_meta(ev)) {
                             Some(Fed::Reset(all)) => {
                                 lb.reset_namespaces(all.iter());
-                                clusterip.reset_namespaces(all.iter());
+                                lock(&clusterip).reset_namespaces(all.iter());
                             }
                             Some(Fed::Apply(ns)) => {
                                 lb.apply_namespace(&ns);
-                                clusterip.apply_namespace(&ns);
+                                lock(&clusterip).apply_namespace(&ns);
                             }
                             Some(Fed::Delete(_)) | None => {}
                         }
@@ -386,6 +432,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             && slice_relist.synced
             && pools.synced
             && namespaces.synced;
+        webhook.synced.store(
+            services.synced && cluster_ranges.synced && namespaces.synced,
+            Ordering::Relaxed,
+        );
         if all_synced {
             if !health.is_ready() {
                 tracing::info!(services = store.len(), "initial sync done");

@@ -21,7 +21,12 @@ pub struct Health {
 struct Inner {
     registry: Registry,
     ready: AtomicBool,
+    /// Extra readiness endpoints (`/readyz/<name>`).
+    checks: Vec<(&'static str, Check)>,
 }
+
+/// A readiness check of one part of a component.
+pub type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Health {
     /// Health over a registry that holds every metric of the component.
@@ -30,7 +35,22 @@ impl Health {
             inner: Arc::new(Inner {
                 registry,
                 ready: AtomicBool::new(false),
+                checks: Vec::new(),
             }),
+        }
+    }
+
+    /// Adds `/readyz/<name>`, 200 when `check` says ready, 503 otherwise
+    /// (e.g. `/readyz/webhook`: only the leader serves the webhook).
+    pub fn with_check(self, name: &'static str, check: Check) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            registry: Registry::default(),
+            ready: AtomicBool::new(shared.ready.load(Ordering::Relaxed)),
+            checks: shared.checks.clone(),
+        });
+        inner.checks.push((name, check));
+        Health {
+            inner: Arc::new(inner),
         }
     }
 
@@ -50,11 +70,24 @@ impl Health {
             .await
             .with_context(|| format!("binding the metrics and health server to {addr}"))?;
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .with_state(self);
+            .route("/readyz", get(readyz));
+        for (name, check) in &self.inner.checks {
+            let check = check.clone();
+            app = app.route(
+                &format!("/readyz/{name}"),
+                get(move || async move {
+                    if check() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }),
+            );
+        }
+        let app = app.with_state(self);
         axum::serve(listener, app)
             .await
             .context("metrics and health server")

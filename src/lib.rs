@@ -18,3 +18,4 @@ pub mod dns;
 pub mod http;
 pub mod local;
 pub mod telemetry;
+pub mod webhook;

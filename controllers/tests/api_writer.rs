@@ -408,3 +408,51 @@ async fn a_pool_status_is_applied_to_the_cluster_scoped_ippool() {
         .collect();
     assert_eq!(types, ["Ready", "Conflict"]);
 }
+
+#[tokio::test]
+async fn a_cluster_ip_the_api_server_allocated_itself_is_adopted_with_an_event() {
+    use portico_controllers::clusterip::{ClusterIpController, Mode};
+    use portico_controllers::metrics::ClusterIpMetrics;
+    let net = portico_controllers::NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+    let mut index = ClusterIpController::new(&net, Mode::Audit, ClusterIpMetrics::default())
+        .unwrap()
+        .with_adoption_events(true);
+    index.reset(std::iter::empty());
+    let mut svc = mk_svc("default", "web");
+    svc.spec = Some(ServiceSpec {
+        cluster_ip: Some("10.96.44.4".into()),
+        cluster_ips: Some(vec!["10.96.44.4".into()]),
+        ..Default::default()
+    });
+    let writes = index.apply(&svc);
+    assert_eq!(writes.len(), 1);
+    let (writer, mut handle) = writer();
+    let server = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.expect("no request");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(
+            request.uri().to_string(),
+            "/apis/events.k8s.io/v1/namespaces/default/events?"
+        );
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        body
+    });
+    run(&writer, &writes[0]).await;
+    let body = server.await.unwrap();
+    assert_eq!(body["type"], "Normal");
+    assert_eq!(body["reason"], "ClusterIPAdopted");
+    assert_eq!(body["action"], "Adopt");
+    assert!(
+        body["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("ClusterIPs 10.96.44.4 were not handed out by Portico")
+    );
+    assert_eq!(body["regarding"]["name"], "web");
+}

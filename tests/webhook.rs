@@ -1,0 +1,300 @@
+//! The ClusterIP admission webhook: AdmissionReview fixtures in, JSON
+//! patches out; concurrent admissions; and the real HTTPS server on
+//! loopback with a test CA, including a certificate rotation.
+#![allow(clippy::unwrap_used)]
+
+use base64::Engine as _;
+use portico::webhook::{self, WebhookState};
+use portico_controllers::NetworkConfig;
+use portico_controllers::clusterip::{ClusterIpController, Mode};
+use portico_controllers::metrics::ClusterIpMetrics;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn state(leader: bool) -> WebhookState {
+    let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+    let mut index =
+        ClusterIpController::new(&net, Mode::Audit, ClusterIpMetrics::default()).unwrap();
+    index.reset(std::iter::empty());
+    WebhookState {
+        index: Arc::new(Mutex::new(index)),
+        leader: Arc::new(AtomicBool::new(leader)),
+        synced: Arc::new(AtomicBool::new(true)),
+        reserve_for: Duration::from_secs(30),
+    }
+}
+
+fn review_of(operation: &str, object: Value, old: Option<Value>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": { "group": "", "version": "v1", "kind": "Service" },
+            "resource": { "group": "", "version": "v1", "resource": "services" },
+            "requestKind": { "group": "", "version": "v1", "kind": "Service" },
+            "requestResource": { "group": "", "version": "v1", "resource": "services" },
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "operation": operation,
+            "userInfo": { "username": "admin" },
+            "object": object,
+            "oldObject": old,
+            "dryRun": false
+        }
+    }))
+    .unwrap()
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name, "namespace": "default" }, "spec": spec })
+}
+
+/// The response, and its decoded JSON patch (if any).
+fn answer(state: &WebhookState, body: &[u8]) -> (Value, Option<Value>) {
+    let out = webhook::review(state, body).unwrap();
+    let response = out["response"].clone();
+    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert!(
+        response["patch"].is_null() || response["patch"].is_string(),
+        "the API server reads a base64 string"
+    );
+    let patch = response["patch"].as_str().map(|p| {
+        assert_eq!(response["patchType"], "JSONPatch");
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(p).unwrap())
+            .unwrap()
+    });
+    (response, patch)
+}
+
+#[test]
+fn a_new_service_gets_its_cluster_ip_as_a_json_patch() {
+    let s = state(true);
+    let (response, patch) = answer(
+        &s,
+        &review_of(
+            "CREATE",
+            service("web", json!({ "ports": [{ "port": 80 }] })),
+            None,
+        ),
+    );
+    assert_eq!(response["allowed"], true);
+    let patch = patch.unwrap();
+    let ip = patch[0]["value"].as_str().unwrap().to_owned();
+    assert!(
+        "10.96.0.0/12"
+            .parse::<ipnet::IpNet>()
+            .unwrap()
+            .contains(&ip.parse::<std::net::IpAddr>().unwrap())
+    );
+    assert_eq!(
+        patch,
+        json!([
+            { "op": "add", "path": "/spec/clusterIP", "value": ip },
+            { "op": "add", "path": "/spec/clusterIPs", "value": [ip] },
+            { "op": "add", "path": "/spec/ipFamilies", "value": ["IPv4"] },
+            { "op": "add", "path": "/spec/ipFamilyPolicy", "value": "SingleStack" },
+        ])
+    );
+}
+
+#[test]
+fn requested_headless_and_external_name_services_are_left_alone() {
+    let s = state(true);
+    for spec in [
+        json!({ "clusterIP": "10.96.0.10", "ports": [{ "port": 53 }] }),
+        json!({ "clusterIP": "None", "selector": { "app": "db" } }),
+        json!({ "type": "ExternalName", "externalName": "github.com" }),
+    ] {
+        let (response, patch) = answer(&s, &review_of("CREATE", service("x", spec.clone()), None));
+        assert_eq!(response["allowed"], true, "{spec}");
+        assert!(patch.is_none(), "{spec}");
+    }
+}
+
+#[test]
+fn an_external_name_service_turning_into_a_cluster_ip_service_gets_an_address() {
+    let s = state(true);
+    let old = service(
+        "ext",
+        json!({ "type": "ExternalName", "externalName": "github.com" }),
+    );
+    let new = service(
+        "ext",
+        json!({ "type": "ClusterIP", "ports": [{ "port": 443 }] }),
+    );
+    let (_, patch) = answer(&s, &review_of("UPDATE", new.clone(), Some(old)));
+    assert_eq!(patch.unwrap()[1]["path"], "/spec/clusterIPs");
+    // Other updates are left alone.
+    let (_, patch) = answer(&s, &review_of("UPDATE", new.clone(), Some(new)));
+    assert!(patch.is_none());
+}
+
+#[test]
+fn a_replica_that_is_not_the_leader_lets_the_api_server_allocate() {
+    let s = state(false);
+    let (response, patch) = answer(
+        &s,
+        &review_of(
+            "CREATE",
+            service("web", json!({ "ports": [{ "port": 80 }] })),
+            None,
+        ),
+    );
+    assert_eq!(response["allowed"], true);
+    assert!(patch.is_none());
+}
+
+#[test]
+fn concurrent_admissions_never_get_the_same_address() {
+    let s = state(true);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| {
+                        let (_, patch) = answer(
+                            &s,
+                            &review_of(
+                                "CREATE",
+                                service(&format!("s{t}-{i}"), json!({ "ports": [{ "port": 80 }] })),
+                                None,
+                            ),
+                        );
+                        patch.unwrap()[0]["value"].as_str().unwrap().to_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 200);
+}
+
+// ---- HTTPS -----------------------------------------------------------------
+
+struct Pki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki() -> Pki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// One HTTPS POST to the webhook, trusting only `ca_pem`.
+async fn post(addr: std::net::SocketAddr, ca_pem: &str, body: &[u8]) -> anyhow::Result<Value> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(
+        ca_pem.as_bytes(),
+    )?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1")?.to_owned(),
+            tcp,
+        )
+        .await?;
+    let head = format!(
+        "POST /mutate-services HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body).await?;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8(raw)?;
+    let (status, rest) = text.split_once("\r\n").unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "{status}");
+    let body = rest
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok(serde_json::from_str(body)?)
+}
+
+#[tokio::test]
+async fn the_webhook_answers_over_https_and_picks_up_a_new_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let first = pki();
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &first.key_pem).unwrap();
+    let tls = Arc::new(webhook::Tls::load(&cert, &key).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = webhook::router(state(true));
+    let server = tokio::spawn(webhook::serve(
+        listener,
+        tls,
+        app,
+        Duration::from_millis(50),
+        std::future::pending(),
+    ));
+
+    let body = review_of(
+        "CREATE",
+        service("web", json!({ "ports": [{ "port": 80 }] })),
+        None,
+    );
+    let out = post(addr, &first.ca_pem, &body).await.unwrap();
+    assert_eq!(out["kind"], "AdmissionReview");
+    assert_eq!(out["response"]["allowed"], true);
+    assert_eq!(out["response"]["patchType"], "JSONPatch");
+
+    // Rotate: a certificate from another CA; new connections use it.
+    let second = pki();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    std::fs::write(&key, &second.key_pem).unwrap();
+    let body = review_of(
+        "CREATE",
+        service("api", json!({ "ports": [{ "port": 80 }] })),
+        None,
+    );
+    let mut rotated = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if post(addr, &second.ca_pem, &body).await.is_ok() {
+            rotated = true;
+            break;
+        }
+    }
+    assert!(rotated, "the new certificate was never served");
+    assert!(
+        post(addr, &first.ca_pem, &body).await.is_err(),
+        "the old CA no longer verifies"
+    );
+    server.abort();
+}
