@@ -142,6 +142,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         "1 when this replica holds the controller Lease and writes",
         leader_gauge.clone(),
     );
+    let webhook_metrics = webhook::WebhookMetrics::default();
+    webhook_metrics.register(&mut registry);
     let webhook_leader = Arc::new(AtomicBool::new(false));
     let webhook_synced = Arc::new(AtomicBool::new(false));
     let (l, s) = (webhook_leader.clone(), webhook_synced.clone());
@@ -256,6 +258,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         leader: webhook_leader,
         synced: webhook_synced,
         reserve_for: args.webhook.webhook_reservation,
+        metrics: webhook_metrics,
     };
     if let Some(addr) = args.webhook.webhook_listen {
         let tls = Arc::new(webhook::Tls::load(

@@ -51,6 +51,59 @@ pub fn lock(index: &SharedIndex) -> MutexGuard<'_, ClusterIpController> {
     index.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Labels `result` of `portico_webhook_admissions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct AdmissionResult {
+    /// `assigned`, `left`, `refused`, `not-leader` or `invalid`.
+    pub result: &'static str,
+}
+
+/// Metrics of the webhook. Cheap to clone; clones share values.
+#[derive(Clone, Debug)]
+pub struct WebhookMetrics {
+    /// Admissions by result.
+    pub admissions: prometheus_client::metrics::family::Family<
+        AdmissionResult,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Time to choose a Service's addresses.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        WebhookMetrics {
+            admissions: Default::default(),
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_01, 4.0, 10),
+            ),
+        }
+    }
+}
+
+impl WebhookMetrics {
+    /// Registers `portico_webhook_*`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "portico_webhook_admissions",
+            "Service admissions by result",
+            self.admissions.clone(),
+        );
+        registry.register_with_unit(
+            "portico_webhook_allocation_duration",
+            "Time to choose a new Service's ClusterIPs",
+            prometheus_client::registry::Unit::Seconds,
+            self.latency.clone(),
+        );
+    }
+
+    fn count(&self, result: &'static str) {
+        self.admissions
+            .get_or_create(&AdmissionResult { result })
+            .inc();
+    }
+}
+
 /// What the webhook needs.
 #[derive(Clone)]
 pub struct WebhookState {
@@ -63,6 +116,8 @@ pub struct WebhookState {
     /// How long an answered address stays reserved for a Service that does
     /// not show up.
     pub reserve_for: Duration,
+    /// Its metrics.
+    pub metrics: WebhookMetrics,
 }
 
 impl WebhookState {
@@ -86,9 +141,20 @@ pub fn review(state: &WebhookState, body: &[u8]) -> anyhow::Result<Value> {
     if !state.serving() {
         // Not the leader (or not synced): the API server allocates, the
         // leader's reconciler adopts.
+        state.metrics.count("not-leader");
         return Ok(serde_json::to_value(response.into_review())?);
     }
+    let started = std::time::Instant::now();
     let admission = lock(&state.index).admit(svc, state.reserve_for);
+    state
+        .metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
+    state.metrics.count(match &admission {
+        Admission::Leave => "left",
+        Admission::Refuse(_) => "refused",
+        Admission::Assign { .. } => "assigned",
+    });
     let response = match admission {
         Admission::Leave => response,
         Admission::Refuse(problem) => response.deny(problem.to_string()),
@@ -162,6 +228,7 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> impl IntoResp
             v.to_string(),
         ),
         Err(e) => {
+            state.metrics.count("invalid");
             tracing::warn!(error = %format!("{e:#}"), "bad AdmissionReview");
             (
                 StatusCode::BAD_REQUEST,

@@ -24,6 +24,7 @@ fn state(leader: bool) -> WebhookState {
         leader: Arc::new(AtomicBool::new(leader)),
         synced: Arc::new(AtomicBool::new(true)),
         reserve_for: Duration::from_secs(30),
+        metrics: Default::default(),
     }
 }
 
@@ -89,6 +90,13 @@ fn a_new_service_gets_its_cluster_ip_as_a_json_patch() {
             .parse::<ipnet::IpNet>()
             .unwrap()
             .contains(&ip.parse::<std::net::IpAddr>().unwrap())
+    );
+    assert_eq!(
+        s.metrics
+            .admissions
+            .get_or_create(&webhook::AdmissionResult { result: "assigned" })
+            .get(),
+        1
     );
     assert_eq!(
         patch,
