@@ -62,6 +62,25 @@ async fn expect_request(
     body
 }
 
+/// Answers one Event creation in `default` (echoing it, as the API server
+/// does) and returns its body.
+async fn expect_event(handle: &mut ApiHandle) -> Value {
+    let (request, send) = handle.next_request().await.expect("no request");
+    assert_eq!(request.method(), Method::POST);
+    assert_eq!(
+        request.uri().to_string(),
+        "/apis/events.k8s.io/v1/namespaces/default/events?"
+    );
+    let body: Value =
+        serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
 async fn run(writer: &ApiWriter, write: &Write) {
     tokio::time::timeout(Duration::from_secs(1), writer.write(write))
         .await
@@ -134,22 +153,7 @@ async fn a_duplicate_cluster_ip_is_reported_as_a_warning_event_on_the_service() 
         "Audit",
         "clusterIP 10.96.5.5 is already held by Service default/a",
     );
-    let server = tokio::spawn(async move {
-        let (request, send) = handle.next_request().await.expect("no request");
-        assert_eq!(request.method(), Method::POST);
-        assert_eq!(
-            request.uri().to_string(),
-            "/apis/events.k8s.io/v1/namespaces/default/events?"
-        );
-        let body: Value =
-            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
-        send.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
-        body
-    });
+    let server = tokio::spawn(async move { expect_event(&mut handle).await });
     run(&writer, &write).await;
     let body = server.await.unwrap();
     assert_eq!(body["type"], "Warning");
@@ -427,22 +431,7 @@ async fn a_cluster_ip_the_api_server_allocated_itself_is_adopted_with_an_event()
     let writes = index.apply(&svc);
     assert_eq!(writes.len(), 1);
     let (writer, mut handle) = writer();
-    let server = tokio::spawn(async move {
-        let (request, send) = handle.next_request().await.expect("no request");
-        assert_eq!(request.method(), Method::POST);
-        assert_eq!(
-            request.uri().to_string(),
-            "/apis/events.k8s.io/v1/namespaces/default/events?"
-        );
-        let body: Value =
-            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
-        send.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
-        body
-    });
+    let server = tokio::spawn(async move { expect_event(&mut handle).await });
     run(&writer, &writes[0]).await;
     let body = server.await.unwrap();
     assert_eq!(body["type"], "Normal");
