@@ -22,6 +22,7 @@ use crate::http::Health;
 use crate::webhook::{self, SharedIndex, WebhookState, lock};
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::networking::v1::IPAddress;
 use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -54,6 +55,7 @@ enum Change {
     Slice(watcher::Event<EndpointSlice>),
     Pool(Box<watcher::Event<IPPool>>),
     Range(Box<watcher::Event<ClusterIPRange>>),
+    IpAddress(Box<watcher::Event<IPAddress>>),
     Namespace(watcher::Event<PartialObjectMeta<Namespace>>),
 }
 
@@ -193,6 +195,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let writer = ApiWriter::new(client.clone(), Some(identity));
     let (store, store_writer) = reflector::store::<Service>();
     let managed = format!("{}={ENDPOINTSLICE_MANAGER}", labels::MANAGED_BY);
+    // kube-apiserver's IPAddress objects (KEP-1880), where the cluster has them.
+    let has_ip_addresses = client
+        .list_api_group_resources("networking.k8s.io/v1")
+        .await
+        .map(|l| l.resources.iter().any(|r| r.name == "ipaddresses"))
+        .unwrap_or(false);
     let mut changes = futures::stream::select_all([
         reflector(
             store_writer,
@@ -237,7 +245,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .map_ok(|e| Change::Range(Box::new(e)))
         .boxed(),
         watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client),
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -245,6 +253,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .boxed(),
     ]);
 
+    if has_ip_addresses {
+        changes.push(
+            watcher(
+                Api::<IPAddress>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .map_ok(|e| Change::IpAddress(Box::new(e)))
+            .boxed(),
+        );
+    } else {
+        tracing::info!(
+            "the cluster has no networking.k8s.io/v1 IPAddress objects; Services are the only record of ClusterIPs"
+        );
+    }
+    let mut ip_addresses: Relist<IPAddress> = Relist::default();
     let new_index = || -> anyhow::Result<ClusterIpController> {
         Ok(
             ClusterIpController::new(&net, Mode::Audit, clusterip_metrics.clone())?
@@ -401,6 +425,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                         }
                         Vec::new()
                     }
+                    Ok(Some(Change::IpAddress(ev))) => {
+                        match ip_addresses.feed(*ev) {
+                            Some(Fed::Reset(all)) => lock(&clusterip).reset_ip_addresses(all.iter()),
+                            Some(Fed::Apply(o)) => lock(&clusterip).apply_ip_address(&o),
+                            Some(Fed::Delete(o)) => lock(&clusterip).delete_ip_address(&o),
+                            None => {}
+                        }
+                        Vec::new()
+                    }
                     Ok(Some(Change::Range(ev))) => match cluster_ranges.feed(*ev) {
                         Some(Fed::Reset(all)) => lock(&clusterip).reset_ranges(all.iter()),
                         Some(Fed::Apply(r)) => lock(&clusterip).apply_range(&r),
@@ -436,7 +469,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             && pools.synced
             && namespaces.synced;
         webhook.synced.store(
-            services.synced && cluster_ranges.synced && namespaces.synced,
+            services.synced
+                && cluster_ranges.synced
+                && namespaces.synced
+                && (ip_addresses.synced || !has_ip_addresses),
             Ordering::Relaxed,
         );
         if all_synced {

@@ -37,6 +37,7 @@ use crate::network::{NetworkConfig, family_of_net};
 use crate::write::Write;
 use crate::{Error, Result};
 use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::IPAddress;
 use portico_crds::ClusterIPRange;
 use portico_crds::names::{CONDITION_CLUSTER_IP_ALLOCATED, KUBERNETES_SERVICE, reasons};
 use portico_ipam::{AllocError, Family, Pool, PoolOptions, Usage};
@@ -177,6 +178,10 @@ pub struct ClusterIpController {
     /// Report Services whose addresses Portico did not hand out (the
     /// webhook is on, so those come from kube-apiserver or a request).
     report_adoptions: bool,
+    /// kube-apiserver's IPAddress objects (KEP-1880): each allocated
+    /// ClusterIP and the Service it is for, which may not be in the watch
+    /// yet. Those addresses are never handed out to anyone else.
+    recorded: HashMap<IpAddr, Key>,
 }
 
 /// What the admission webhook answers for a Service being created.
@@ -215,6 +220,7 @@ impl ClusterIpController {
             sub: ranges::SubRanges::default(),
             pending: HashMap::new(),
             report_adoptions: false,
+            recorded: HashMap::new(),
         };
         for cidr in &net.service_ranges {
             let pool =
@@ -301,12 +307,14 @@ impl ClusterIpController {
             if i == adopting {
                 self.remark_quarantine();
                 self.reclaim_pending();
+                self.remark_recorded();
             }
             let previous = reported.get(&Key::of(svc)).cloned().unwrap_or_default();
             writes.extend(self.evaluate(svc, Vec::new(), &previous));
         }
         self.remark_quarantine();
         self.reclaim_pending();
+        self.remark_recorded();
         writes.extend(self.sub.writes());
         self.publish_metrics();
         writes
@@ -430,6 +438,68 @@ impl ClusterIpController {
             .insert(key, ((self.clock)() + reserve_for, got.clone()));
         self.publish_metrics();
         Admission::Assign { ips: got, policy }
+    }
+
+    /// Replaces every `networking.k8s.io/v1` IPAddress (a relist).
+    pub fn reset_ip_addresses<'a>(&mut self, objects: impl IntoIterator<Item = &'a IPAddress>) {
+        let old: Vec<IpAddr> = self.recorded.keys().copied().collect();
+        self.recorded = objects.into_iter().filter_map(recorded_service).collect();
+        for ip in old {
+            if !self.recorded.contains_key(&ip) {
+                self.free_if_unused(ip);
+            }
+        }
+        self.remark_recorded();
+    }
+
+    /// An IPAddress was added or changed.
+    pub fn apply_ip_address(&mut self, object: &IPAddress) {
+        if let Some((ip, key)) = recorded_service(object) {
+            self.recorded.insert(ip, key);
+            self.remark_recorded();
+        }
+    }
+
+    /// An IPAddress was deleted.
+    pub fn delete_ip_address(&mut self, object: &IPAddress) {
+        if let Some((ip, _)) = recorded_service(object)
+            && self.recorded.remove(&ip).is_some()
+        {
+            self.free_if_unused(ip);
+        }
+    }
+
+    /// Whether the address is marked taken in its range.
+    fn pool_has(&self, ip: IpAddr) -> bool {
+        self.ranges
+            .iter()
+            .any(|r| r.cidr.contains(&ip) && r.pool.is_allocated(ip))
+    }
+
+    /// Frees an address no Service holds and nothing keeps taken.
+    fn free_if_unused(&mut self, ip: IpAddr) {
+        let kept = self.holders.contains_key(&ip)
+            || self.quarantine.contains_key(&ip)
+            || self.sub.parked.contains(&ip)
+            || self.pending.values().any(|(_, ips)| ips.contains(&ip));
+        if !kept {
+            self.sub.release(ip);
+            if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(&ip)) {
+                r.pool.release(ip);
+            }
+        }
+    }
+
+    /// Marks the recorded addresses no Service holds yet as taken.
+    fn remark_recorded(&mut self) {
+        for ip in self.recorded.keys() {
+            if !self.holders.contains_key(ip)
+                && let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(ip))
+            {
+                let _ = r.pool.allocate_ip(*ip);
+                self.sub.mark(*ip);
+            }
+        }
     }
 
     /// Services admitted and not seen yet.
@@ -640,6 +710,10 @@ impl ClusterIpController {
     fn release_all(&mut self, ips: &[IpAddr]) -> bool {
         for ip in ips {
             self.holders.remove(ip);
+            if self.recorded.contains_key(ip) {
+                // kube-apiserver still records it: it stays taken.
+                continue;
+            }
             self.sub.release(*ip);
             if let Some(r) = self.ranges.iter_mut().find(|r| r.cidr.contains(ip)) {
                 r.pool.release(*ip);
@@ -866,6 +940,21 @@ impl ClusterIpController {
     fn claim(&mut self, ip: IpAddr, key: &Key, allow_reserved: bool) -> Result<(), Problem> {
         // Quarantine keeps addresses from dynamic allocation only: asking
         // for one by name (or the API server handing it out) takes it.
+        if !self.holders.contains_key(&ip)
+            && let Some(owner) = self.recorded.get(&ip)
+        {
+            if owner != key {
+                return Err(Problem::Duplicate {
+                    ip,
+                    holder: owner.clone(),
+                });
+            }
+            if self.pool_has(ip) {
+                self.holders.insert(ip, key.clone());
+                self.sub.mark(ip);
+                return Ok(());
+            }
+        }
         if !self.holders.contains_key(&ip)
             && (self.quarantine.remove(&ip).is_some() || self.sub.parked.remove(&ip))
         {
@@ -1153,6 +1242,22 @@ fn condition_writes(svc: &Service, problem: Option<&Problem>, was_blocked: bool)
         svc,
         json!({ "conditions": [condition_json(svc, status, reason, &message)] }),
     )]
+}
+
+/// The address and Service an IPAddress object records (its name is the
+/// address; its parent the Service).
+fn recorded_service(object: &IPAddress) -> Option<(IpAddr, Key)> {
+    let ip: IpAddr = object.metadata.name.as_deref()?.parse().ok()?;
+    let parent = &object.spec.as_ref()?.parent_ref;
+    (parent.resource == "services").then(|| {
+        (
+            ip,
+            Key::new(
+                parent.namespace.clone().unwrap_or_default(),
+                parent.name.clone(),
+            ),
+        )
+    })
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, Problem> {

@@ -859,3 +859,62 @@ fn a_service_the_api_server_allocated_itself_is_adopted_with_an_event() {
     );
     assert!(c.apply(&svc).is_empty(), "once");
 }
+
+fn ip_address(ip: &str, ns: &str, svc: &str) -> k8s_openapi::api::networking::v1::IPAddress {
+    k8s_openapi::api::networking::v1::IPAddress {
+        metadata: ObjectMeta {
+            name: Some(ip.into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::networking::v1::IPAddressSpec {
+            parent_ref: k8s_openapi::api::networking::v1::ParentReference {
+                group: Some(String::new()),
+                resource: "services".into(),
+                namespace: Some(ns.into()),
+                name: svc.into(),
+            },
+        }),
+    }
+}
+
+#[test]
+fn a_new_leader_never_hands_out_an_address_the_api_server_recorded() {
+    // A /28: 13 addresses. The API server recorded 12 of them for Services
+    // this replica has not seen in its watch yet.
+    let clock = FakeClock::new();
+    let mut c = webhook_index("10.96.0.0/28", &clock);
+    let recorded: Vec<_> = (2..14)
+        .map(|i| ip_address(&format!("10.96.0.{i}"), "default", &format!("x{i}")))
+        .collect();
+    c.reset_ip_addresses(recorded.iter());
+    c.reset(std::iter::empty());
+    assert_eq!(
+        assigned(c.admit(&mk_svc("default", "new"), Duration::from_secs(30))),
+        ["10.96.0.14"]
+    );
+    assert!(matches!(
+        c.admit(&mk_svc("default", "late"), Duration::from_secs(30)),
+        Admission::Refuse(_)
+    ));
+    // The recorded Services show up: they hold their addresses, no problem.
+    let x2 = requesting(mk_svc("default", "x2"), &["10.96.0.2"]);
+    let writes = c.apply(&x2);
+    assert!(
+        events(&writes).iter().all(|e| e.1 == "ClusterIPAdopted"),
+        "{writes:?}"
+    );
+    assert_eq!(c.holder(ip("10.96.0.2")), Some(&Key::new("default", "x2")));
+    // Another Service claiming a recorded address is a duplicate.
+    let thief = requesting(mk_svc("default", "thief"), &["10.96.0.3"]);
+    assert!(
+        events(&c.apply(&thief))
+            .iter()
+            .any(|e| e.1 == "DuplicateClusterIP")
+    );
+    // The API server forgets an address (its Service is gone): free again.
+    c.delete_ip_address(&ip_address("10.96.0.5", "default", "x5"));
+    assert_eq!(
+        assigned(c.admit(&mk_svc("default", "later"), Duration::from_secs(30))),
+        ["10.96.0.5"]
+    );
+}
