@@ -72,7 +72,6 @@ impl Changes {
 }
 
 type SliceKey = (String, String);
-type PodKey = (Arc<str>, Box<str>);
 
 /// The catalog. See the crate documentation.
 #[derive(Debug, Default)]
@@ -81,7 +80,8 @@ pub struct Catalog {
     slices: HashMap<SliceKey, SliceInfo>,
     slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
     endpoints: HashMap<ServiceKey, Arc<[Endpoint]>>,
-    pods: HashMap<PodKey, Box<[IpAddr]>>,
+    /// Pods by `namespace/name` (one allocation per pod).
+    pods: HashMap<Box<str>, PodIps>,
     pod_addresses: HashMap<Arc<str>, HashMap<IpAddr, u32>>,
     namespaces: HashSet<Arc<str>>,
     changes: Changes,
@@ -304,17 +304,16 @@ impl Catalog {
 
     /// A Pod was added or changed: only its addresses matter.
     pub fn apply_pod(&mut self, pod: &Pod) {
-        let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
-        let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
-        let ips: Box<[IpAddr]> = pod_ips(pod).into();
-        let key = (ns, name);
-        if self.pods.get(&key) == Some(&ips) {
+        let key = pod_key(pod);
+        let ips = PodIps::of(&pod_ips(pod));
+        if self.pods.get(&key) == ips.as_ref() {
             return;
         }
-        self.remove_pod(&key);
-        if !ips.is_empty() {
-            for ip in ips.iter() {
-                self.add_pod_address(&key.0, *ip);
+        let ns = self.intern(namespace_part(&key));
+        self.remove_pod(&key, &ns);
+        if let Some(ips) = ips {
+            for ip in ips.as_slice() {
+                self.add_pod_address(&ns, *ip);
             }
             self.pods.insert(key, ips);
         }
@@ -322,9 +321,9 @@ impl Catalog {
 
     /// A Pod was deleted.
     pub fn delete_pod(&mut self, pod: &Pod) {
-        let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
-        let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
-        self.remove_pod(&(ns, name));
+        let key = pod_key(pod);
+        let ns = self.intern(namespace_part(&key));
+        self.remove_pod(&key, &ns);
     }
 
     /// Replaces every Pod (a relist); reports the addresses that differ.
@@ -332,12 +331,12 @@ impl Catalog {
         let before = std::mem::take(&mut self.pod_addresses);
         self.pods.clear();
         for pod in pods {
-            let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
-            let ips: Box<[IpAddr]> = pod_ips(pod).into();
-            if ips.is_empty() {
+            let Some(ips) = PodIps::of(&pod_ips(pod)) else {
                 continue;
-            }
-            for ip in ips.iter() {
+            };
+            let key = pod_key(pod);
+            let ns = self.intern(namespace_part(&key));
+            for ip in ips.as_slice() {
                 *self
                     .pod_addresses
                     .entry(ns.clone())
@@ -345,8 +344,7 @@ impl Catalog {
                     .entry(*ip)
                     .or_default() += 1;
             }
-            let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
-            self.pods.insert((ns, name), ips);
+            self.pods.insert(key, ips);
         }
         for (ns, old) in &before {
             let new = self.pod_addresses.get(ns);
@@ -372,10 +370,10 @@ impl Catalog {
         }
     }
 
-    fn remove_pod(&mut self, key: &PodKey) {
+    fn remove_pod(&mut self, key: &str, ns: &Arc<str>) {
         if let Some(ips) = self.pods.remove(key) {
-            for ip in ips.iter() {
-                self.remove_pod_address(&key.0, *ip);
+            for ip in ips.as_slice() {
+                self.remove_pod_address(ns, *ip);
             }
         }
     }
@@ -435,6 +433,42 @@ impl Catalog {
         }
         out
     }
+}
+
+/// A pod's addresses, inline: a pod has at most one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PodIps {
+    ips: [IpAddr; 2],
+    len: u8,
+}
+
+impl PodIps {
+    fn of(ips: &[IpAddr]) -> Option<Self> {
+        let first = *ips.first()?;
+        let second = ips.get(1).copied();
+        Some(PodIps {
+            ips: [first, second.unwrap_or(first)],
+            len: if second.is_some() { 2 } else { 1 },
+        })
+    }
+
+    fn as_slice(&self) -> &[IpAddr] {
+        &self.ips[..self.len as usize]
+    }
+}
+
+/// `namespace/name` of a pod (neither may contain a slash).
+fn pod_key(pod: &Pod) -> Box<str> {
+    format!(
+        "{}/{}",
+        namespace_of(pod.metadata.namespace.as_deref()),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+    .into()
+}
+
+fn namespace_part(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(ns, _)| ns)
 }
 
 fn slice_key(slice: &EndpointSlice) -> SliceKey {

@@ -255,7 +255,7 @@ pub(crate) fn answer(
     {
         let mut w = Writer::start(out, req, &p);
         if let Some(set) = node.rrset(rtype::PTR) {
-            w.push(0, &set.records, set.count);
+            w.push(0, set.records(), set.count);
         }
         return reply(metrics, w, rcode::NOERROR, true, &p);
     }
@@ -339,12 +339,12 @@ fn node_answer(
     p: &Parsed,
     node: &Node,
 ) -> Outcome {
-    if let Some(target) = &node.cname
+    if let Some(target) = node.cname()
         && p.qtype != rtype::CNAME
         && p.qtype != rtype::ANY
     {
         if let Some(set) = node.rrset(rtype::CNAME) {
-            w.push(0, &set.records, set.count);
+            w.push(0, set.records(), set.count);
         }
         return chase(snap, metrics, w, p, target);
     }
@@ -352,9 +352,9 @@ fn node_answer(
     let mut n_extra = 0;
     for set in node.rrsets.iter() {
         if set.rtype == p.qtype || p.qtype == rtype::ANY {
-            w.push(0, &set.records, set.count);
+            w.push(0, set.records(), set.count);
             if set.extra_count > 0 && n_extra < extra.len() {
-                extra[n_extra] = Some((&set.extra, set.extra_count));
+                extra[n_extra] = Some((set.extra(), set.extra_count));
                 n_extra += 1;
             }
         }
@@ -395,10 +395,10 @@ fn chase(
         };
         owned.clear();
         let mut count = 0;
-        let next = node.cname.as_deref().filter(|_| p.qtype != rtype::CNAME);
+        let next = node.cname().filter(|_| p.qtype != rtype::CNAME);
         for set in node.rrsets.iter() {
             if set.rtype == p.qtype || (next.is_some() && set.rtype == rtype::CNAME) {
-                count += wire::reown(&set.records, target, &mut owned);
+                count += wire::reown(set.records(), target, &mut owned);
             }
         }
         w.push(0, &owned, count);

@@ -20,32 +20,60 @@ use crate::config::PodsMode;
 use crate::records::{self, Built};
 use crate::wire::{self, Owner, rtype};
 use portico_catalog::{Catalog, Changes, ServiceKey};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 type Hasher = foldhash::fast::RandomState;
 type Ptr = imbl::shared_ptr::DefaultSharedPtr;
-pub(crate) type NameMap = imbl::GenericHashMap<Box<[u8]>, Arc<Node>, Hasher, Ptr>;
-pub(crate) type PtrMap = imbl::GenericHashMap<IpAddr, Arc<Node>, Hasher, Ptr>;
+/// A name in lowercase wire form, shared by the maps that hold it.
+pub(crate) type Name = Arc<[u8]>;
+/// Persistent hash tries (compact: branch arrays sized to their
+/// population), cloned in O(1) for each snapshot.
+pub(crate) type NameMap = rpds::HashTrieMap<Name, Arc<Node>, archery::ArcTK, Hasher>;
+pub(crate) type PtrMap = rpds::HashTrieMap<IpAddr, Arc<Node>, archery::ArcTK, Hasher>;
 pub(crate) type PodSet = imbl::GenericHashSet<IpAddr, Hasher, Ptr>;
 pub(crate) type PodMap = imbl::GenericHashMap<Arc<str>, PodSet, Hasher, Ptr>;
 
-/// The records of one type at one name, encoded.
+/// The records of one type at one name, encoded in one buffer: the
+/// records (each owned by [`Owner::Question`]), then the records for the
+/// additional section (SRV targets' addresses, with full owner names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rrset {
     /// Record type.
     pub(crate) rtype: u16,
-    /// Number of records in `records`.
+    /// Number of records.
     pub(crate) count: u16,
-    /// The records, each owned by [`Owner::Question`].
-    pub(crate) records: Box<[u8]>,
-    /// Number of records in `extra`.
+    /// Number of additional records.
     pub(crate) extra_count: u16,
-    /// Records for the additional section (SRV targets' addresses), with
-    /// full owner names.
-    pub(crate) extra: Box<[u8]>,
+    split: u32,
+    bytes: Box<[u8]>,
+}
+
+impl Rrset {
+    pub(crate) fn new(rtype: u16, count: u16, records: &[u8], extra_count: u16, extra: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(records.len() + extra.len());
+        bytes.extend_from_slice(records);
+        bytes.extend_from_slice(extra);
+        Rrset {
+            rtype,
+            count,
+            extra_count,
+            split: records.len() as u32,
+            bytes: bytes.into(),
+        }
+    }
+
+    /// The records.
+    pub(crate) fn records(&self) -> &[u8] {
+        &self.bytes[..self.split as usize]
+    }
+
+    /// The additional records.
+    pub(crate) fn extra(&self) -> &[u8] {
+        &self.bytes[self.split as usize..]
+    }
 }
 
 /// A name in the zone and its record sets (none: an empty non-terminal,
@@ -53,8 +81,6 @@ pub(crate) struct Rrset {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Node {
     pub(crate) rrsets: Box<[Rrset]>,
-    /// The target of this name's CNAME (lowercase wire), to chase.
-    pub(crate) cname: Option<Box<[u8]>>,
 }
 
 impl Node {
@@ -62,8 +88,14 @@ impl Node {
         self.rrsets.iter().find(|r| r.rtype == rtype)
     }
 
+    /// The target of this name's CNAME (lowercase wire), to chase.
+    pub(crate) fn cname(&self) -> Option<&[u8]> {
+        // Owner pointer, type, class, TTL, length: 12 bytes, then the target.
+        self.rrset(rtype::CNAME).and_then(|s| s.records().get(12..))
+    }
+
     fn is_empty(&self) -> bool {
-        self.rrsets.is_empty() && self.cname.is_none()
+        self.rrsets.is_empty()
     }
 }
 
@@ -147,8 +179,8 @@ impl Snapshot {
 
 #[derive(Debug, Default)]
 struct Owned {
-    names: Vec<Box<[u8]>>,
-    ptrs: Vec<(IpAddr, Box<[u8]>)>,
+    names: Vec<Name>,
+    ptrs: Vec<(IpAddr, Name)>,
 }
 
 /// The writer side of the index. See the module documentation.
@@ -159,11 +191,11 @@ pub(crate) struct IndexWriter {
     ptrs: PtrMap,
     pods: PodMap,
     /// Names below each name (for empty non-terminals).
-    refs: HashMap<Box<[u8]>, u32>,
+    refs: HashMap<Name, u32>,
     /// What each Service put in the index.
     owned: HashMap<ServiceKey, Owned>,
     /// PTR targets of each address, counted.
-    ptr_targets: HashMap<IpAddr, BTreeMap<Box<[u8]>, u32>>,
+    ptr_targets: HashMap<IpAddr, Vec<(Name, u32)>>,
 }
 
 impl IndexWriter {
@@ -171,8 +203,8 @@ impl IndexWriter {
         let mut w = IndexWriter {
             zone,
             synced: false,
-            names: NameMap::default(),
-            ptrs: PtrMap::default(),
+            names: NameMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            ptrs: PtrMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             pods: PodMap::default(),
             refs: HashMap::new(),
             owned: HashMap::new(),
@@ -195,22 +227,15 @@ impl IndexWriter {
                 &wire::txt_rdata("1.1.0"),
             );
             let node = Node {
-                rrsets: Box::new([Rrset {
-                    rtype: rtype::TXT,
-                    count: 1,
-                    records: records.into(),
-                    extra_count: 0,
-                    extra: Box::new([]),
-                }]),
-                cname: None,
+                rrsets: Box::new([Rrset::new(rtype::TXT, 1, &records, 0, &[])]),
             };
             self.insert_name(name.into(), Arc::new(node));
         }
         // svc.<zone> always exists.
         if let Some(svc) = wire::name_under(&["svc"], &apex) {
-            let svc: Box<[u8]> = svc.into();
+            let svc: Name = svc.into();
             *self.refs.entry(svc.clone()).or_default() += 1;
-            self.names.insert(svc, EMPTY.clone());
+            self.names.insert_mut(svc, EMPTY.clone());
         }
     }
 
@@ -275,20 +300,28 @@ impl IndexWriter {
             records::service_records(&self.zone, info, catalog.endpoints(key));
         let mut owned = Owned::default();
         for (name, node) in nodes {
-            let name: Box<[u8]> = name.into();
+            let name: Name = name.into();
             self.insert_name(name.clone(), Arc::new(node));
             owned.names.push(name);
         }
         for (ip, target) in ptrs {
-            let target: Box<[u8]> = target.into();
+            // Share the name with the node it points at, when it has one.
+            let target: Name = owned
+                .names
+                .iter()
+                .find(|n| ***n == *target)
+                .cloned()
+                .unwrap_or_else(|| target.into());
             self.add_ptr(ip, target.clone());
             owned.ptrs.push((ip, target));
         }
+        owned.names.shrink_to_fit();
+        owned.ptrs.shrink_to_fit();
         self.owned.insert(key.clone(), owned);
     }
 
-    /// The proper ancestors of `name` below the apex.
-    fn ancestors(&self, name: &[u8]) -> Vec<Box<[u8]>> {
+    /// The proper ancestors of `name` below the apex (start offsets).
+    fn ancestors(&self, name: &[u8]) -> Vec<usize> {
         let apex_len = self.zone.apex.len();
         let mut out = Vec::new();
         let mut i = 0;
@@ -297,58 +330,70 @@ impl IndexWriter {
             if name.len().saturating_sub(i) <= apex_len {
                 break;
             }
-            out.push(name[i..].into());
+            out.push(i);
         }
         out
     }
 
-    fn insert_name(&mut self, name: Box<[u8]>, node: Arc<Node>) {
-        for a in self.ancestors(&name) {
-            let r = self.refs.entry(a.clone()).or_default();
-            *r += 1;
-            if *r == 1 && !self.names.contains_key(&a) {
-                self.names.insert(a, EMPTY.clone());
+    fn insert_name(&mut self, name: Name, node: Arc<Node>) {
+        for i in self.ancestors(&name) {
+            let a = &name[i..];
+            if let Some(r) = self.refs.get_mut(a) {
+                *r += 1;
+                continue;
             }
+            let key: Name = match self.names.get_key_value(a) {
+                Some((k, _)) => k.clone(),
+                None => {
+                    let k: Name = a.into();
+                    self.names.insert_mut(k.clone(), EMPTY.clone());
+                    k
+                }
+            };
+            self.refs.insert(key, 1);
         }
-        self.names.insert(name, node);
+        self.names.insert_mut(name, node);
     }
 
-    fn remove_name(&mut self, name: &[u8]) {
-        if self.refs.get(name).copied().unwrap_or(0) > 0 {
-            self.names.insert(name.into(), EMPTY.clone());
+    fn remove_name(&mut self, name: &Name) {
+        if self.refs.get(&name[..]).copied().unwrap_or(0) > 0 {
+            self.names.insert_mut(name.clone(), EMPTY.clone());
         } else {
-            self.names.remove(name);
+            self.names.remove_mut(&name[..]);
         }
-        for a in self.ancestors(name) {
-            let Some(r) = self.refs.get_mut(&a) else {
+        for i in self.ancestors(name) {
+            let a = &name[i..];
+            let Some(r) = self.refs.get_mut(a) else {
                 continue;
             };
             *r -= 1;
             if *r == 0 {
-                self.refs.remove(&a);
-                if self.names.get(&a).is_some_and(|n| n.is_empty()) {
-                    self.names.remove(&a);
+                self.refs.remove(a);
+                if self.names.get(a).is_some_and(|n| n.is_empty()) {
+                    self.names.remove_mut(a);
                 }
             }
         }
     }
 
-    fn add_ptr(&mut self, ip: IpAddr, target: Box<[u8]>) {
-        *self
-            .ptr_targets
-            .entry(ip)
-            .or_default()
-            .entry(target)
-            .or_default() += 1;
+    fn add_ptr(&mut self, ip: IpAddr, target: Name) {
+        let targets = self.ptr_targets.entry(ip).or_default();
+        match targets.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, c)) => *c += 1,
+            None => {
+                targets.push((target, 1));
+                targets.sort();
+            }
+        }
         self.rebuild_ptr(ip);
     }
 
     fn remove_ptr(&mut self, ip: IpAddr, target: &[u8]) {
         if let Some(targets) = self.ptr_targets.get_mut(&ip) {
-            if let Some(c) = targets.get_mut(target) {
-                *c -= 1;
-                if *c == 0 {
-                    targets.remove(target);
+            if let Some(i) = targets.iter().position(|(t, _)| **t == *target) {
+                targets[i].1 -= 1;
+                if targets[i].1 == 0 {
+                    targets.remove(i);
                 }
             }
             if targets.is_empty() {
@@ -361,24 +406,18 @@ impl IndexWriter {
     fn rebuild_ptr(&mut self, ip: IpAddr) {
         match self.ptr_targets.get(&ip) {
             None => {
-                self.ptrs.remove(&ip);
+                self.ptrs.remove_mut(&ip);
             }
             Some(targets) => {
                 let mut records = Vec::new();
-                for t in targets.keys() {
+                for (t, _) in targets {
                     wire::push_rr(&mut records, Owner::Question, rtype::PTR, self.zone.ttl, t);
                 }
+                let count = targets.len().min(u16::MAX as usize) as u16;
                 let node = Node {
-                    rrsets: Box::new([Rrset {
-                        rtype: rtype::PTR,
-                        count: targets.len().min(u16::MAX as usize) as u16,
-                        records: records.into(),
-                        extra_count: 0,
-                        extra: Box::new([]),
-                    }]),
-                    cname: None,
+                    rrsets: Box::new([Rrset::new(rtype::PTR, count, &records, 0, &[])]),
                 };
-                self.ptrs.insert(ip, Arc::new(node));
+                self.ptrs.insert_mut(ip, Arc::new(node));
             }
         }
     }
@@ -399,7 +438,7 @@ impl IndexWriter {
 
     /// Number of names in the zone (for tests and logs).
     pub(crate) fn name_count(&self) -> usize {
-        self.names.len()
+        self.names.size()
     }
 }
 

@@ -2,7 +2,7 @@ use super::*;
 use crate::fixtures::*;
 use crate::wire::name_from_text;
 use proptest::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn writer() -> IndexWriter {
     IndexWriter::new(Arc::new(
