@@ -12,10 +12,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use k8s_openapi::api::core::v1::{PodIP, PodStatus, Pod, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{
-    Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Pod, PodIP, PodStatus, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_catalog::Catalog;
 use portico_dns::{Dns, DnsConfig};
@@ -115,19 +113,27 @@ fn catalog() -> Catalog {
             }]),
         });
     }
+    // As a watch's first list arrives: one pod at a time.
+    c.begin_pod_relist();
     for p in 0..pods() {
         c.apply_pod(&Pod {
             metadata: meta(&ns(p), &format!("pod-{p}-7d9f8c6b5-x2k4q")),
             spec: None,
             status: Some(PodStatus {
                 pod_ips: Some(vec![PodIP {
-                    ip: format!("10.{}.{}.{}", 100 + p / 62_500, (p / 250) % 250, p % 250 + 1),
+                    ip: format!(
+                        "10.{}.{}.{}",
+                        100 + p / 62_500,
+                        (p / 250) % 250,
+                        p % 250 + 1
+                    ),
                 }]),
                 phase: Some("Running".into()),
                 ..Default::default()
             }),
         });
     }
+    c.finish_pod_relist();
     c.take_changes();
     c
 }
@@ -150,7 +156,11 @@ fn zone_file() -> String {
         for e in 0..ENDPOINTS {
             writeln!(z, "{n} IN A {}", endpoint_ip(h, e)).unwrap();
             writeln!(z, "pod-{e}.{n} IN A {}", endpoint_ip(h, e)).unwrap();
-            writeln!(z, "_http._tcp.{n} IN SRV 0 33 8080 pod-{e}.{n}.cluster.local.").unwrap();
+            writeln!(
+                z,
+                "_http._tcp.{n} IN SRV 0 33 8080 pod-{e}.{n}.cluster.local."
+            )
+            .unwrap();
         }
     }
     z

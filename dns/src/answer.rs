@@ -350,7 +350,7 @@ fn node_answer(
     }
     let mut extra: [Option<(&[u8], u16)>; 8] = [None; 8];
     let mut n_extra = 0;
-    for set in node.rrsets.iter() {
+    for set in node.rrsets() {
         if set.rtype == p.qtype || p.qtype == rtype::ANY {
             w.push(0, set.records(), set.count);
             if set.extra_count > 0 && n_extra < extra.len() {
@@ -396,7 +396,7 @@ fn chase(
         owned.clear();
         let mut count = 0;
         let next = node.cname().filter(|_| p.qtype != rtype::CNAME);
-        for set in node.rrsets.iter() {
+        for set in node.rrsets() {
             if set.rtype == p.qtype || (next.is_some() && set.rtype == rtype::CNAME) {
                 count += wire::reown(set.records(), target, &mut owned);
             }
@@ -470,7 +470,7 @@ fn reverse_lookup<'s>(snap: &'s Snapshot, q: &QName) -> Option<&'s Node> {
     } else {
         return None;
     };
-    snap.ptrs.get(&ip).map(|n| &**n)
+    snap.ptrs.get(&ip)
 }
 
 #[cfg(test)]

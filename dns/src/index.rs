@@ -21,85 +21,217 @@ use crate::records::{self, Built};
 use crate::wire::{self, Owner, rtype};
 use portico_catalog::{Catalog, Changes, ServiceKey};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 type Hasher = foldhash::fast::RandomState;
-type Ptr = imbl::shared_ptr::DefaultSharedPtr;
 /// A name in lowercase wire form, shared by the maps that hold it.
 pub(crate) type Name = Arc<[u8]>;
 /// Persistent hash tries (compact: branch arrays sized to their
 /// population), cloned in O(1) for each snapshot.
-pub(crate) type NameMap = rpds::HashTrieMap<Name, Arc<Node>, archery::ArcTK, Hasher>;
-pub(crate) type PtrMap = rpds::HashTrieMap<IpAddr, Arc<Node>, archery::ArcTK, Hasher>;
-pub(crate) type PodSet = imbl::GenericHashSet<IpAddr, Hasher, Ptr>;
-pub(crate) type PodMap = imbl::GenericHashMap<Arc<str>, PodSet, Hasher, Ptr>;
+pub(crate) type NameMap = rpds::HashTrieMap<Name, Node, archery::ArcTK, Hasher>;
+pub(crate) type PtrMap = rpds::HashTrieMap<IpAddr, Node, archery::ArcTK, Hasher>;
+pub(crate) type PodMap = rpds::HashTrieMap<Arc<str>, NsPods, archery::ArcTK, Hasher>;
 
-/// The records of one type at one name, encoded in one buffer: the
-/// records (each owned by [`Owner::Question`]), then the records for the
-/// additional section (SRV targets' addresses, with full owner names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rrset {
+/// The pod addresses of one namespace: a persistent hash set made of
+/// sorted shards. A change copies one shard (about 16 addresses) and the
+/// shard pointers (one per 16 addresses); the shard count doubles as the
+/// set grows, so a change costs O(namespace size / 16) at worst and the
+/// set takes about 20 bytes per address (a persistent trie takes 140).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NsPods {
+    shards: Arc<[Arc<[IpAddr]>]>,
+    len: usize,
+}
+
+/// Addresses per shard aimed at when a set is (re)built.
+const SHARD_TARGET: usize = 16;
+
+fn shard_hasher() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x5EED)
+}
+
+impl NsPods {
+    fn build(mut ips: Vec<IpAddr>) -> NsPods {
+        ips.sort_unstable();
+        ips.dedup();
+        let n = (ips.len() / SHARD_TARGET)
+            .next_power_of_two()
+            .clamp(1, 1 << 16);
+        let h = shard_hasher();
+        let mut shards: Vec<Vec<IpAddr>> = vec![Vec::new(); n];
+        for ip in &ips {
+            shards[h.hash_one(ip) as usize & (n - 1)].push(*ip);
+        }
+        NsPods {
+            len: ips.len(),
+            shards: shards.into_iter().map(Arc::from).collect(),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> usize {
+        shard_hasher().hash_one(ip) as usize & (self.shards.len() - 1)
+    }
+
+    pub(crate) fn contains(&self, ip: &IpAddr) -> bool {
+        self.shards[self.shard(ip)].binary_search(ip).is_ok()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &IpAddr> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// This set with `ip` added or removed; `None` when it is unchanged.
+    fn with(&self, ip: IpAddr, present: bool) -> Option<NsPods> {
+        let i = self.shard(&ip);
+        let shard = &self.shards[i];
+        let at = shard.binary_search(&ip);
+        let mut v: Vec<IpAddr> = shard.to_vec();
+        let len = match (at, present) {
+            (Ok(_), true) | (Err(_), false) => return None,
+            (Err(pos), true) => {
+                v.insert(pos, ip);
+                self.len + 1
+            }
+            (Ok(pos), false) => {
+                v.remove(pos);
+                self.len - 1
+            }
+        };
+        if len > self.shards.len() * SHARD_TARGET * 4 {
+            let mut all: Vec<IpAddr> = self.iter().copied().collect();
+            all.push(ip);
+            return Some(NsPods::build(all));
+        }
+        let mut shards: Vec<Arc<[IpAddr]>> = self.shards.to_vec();
+        shards[i] = v.into();
+        Some(NsPods {
+            shards: shards.into(),
+            len,
+        })
+    }
+}
+
+/// The records of one type at one name: the records (each owned by
+/// [`Owner::Question`]) and the records for the additional section (SRV
+/// targets' addresses, with full owner names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rrset<'a> {
     /// Record type.
     pub(crate) rtype: u16,
     /// Number of records.
     pub(crate) count: u16,
     /// Number of additional records.
     pub(crate) extra_count: u16,
-    split: u32,
-    bytes: Box<[u8]>,
+    records: &'a [u8],
+    extra: &'a [u8],
 }
 
-impl Rrset {
-    pub(crate) fn new(rtype: u16, count: u16, records: &[u8], extra_count: u16, extra: &[u8]) -> Self {
-        let mut bytes = Vec::with_capacity(records.len() + extra.len());
-        bytes.extend_from_slice(records);
-        bytes.extend_from_slice(extra);
+impl<'a> Rrset<'a> {
+    pub(crate) fn new(
+        rtype: u16,
+        count: u16,
+        records: &'a [u8],
+        extra_count: u16,
+        extra: &'a [u8],
+    ) -> Self {
         Rrset {
             rtype,
             count,
             extra_count,
-            split: records.len() as u32,
-            bytes: bytes.into(),
+            records,
+            extra,
         }
     }
 
     /// The records.
-    pub(crate) fn records(&self) -> &[u8] {
-        &self.bytes[..self.split as usize]
+    pub(crate) fn records(&self) -> &'a [u8] {
+        self.records
     }
 
     /// The additional records.
-    pub(crate) fn extra(&self) -> &[u8] {
-        &self.bytes[self.split as usize..]
+    pub(crate) fn extra(&self) -> &'a [u8] {
+        self.extra
     }
 }
 
-/// A name in the zone and its record sets (none: an empty non-terminal,
-/// or a name that exists without data of any type).
+/// Bytes of one record set's header in a node.
+const SET_HEADER: usize = 14;
+
+/// A name in the zone and its record sets, encoded in one buffer (one
+/// allocation per name): a count, a header per set (type, count,
+/// additional count, lengths), then the bytes. No sets: an empty
+/// non-terminal, or a name that exists without data of any type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Node {
-    pub(crate) rrsets: Box<[Rrset]>,
+    blob: Box<[u8]>,
 }
 
 impl Node {
-    pub(crate) fn rrset(&self, rtype: u16) -> Option<&Rrset> {
-        self.rrsets.iter().find(|r| r.rtype == rtype)
+    pub(crate) fn new(sets: &[Rrset<'_>]) -> Node {
+        if sets.is_empty() {
+            return Node::default();
+        }
+        let n = sets.len().min(255);
+        let data: usize = sets[..n]
+            .iter()
+            .map(|s| s.records.len() + s.extra.len())
+            .sum();
+        let mut blob = Vec::with_capacity(1 + n * SET_HEADER + data);
+        blob.push(n as u8);
+        for s in &sets[..n] {
+            blob.extend_from_slice(&s.rtype.to_be_bytes());
+            blob.extend_from_slice(&s.count.to_be_bytes());
+            blob.extend_from_slice(&s.extra_count.to_be_bytes());
+            blob.extend_from_slice(&(s.records.len() as u32).to_be_bytes());
+            blob.extend_from_slice(&(s.extra.len() as u32).to_be_bytes());
+        }
+        for s in &sets[..n] {
+            blob.extend_from_slice(s.records);
+            blob.extend_from_slice(s.extra);
+        }
+        Node { blob: blob.into() }
+    }
+
+    /// The record sets, in order.
+    pub(crate) fn rrsets(&self) -> impl Iterator<Item = Rrset<'_>> {
+        let b = &self.blob;
+        let n = b.first().copied().unwrap_or(0) as usize;
+        let mut at = 1 + n * SET_HEADER;
+        (0..n).map(move |i| {
+            let h = &b[1 + i * SET_HEADER..1 + (i + 1) * SET_HEADER];
+            let u16_at = |o: usize| u16::from_be_bytes([h[o], h[o + 1]]);
+            let u32_at =
+                |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) as usize;
+            let (rl, el) = (u32_at(6), u32_at(10));
+            let set = Rrset {
+                rtype: u16_at(0),
+                count: u16_at(2),
+                extra_count: u16_at(4),
+                records: &b[at..at + rl],
+                extra: &b[at + rl..at + rl + el],
+            };
+            at += rl + el;
+            set
+        })
+    }
+
+    pub(crate) fn rrset(&self, rtype: u16) -> Option<Rrset<'_>> {
+        self.rrsets().find(|r| r.rtype == rtype)
     }
 
     /// The target of this name's CNAME (lowercase wire), to chase.
     pub(crate) fn cname(&self) -> Option<&[u8]> {
         // Owner pointer, type, class, TTL, length: 12 bytes, then the target.
-        self.rrset(rtype::CNAME).and_then(|s| s.records().get(12..))
+        self.rrset(rtype::CNAME).and_then(|s| s.records.get(12..))
     }
 
     fn is_empty(&self) -> bool {
-        self.rrsets.is_empty()
+        self.blob.is_empty()
     }
 }
-
-static EMPTY: LazyLock<Arc<Node>> = LazyLock::new(|| Arc::new(Node::default()));
 
 /// What every snapshot of one server shares: the zone and its SOA.
 #[derive(Debug)]
@@ -205,7 +337,7 @@ impl IndexWriter {
             synced: false,
             names: NameMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             ptrs: PtrMap::new_with_hasher_and_ptr_kind(Hasher::default()),
-            pods: PodMap::default(),
+            pods: PodMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             refs: HashMap::new(),
             owned: HashMap::new(),
             ptr_targets: HashMap::new(),
@@ -226,16 +358,14 @@ impl IndexWriter {
                 self.zone.ttl,
                 &wire::txt_rdata("1.1.0"),
             );
-            let node = Node {
-                rrsets: Box::new([Rrset::new(rtype::TXT, 1, &records, 0, &[])]),
-            };
-            self.insert_name(name.into(), Arc::new(node));
+            let node = Node::new(&[Rrset::new(rtype::TXT, 1, &records, 0, &[])]);
+            self.insert_name(name.into(), node);
         }
         // svc.<zone> always exists.
         if let Some(svc) = wire::name_under(&["svc"], &apex) {
             let svc: Name = svc.into();
             *self.refs.entry(svc.clone()).or_default() += 1;
-            self.names.insert_mut(svc, EMPTY.clone());
+            self.names.insert_mut(svc, Node::default());
         }
     }
 
@@ -261,6 +391,9 @@ impl IndexWriter {
             self.update_service(catalog, key);
         }
         if self.zone.pods == PodsMode::Verified {
+            if changes.pods_relisted {
+                self.rebuild_pods(catalog);
+            }
             for pa in &changes.pod_addresses {
                 let present = catalog.has_pod_address(&pa.namespace, pa.address);
                 self.set_pod(&pa.namespace, pa.address, present);
@@ -278,9 +411,7 @@ impl IndexWriter {
             self.update_service(catalog, &key);
         }
         if self.zone.pods == PodsMode::Verified {
-            for pa in catalog.pod_addresses() {
-                self.set_pod(&pa.namespace, pa.address, true);
-            }
+            self.rebuild_pods(catalog);
         }
     }
 
@@ -301,7 +432,7 @@ impl IndexWriter {
         let mut owned = Owned::default();
         for (name, node) in nodes {
             let name: Name = name.into();
-            self.insert_name(name.clone(), Arc::new(node));
+            self.insert_name(name.clone(), node);
             owned.names.push(name);
         }
         for (ip, target) in ptrs {
@@ -335,7 +466,7 @@ impl IndexWriter {
         out
     }
 
-    fn insert_name(&mut self, name: Name, node: Arc<Node>) {
+    fn insert_name(&mut self, name: Name, node: Node) {
         for i in self.ancestors(&name) {
             let a = &name[i..];
             if let Some(r) = self.refs.get_mut(a) {
@@ -346,7 +477,7 @@ impl IndexWriter {
                 Some((k, _)) => k.clone(),
                 None => {
                     let k: Name = a.into();
-                    self.names.insert_mut(k.clone(), EMPTY.clone());
+                    self.names.insert_mut(k.clone(), Node::default());
                     k
                 }
             };
@@ -357,7 +488,7 @@ impl IndexWriter {
 
     fn remove_name(&mut self, name: &Name) {
         if self.refs.get(&name[..]).copied().unwrap_or(0) > 0 {
-            self.names.insert_mut(name.clone(), EMPTY.clone());
+            self.names.insert_mut(name.clone(), Node::default());
         } else {
             self.names.remove_mut(&name[..]);
         }
@@ -414,25 +545,36 @@ impl IndexWriter {
                     wire::push_rr(&mut records, Owner::Question, rtype::PTR, self.zone.ttl, t);
                 }
                 let count = targets.len().min(u16::MAX as usize) as u16;
-                let node = Node {
-                    rrsets: Box::new([Rrset::new(rtype::PTR, count, &records, 0, &[])]),
-                };
-                self.ptrs.insert_mut(ip, Arc::new(node));
+                let node = Node::new(&[Rrset::new(rtype::PTR, count, &records, 0, &[])]);
+                self.ptrs.insert_mut(ip, node);
             }
         }
     }
 
     fn set_pod(&mut self, namespace: &Arc<str>, ip: IpAddr, present: bool) {
-        let mut set = self.pods.get(&**namespace).cloned().unwrap_or_default();
-        if present {
-            set.insert(ip);
-        } else {
-            set.remove(&ip);
+        let next = match self.pods.get(&**namespace) {
+            Some(set) => set.with(ip, present),
+            None if present => Some(NsPods::build(vec![ip])),
+            None => None,
+        };
+        match next {
+            Some(set) if set.len == 0 => {
+                self.pods.remove_mut(&**namespace);
+            }
+            Some(set) => self.pods.insert_mut(namespace.clone(), set),
+            None => {}
         }
-        if set.is_empty() {
-            self.pods.remove(&**namespace);
-        } else {
-            self.pods.insert(namespace.clone(), set);
+    }
+
+    /// Builds every namespace's set from the catalog at once.
+    fn rebuild_pods(&mut self, catalog: &Catalog) {
+        let mut by_ns: HashMap<Arc<str>, Vec<IpAddr>> = HashMap::new();
+        for pa in catalog.pod_addresses() {
+            by_ns.entry(pa.namespace).or_default().push(pa.address);
+        }
+        self.pods = PodMap::new_with_hasher_and_ptr_kind(Hasher::default());
+        for (ns, ips) in by_ns {
+            self.pods.insert_mut(ns, NsPods::build(ips));
         }
     }
 

@@ -76,12 +76,12 @@ impl Builder<'_> {
             .nodes
             .into_iter()
             .map(|(name, nb)| {
-                let rrsets = nb
+                let sets: Vec<Rrset<'_>> = nb
                     .sets
-                    .into_iter()
-                    .map(|(t, s)| Rrset::new(t, s.count, &s.records, s.extra_count, &s.extra))
+                    .iter()
+                    .map(|(t, s)| Rrset::new(*t, s.count, &s.records, s.extra_count, &s.extra))
                     .collect();
-                (name, Node { rrsets })
+                (name, Node::new(&sets))
             })
             .collect();
         Built {

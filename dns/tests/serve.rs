@@ -687,8 +687,16 @@ async fn metrics_are_registered() {
     .await;
     let mut registry = prometheus_client::registry::Registry::default();
     server.dns.register(&mut registry);
+    // The UDP thread counts the latency right after sending: wait for it.
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for _ in 0..100 {
+        text.clear();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        if text.contains("portico_dns_request_duration_seconds_count 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         text.contains(r#"portico_dns_queries_total{type="A",rcode="NOERROR"} 1"#),
         "{text}"
