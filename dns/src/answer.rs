@@ -13,7 +13,7 @@
 
 use crate::cache::Cache;
 use crate::config::PodsMode;
-use crate::index::{Node, Snapshot};
+use crate::index::{Node, NodeRef, Snapshot};
 use crate::metrics::DnsMetrics;
 use crate::wire::{self, HEADER_LEN, Owner, QName, rcode, rtype};
 use hickory_proto::op::{Message, MessageType, OpCode};
@@ -254,7 +254,7 @@ pub(crate) fn answer(
         && let Some(node) = reverse_lookup(snap, &p.qname)
     {
         let mut w = Writer::start(out, req, &p);
-        if let Some(set) = node.rrset(rtype::PTR) {
+        if let Some(set) = node.view().rrset(rtype::PTR) {
             w.push(0, set.records(), set.count);
         }
         return reply(metrics, w, rcode::NOERROR, true, &p);
@@ -306,8 +306,8 @@ fn zone_answer(
         }
         return negative(metrics, w, snap, rcode::NOERROR, p);
     }
-    if let Some(node) = snap.names.get(p.qname.wire()) {
-        return node_answer(snap, metrics, w, p, node);
+    if let Some(entry) = snap.names.get(p.qname.wire()) {
+        return node_answer(snap, metrics, w, p, entry.node());
     }
     if let Some(rc) = pod_answer(snap, &mut w, p, rel) {
         if rc == rcode::NOERROR && w.answers() > 0 {
@@ -337,7 +337,7 @@ fn node_answer(
     metrics: &DnsMetrics,
     mut w: Writer<'_>,
     p: &Parsed,
-    node: &Node,
+    node: NodeRef<'_>,
 ) -> Outcome {
     if let Some(target) = node.cname()
         && p.qtype != rtype::CNAME
@@ -390,9 +390,10 @@ fn chase(
                 answers: w.answer_bytes(),
             });
         }
-        let Some(node) = snap.names.get(target) else {
+        let Some(entry) = snap.names.get(target) else {
             return negative(metrics, w, snap, rcode::NXDOMAIN, p);
         };
+        let node = entry.node();
         owned.clear();
         let mut count = 0;
         let next = node.cname().filter(|_| p.qtype != rtype::CNAME);

@@ -17,6 +17,7 @@
 //! them, so they answer NODATA instead of NXDOMAIN.
 
 use crate::config::PodsMode;
+use crate::names::{Entry, NameTable};
 use crate::records::{self, Built};
 use crate::wire::{self, Owner, rtype};
 use portico_catalog::{Catalog, Changes, ServiceKey};
@@ -27,11 +28,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 type Hasher = foldhash::fast::RandomState;
-/// A name in lowercase wire form, shared by the maps that hold it.
-pub(crate) type Name = Arc<[u8]>;
-/// Persistent hash tries (compact: branch arrays sized to their
-/// population), cloned in O(1) for each snapshot.
-pub(crate) type NameMap = rpds::HashTrieMap<Name, Node, archery::ArcTK, Hasher>;
+/// Persistent hash tries, cloned in O(1) for each snapshot.
 pub(crate) type PtrMap = rpds::HashTrieMap<IpAddr, Node, archery::ArcTK, Hasher>;
 pub(crate) type PodMap = rpds::HashTrieMap<Arc<str>, NsPods, archery::ArcTK, Hasher>;
 
@@ -195,9 +192,25 @@ impl Node {
         Node { blob: blob.into() }
     }
 
+    /// A view of this node.
+    pub(crate) fn view(&self) -> NodeRef<'_> {
+        NodeRef(&self.blob)
+    }
+
+    /// The encoded node.
+    pub(crate) fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+}
+
+/// A node as stored: its encoded record sets (see [`Node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeRef<'a>(pub(crate) &'a [u8]);
+
+impl<'a> NodeRef<'a> {
     /// The record sets, in order.
-    pub(crate) fn rrsets(&self) -> impl Iterator<Item = Rrset<'_>> {
-        let b = &self.blob;
+    pub(crate) fn rrsets(self) -> impl Iterator<Item = Rrset<'a>> {
+        let b = self.0;
         let n = b.first().copied().unwrap_or(0) as usize;
         let mut at = 1 + n * SET_HEADER;
         (0..n).map(move |i| {
@@ -218,18 +231,18 @@ impl Node {
         })
     }
 
-    pub(crate) fn rrset(&self, rtype: u16) -> Option<Rrset<'_>> {
+    pub(crate) fn rrset(self, rtype: u16) -> Option<Rrset<'a>> {
         self.rrsets().find(|r| r.rtype == rtype)
     }
 
     /// The target of this name's CNAME (lowercase wire), to chase.
-    pub(crate) fn cname(&self) -> Option<&[u8]> {
+    pub(crate) fn cname(self) -> Option<&'a [u8]> {
         // Owner pointer, type, class, TTL, length: 12 bytes, then the target.
         self.rrset(rtype::CNAME).and_then(|s| s.records.get(12..))
     }
 
-    fn is_empty(&self) -> bool {
-        self.blob.is_empty()
+    pub(crate) fn is_empty(self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -289,7 +302,7 @@ pub(crate) struct Snapshot {
     /// The catalog has been fully synced once; until then the zone answers
     /// SERVFAIL.
     pub(crate) synced: bool,
-    pub(crate) names: NameMap,
+    pub(crate) names: NameTable,
     pub(crate) ptrs: PtrMap,
     pub(crate) pods: PodMap,
 }
@@ -311,23 +324,23 @@ impl Snapshot {
 
 #[derive(Debug, Default)]
 struct Owned {
-    names: Vec<Name>,
-    ptrs: Vec<(IpAddr, Name)>,
+    names: Vec<Entry>,
+    ptrs: Vec<(IpAddr, Entry)>,
 }
 
 /// The writer side of the index. See the module documentation.
 pub(crate) struct IndexWriter {
     zone: Arc<Zone>,
     synced: bool,
-    names: NameMap,
+    names: NameTable,
     ptrs: PtrMap,
     pods: PodMap,
     /// Names below each name (for empty non-terminals).
-    refs: HashMap<Name, u32>,
+    refs: HashMap<Entry, u32>,
     /// What each Service put in the index.
     owned: HashMap<ServiceKey, Owned>,
     /// PTR targets of each address, counted.
-    ptr_targets: HashMap<IpAddr, Vec<(Name, u32)>>,
+    ptr_targets: HashMap<IpAddr, Vec<(Entry, u32)>>,
 }
 
 impl IndexWriter {
@@ -335,7 +348,7 @@ impl IndexWriter {
         let mut w = IndexWriter {
             zone,
             synced: false,
-            names: NameMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            names: NameTable::default(),
             ptrs: PtrMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             pods: PodMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             refs: HashMap::new(),
@@ -359,13 +372,13 @@ impl IndexWriter {
                 &wire::txt_rdata("1.1.0"),
             );
             let node = Node::new(&[Rrset::new(rtype::TXT, 1, &records, 0, &[])]);
-            self.insert_name(name.into(), node);
+            self.insert_name(Entry::new(&name, &node));
         }
         // svc.<zone> always exists.
         if let Some(svc) = wire::name_under(&["svc"], &apex) {
-            let svc: Name = svc.into();
-            *self.refs.entry(svc.clone()).or_default() += 1;
-            self.names.insert_mut(svc, Node::default());
+            let svc = Entry::new(&svc, &Node::default());
+            self.refs.insert(svc.clone(), 1);
+            self.names.insert(svc);
         }
     }
 
@@ -421,7 +434,7 @@ impl IndexWriter {
                 self.remove_name(&name);
             }
             for (ip, target) in old.ptrs {
-                self.remove_ptr(ip, &target);
+                self.remove_ptr(ip, target.key());
             }
         }
         let Some(info) = catalog.service(key) else {
@@ -431,18 +444,18 @@ impl IndexWriter {
             records::service_records(&self.zone, info, catalog.endpoints(key));
         let mut owned = Owned::default();
         for (name, node) in nodes {
-            let name: Name = name.into();
-            self.insert_name(name.clone(), node);
-            owned.names.push(name);
+            let entry = Entry::new(&name, &node);
+            self.insert_name(entry.clone());
+            owned.names.push(entry);
         }
         for (ip, target) in ptrs {
-            // Share the name with the node it points at, when it has one.
-            let target: Name = owned
+            // The name of the node it points at (it always has one).
+            let target = owned
                 .names
                 .iter()
-                .find(|n| ***n == *target)
+                .find(|n| n.key() == &target[..])
                 .cloned()
-                .unwrap_or_else(|| target.into());
+                .unwrap_or_else(|| Entry::new(&target, &Node::default()));
             self.add_ptr(ip, target.clone());
             owned.ptrs.push((ip, target));
         }
@@ -466,54 +479,55 @@ impl IndexWriter {
         out
     }
 
-    fn insert_name(&mut self, name: Name, node: Node) {
-        for i in self.ancestors(&name) {
-            let a = &name[i..];
+    fn insert_name(&mut self, entry: Entry) {
+        for i in self.ancestors(entry.key()) {
+            let a = &entry.key()[i..];
             if let Some(r) = self.refs.get_mut(a) {
                 *r += 1;
                 continue;
             }
-            let key: Name = match self.names.get_key_value(a) {
-                Some((k, _)) => k.clone(),
+            let parent = match self.names.get(a) {
+                Some(e) => e.clone(),
                 None => {
-                    let k: Name = a.into();
-                    self.names.insert_mut(k.clone(), Node::default());
-                    k
+                    let e = Entry::new(a, &Node::default());
+                    self.names.insert(e.clone());
+                    e
                 }
             };
-            self.refs.insert(key, 1);
+            self.refs.insert(parent, 1);
         }
-        self.names.insert_mut(name, node);
+        self.names.insert(entry);
     }
 
-    fn remove_name(&mut self, name: &Name) {
-        if self.refs.get(&name[..]).copied().unwrap_or(0) > 0 {
-            self.names.insert_mut(name.clone(), Node::default());
+    fn remove_name(&mut self, entry: &Entry) {
+        let key = entry.key();
+        if self.refs.get(key).copied().unwrap_or(0) > 0 {
+            self.names.insert(Entry::new(key, &Node::default()));
         } else {
-            self.names.remove_mut(&name[..]);
+            self.names.remove(key);
         }
-        for i in self.ancestors(name) {
-            let a = &name[i..];
+        for i in self.ancestors(key) {
+            let a = &key[i..];
             let Some(r) = self.refs.get_mut(a) else {
                 continue;
             };
             *r -= 1;
             if *r == 0 {
                 self.refs.remove(a);
-                if self.names.get(a).is_some_and(|n| n.is_empty()) {
-                    self.names.remove_mut(a);
+                if self.names.get(a).is_some_and(|n| n.node().is_empty()) {
+                    self.names.remove(a);
                 }
             }
         }
     }
 
-    fn add_ptr(&mut self, ip: IpAddr, target: Name) {
+    fn add_ptr(&mut self, ip: IpAddr, target: Entry) {
         let targets = self.ptr_targets.entry(ip).or_default();
         match targets.iter_mut().find(|(t, _)| *t == target) {
             Some((_, c)) => *c += 1,
             None => {
                 targets.push((target, 1));
-                targets.sort();
+                targets.sort_by(|a, b| a.0.key().cmp(b.0.key()));
             }
         }
         self.rebuild_ptr(ip);
@@ -521,7 +535,7 @@ impl IndexWriter {
 
     fn remove_ptr(&mut self, ip: IpAddr, target: &[u8]) {
         if let Some(targets) = self.ptr_targets.get_mut(&ip) {
-            if let Some(i) = targets.iter().position(|(t, _)| **t == *target) {
+            if let Some(i) = targets.iter().position(|(t, _)| t.key() == target) {
                 targets[i].1 -= 1;
                 if targets[i].1 == 0 {
                     targets.remove(i);
@@ -542,7 +556,13 @@ impl IndexWriter {
             Some(targets) => {
                 let mut records = Vec::new();
                 for (t, _) in targets {
-                    wire::push_rr(&mut records, Owner::Question, rtype::PTR, self.zone.ttl, t);
+                    wire::push_rr(
+                        &mut records,
+                        Owner::Question,
+                        rtype::PTR,
+                        self.zone.ttl,
+                        t.key(),
+                    );
                 }
                 let count = targets.len().min(u16::MAX as usize) as u16;
                 let node = Node::new(&[Rrset::new(rtype::PTR, count, &records, 0, &[])]);
@@ -580,7 +600,7 @@ impl IndexWriter {
 
     /// Number of names in the zone (for tests and logs).
     pub(crate) fn name_count(&self) -> usize {
-        self.names.size()
+        self.names.len()
     }
 }
 

@@ -70,6 +70,7 @@ mod fixtures;
 mod forward;
 mod index;
 mod metrics;
+mod names;
 mod records;
 mod tcp;
 mod udp;

@@ -13,11 +13,11 @@ fn writer() -> IndexWriter {
 fn names(w: &IndexWriter) -> BTreeSet<String> {
     w.names
         .iter()
-        .map(|(k, v)| {
+        .map(|e| {
             format!(
                 "{}{}",
-                wire::name_to_text(k),
-                if v.is_empty() { " (empty)" } else { "" }
+                wire::name_to_text(e.key()),
+                if e.node().is_empty() { " (empty)" } else { "" }
             )
         })
         .collect()
@@ -74,10 +74,30 @@ fn an_address_shared_by_two_headless_services_keeps_both_ptr_targets() {
     }
     apply(&mut w, &mut c);
     let ip: IpAddr = "10.244.0.1".parse().unwrap();
-    assert_eq!(w.ptrs.get(&ip).unwrap().rrsets().next().unwrap().count, 2);
+    assert_eq!(
+        w.ptrs
+            .get(&ip)
+            .unwrap()
+            .view()
+            .rrsets()
+            .next()
+            .unwrap()
+            .count,
+        2
+    );
     c.delete_service(&mk_headless("ns", "a", &[]));
     apply(&mut w, &mut c);
-    assert_eq!(w.ptrs.get(&ip).unwrap().rrsets().next().unwrap().count, 1);
+    assert_eq!(
+        w.ptrs
+            .get(&ip)
+            .unwrap()
+            .view()
+            .rrsets()
+            .next()
+            .unwrap()
+            .count,
+        1
+    );
     assert!(
         w.names
             .contains_key(&name_from_text("pod.b.ns.svc.cluster.local").unwrap()[..])
@@ -190,8 +210,8 @@ proptest! {
         }
         let mut fresh = writer();
         fresh.reset(&c);
-        let a: Vec<_> = w.names.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>().into_iter().collect();
-        let b: Vec<_> = fresh.names.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>().into_iter().collect();
+        let a: Vec<_> = w.names.iter().map(|e| (e.key().to_vec(), e.node().0.to_vec())).collect::<BTreeMap<_, _>>().into_iter().collect();
+        let b: Vec<_> = fresh.names.iter().map(|e| (e.key().to_vec(), e.node().0.to_vec())).collect::<BTreeMap<_, _>>().into_iter().collect();
         prop_assert_eq!(a, b);
         let pa: BTreeMap<_, _> = w.ptrs.iter().map(|(k, v)| (*k, v.clone())).collect();
         let pb: BTreeMap<_, _> = fresh.ptrs.iter().map(|(k, v)| (*k, v.clone())).collect();
