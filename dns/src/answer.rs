@@ -16,7 +16,8 @@ use crate::config::PodsMode;
 use crate::index::{Node, NodeRef, Snapshot};
 use crate::metrics::DnsMetrics;
 use crate::wire::{self, HEADER_LEN, Owner, QName, rcode, rtype};
-use hickory_proto::op::{Message, MessageType, OpCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use std::net::IpAddr;
 
 /// How a request arrived: decides the size limit of the answer.
@@ -77,46 +78,70 @@ pub(crate) fn parse(
     if req.len() < HEADER_LEN || req[2] & 0x80 != 0 {
         return Err(Outcome::Drop);
     }
-    let msg = match Message::from_vec(req) {
-        Ok(m) => m,
-        Err(_) => {
-            wire::error_only(req, rcode::FORMERR, out);
-            return Err(Outcome::Reply);
-        }
+    let formerr = |out: &mut Vec<u8>| {
+        wire::error_only(req, rcode::FORMERR, out);
+        Outcome::Reply
     };
-    if msg.metadata.message_type != MessageType::Query {
+    let mut d = BinDecoder::new(req);
+    let Ok(header) = Header::read(&mut d) else {
+        return Err(Outcome::Drop);
+    };
+    if header.metadata.message_type != MessageType::Query {
         return Err(Outcome::Drop);
     }
-    if msg.metadata.op_code != OpCode::Query {
+    if header.metadata.op_code != OpCode::Query {
         wire::error_only(req, rcode::NOTIMP, out);
         return Err(Outcome::Reply);
     }
-    let (Some(qname), 1) = (QName::read(req), msg.queries.len()) else {
-        wire::error_only(req, rcode::FORMERR, out);
-        return Err(Outcome::Reply);
+    let counts = header.counts;
+    if counts.queries != 1 {
+        return Err(formerr(out));
+    }
+    let Some(qname) = QName::read(req) else {
+        return Err(formerr(out));
     };
     let qend = HEADER_LEN + qname.wire_len();
     let (Some(t), Some(c)) = (req.get(qend..qend + 2), req.get(qend + 2..qend + 4)) else {
-        wire::error_only(req, rcode::FORMERR, out);
-        return Err(Outcome::Reply);
+        return Err(formerr(out));
+    };
+    // The rest: usually nothing or one OPT record, which hickory-proto
+    // reads after the question; anything else goes through its full parse.
+    let edns: Option<Edns> = if counts.answers == 0 && counts.authorities == 0 {
+        if counts.additionals == 0 {
+            None
+        } else {
+            let mut d = BinDecoder::new(req);
+            let read = d.read_slice(qend + 4).map_err(drop).and_then(|_| {
+                Message::read_records(&mut d, counts.additionals as usize, true, OpCode::Query)
+                    .map_err(drop)
+            });
+            match read {
+                Ok((_, edns, _)) => edns,
+                Err(()) => return Err(formerr(out)),
+            }
+        }
+    } else {
+        match Message::from_vec(req) {
+            Ok(m) => m.edns,
+            Err(_) => return Err(formerr(out)),
+        }
     };
     let mut p = Parsed {
         qtype: u16::from_be_bytes([t[0], t[1]]),
         qclass: u16::from_be_bytes([c[0], c[1]]),
         question_end: qend + 4,
         qname,
-        edns: msg.edns.is_some(),
-        dnssec_ok: msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        edns: edns.is_some(),
+        dnssec_ok: edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         max_size: 512,
     };
     p.max_size = match transport {
         Transport::Tcp => u16::MAX as usize,
-        Transport::Udp => msg
-            .edns
+        Transport::Udp => edns
             .as_ref()
             .map_or(512, |e| e.max_payload().clamp(512, max_udp) as usize),
     };
-    if msg.edns.as_ref().is_some_and(|e| e.version() != 0) {
+    if edns.as_ref().is_some_and(|e| e.version() != 0) {
         Writer::start(out, req, &p).finish(rcode::BADVERS, false);
         return Err(Outcome::Reply);
     }

@@ -550,3 +550,32 @@ fn queries_are_counted_by_type_and_rcode() {
     assert_eq!(c.metrics.queries("A", "NOERROR"), 1);
     assert_eq!(c.metrics.queries("A", "NXDOMAIN"), 1);
 }
+
+#[test]
+fn requests_with_records_in_other_sections_are_parsed_in_full() {
+    let c = web();
+    // A query carrying an answer record (as some clients do for NOTIFY-like
+    // traffic): still a query, still answered.
+    let mut m = Message::query();
+    let name = Name::from_ascii("web.default.svc.cluster.local.").unwrap();
+    m.add_query(Query::query(name.clone(), RecordType::A));
+    m.add_answer(Record::from_rdata(
+        name,
+        5,
+        hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(1, 2, 3, 4)),
+    ));
+    let (o, out) = c.raw(&m.to_vec().unwrap(), Transport::Udp);
+    assert_eq!(o, Outcome::Reply);
+    assert_answer(
+        &Message::from_vec(&out).unwrap(),
+        &["web.default.svc.cluster.local A 10.96.0.10"],
+    );
+    // An additional record that is cut short: FORMERR.
+    let mut bad = query("web.default.svc.cluster.local.", RecordType::A, true);
+    bad.truncate(bad.len() - 3);
+    let (_, out) = c.raw(&bad, Transport::Udp);
+    assert_eq!(
+        Message::from_vec(&out).unwrap().metadata.response_code,
+        ResponseCode::FormErr
+    );
+}
