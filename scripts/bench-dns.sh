@@ -146,7 +146,12 @@ awk '
   $1 == "portico" {pq = $2; pc = $4}
   $1 == "nsd" {nq = $2; nc = $4}
   END {
-    printf "Portico/NSD queries per second: %.1f %%\n", 100 * pq / nq
-    printf "NSD/Portico CPU per query:      %.1f %%\n", 100 * nc / pc
+    printf "Portico/NSD queries per second (medians): %.1f %%\n", 100 * pq / nq
+    printf "NSD/Portico CPU per query (medians):      %.1f %%\n", 100 * nc / pc
   }' "$work/medians"
+# Each round runs the two servers back to back: the ratio within a round is
+# the least disturbed by other load on the machine.
+awk '$1 == "portico" {p = $2} $1 == "nsd" {printf "%.1f\n", 100 * p / $2}' "$work/results" \
+  | tee "$work/ratios" | paste -sd' ' | sed 's/^/Portico\/NSD queries per second by round (%): /'
+echo "median of the rounds' ratios: $(median <"$work/ratios") %"
 echo "(portico: $(grep -m1 services "$work/portico.log"))"
