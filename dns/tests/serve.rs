@@ -707,3 +707,28 @@ async fn metrics_are_registered() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn several_udp_threads_share_one_port() {
+    let server = Server::start(
+        DnsConfig {
+            udp_threads: 3,
+            ..DnsConfig::default()
+        },
+        &cluster(),
+        true,
+    )
+    .await;
+    // Each query comes from its own socket, so the kernel spreads them.
+    for _ in 0..20 {
+        let m = ask(
+            server.addr,
+            "web.default.svc.cluster.local.",
+            RecordType::A,
+            Via::Udp,
+        )
+        .await;
+        assert_eq!(m.answers.len(), 1);
+    }
+    server.stop().await;
+}
