@@ -2,8 +2,9 @@
 //! on write, so a snapshot is an O(1) clone and lookups are one probe.
 //!
 //! ```text
-//!  NameTable ── Arc<[Arc<shard>]> ── shard: HashSet<Entry>
-//!                                    Entry: Arc<[u8]> = [key length][key][node]
+//!  NameTable ── Arc<[group]> ── group: Arc<[Arc<shard>]> (64 shards)
+//!                                shard: HashSet<Entry>
+//!                                Entry: Arc<[u8]> = [key length][key][node]
 //! ```
 //!
 //! Each name is one allocation holding its key and its encoded node, so a
@@ -12,8 +13,9 @@
 //! the benchmark zone that was a sixth of the server's CPU).
 //!
 //! A change after a snapshot was taken copies the shard it lands in
-//! (about 32 names) and, once per snapshot, the shard pointers (one per 32
-//! names); shards double when they average more than 64 names.
+//! (about 32 names), its group's 64 shard pointers and, once per snapshot,
+//! the group pointers (one per 2,048 names); shards double when they
+//! average more than 64 names.
 
 use crate::index::{Node, NodeRef};
 use std::borrow::Borrow;
@@ -26,6 +28,8 @@ type Shard = HashSet<Entry, Hasher>;
 
 /// Names per shard when a table is resharded.
 const SHARD_TARGET: usize = 32;
+/// Shards per group.
+const GROUP: usize = 64;
 
 /// A name and its node in one allocation. Hashed and compared by name, so
 /// a shard is looked up with the name's bytes.
@@ -76,7 +80,8 @@ impl Eq for Entry {}
 /// The table. Cloning it is O(1); see the module documentation.
 #[derive(Clone, Debug)]
 pub(crate) struct NameTable {
-    shards: Arc<[Arc<Shard>]>,
+    groups: Arc<[Arc<[Arc<Shard>]>]>,
+    shards: usize,
     len: usize,
     hasher: Hasher,
 }
@@ -89,23 +94,41 @@ impl Default for NameTable {
 
 impl NameTable {
     fn with_shards(n: usize, hasher: Hasher) -> Self {
+        let shards = (0..n).map(|_| Shard::with_hasher(hasher.clone())).collect();
+        NameTable::from_shards(shards, 0, hasher)
+    }
+
+    fn from_shards(shards: Vec<Shard>, len: usize, hasher: Hasher) -> Self {
+        let n = shards.len();
+        let mut groups: Vec<Arc<[Arc<Shard>]>> = Vec::new();
+        let mut it = shards.into_iter().map(Arc::new);
+        loop {
+            let group: Vec<Arc<Shard>> = it.by_ref().take(GROUP).collect();
+            if group.is_empty() {
+                break;
+            }
+            groups.push(group.into());
+        }
         NameTable {
-            shards: (0..n)
-                .map(|_| Arc::new(Shard::with_hasher(hasher.clone())))
-                .collect(),
-            len: 0,
+            groups: groups.into(),
+            shards: n,
+            len,
             hasher,
         }
     }
 
+    fn shard(&self, i: usize) -> &Shard {
+        &self.groups[i / GROUP][i % GROUP]
+    }
+
     fn shard_of(&self, key: &[u8]) -> usize {
         // The shard takes high bits; the shard's own table uses low ones.
-        (self.hasher.hash_one(key) >> 40) as usize & (self.shards.len() - 1)
+        (self.hasher.hash_one(key) >> 40) as usize & (self.shards - 1)
     }
 
     /// The entry of a name.
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.shards[self.shard_of(key)].get(key)
+        self.shard(self.shard_of(key)).get(key)
     }
 
     #[cfg(test)]
@@ -119,12 +142,16 @@ impl NameTable {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .flat_map(|s| s.iter())
     }
 
     fn shard_mut(&mut self, i: usize) -> &mut Shard {
-        let shards = Arc::make_mut(&mut self.shards);
-        Arc::make_mut(&mut shards[i])
+        let groups = Arc::make_mut(&mut self.groups);
+        let group = Arc::make_mut(&mut groups[i / GROUP]);
+        Arc::make_mut(&mut group[i % GROUP])
     }
 
     /// Inserts or replaces an entry.
@@ -132,8 +159,8 @@ impl NameTable {
         let i = self.shard_of(entry.key());
         if self.shard_mut(i).replace(entry).is_none() {
             self.len += 1;
-            if self.len > self.shards.len() * SHARD_TARGET * 2 {
-                self.reshard(self.shards.len() * 2);
+            if self.len > self.shards * SHARD_TARGET * 2 {
+                self.reshard(self.shards * 2);
             }
         }
     }
@@ -141,7 +168,7 @@ impl NameTable {
     /// Removes a name.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let i = self.shard_of(key);
-        if !self.shards[i].contains(key) {
+        if !self.shard(i).contains(key) {
             return None;
         }
         let old = self.shard_mut(i).take(key);
@@ -152,16 +179,20 @@ impl NameTable {
     }
 
     fn reshard(&mut self, n: usize) {
-        let mut next = NameTable::with_shards(n, self.hasher.clone());
+        let index = NameTable::with_shards(n, self.hasher.clone());
         let mut shards: Vec<Shard> = (0..n)
             .map(|_| Shard::with_hasher(self.hasher.clone()))
             .collect();
         for e in self.iter() {
-            shards[next.shard_of(e.key())].insert(e.clone());
+            shards[index.shard_of(e.key())].insert(e.clone());
         }
-        next.shards = shards.into_iter().map(Arc::new).collect();
-        next.len = self.len;
-        *self = next;
+        *self = NameTable::from_shards(shards, self.len, self.hasher.clone());
+    }
+
+    /// The shards, for tests.
+    #[cfg(test)]
+    fn all_shards(&self) -> Vec<&Arc<Shard>> {
+        self.groups.iter().flat_map(|g| g.iter()).collect()
     }
 }
 
@@ -180,7 +211,7 @@ mod tests {
             t.insert(Entry::new(&key(i), &Node::default()));
         }
         assert_eq!(t.len(), 5000);
-        assert!(t.shards.len() >= 5000 / (SHARD_TARGET * 2));
+        assert!(t.shards >= 5000 / (SHARD_TARGET * 2));
         let snapshot = t.clone();
         t.remove(&key(7));
         t.insert(Entry::new(&key(5000), &Node::default()));
@@ -189,12 +220,12 @@ mod tests {
         assert_eq!(t.len(), 5000);
         // Only the shards that changed were copied.
         let shared = snapshot
-            .shards
+            .all_shards()
             .iter()
-            .zip(t.shards.iter())
+            .zip(t.all_shards().iter())
             .filter(|(a, b)| Arc::ptr_eq(a, b))
             .count();
-        assert!(shared >= snapshot.shards.len() - 2);
+        assert!(shared >= snapshot.shards - 2);
         assert_eq!(t.get(&key(1)).unwrap().key(), &key(1)[..]);
         assert!(t.remove(&key(99_999)).is_none());
     }
