@@ -39,7 +39,7 @@ pub use model::{
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use model::{SliceInfo, namespace_of, pod_ips};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -426,17 +426,6 @@ impl Catalog {
         let a: Arc<str> = ns.into();
         self.namespaces.insert(a.clone());
         a
-    }
-
-    /// Services grouped by namespace, sorted (for tests and printing).
-    pub fn service_keys(&self) -> BTreeMap<&str, BTreeSet<&str>> {
-        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for k in self.services.keys() {
-            out.entry(k.namespace.as_str())
-                .or_default()
-                .insert(k.name.as_str());
-        }
-        out
     }
 }
 

@@ -435,6 +435,7 @@ fn a_pod_keeps_one_address_per_family() {
 mod prop {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     proptest! {
         /// Whatever order slices arrive and leave in, the merged endpoints
