@@ -579,3 +579,57 @@ fn requests_with_records_in_other_sections_are_parsed_in_full() {
         ResponseCode::FormErr
     );
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes: no panic, and whatever is sent back is a DNS message
+        /// that answers the same ID.
+        #[test]
+        fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let c = db();
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let (o, out) = c.raw(&bytes, transport);
+                if o == Outcome::Reply {
+                    prop_assert!(out.len() >= 12);
+                    prop_assert_eq!(&out[..2], &bytes[..2]);
+                    prop_assert!(Message::from_vec(&out).is_ok());
+                }
+            }
+        }
+
+        /// Valid queries with a few bytes changed.
+        #[test]
+        fn mutated_queries_never_panic(
+            name in prop::sample::select(vec![
+                "web.default.svc.cluster.local.",
+                "_pg._tcp.db.default.svc.cluster.local.",
+                "10-244-0-5.default.pod.cluster.local.",
+                "1.0.244.10.in-addr.arpa.",
+                "example.org.",
+            ]),
+            edns in any::<bool>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let c = db();
+            let mut q = query(name, RecordType::A, edns);
+            for (i, b) in flips {
+                let at = i.index(q.len());
+                q[at] = b;
+            }
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let (o, out) = c.raw(&q, transport);
+                if o == Outcome::Reply {
+                    prop_assert!(Message::from_vec(&out).is_ok());
+                    if transport == Transport::Udp {
+                        prop_assert!(out.len() <= 1232);
+                    }
+                }
+            }
+        }
+    }
+}
