@@ -133,8 +133,24 @@ impl Dns {
                 config.cache_max_negative_ttl,
             ))
         });
+        // Forwarding to ourselves would loop until every query timed out.
+        let upstreams: Vec<SocketAddr> = config
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|u| {
+                let own = *u == config.listen
+                    || (config.listen.ip().is_unspecified()
+                        && u.port() == config.listen.port()
+                        && u.ip().is_loopback());
+                if own {
+                    tracing::warn!(upstream = %u, "dns: ignoring an upstream that is this server");
+                }
+                !own
+            })
+            .collect();
         let forwarder = Arc::new(Forwarder::new(
-            config.upstreams.clone(),
+            upstreams,
             &config.stub_domains,
             config.upstream_timeout,
             cache.clone(),
