@@ -4,20 +4,21 @@
 # 1,000 headless Services with 3 endpoints, 100,000 pods) and the same query
 # mix (80 % A for existing names, 10 % SRV, 10 % NXDOMAIN).
 #
-# Servers run on core 0 (taskset -c 0), dnsperf on core 1. Each round runs
-# Portico then NSD; the summary gives the median of the rounds. Results go
-# in docs/benchmarks.md ("Cluster DNS").
+# Servers run on core 0 (taskset -c 0), dnsperf on core 1. Both servers stay
+# up; each round loads one then the other (alternating which goes first);
+# the summary gives medians and the Portico/NSD ratio of each round.
+# Results go in docs/benchmarks.md ("Cluster DNS").
 #
-#   scripts/bench-dns.sh                 # 3 rounds of 20 s each
-#   ROUNDS=5 DURATION=30 scripts/bench-dns.sh
+#   scripts/bench-dns.sh                 # 6 rounds of 10 s per server
+#   ROUNDS=10 DURATION=20 scripts/bench-dns.sh
 #
 # Needs dnsperf and nsd (Debian packages; `make deps` installs them) and a
 # release build of the bench server (built here). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-6}
+DURATION=${DURATION:-10}
 PORTICO_PORT=${PORTICO_PORT:-5300}
 NSD_PORT=${NSD_PORT:-5301}
 # Clients and outstanding queries: enough to keep one server core busy.
@@ -114,26 +115,32 @@ run() {
   grep -E "Response codes" <<<"$out" | sed "s/^/  $name: /"
 }
 
-echo "== $ROUNDS rounds of $DURATION s; servers on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU ($DNSPERF_OPTS)"
+# Both servers run on the server core for the whole benchmark (an idle one
+# costs nothing); the rounds alternate between them, in alternating order, so
+# a change in other load on the machine falls on both.
+taskset -c "$SERVER_CPU" "$bin" --listen "127.0.0.1:$PORTICO_PORT" 2>"$work/portico.log" &
+portico=$!
+pids+=("$portico")
+taskset -c "$SERVER_CPU" nsd -d -c "$work/nsd.conf" >"$work/nsd.out" 2>&1 &
+nsd=$!
+pids+=("$nsd")
+wait_for "$PORTICO_PORT"
+wait_for "$NSD_PORT"
+nsd_pids=$(pgrep -f "nsd -d -c $work/nsd.conf" | paste -sd' ')
+
+echo "== $ROUNDS rounds of $DURATION s per server; servers on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU ($DNSPERF_OPTS)"
 echo "server qps avg_latency_s lost cpu_us_per_query rss_kib"
 for round in $(seq "$ROUNDS"); do
-  taskset -c "$SERVER_CPU" "$bin" --listen "127.0.0.1:$PORTICO_PORT" 2>"$work/portico.log" &
-  portico=$!
-  pids+=("$portico")
-  wait_for "$PORTICO_PORT"
-  run portico "$PORTICO_PORT" "$portico"
-  kill -INT "$portico"
-  wait "$portico" || true
-
-  taskset -c "$SERVER_CPU" nsd -d -c "$work/nsd.conf" >"$work/nsd.out" 2>&1 &
-  nsd=$!
-  pids+=("$nsd")
-  wait_for "$NSD_PORT"
-  run nsd "$NSD_PORT" $(pgrep -f "nsd -d -c $work/nsd.conf")
-  kill "$nsd"
-  wait "$nsd" || true
-  sleep 1
+  if [ $((round % 2)) = 1 ]; then
+    run portico "$PORTICO_PORT" "$portico"
+    run nsd "$NSD_PORT" $nsd_pids
+  else
+    run nsd "$NSD_PORT" $nsd_pids
+    run portico "$PORTICO_PORT" "$portico"
+  fi
 done
+kill -INT "$portico" || true
+kill "$nsd" || true
 
 echo "== medians over $ROUNDS rounds"
 median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
@@ -151,7 +158,7 @@ awk '
   }' "$work/medians"
 # Each round runs the two servers back to back: the ratio within a round is
 # the least disturbed by other load on the machine.
-awk '$1 == "portico" {p = $2} $1 == "nsd" {printf "%.1f\n", 100 * p / $2}' "$work/results" \
+awk '$1 == "portico" {p[++i] = $2} $1 == "nsd" {n[++j] = $2} END {for (k = 1; k <= i; k++) printf "%.1f\n", 100 * p[k] / n[k]}' "$work/results" \
   | tee "$work/ratios" | paste -sd' ' | sed 's/^/Portico\/NSD queries per second by round (%): /'
 echo "median of the rounds' ratios: $(median <"$work/ratios") %"
 echo "(portico: $(grep -m1 services "$work/portico.log"))"
