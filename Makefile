@@ -2,9 +2,9 @@
 SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/portico
-APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils
+APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd
 
-.PHONY: all deps build test test-only lint fmt demo bench crds check-generated e2e clean
+.PHONY: all deps build test test-only lint fmt demo bench bench-dns crds check-generated e2e clean
 
 all: build
 
@@ -56,6 +56,11 @@ bench:
 	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p portico --bench endpointslices
 	$(CARGO) bench -p portico-controllers --bench lbipam
+	scripts/bench-dns.sh
+
+## bench-dns: dnsperf against Portico's DNS server and NSD on the same zone (servers on CPU 0, dnsperf on CPU 1)
+bench-dns: deps
+	scripts/bench-dns.sh
 
 ## crds: regenerate the CRD YAML in crds/ and in the chart
 crds:

@@ -39,8 +39,8 @@ pub use model::{
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use model::{SliceInfo, namespace_of, pod_ips};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// A pod address in a namespace, as reported in [`Changes`].
@@ -62,17 +62,20 @@ pub struct Changes {
     pub services: BTreeSet<ServiceKey>,
     /// Pod addresses that appeared in or disappeared from a namespace.
     pub pod_addresses: BTreeSet<PodAddress>,
+    /// The Pods were relisted: any pod address may have changed (read them
+    /// all with [`Catalog::pod_addresses`]); `pod_addresses` lists only the
+    /// changes after the relist.
+    pub pods_relisted: bool,
 }
 
 impl Changes {
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.pod_addresses.is_empty()
+        self.services.is_empty() && self.pod_addresses.is_empty() && !self.pods_relisted
     }
 }
 
 type SliceKey = (String, String);
-type PodKey = (Arc<str>, Box<str>);
 
 /// The catalog. See the crate documentation.
 #[derive(Debug, Default)]
@@ -81,7 +84,10 @@ pub struct Catalog {
     slices: HashMap<SliceKey, SliceInfo>,
     slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
     endpoints: HashMap<ServiceKey, Arc<[Endpoint]>>,
-    pods: HashMap<PodKey, Box<[IpAddr]>>,
+    /// Pods by `namespace/name` (one allocation per pod).
+    pods: HashMap<Box<str>, PodEntry>,
+    /// A pod relist is under way.
+    pod_relist: bool,
     pod_addresses: HashMap<Arc<str>, HashMap<IpAddr, u32>>,
     namespaces: HashSet<Arc<str>>,
     changes: Changes,
@@ -304,78 +310,73 @@ impl Catalog {
 
     /// A Pod was added or changed: only its addresses matter.
     pub fn apply_pod(&mut self, pod: &Pod) {
-        let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
-        let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
-        let ips: Box<[IpAddr]> = pod_ips(pod).into();
-        let key = (ns, name);
-        if self.pods.get(&key) == Some(&ips) {
+        let key = pod_key(pod);
+        let ips = PodIps::of(&pod_ips(pod));
+        if let Some(e) = self.pods.get_mut(&key)
+            && Some(e.ips) == ips
+        {
+            e.seen = true;
             return;
         }
-        self.remove_pod(&key);
-        if !ips.is_empty() {
+        let ns = self.intern(namespace_part(&key));
+        self.remove_pod(&key, &ns);
+        if let Some(ips) = ips {
             for ip in ips.iter() {
-                self.add_pod_address(&key.0, *ip);
+                self.add_pod_address(&ns, ip);
             }
-            self.pods.insert(key, ips);
+            self.pods.insert(key, PodEntry { ips, seen: true });
         }
     }
 
     /// A Pod was deleted.
     pub fn delete_pod(&mut self, pod: &Pod) {
-        let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
-        let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
-        self.remove_pod(&(ns, name));
+        let key = pod_key(pod);
+        let ns = self.intern(namespace_part(&key));
+        self.remove_pod(&key, &ns);
     }
 
-    /// Replaces every Pod (a relist); reports the addresses that differ.
+    /// Starts a relist of the Pods: apply each listed Pod with
+    /// [`Catalog::apply_pod`], then call [`Catalog::finish_pod_relist`],
+    /// which removes the Pods that were not listed. Nothing is buffered, so
+    /// a large cluster's Pods never need to be held at once; in between,
+    /// pod address changes are not recorded one by one (the finish reports
+    /// [`Changes::pods_relisted`] instead).
+    pub fn begin_pod_relist(&mut self) {
+        self.pod_relist = true;
+        for e in self.pods.values_mut() {
+            e.seen = false;
+        }
+    }
+
+    /// Ends a relist started with [`Catalog::begin_pod_relist`].
+    pub fn finish_pod_relist(&mut self) {
+        let gone: Vec<Box<str>> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| !e.seen)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            let ns = self.intern(namespace_part(&key));
+            self.remove_pod(&key, &ns);
+        }
+        self.pod_relist = false;
+        self.changes.pods_relisted = true;
+    }
+
+    /// Replaces every Pod (a relist of an in-memory list).
     pub fn reset_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a Pod>) {
-        let before = std::mem::take(&mut self.pod_addresses);
-        self.pods.clear();
+        self.begin_pod_relist();
         for pod in pods {
-            let ns = self.intern(&namespace_of(pod.metadata.namespace.as_deref()));
-            let ips: Box<[IpAddr]> = pod_ips(pod).into();
-            if ips.is_empty() {
-                continue;
-            }
-            for ip in ips.iter() {
-                *self
-                    .pod_addresses
-                    .entry(ns.clone())
-                    .or_default()
-                    .entry(*ip)
-                    .or_default() += 1;
-            }
-            let name: Box<str> = pod.metadata.name.clone().unwrap_or_default().into();
-            self.pods.insert((ns, name), ips);
+            self.apply_pod(pod);
         }
-        for (ns, old) in &before {
-            let new = self.pod_addresses.get(ns);
-            for ip in old.keys() {
-                if !new.is_some_and(|m| m.contains_key(ip)) {
-                    self.changes.pod_addresses.insert(PodAddress {
-                        namespace: ns.clone(),
-                        address: *ip,
-                    });
-                }
-            }
-        }
-        for (ns, new) in &self.pod_addresses {
-            let old = before.get(ns);
-            for ip in new.keys() {
-                if !old.is_some_and(|m| m.contains_key(ip)) {
-                    self.changes.pod_addresses.insert(PodAddress {
-                        namespace: ns.clone(),
-                        address: *ip,
-                    });
-                }
-            }
-        }
+        self.finish_pod_relist();
     }
 
-    fn remove_pod(&mut self, key: &PodKey) {
-        if let Some(ips) = self.pods.remove(key) {
-            for ip in ips.iter() {
-                self.remove_pod_address(&key.0, *ip);
+    fn remove_pod(&mut self, key: &str, ns: &Arc<str>) {
+        if let Some(e) = self.pods.remove(key) {
+            for ip in e.ips.iter() {
+                self.remove_pod_address(ns, ip);
             }
         }
     }
@@ -388,7 +389,7 @@ impl Catalog {
             .entry(ip)
             .or_default();
         *count += 1;
-        if *count == 1 {
+        if *count == 1 && !self.pod_relist {
             self.changes.pod_addresses.insert(PodAddress {
                 namespace: ns.clone(),
                 address: ip,
@@ -409,10 +410,12 @@ impl Catalog {
             if m.is_empty() {
                 self.pod_addresses.remove(ns);
             }
-            self.changes.pod_addresses.insert(PodAddress {
-                namespace: ns.clone(),
-                address: ip,
-            });
+            if !self.pod_relist {
+                self.changes.pod_addresses.insert(PodAddress {
+                    namespace: ns.clone(),
+                    address: ip,
+                });
+            }
         }
     }
 
@@ -424,17 +427,64 @@ impl Catalog {
         self.namespaces.insert(a.clone());
         a
     }
+}
 
-    /// Services grouped by namespace, sorted (for tests and printing).
-    pub fn service_keys(&self) -> BTreeMap<&str, BTreeSet<&str>> {
-        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for k in self.services.keys() {
-            out.entry(k.namespace.as_str())
-                .or_default()
-                .insert(k.name.as_str());
+/// A pod's addresses, inline: a pod has at most one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PodIps {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+    Dual(Ipv4Addr, Ipv6Addr),
+}
+
+impl PodIps {
+    /// The first address of each family; `None` when there is none.
+    fn of(ips: &[IpAddr]) -> Option<Self> {
+        let v4 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        match (v4, v6) {
+            (Some(a), Some(b)) => Some(PodIps::Dual(a, b)),
+            (Some(a), None) => Some(PodIps::V4(a)),
+            (None, Some(b)) => Some(PodIps::V6(b)),
+            (None, None) => None,
         }
-        out
     }
+
+    fn iter(self) -> impl Iterator<Item = IpAddr> {
+        let (a, b): (Option<IpAddr>, Option<IpAddr>) = match self {
+            PodIps::V4(a) => (Some(a.into()), None),
+            PodIps::V6(b) => (Some(b.into()), None),
+            PodIps::Dual(a, b) => (Some(a.into()), Some(b.into())),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    ips: PodIps,
+    /// Listed since the relist began.
+    seen: bool,
+}
+
+/// `namespace/name` of a pod (neither may contain a slash).
+fn pod_key(pod: &Pod) -> Box<str> {
+    format!(
+        "{}/{}",
+        namespace_of(pod.metadata.namespace.as_deref()),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+    .into()
+}
+
+fn namespace_part(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(ns, _)| ns)
 }
 
 fn slice_key(slice: &EndpointSlice) -> SliceKey {

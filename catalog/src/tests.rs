@@ -389,27 +389,53 @@ fn pod_addresses_are_counted_per_namespace() {
 }
 
 #[test]
-fn a_pod_relist_reports_only_addresses_that_differ() {
+fn a_pod_relist_streams_and_removes_the_pods_not_listed() {
     let mut c = Catalog::new();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let a = mk_pod("default", "a", &["10.244.0.1"]);
     let b = mk_pod("default", "b", &["10.244.0.2"]);
-    let b2 = mk_pod("default", "b", &["10.244.0.3"]);
     c.reset_pods([&a, &b]);
-    assert_eq!(c.take_changes().pod_addresses.len(), 2);
-    c.reset_pods([&a, &b2]);
-    let got: Vec<String> = c
-        .take_changes()
-        .pod_addresses
-        .into_iter()
-        .map(|p| p.address.to_string())
-        .collect();
-    assert_eq!(got, vec!["10.244.0.2", "10.244.0.3"]);
+    let changes = c.take_changes();
+    assert!(changes.pods_relisted);
+    assert!(changes.pod_addresses.is_empty());
     assert_eq!(c.pod_addresses().count(), 2);
+
+    // A relist as a watch delivers it: one pod at a time.
+    c.begin_pod_relist();
+    c.apply_pod(&a);
+    c.apply_pod(&mk_pod("default", "c", &["10.244.0.3"]));
+    c.finish_pod_relist();
+    assert!(c.take_changes().pods_relisted);
+    assert!(c.has_pod_address("default", ip("10.244.0.1")));
+    assert!(!c.has_pod_address("default", ip("10.244.0.2")));
+    assert!(c.has_pod_address("default", ip("10.244.0.3")));
+    assert_eq!(c.pod_count(), 2);
+
+    // After the relist, changes are reported one by one again.
+    c.delete_pod(&a);
+    let changes = c.take_changes();
+    assert!(!changes.pods_relisted);
+    assert_eq!(changes.pod_addresses.len(), 1);
+}
+
+#[test]
+fn a_pod_keeps_one_address_per_family() {
+    let mut c = Catalog::new();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    c.apply_pod(&mk_pod(
+        "default",
+        "a",
+        &["10.244.0.1", "10.244.0.9", "fd00:244::1"],
+    ));
+    assert!(c.has_pod_address("default", ip("10.244.0.1")));
+    assert!(!c.has_pod_address("default", ip("10.244.0.9")));
+    assert!(c.has_pod_address("default", ip("fd00:244::1")));
 }
 
 mod prop {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     proptest! {
         /// Whatever order slices arrive and leave in, the merged endpoints

@@ -13,10 +13,11 @@
 
 use crate::cache::Cache;
 use crate::config::PodsMode;
-use crate::index::{Node, Snapshot};
+use crate::index::{Node, NodeRef, Snapshot};
 use crate::metrics::DnsMetrics;
 use crate::wire::{self, HEADER_LEN, Owner, QName, rcode, rtype};
-use hickory_proto::op::{Message, MessageType, OpCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use std::net::IpAddr;
 
 /// How a request arrived: decides the size limit of the answer.
@@ -77,46 +78,70 @@ pub(crate) fn parse(
     if req.len() < HEADER_LEN || req[2] & 0x80 != 0 {
         return Err(Outcome::Drop);
     }
-    let msg = match Message::from_vec(req) {
-        Ok(m) => m,
-        Err(_) => {
-            wire::error_only(req, rcode::FORMERR, out);
-            return Err(Outcome::Reply);
-        }
+    let formerr = |out: &mut Vec<u8>| {
+        wire::error_only(req, rcode::FORMERR, out);
+        Outcome::Reply
     };
-    if msg.metadata.message_type != MessageType::Query {
+    let mut d = BinDecoder::new(req);
+    let Ok(header) = Header::read(&mut d) else {
+        return Err(Outcome::Drop);
+    };
+    if header.metadata.message_type != MessageType::Query {
         return Err(Outcome::Drop);
     }
-    if msg.metadata.op_code != OpCode::Query {
+    if header.metadata.op_code != OpCode::Query {
         wire::error_only(req, rcode::NOTIMP, out);
         return Err(Outcome::Reply);
     }
-    let (Some(qname), 1) = (QName::read(req), msg.queries.len()) else {
-        wire::error_only(req, rcode::FORMERR, out);
-        return Err(Outcome::Reply);
+    let counts = header.counts;
+    if counts.queries != 1 {
+        return Err(formerr(out));
+    }
+    let Some(qname) = QName::read(req) else {
+        return Err(formerr(out));
     };
     let qend = HEADER_LEN + qname.wire_len();
     let (Some(t), Some(c)) = (req.get(qend..qend + 2), req.get(qend + 2..qend + 4)) else {
-        wire::error_only(req, rcode::FORMERR, out);
-        return Err(Outcome::Reply);
+        return Err(formerr(out));
+    };
+    // The rest: usually nothing or one OPT record, which hickory-proto
+    // reads after the question; anything else goes through its full parse.
+    let edns: Option<Edns> = if counts.answers == 0 && counts.authorities == 0 {
+        if counts.additionals == 0 {
+            None
+        } else {
+            let mut d = BinDecoder::new(req);
+            let read = d.read_slice(qend + 4).map_err(drop).and_then(|_| {
+                Message::read_records(&mut d, counts.additionals as usize, true, OpCode::Query)
+                    .map_err(drop)
+            });
+            match read {
+                Ok((_, edns, _)) => edns,
+                Err(()) => return Err(formerr(out)),
+            }
+        }
+    } else {
+        match Message::from_vec(req) {
+            Ok(m) => m.edns,
+            Err(_) => return Err(formerr(out)),
+        }
     };
     let mut p = Parsed {
         qtype: u16::from_be_bytes([t[0], t[1]]),
         qclass: u16::from_be_bytes([c[0], c[1]]),
         question_end: qend + 4,
         qname,
-        edns: msg.edns.is_some(),
-        dnssec_ok: msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        edns: edns.is_some(),
+        dnssec_ok: edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         max_size: 512,
     };
     p.max_size = match transport {
         Transport::Tcp => u16::MAX as usize,
-        Transport::Udp => msg
-            .edns
+        Transport::Udp => edns
             .as_ref()
             .map_or(512, |e| e.max_payload().clamp(512, max_udp) as usize),
     };
-    if msg.edns.as_ref().is_some_and(|e| e.version() != 0) {
+    if edns.as_ref().is_some_and(|e| e.version() != 0) {
         Writer::start(out, req, &p).finish(rcode::BADVERS, false);
         return Err(Outcome::Reply);
     }
@@ -254,8 +279,8 @@ pub(crate) fn answer(
         && let Some(node) = reverse_lookup(snap, &p.qname)
     {
         let mut w = Writer::start(out, req, &p);
-        if let Some(set) = node.rrset(rtype::PTR) {
-            w.push(0, &set.records, set.count);
+        if let Some(set) = node.view().rrset(rtype::PTR) {
+            w.push(0, set.records(), set.count);
         }
         return reply(metrics, w, rcode::NOERROR, true, &p);
     }
@@ -306,8 +331,8 @@ fn zone_answer(
         }
         return negative(metrics, w, snap, rcode::NOERROR, p);
     }
-    if let Some(node) = snap.names.get(p.qname.wire()) {
-        return node_answer(snap, metrics, w, p, node);
+    if let Some(entry) = snap.names.get(p.qname.wire()) {
+        return node_answer(snap, metrics, w, p, entry.node());
     }
     if let Some(rc) = pod_answer(snap, &mut w, p, rel) {
         if rc == rcode::NOERROR && w.answers() > 0 {
@@ -337,24 +362,24 @@ fn node_answer(
     metrics: &DnsMetrics,
     mut w: Writer<'_>,
     p: &Parsed,
-    node: &Node,
+    node: NodeRef<'_>,
 ) -> Outcome {
-    if let Some(target) = &node.cname
+    if let Some(target) = node.cname()
         && p.qtype != rtype::CNAME
         && p.qtype != rtype::ANY
     {
         if let Some(set) = node.rrset(rtype::CNAME) {
-            w.push(0, &set.records, set.count);
+            w.push(0, set.records(), set.count);
         }
         return chase(snap, metrics, w, p, target);
     }
     let mut extra: [Option<(&[u8], u16)>; 8] = [None; 8];
     let mut n_extra = 0;
-    for set in node.rrsets.iter() {
+    for set in node.rrsets() {
         if set.rtype == p.qtype || p.qtype == rtype::ANY {
-            w.push(0, &set.records, set.count);
+            w.push(0, set.records(), set.count);
             if set.extra_count > 0 && n_extra < extra.len() {
-                extra[n_extra] = Some((&set.extra, set.extra_count));
+                extra[n_extra] = Some((set.extra(), set.extra_count));
                 n_extra += 1;
             }
         }
@@ -390,15 +415,16 @@ fn chase(
                 answers: w.answer_bytes(),
             });
         }
-        let Some(node) = snap.names.get(target) else {
+        let Some(entry) = snap.names.get(target) else {
             return negative(metrics, w, snap, rcode::NXDOMAIN, p);
         };
+        let node = entry.node();
         owned.clear();
         let mut count = 0;
-        let next = node.cname.as_deref().filter(|_| p.qtype != rtype::CNAME);
-        for set in node.rrsets.iter() {
+        let next = node.cname().filter(|_| p.qtype != rtype::CNAME);
+        for set in node.rrsets() {
             if set.rtype == p.qtype || (next.is_some() && set.rtype == rtype::CNAME) {
-                count += wire::reown(&set.records, target, &mut owned);
+                count += wire::reown(set.records(), target, &mut owned);
             }
         }
         w.push(0, &owned, count);
@@ -470,7 +496,7 @@ fn reverse_lookup<'s>(snap: &'s Snapshot, q: &QName) -> Option<&'s Node> {
     } else {
         return None;
     };
-    snap.ptrs.get(&ip).map(|n| &**n)
+    snap.ptrs.get(&ip)
 }
 
 #[cfg(test)]

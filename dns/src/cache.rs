@@ -306,3 +306,158 @@ impl Cache {
         Some(entry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::{Transport, parse};
+    use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn request(edns: bool) -> Vec<u8> {
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("Db.Corp.Example.").unwrap(),
+            RecordType::A,
+        ));
+        if edns {
+            m.set_edns(Edns::new());
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn upstream(answers: usize, rcode: ResponseCode, ttl: u32) -> Vec<u8> {
+        let name = Name::from_ascii("db.corp.example.").unwrap();
+        let mut m = Message::response(7, hickory_proto::op::OpCode::Query);
+        m.metadata.response_code = rcode;
+        m.add_query(Query::query(name.clone(), RecordType::A));
+        for i in 0..answers {
+            m.add_answer(Record::from_rdata(
+                name.clone(),
+                ttl,
+                RData::A(A::new(192, 168, 56, i as u8)),
+            ));
+        }
+        if answers == 0 {
+            let zone = Name::from_ascii("corp.example.").unwrap();
+            m.add_authority(Record::from_rdata(
+                zone.clone(),
+                ttl,
+                RData::SOA(SOA::new(zone.clone(), zone, 1, 1, 1, 1, 2)),
+            ));
+        }
+        m.set_edns(Edns::new());
+        m.to_vec().unwrap()
+    }
+
+    fn name() -> Vec<u8> {
+        crate::wire::name_from_text("db.corp.example").unwrap()
+    }
+
+    const LIMITS: (Duration, Duration) = (Duration::from_secs(3600), Duration::from_secs(1800));
+
+    #[test]
+    fn ttls_decay_and_the_request_shapes_the_answer() {
+        let now = Instant::now();
+        let (e, keep) = Entry::new(
+            &upstream(2, ResponseCode::NoError, 30),
+            &name(),
+            1,
+            1,
+            now,
+            LIMITS,
+        )
+        .unwrap();
+        assert!(keep);
+        for edns in [true, false] {
+            let req = request(edns);
+            let mut out = Vec::new();
+            let p = parse(&req, Transport::Udp, 1232, &mut out).ok().unwrap();
+            e.write(&req, &p, now + Duration::from_secs(10), &mut out);
+            let m = Message::from_vec(&out).unwrap();
+            assert_eq!(m.metadata.id, u16::from_be_bytes([req[0], req[1]]));
+            assert_eq!(m.queries[0].name().to_string(), "Db.Corp.Example.");
+            assert_eq!(m.answers.len(), 2);
+            assert!(m.answers.iter().all(|r| r.ttl == 20));
+            assert_eq!(m.edns.is_some(), edns, "OPT only for EDNS clients");
+        }
+    }
+
+    #[test]
+    fn negative_answers_keep_the_soa_ttl_and_errors_are_not_kept() {
+        let now = Instant::now();
+        let (e, keep) = Entry::new(
+            &upstream(0, ResponseCode::NXDomain, 30),
+            &name(),
+            1,
+            1,
+            now,
+            LIMITS,
+        )
+        .unwrap();
+        assert!(keep);
+        // min(SOA TTL 30, SOA minimum 2)
+        assert_eq!(e.expires - now, Duration::from_secs(2));
+        let (_, keep) = Entry::new(
+            &upstream(0, ResponseCode::ServFail, 30),
+            &name(),
+            1,
+            1,
+            now,
+            LIMITS,
+        )
+        .unwrap();
+        assert!(!keep);
+        // An answer to another question is refused.
+        assert!(
+            Entry::new(
+                &upstream(1, ResponseCode::NoError, 30),
+                &name(),
+                28,
+                1,
+                now,
+                LIMITS
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn an_answer_too_large_for_the_client_is_truncated() {
+        let now = Instant::now();
+        let (e, _) = Entry::new(
+            &upstream(60, ResponseCode::NoError, 30),
+            &name(),
+            1,
+            1,
+            now,
+            LIMITS,
+        )
+        .unwrap();
+        let req = request(false);
+        let mut out = Vec::new();
+        let p = parse(&req, Transport::Udp, 1232, &mut out).ok().unwrap();
+        e.write(&req, &p, now, &mut out);
+        assert!(out.len() <= 512);
+        let m = Message::from_vec(&out).unwrap();
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = Cache::new(32, LIMITS.0, LIMITS.1);
+        let resp = upstream(1, ResponseCode::NoError, 30);
+        for t in 0..500u16 {
+            // Same name, many types: only the newest stay.
+            let mut r = resp.clone();
+            let q = HEADER_LEN + name().len();
+            r[q..q + 2].copy_from_slice(&t.to_be_bytes());
+            c.insert(&r, &name(), t, 1, false);
+        }
+        let held: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= 32 + SHARDS, "{held}");
+        assert!(c.get(&name(), 499, 1, false, Instant::now()).is_some());
+    }
+}

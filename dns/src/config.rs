@@ -131,8 +131,9 @@ pub struct DnsConfig {
     pub cache_max_ttl: Duration,
     /// The longest a negative forwarded answer is cached, default 30 min.
     pub cache_max_negative_ttl: Duration,
-    /// Time allowed for one upstream before the next is tried; when all
-    /// fail the client gets SERVFAIL. Default 2 s.
+    /// Time allowed for the upstreams of a query, shared among them (each
+    /// gets an equal part of what is left, in order); when all fail or the
+    /// time is up the client gets SERVFAIL. Default 2 s.
     pub upstream_timeout: Duration,
     /// At most this many forwarded queries in flight; more get SERVFAIL.
     /// Default 1,000.

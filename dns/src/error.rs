@@ -35,5 +35,5 @@ impl Error {
     }
 }
 
-/// Result with the DNS crate's [`Error`].
+/// Result with the DNS crate's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;

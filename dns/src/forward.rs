@@ -1,6 +1,6 @@
 //! Names outside the cluster zone: forwarded to the stub domain's servers
-//! (longest matching domain) or to the upstreams, in order, each with a
-//! timeout; a truncated UDP answer is asked again over TCP. Answers go
+//! (longest matching domain) or to the upstreams, in order, all within the
+//! upstream timeout; a truncated UDP answer is asked again over TCP. Answers go
 //! through the cache. When every server fails or times out the client gets
 //! SERVFAIL, never silence.
 
@@ -162,8 +162,13 @@ impl Forwarder {
             return Err(Failure::NoUpstream);
         }
         let mut last = Failure::NoUpstream;
-        for server in servers {
-            match self.exchange(*server, question, p.dnssec_ok).await {
+        // All servers share one budget: each gets an equal part of what is
+        // left, so one that fails fast leaves its time to the next.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for (i, server) in servers.iter().enumerate() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let until = tokio::time::Instant::now() + left / (servers.len() - i) as u32;
+            match self.exchange(*server, question, p.dnssec_ok, until).await {
                 Ok(resp) => {
                     let entry = match &self.cache {
                         Some(c) => c.insert(&resp, name, qtype, qclass, p.dnssec_ok),
@@ -204,6 +209,7 @@ impl Forwarder {
         server: SocketAddr,
         question: &[u8],
         dnssec_ok: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Vec<u8>, Failure> {
         let id: u16 = rand::random();
         let mut query = Vec::with_capacity(HEADER_LEN + question.len() + 11);
@@ -211,7 +217,6 @@ impl Forwarder {
         query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
         query.extend_from_slice(question);
         wire::push_opt(&mut query, UPSTREAM_PAYLOAD, 0, dnssec_ok);
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let resp = tokio::time::timeout_at(deadline, udp_exchange(server, &query, question))
             .await
             .map_err(|_| Failure::Timeout)??;

@@ -17,57 +17,234 @@
 //! them, so they answer NODATA instead of NXDOMAIN.
 
 use crate::config::PodsMode;
+use crate::names::{Entry, NameTable};
 use crate::records::{self, Built};
 use crate::wire::{self, Owner, rtype};
 use portico_catalog::{Catalog, Changes, ServiceKey};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 type Hasher = foldhash::fast::RandomState;
-type Ptr = imbl::shared_ptr::DefaultSharedPtr;
-pub(crate) type NameMap = imbl::GenericHashMap<Box<[u8]>, Arc<Node>, Hasher, Ptr>;
-pub(crate) type PtrMap = imbl::GenericHashMap<IpAddr, Arc<Node>, Hasher, Ptr>;
-pub(crate) type PodSet = imbl::GenericHashSet<IpAddr, Hasher, Ptr>;
-pub(crate) type PodMap = imbl::GenericHashMap<Arc<str>, PodSet, Hasher, Ptr>;
+/// Persistent hash tries, cloned in O(1) for each snapshot.
+pub(crate) type PtrMap = rpds::HashTrieMap<IpAddr, Node, archery::ArcTK, Hasher>;
+pub(crate) type PodMap = rpds::HashTrieMap<Arc<str>, NsPods, archery::ArcTK, Hasher>;
 
-/// The records of one type at one name, encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rrset {
-    /// Record type.
-    pub(crate) rtype: u16,
-    /// Number of records in `records`.
-    pub(crate) count: u16,
-    /// The records, each owned by [`Owner::Question`].
-    pub(crate) records: Box<[u8]>,
-    /// Number of records in `extra`.
-    pub(crate) extra_count: u16,
-    /// Records for the additional section (SRV targets' addresses), with
-    /// full owner names.
-    pub(crate) extra: Box<[u8]>,
+/// The pod addresses of one namespace: a persistent hash set made of
+/// sorted shards. A change copies one shard (about 16 addresses) and the
+/// shard pointers (one per 16 addresses); the shard count doubles as the
+/// set grows, so a change costs O(namespace size / 16) at worst and the
+/// set takes about 20 bytes per address (a persistent trie takes 140).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NsPods {
+    shards: Arc<[Arc<[IpAddr]>]>,
+    len: usize,
 }
 
-/// A name in the zone and its record sets (none: an empty non-terminal,
-/// or a name that exists without data of any type).
+/// Addresses per shard aimed at when a set is (re)built.
+const SHARD_TARGET: usize = 16;
+
+fn shard_hasher() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x5EED)
+}
+
+impl NsPods {
+    fn build(mut ips: Vec<IpAddr>) -> NsPods {
+        ips.sort_unstable();
+        ips.dedup();
+        let n = (ips.len() / SHARD_TARGET)
+            .next_power_of_two()
+            .clamp(1, 1 << 16);
+        let h = shard_hasher();
+        let mut shards: Vec<Vec<IpAddr>> = vec![Vec::new(); n];
+        for ip in &ips {
+            shards[h.hash_one(ip) as usize & (n - 1)].push(*ip);
+        }
+        NsPods {
+            len: ips.len(),
+            shards: shards.into_iter().map(Arc::from).collect(),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> usize {
+        shard_hasher().hash_one(ip) as usize & (self.shards.len() - 1)
+    }
+
+    pub(crate) fn contains(&self, ip: &IpAddr) -> bool {
+        self.shards[self.shard(ip)].binary_search(ip).is_ok()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &IpAddr> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// This set with `ip` added or removed; `None` when it is unchanged.
+    fn with(&self, ip: IpAddr, present: bool) -> Option<NsPods> {
+        let i = self.shard(&ip);
+        let shard = &self.shards[i];
+        let at = shard.binary_search(&ip);
+        let mut v: Vec<IpAddr> = shard.to_vec();
+        let len = match (at, present) {
+            (Ok(_), true) | (Err(_), false) => return None,
+            (Err(pos), true) => {
+                v.insert(pos, ip);
+                self.len + 1
+            }
+            (Ok(pos), false) => {
+                v.remove(pos);
+                self.len - 1
+            }
+        };
+        if len > self.shards.len() * SHARD_TARGET * 4 {
+            let mut all: Vec<IpAddr> = self.iter().copied().collect();
+            all.push(ip);
+            return Some(NsPods::build(all));
+        }
+        let mut shards: Vec<Arc<[IpAddr]>> = self.shards.to_vec();
+        shards[i] = v.into();
+        Some(NsPods {
+            shards: shards.into(),
+            len,
+        })
+    }
+}
+
+/// The records of one type at one name: the records (each owned by
+/// [`Owner::Question`]) and the records for the additional section (SRV
+/// targets' addresses, with full owner names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rrset<'a> {
+    /// Record type.
+    pub(crate) rtype: u16,
+    /// Number of records.
+    pub(crate) count: u16,
+    /// Number of additional records.
+    pub(crate) extra_count: u16,
+    records: &'a [u8],
+    extra: &'a [u8],
+}
+
+impl<'a> Rrset<'a> {
+    pub(crate) fn new(
+        rtype: u16,
+        count: u16,
+        records: &'a [u8],
+        extra_count: u16,
+        extra: &'a [u8],
+    ) -> Self {
+        Rrset {
+            rtype,
+            count,
+            extra_count,
+            records,
+            extra,
+        }
+    }
+
+    /// The records.
+    pub(crate) fn records(&self) -> &'a [u8] {
+        self.records
+    }
+
+    /// The additional records.
+    pub(crate) fn extra(&self) -> &'a [u8] {
+        self.extra
+    }
+}
+
+/// Bytes of one record set's header in a node.
+const SET_HEADER: usize = 14;
+
+/// A name in the zone and its record sets, encoded in one buffer (one
+/// allocation per name): a count, a header per set (type, count,
+/// additional count, lengths), then the bytes. No sets: an empty
+/// non-terminal, or a name that exists without data of any type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Node {
-    pub(crate) rrsets: Box<[Rrset]>,
-    /// The target of this name's CNAME (lowercase wire), to chase.
-    pub(crate) cname: Option<Box<[u8]>>,
+    blob: Box<[u8]>,
 }
 
 impl Node {
-    pub(crate) fn rrset(&self, rtype: u16) -> Option<&Rrset> {
-        self.rrsets.iter().find(|r| r.rtype == rtype)
+    pub(crate) fn new(sets: &[Rrset<'_>]) -> Node {
+        if sets.is_empty() {
+            return Node::default();
+        }
+        let n = sets.len().min(255);
+        let data: usize = sets[..n]
+            .iter()
+            .map(|s| s.records.len() + s.extra.len())
+            .sum();
+        let mut blob = Vec::with_capacity(1 + n * SET_HEADER + data);
+        blob.push(n as u8);
+        for s in &sets[..n] {
+            blob.extend_from_slice(&s.rtype.to_be_bytes());
+            blob.extend_from_slice(&s.count.to_be_bytes());
+            blob.extend_from_slice(&s.extra_count.to_be_bytes());
+            blob.extend_from_slice(&(s.records.len() as u32).to_be_bytes());
+            blob.extend_from_slice(&(s.extra.len() as u32).to_be_bytes());
+        }
+        for s in &sets[..n] {
+            blob.extend_from_slice(s.records);
+            blob.extend_from_slice(s.extra);
+        }
+        Node { blob: blob.into() }
     }
 
-    fn is_empty(&self) -> bool {
-        self.rrsets.is_empty() && self.cname.is_none()
+    /// A view of this node.
+    pub(crate) fn view(&self) -> NodeRef<'_> {
+        NodeRef(&self.blob)
+    }
+
+    /// The encoded node.
+    pub(crate) fn blob(&self) -> &[u8] {
+        &self.blob
     }
 }
 
-static EMPTY: LazyLock<Arc<Node>> = LazyLock::new(|| Arc::new(Node::default()));
+/// A node as stored: its encoded record sets (see [`Node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeRef<'a>(pub(crate) &'a [u8]);
+
+impl<'a> NodeRef<'a> {
+    /// The record sets, in order.
+    pub(crate) fn rrsets(self) -> impl Iterator<Item = Rrset<'a>> {
+        let b = self.0;
+        let n = b.first().copied().unwrap_or(0) as usize;
+        let mut at = 1 + n * SET_HEADER;
+        (0..n).map(move |i| {
+            let h = &b[1 + i * SET_HEADER..1 + (i + 1) * SET_HEADER];
+            let u16_at = |o: usize| u16::from_be_bytes([h[o], h[o + 1]]);
+            let u32_at =
+                |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) as usize;
+            let (rl, el) = (u32_at(6), u32_at(10));
+            let set = Rrset {
+                rtype: u16_at(0),
+                count: u16_at(2),
+                extra_count: u16_at(4),
+                records: &b[at..at + rl],
+                extra: &b[at + rl..at + rl + el],
+            };
+            at += rl + el;
+            set
+        })
+    }
+
+    pub(crate) fn rrset(self, rtype: u16) -> Option<Rrset<'a>> {
+        self.rrsets().find(|r| r.rtype == rtype)
+    }
+
+    /// The target of this name's CNAME (lowercase wire), to chase.
+    pub(crate) fn cname(self) -> Option<&'a [u8]> {
+        // Owner pointer, type, class, TTL, length: 12 bytes, then the target.
+        self.rrset(rtype::CNAME).and_then(|s| s.records.get(12..))
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// What every snapshot of one server shares: the zone and its SOA.
 #[derive(Debug)]
@@ -125,7 +302,7 @@ pub(crate) struct Snapshot {
     /// The catalog has been fully synced once; until then the zone answers
     /// SERVFAIL.
     pub(crate) synced: bool,
-    pub(crate) names: NameMap,
+    pub(crate) names: NameTable,
     pub(crate) ptrs: PtrMap,
     pub(crate) pods: PodMap,
 }
@@ -147,23 +324,23 @@ impl Snapshot {
 
 #[derive(Debug, Default)]
 struct Owned {
-    names: Vec<Box<[u8]>>,
-    ptrs: Vec<(IpAddr, Box<[u8]>)>,
+    names: Vec<Entry>,
+    ptrs: Vec<(IpAddr, Entry)>,
 }
 
 /// The writer side of the index. See the module documentation.
 pub(crate) struct IndexWriter {
     zone: Arc<Zone>,
     synced: bool,
-    names: NameMap,
+    names: NameTable,
     ptrs: PtrMap,
     pods: PodMap,
     /// Names below each name (for empty non-terminals).
-    refs: HashMap<Box<[u8]>, u32>,
+    refs: HashMap<Entry, u32>,
     /// What each Service put in the index.
     owned: HashMap<ServiceKey, Owned>,
     /// PTR targets of each address, counted.
-    ptr_targets: HashMap<IpAddr, BTreeMap<Box<[u8]>, u32>>,
+    ptr_targets: HashMap<IpAddr, Vec<(Entry, u32)>>,
 }
 
 impl IndexWriter {
@@ -171,9 +348,9 @@ impl IndexWriter {
         let mut w = IndexWriter {
             zone,
             synced: false,
-            names: NameMap::default(),
-            ptrs: PtrMap::default(),
-            pods: PodMap::default(),
+            names: NameTable::default(),
+            ptrs: PtrMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            pods: PodMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             refs: HashMap::new(),
             owned: HashMap::new(),
             ptr_targets: HashMap::new(),
@@ -194,23 +371,14 @@ impl IndexWriter {
                 self.zone.ttl,
                 &wire::txt_rdata("1.1.0"),
             );
-            let node = Node {
-                rrsets: Box::new([Rrset {
-                    rtype: rtype::TXT,
-                    count: 1,
-                    records: records.into(),
-                    extra_count: 0,
-                    extra: Box::new([]),
-                }]),
-                cname: None,
-            };
-            self.insert_name(name.into(), Arc::new(node));
+            let node = Node::new(&[Rrset::new(rtype::TXT, 1, &records, 0, &[])]);
+            self.insert_name(Entry::new(&name, &node));
         }
         // svc.<zone> always exists.
         if let Some(svc) = wire::name_under(&["svc"], &apex) {
-            let svc: Box<[u8]> = svc.into();
-            *self.refs.entry(svc.clone()).or_default() += 1;
-            self.names.insert(svc, EMPTY.clone());
+            let svc = Entry::new(&svc, &Node::default());
+            self.refs.insert(svc.clone(), 1);
+            self.names.insert(svc);
         }
     }
 
@@ -236,6 +404,9 @@ impl IndexWriter {
             self.update_service(catalog, key);
         }
         if self.zone.pods == PodsMode::Verified {
+            if changes.pods_relisted {
+                self.rebuild_pods(catalog);
+            }
             for pa in &changes.pod_addresses {
                 let present = catalog.has_pod_address(&pa.namespace, pa.address);
                 self.set_pod(&pa.namespace, pa.address, present);
@@ -253,9 +424,7 @@ impl IndexWriter {
             self.update_service(catalog, &key);
         }
         if self.zone.pods == PodsMode::Verified {
-            for pa in catalog.pod_addresses() {
-                self.set_pod(&pa.namespace, pa.address, true);
-            }
+            self.rebuild_pods(catalog);
         }
     }
 
@@ -265,7 +434,7 @@ impl IndexWriter {
                 self.remove_name(&name);
             }
             for (ip, target) in old.ptrs {
-                self.remove_ptr(ip, &target);
+                self.remove_ptr(ip, target.key());
             }
         }
         let Some(info) = catalog.service(key) else {
@@ -275,20 +444,28 @@ impl IndexWriter {
             records::service_records(&self.zone, info, catalog.endpoints(key));
         let mut owned = Owned::default();
         for (name, node) in nodes {
-            let name: Box<[u8]> = name.into();
-            self.insert_name(name.clone(), Arc::new(node));
-            owned.names.push(name);
+            let entry = Entry::new(&name, &node);
+            self.insert_name(entry.clone());
+            owned.names.push(entry);
         }
         for (ip, target) in ptrs {
-            let target: Box<[u8]> = target.into();
+            // The name of the node it points at (it always has one).
+            let target = owned
+                .names
+                .iter()
+                .find(|n| n.key() == &target[..])
+                .cloned()
+                .unwrap_or_else(|| Entry::new(&target, &Node::default()));
             self.add_ptr(ip, target.clone());
             owned.ptrs.push((ip, target));
         }
+        owned.names.shrink_to_fit();
+        owned.ptrs.shrink_to_fit();
         self.owned.insert(key.clone(), owned);
     }
 
-    /// The proper ancestors of `name` below the apex.
-    fn ancestors(&self, name: &[u8]) -> Vec<Box<[u8]>> {
+    /// The proper ancestors of `name` below the apex (start offsets).
+    fn ancestors(&self, name: &[u8]) -> Vec<usize> {
         let apex_len = self.zone.apex.len();
         let mut out = Vec::new();
         let mut i = 0;
@@ -297,58 +474,71 @@ impl IndexWriter {
             if name.len().saturating_sub(i) <= apex_len {
                 break;
             }
-            out.push(name[i..].into());
+            out.push(i);
         }
         out
     }
 
-    fn insert_name(&mut self, name: Box<[u8]>, node: Arc<Node>) {
-        for a in self.ancestors(&name) {
-            let r = self.refs.entry(a.clone()).or_default();
-            *r += 1;
-            if *r == 1 && !self.names.contains_key(&a) {
-                self.names.insert(a, EMPTY.clone());
+    fn insert_name(&mut self, entry: Entry) {
+        for i in self.ancestors(entry.key()) {
+            let a = &entry.key()[i..];
+            if let Some(r) = self.refs.get_mut(a) {
+                *r += 1;
+                continue;
             }
+            let parent = match self.names.get(a) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = Entry::new(a, &Node::default());
+                    self.names.insert(e.clone());
+                    e
+                }
+            };
+            self.refs.insert(parent, 1);
         }
-        self.names.insert(name, node);
+        self.names.insert(entry);
     }
 
-    fn remove_name(&mut self, name: &[u8]) {
-        if self.refs.get(name).copied().unwrap_or(0) > 0 {
-            self.names.insert(name.into(), EMPTY.clone());
+    fn remove_name(&mut self, entry: &Entry) {
+        let key = entry.key();
+        if self.refs.get(key).copied().unwrap_or(0) > 0 {
+            self.names.insert(Entry::new(key, &Node::default()));
         } else {
-            self.names.remove(name);
+            self.names.remove(key);
         }
-        for a in self.ancestors(name) {
-            let Some(r) = self.refs.get_mut(&a) else {
+        for i in self.ancestors(key) {
+            let a = &key[i..];
+            let Some(r) = self.refs.get_mut(a) else {
                 continue;
             };
             *r -= 1;
             if *r == 0 {
-                self.refs.remove(&a);
-                if self.names.get(&a).is_some_and(|n| n.is_empty()) {
-                    self.names.remove(&a);
+                self.refs.remove(a);
+                if self.names.get(a).is_some_and(|n| n.node().is_empty()) {
+                    self.names.remove(a);
                 }
             }
         }
     }
 
-    fn add_ptr(&mut self, ip: IpAddr, target: Box<[u8]>) {
-        *self
-            .ptr_targets
-            .entry(ip)
-            .or_default()
-            .entry(target)
-            .or_default() += 1;
+    fn add_ptr(&mut self, ip: IpAddr, target: Entry) {
+        let targets = self.ptr_targets.entry(ip).or_default();
+        match targets.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, c)) => *c += 1,
+            None => {
+                targets.push((target, 1));
+                targets.sort_by(|a, b| a.0.key().cmp(b.0.key()));
+            }
+        }
         self.rebuild_ptr(ip);
     }
 
     fn remove_ptr(&mut self, ip: IpAddr, target: &[u8]) {
         if let Some(targets) = self.ptr_targets.get_mut(&ip) {
-            if let Some(c) = targets.get_mut(target) {
-                *c -= 1;
-                if *c == 0 {
-                    targets.remove(target);
+            if let Some(i) = targets.iter().position(|(t, _)| t.key() == target) {
+                targets[i].1 -= 1;
+                if targets[i].1 == 0 {
+                    targets.remove(i);
                 }
             }
             if targets.is_empty() {
@@ -361,39 +551,50 @@ impl IndexWriter {
     fn rebuild_ptr(&mut self, ip: IpAddr) {
         match self.ptr_targets.get(&ip) {
             None => {
-                self.ptrs.remove(&ip);
+                self.ptrs.remove_mut(&ip);
             }
             Some(targets) => {
                 let mut records = Vec::new();
-                for t in targets.keys() {
-                    wire::push_rr(&mut records, Owner::Question, rtype::PTR, self.zone.ttl, t);
+                for (t, _) in targets {
+                    wire::push_rr(
+                        &mut records,
+                        Owner::Question,
+                        rtype::PTR,
+                        self.zone.ttl,
+                        t.key(),
+                    );
                 }
-                let node = Node {
-                    rrsets: Box::new([Rrset {
-                        rtype: rtype::PTR,
-                        count: targets.len().min(u16::MAX as usize) as u16,
-                        records: records.into(),
-                        extra_count: 0,
-                        extra: Box::new([]),
-                    }]),
-                    cname: None,
-                };
-                self.ptrs.insert(ip, Arc::new(node));
+                let count = targets.len().min(u16::MAX as usize) as u16;
+                let node = Node::new(&[Rrset::new(rtype::PTR, count, &records, 0, &[])]);
+                self.ptrs.insert_mut(ip, node);
             }
         }
     }
 
     fn set_pod(&mut self, namespace: &Arc<str>, ip: IpAddr, present: bool) {
-        let mut set = self.pods.get(&**namespace).cloned().unwrap_or_default();
-        if present {
-            set.insert(ip);
-        } else {
-            set.remove(&ip);
+        let next = match self.pods.get(&**namespace) {
+            Some(set) => set.with(ip, present),
+            None if present => Some(NsPods::build(vec![ip])),
+            None => None,
+        };
+        match next {
+            Some(set) if set.len == 0 => {
+                self.pods.remove_mut(&**namespace);
+            }
+            Some(set) => self.pods.insert_mut(namespace.clone(), set),
+            None => {}
         }
-        if set.is_empty() {
-            self.pods.remove(&**namespace);
-        } else {
-            self.pods.insert(namespace.clone(), set);
+    }
+
+    /// Builds every namespace's set from the catalog at once.
+    fn rebuild_pods(&mut self, catalog: &Catalog) {
+        let mut by_ns: HashMap<Arc<str>, Vec<IpAddr>> = HashMap::new();
+        for pa in catalog.pod_addresses() {
+            by_ns.entry(pa.namespace).or_default().push(pa.address);
+        }
+        self.pods = PodMap::new_with_hasher_and_ptr_kind(Hasher::default());
+        for (ns, ips) in by_ns {
+            self.pods.insert_mut(ns, NsPods::build(ips));
         }
     }
 

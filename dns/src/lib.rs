@@ -56,6 +56,24 @@
 //! client's UDP size are sent with TC set and no records; over TCP in full.
 //! Malformed queries get FORMERR.
 //!
+//! Feeding it:
+//!
+//! - In a cluster: watch Services, EndpointSlices (all of them: the catalog
+//!   merges by `kubernetes.io/service-name`) and Pods (only in `verified`
+//!   pod mode) with bare `kube::runtime::watcher` streams, not reflector
+//!   stores: a store of 100,000 Pods alone is far above the memory target,
+//!   while the catalog keeps one small entry per Pod. On `Init` of Pods call
+//!   [`Catalog::begin_pod_relist`], apply each `InitApply`, and
+//!   [`Catalog::finish_pod_relist`] on `InitDone`; Services and slices may be
+//!   buffered and given to `reset_services`/`reset_slices`. After each batch
+//!   of events, `dns.apply(&catalog, &catalog.take_changes())` (one call per
+//!   batch: each call publishes a snapshot). Call [`Dns::mark_synced`] once
+//!   all three kinds have had their first `InitDone`; [`Dns::is_synced`] is
+//!   `/readyz`.
+//! - In `portico local`: after each reconcile round, `reset_*` the catalog
+//!   from the local stores and `dns.apply(..)` the changes (or `dns.reset`),
+//!   then `mark_synced` after the first load; listen on `127.0.0.1:5353`.
+//!
 //! Logging: hickory's `Server` logs every TCP request at INFO; run with
 //! `hickory_server=warn` in the filter.
 
@@ -70,6 +88,7 @@ mod fixtures;
 mod forward;
 mod index;
 mod metrics;
+mod names;
 mod records;
 mod tcp;
 mod udp;
@@ -132,8 +151,24 @@ impl Dns {
                 config.cache_max_negative_ttl,
             ))
         });
+        // Forwarding to ourselves would loop until every query timed out.
+        let upstreams: Vec<SocketAddr> = config
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|u| {
+                let own = *u == config.listen
+                    || (config.listen.ip().is_unspecified()
+                        && u.port() == config.listen.port()
+                        && u.ip().is_loopback());
+                if own {
+                    tracing::warn!(upstream = %u, "dns: ignoring an upstream that is this server");
+                }
+                !own
+            })
+            .collect();
         let forwarder = Arc::new(Forwarder::new(
-            config.upstreams.clone(),
+            upstreams,
             &config.stub_domains,
             config.upstream_timeout,
             cache.clone(),

@@ -41,7 +41,6 @@ struct SetBuilder {
 #[derive(Default)]
 struct NodeBuilder {
     sets: BTreeMap<u16, SetBuilder>,
-    cname: Option<Vec<u8>>,
 }
 
 struct Builder<'z> {
@@ -77,24 +76,12 @@ impl Builder<'_> {
             .nodes
             .into_iter()
             .map(|(name, nb)| {
-                let rrsets = nb
+                let sets: Vec<Rrset<'_>> = nb
                     .sets
-                    .into_iter()
-                    .map(|(t, s)| Rrset {
-                        rtype: t,
-                        count: s.count,
-                        records: s.records.into(),
-                        extra_count: s.extra_count,
-                        extra: s.extra.into(),
-                    })
+                    .iter()
+                    .map(|(t, s)| Rrset::new(*t, s.count, &s.records, s.extra_count, &s.extra))
                     .collect();
-                (
-                    name,
-                    Node {
-                        rrsets,
-                        cname: nb.cname.map(Into::into),
-                    },
-                )
+                (name, Node::new(&sets))
             })
             .collect();
         Built {
@@ -137,9 +124,8 @@ pub(crate) fn service_records(zone: &Zone, svc: &ServiceInfo, endpoints: &[Endpo
             .as_deref()
             .and_then(wire::name_from_text)
             .filter(|t| t.len() > 1);
-        let node = b.node(&svc_name);
+        b.node(&svc_name);
         if let Some(target) = target {
-            node.cname = Some(target.clone());
             b.add(&svc_name, rtype::CNAME, target);
         }
         return b.finish();

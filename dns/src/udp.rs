@@ -48,7 +48,11 @@ pub(crate) fn serve(
     jobs: mpsc::Sender<Job>,
 ) {
     let fd = socket.as_raw_fd();
-    let mut bufs: Vec<[u8; BUF]> = vec![[0u8; BUF]; BATCH];
+    let Ok(mut bufs): Result<Box<[[u8; BUF]; BATCH]>, _> =
+        vec![[0u8; BUF]; BATCH].into_boxed_slice().try_into()
+    else {
+        return;
+    };
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
     let mut dsts: [Option<SockaddrStorage>; BATCH] = [None; BATCH];
     let mut lens = [0usize; BATCH];
@@ -59,8 +63,8 @@ pub(crate) fn serve(
 
     while !stop.load(Ordering::Relaxed) {
         let n = {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+                bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
             match recvmmsg(
                 fd,
                 &mut recv_headers,
@@ -148,15 +152,17 @@ fn send_all(
     outs: &[Vec<u8>],
     dsts: &[Option<SockaddrStorage>],
 ) {
-    let slices: Vec<[IoSlice<'_>; 1]> = outs.iter().map(|o| [IoSlice::new(o)]).collect();
+    let slices: [[IoSlice<'_>; 1]; BATCH] =
+        std::array::from_fn(|i| [IoSlice::new(outs.get(i).map_or(&[][..], |o| &o[..]))]);
+    let n = outs.len().min(BATCH);
     let none: [ControlMessage<'_>; 0] = [];
     let mut off = 0;
-    while off < slices.len() {
+    while off < n {
         match sendmmsg(
             fd,
             headers,
-            slices[off..].iter(),
-            &dsts[off..],
+            slices[off..n].iter(),
+            &dsts[off..n],
             none,
             MsgFlags::empty(),
         ) {

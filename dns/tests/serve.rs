@@ -687,8 +687,7 @@ async fn metrics_are_registered() {
     .await;
     let mut registry = prometheus_client::registry::Registry::default();
     server.dns.register(&mut registry);
-    // The server observes a batch's latency after sending its answers: give
-    // it a moment after ours arrived.
+    // The UDP thread counts the latency right after sending: wait for it.
     let mut text = String::new();
     for _ in 0..100 {
         text.clear();
@@ -696,7 +695,7 @@ async fn metrics_are_registered() {
         if text.contains("portico_dns_request_duration_seconds_count 1") {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
         text.contains(r#"portico_dns_queries_total{type="A",rcode="NOERROR"} 1"#),
@@ -706,5 +705,30 @@ async fn metrics_are_registered() {
         text.contains("portico_dns_request_duration_seconds_count 1"),
         "{text}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn several_udp_threads_share_one_port() {
+    let server = Server::start(
+        DnsConfig {
+            udp_threads: 3,
+            ..DnsConfig::default()
+        },
+        &cluster(),
+        true,
+    )
+    .await;
+    // Each query comes from its own socket, so the kernel spreads them.
+    for _ in 0..20 {
+        let m = ask(
+            server.addr,
+            "web.default.svc.cluster.local.",
+            RecordType::A,
+            Via::Udp,
+        )
+        .await;
+        assert_eq!(m.answers.len(), 1);
+    }
     server.stop().await;
 }

@@ -550,3 +550,86 @@ fn queries_are_counted_by_type_and_rcode() {
     assert_eq!(c.metrics.queries("A", "NOERROR"), 1);
     assert_eq!(c.metrics.queries("A", "NXDOMAIN"), 1);
 }
+
+#[test]
+fn requests_with_records_in_other_sections_are_parsed_in_full() {
+    let c = web();
+    // A query carrying an answer record (as some clients do for NOTIFY-like
+    // traffic): still a query, still answered.
+    let mut m = Message::query();
+    let name = Name::from_ascii("web.default.svc.cluster.local.").unwrap();
+    m.add_query(Query::query(name.clone(), RecordType::A));
+    m.add_answer(Record::from_rdata(
+        name,
+        5,
+        hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(1, 2, 3, 4)),
+    ));
+    let (o, out) = c.raw(&m.to_vec().unwrap(), Transport::Udp);
+    assert_eq!(o, Outcome::Reply);
+    assert_answer(
+        &Message::from_vec(&out).unwrap(),
+        &["web.default.svc.cluster.local A 10.96.0.10"],
+    );
+    // An additional record that is cut short: FORMERR.
+    let mut bad = query("web.default.svc.cluster.local.", RecordType::A, true);
+    bad.truncate(bad.len() - 3);
+    let (_, out) = c.raw(&bad, Transport::Udp);
+    assert_eq!(
+        Message::from_vec(&out).unwrap().metadata.response_code,
+        ResponseCode::FormErr
+    );
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes: no panic, and whatever is sent back is a DNS message
+        /// that answers the same ID.
+        #[test]
+        fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let c = db();
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let (o, out) = c.raw(&bytes, transport);
+                if o == Outcome::Reply {
+                    prop_assert!(out.len() >= 12);
+                    prop_assert_eq!(&out[..2], &bytes[..2]);
+                    prop_assert!(Message::from_vec(&out).is_ok());
+                }
+            }
+        }
+
+        /// Valid queries with a few bytes changed.
+        #[test]
+        fn mutated_queries_never_panic(
+            name in prop::sample::select(vec![
+                "web.default.svc.cluster.local.",
+                "_pg._tcp.db.default.svc.cluster.local.",
+                "10-244-0-5.default.pod.cluster.local.",
+                "1.0.244.10.in-addr.arpa.",
+                "example.org.",
+            ]),
+            edns in any::<bool>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let c = db();
+            let mut q = query(name, RecordType::A, edns);
+            for (i, b) in flips {
+                let at = i.index(q.len());
+                q[at] = b;
+            }
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let (o, out) = c.raw(&q, transport);
+                if o == Outcome::Reply {
+                    prop_assert!(Message::from_vec(&out).is_ok());
+                    if transport == Transport::Udp {
+                        prop_assert!(out.len() <= 1232);
+                    }
+                }
+            }
+        }
+    }
+}

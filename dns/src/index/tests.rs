@@ -2,7 +2,7 @@ use super::*;
 use crate::fixtures::*;
 use crate::wire::name_from_text;
 use proptest::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn writer() -> IndexWriter {
     IndexWriter::new(Arc::new(
@@ -13,11 +13,11 @@ fn writer() -> IndexWriter {
 fn names(w: &IndexWriter) -> BTreeSet<String> {
     w.names
         .iter()
-        .map(|(k, v)| {
+        .map(|e| {
             format!(
                 "{}{}",
-                wire::name_to_text(k),
-                if v.is_empty() { " (empty)" } else { "" }
+                wire::name_to_text(e.key()),
+                if e.node().is_empty() { " (empty)" } else { "" }
             )
         })
         .collect()
@@ -74,10 +74,30 @@ fn an_address_shared_by_two_headless_services_keeps_both_ptr_targets() {
     }
     apply(&mut w, &mut c);
     let ip: IpAddr = "10.244.0.1".parse().unwrap();
-    assert_eq!(w.ptrs.get(&ip).unwrap().rrsets[0].count, 2);
+    assert_eq!(
+        w.ptrs
+            .get(&ip)
+            .unwrap()
+            .view()
+            .rrsets()
+            .next()
+            .unwrap()
+            .count,
+        2
+    );
     c.delete_service(&mk_headless("ns", "a", &[]));
     apply(&mut w, &mut c);
-    assert_eq!(w.ptrs.get(&ip).unwrap().rrsets[0].count, 1);
+    assert_eq!(
+        w.ptrs
+            .get(&ip)
+            .unwrap()
+            .view()
+            .rrsets()
+            .next()
+            .unwrap()
+            .count,
+        1
+    );
     assert!(
         w.names
             .contains_key(&name_from_text("pod.b.ns.svc.cluster.local").unwrap()[..])
@@ -190,15 +210,40 @@ proptest! {
         }
         let mut fresh = writer();
         fresh.reset(&c);
-        let a: Vec<_> = w.names.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect::<BTreeMap<_, _>>().into_iter().collect();
-        let b: Vec<_> = fresh.names.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect::<BTreeMap<_, _>>().into_iter().collect();
+        let a: Vec<_> = w.names.iter().map(|e| (e.key().to_vec(), e.node().0.to_vec())).collect::<BTreeMap<_, _>>().into_iter().collect();
+        let b: Vec<_> = fresh.names.iter().map(|e| (e.key().to_vec(), e.node().0.to_vec())).collect::<BTreeMap<_, _>>().into_iter().collect();
         prop_assert_eq!(a, b);
-        let pa: BTreeMap<_, _> = w.ptrs.iter().map(|(k, v)| (*k, (**v).clone())).collect();
-        let pb: BTreeMap<_, _> = fresh.ptrs.iter().map(|(k, v)| (*k, (**v).clone())).collect();
+        let pa: BTreeMap<_, _> = w.ptrs.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let pb: BTreeMap<_, _> = fresh.ptrs.iter().map(|(k, v)| (*k, v.clone())).collect();
         prop_assert_eq!(pa, pb);
         let ka: BTreeSet<(String, IpAddr)> = w.pods.iter().flat_map(|(ns, s)| s.iter().map(move |ip| (ns.to_string(), *ip))).collect();
         let kb: BTreeSet<(String, IpAddr)> = fresh.pods.iter().flat_map(|(ns, s)| s.iter().map(move |ip| (ns.to_string(), *ip))).collect();
         prop_assert_eq!(ka, kb);
         prop_assert!(w.refs == fresh.refs);
     }
+}
+
+#[test]
+fn a_namespace_pod_set_grows_and_shrinks_one_shard_at_a_time() {
+    let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0AF4_0000 + i));
+    let mut set = NsPods::build(vec![ip(0)]);
+    for i in 1..2000 {
+        set = set.with(ip(i), true).unwrap();
+        assert!(set.with(ip(i), true).is_none(), "already there");
+    }
+    assert_eq!(set.len, 2000);
+    assert!(set.shards.len() >= 2000 / (SHARD_TARGET * 4));
+    assert!((0..2000).all(|i| set.contains(&ip(i))));
+    assert!(!set.contains(&ip(2000)));
+    let before = set.clone();
+    let after = set.with(ip(7), false).unwrap();
+    assert!(!after.contains(&ip(7)) && before.contains(&ip(7)));
+    // Only the changed shard is new.
+    let shared = before
+        .shards
+        .iter()
+        .zip(after.shards.iter())
+        .filter(|(a, b)| Arc::ptr_eq(a, b))
+        .count();
+    assert_eq!(shared, before.shards.len() - 1);
 }
