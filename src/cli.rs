@@ -48,7 +48,13 @@ pub struct LogArgs {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PORTICO_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log filter (tracing env-filter syntax, e.g. `info,portico=debug`).
-    #[arg(long, global = true, default_value = "info", env = "PORTICO_LOG")]
+    /// Hickory's DNS server logs every TCP query at info, hence its `warn`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,hickory_server=warn",
+        env = "PORTICO_LOG"
+    )]
     pub log_level: String,
 }
 

@@ -69,8 +69,7 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let mut catalog = Catalog::new();
     let mut services: Relist<Service> = Relist::default();
     let mut slices: Relist<EndpointSlice> = Relist::default();
-    let mut pods: Relist<Pod> = Relist::default();
-    pods.synced = !pods_needed;
+    let mut pods_synced = !pods_needed;
     loop {
         let change = tokio::select! {
             served = &mut serving => {
@@ -95,16 +94,22 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
                 Some(Fed::Delete(o)) => catalog.delete_slice(&o),
                 None => {}
             },
-            Ok(Some(Change::Pod(ev))) => match pods.feed(*ev) {
-                Some(Fed::Reset(all)) => catalog.reset_pods(all.iter()),
-                Some(Fed::Apply(o)) => catalog.apply_pod(&o),
-                Some(Fed::Delete(o)) => catalog.delete_pod(&o),
-                None => {}
+            // Pods stream straight into the catalog, even during a relist:
+            // buffering 100,000 Pod objects would cost more than the whole
+            // DNS server.
+            Ok(Some(Change::Pod(ev))) => match *ev {
+                watcher::Event::Init => catalog.begin_pod_relist(),
+                watcher::Event::InitApply(o) | watcher::Event::Apply(o) => catalog.apply_pod(&o),
+                watcher::Event::InitDone => {
+                    catalog.finish_pod_relist();
+                    pods_synced = true;
+                }
+                watcher::Event::Delete(o) => catalog.delete_pod(&o),
             },
             Ok(None) => anyhow::bail!("a watch ended"),
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
         }
-        if !(services.synced && slices.synced && pods.synced) {
+        if !(services.synced && slices.synced && pods_synced) {
             continue;
         }
         let changes = catalog.take_changes();
