@@ -107,6 +107,21 @@ impl Lab {
             ("192.168.77.1/24", "192.168.77.2/24"),
             ("fd77::1/64", "fd77::2/64"),
         );
+        // The client network is the node's way out (a real node has a
+        // default route; without one, even DNATed traffic finds no route).
+        run(&[
+            "ip",
+            "-n",
+            &node,
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.77.2",
+        ]);
+        run(&[
+            "ip", "-n", &node, "-6", "route", "add", "default", "via", "fd77::2",
+        ]);
         for i in 1..=pods {
             let ns = lab.pods[i - 1].clone();
             lab.link(

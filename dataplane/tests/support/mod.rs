@@ -2,7 +2,7 @@
 //! root-test gate, and (in `lab`) network namespaces with real packets.
 //!
 //! Address conventions: ClusterIPs in 10.96.0.0/16 (fd96::/112), pods in
-//! 10.244.0.0/16 (fd44::/48), the client network 192.168.77.0/24
+//! 10.244.0.0/16 (fd44::/32), the client network 192.168.77.0/24
 //! (fd77::/64) with the node at .1, LoadBalancer addresses in
 //! 192.168.56.0/24.
 
@@ -29,7 +29,7 @@ pub fn config() -> Config {
         node_name: NODE.into(),
         cluster_cidrs: vec![
             "10.244.0.0/16".parse().unwrap(),
-            "fd44::/48".parse().unwrap(),
+            "fd44::/32".parse().unwrap(),
         ],
         service_cidrs: vec![
             "10.96.0.0/16".parse().unwrap(),
