@@ -1,6 +1,7 @@
 //! The normalised model: what consumers read of a Service, its endpoints and
 //! pods, parsed once from the API objects.
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{self as discovery, EndpointSlice};
 use portico_crds::names::labels;
@@ -172,6 +173,9 @@ pub struct ServiceInfo {
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip` that parse.
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` that parse (a bare address counts
+    /// as a host range); empty means every source may connect.
+    pub load_balancer_source_ranges: Vec<IpNet>,
     /// `spec.sessionAffinity` (+ config).
     pub session_affinity: SessionAffinity,
     /// `spec.externalTrafficPolicy`.
@@ -247,6 +251,9 @@ impl ServiceInfo {
                     .into_iter()
                     .flatten()
                     .filter_map(|i| i.ip.as_ref()),
+            ),
+            load_balancer_source_ranges: parse_ranges(
+                spec.load_balancer_source_ranges.iter().flatten(),
             ),
             session_affinity,
             external_traffic_policy: TrafficPolicy::parse(spec.external_traffic_policy.as_deref()),
@@ -383,6 +390,23 @@ pub(crate) fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 
 pub(crate) fn namespace_of(ns: Option<&str>) -> String {
     ns.filter(|n| !n.is_empty()).unwrap_or("default").to_owned()
+}
+
+fn parse_ranges<'a>(ranges: impl IntoIterator<Item = &'a String>) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for r in ranges {
+        let r = r.trim();
+        let net = r
+            .parse::<IpNet>()
+            .map(|n| n.trunc())
+            .or_else(|_| r.parse::<IpAddr>().map(IpNet::from));
+        if let Ok(net) = net
+            && !out.contains(&net)
+        {
+            out.push(net);
+        }
+    }
+    out
 }
 
 fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {

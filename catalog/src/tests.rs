@@ -128,6 +128,12 @@ fn a_service_is_normalised() {
     });
     spec.external_traffic_policy = Some("Local".into());
     spec.health_check_node_port = Some(30900);
+    spec.load_balancer_source_ranges = Some(vec![
+        "192.168.56.0/24".into(),
+        "203.0.113.7".into(),
+        "10.1.2.3/8".into(),
+        "bogus".into(),
+    ]);
     spec.ports.as_mut().unwrap()[0].node_port = Some(30080);
     svc.status = Some(ServiceStatus {
         load_balancer: Some(LoadBalancerStatus {
@@ -165,6 +171,14 @@ fn a_service_is_normalised() {
     assert_eq!(info.external_traffic_policy, TrafficPolicy::Local);
     assert_eq!(info.internal_traffic_policy, TrafficPolicy::Cluster);
     assert_eq!(info.health_check_node_port, Some(30900));
+    assert_eq!(
+        info.load_balancer_source_ranges,
+        vec![
+            "192.168.56.0/24".parse::<ipnet::IpNet>().unwrap(),
+            "203.0.113.7/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ]
+    );
     assert_eq!(
         info.ports,
         vec![ServicePort {

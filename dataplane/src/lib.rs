@@ -1,13 +1,36 @@
-//! The node dataplane: programs nftables NAT so that ClusterIP, NodePort and
-//! LoadBalancer traffic reaches endpoints (the job of kube-proxy), and
-//! announces LoadBalancer addresses on the LAN (ARP/NDP).
+//! The node dataplane: programs nftables NAT so that ClusterIP, NodePort
+//! and LoadBalancer traffic reaches endpoints (the job of kube-proxy).
+//! `README.md` in this crate is the design document.
 //!
 //! ```text
-//!  catalog ──> rule renderer (pure) ──> one nft transaction per sync ──> kernel
-//!              service-ips vmap ──> per-service chain ──> per-endpoint DNAT
+//!  catalog (Services + endpoints) ── Changes ──┐
+//!                                              v
+//!   render (pure) ──> Model (installed state) ──> Transaction ──> Backend: nft -f - | FakeNft
+//!                                  └─ stale UDP flows ──> Conntrack
+//!
+//!  packet: services ──vmap @service-ips──> pick-N ──dnat via @service-backends-*──> endpoint
 //! ```
 //!
-//! `portico node` runs it on every node. This crate is filled by the node
-//! dataplane and L2 announcement issues.
+//! `portico node` runs it on every node; `portico local --dataplane` runs
+//! it for one node of a set of manifests.
 
 #![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod conntrack;
+mod error;
+pub mod metrics;
+pub mod model;
+pub mod names;
+pub mod proxier;
+pub mod render;
+pub mod trace;
+pub mod tx;
+
+pub use backend::{Backend, FakeNft, Nft};
+pub use conntrack::{Conntrack, ConntrackTool, RecordingConntrack};
+pub use error::{Error, Result};
+pub use metrics::DataplaneMetrics;
+pub use proxier::{Proxier, SyncKind, SyncReport, can_program_nftables};
+pub use render::{Config, local_endpoint_count};
+pub use tx::Transaction;

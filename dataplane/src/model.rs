@@ -1,0 +1,460 @@
+//! The ruleset as Portico believes it is installed, and the transactions
+//! that change it: a full sync writes everything, a partial sync only what
+//! a set of Services changed.
+//!
+//! ```text
+//!  per Service: Rendered ──┐
+//!                          ├─> entries  (owners per entry point; the first in key order wins)
+//!                          ├─> shared   (reference-counted set elements)
+//!                          └─> chains, sets, pick chains
+//! ```
+
+use crate::names::{Family, Pick, PickEntry, PickSlots, is_static_chain};
+use crate::render::{
+    Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
+};
+use crate::tx::{SetKind, Transaction};
+use portico_catalog::{Catalog, ServiceKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+/// What exists in one family's table, as listed from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// Chain names, with their number of rules.
+    pub chains: BTreeMap<String, usize>,
+    /// Set and map names.
+    pub sets: BTreeSet<String>,
+}
+
+/// Pick chains for up to this many endpoints exist from the first full
+/// sync on (for the common kinds), so that an endpoint change never has
+/// to create one: binding a new chain to the backends maps makes the
+/// kernel walk every element of them (about 100 ms at 500,000).
+pub const PRECREATED_PICKS: usize = 16;
+
+/// The pick chains every table has.
+pub fn precreated_picks() -> impl Iterator<Item = (Family, Pick)> {
+    Family::ALL.into_iter().flat_map(|family| {
+        [
+            (PickEntry::Address, PickSlots::Cluster),
+            (PickEntry::Address, PickSlots::Masquerade),
+            (PickEntry::NodePort, PickSlots::Cluster),
+            (PickEntry::NodePort, PickSlots::Masquerade),
+        ]
+        .into_iter()
+        .flat_map(move |(entry, slots)| {
+            (1..=PRECREATED_PICKS).map(move |n| (family, Pick { entry, slots, n }))
+        })
+    })
+}
+
+/// The installed ruleset, per Service.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    services: HashMap<ServiceKey, Rendered>,
+    owners: HashMap<Entry, BTreeSet<ServiceKey>>,
+    shared: HashMap<Element, u32>,
+    picks: BTreeSet<(Family, Pick)>,
+    elements: usize,
+    chains: usize,
+    static_chains: usize,
+}
+
+/// The UDP flows to forget after a sync: (original destination, endpoint).
+pub type StaleFlows = Vec<(ConntrackTarget, IpAddr)>;
+
+impl Model {
+    /// The number of chains installed (static, pick and per-Service).
+    pub fn chain_count(&self) -> usize {
+        self.chains
+    }
+
+    /// The number of map and set elements installed (not counting the
+    /// clients in affinity sets).
+    pub fn element_count(&self) -> usize {
+        self.elements
+    }
+
+    /// The number of Services with rules.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Every UDP flow the ruleset NATs: (original destination, endpoint).
+    pub fn udp_flows(&self) -> impl Iterator<Item = (ConntrackTarget, IpAddr)> + '_ {
+        self.services.values().flat_map(|r| r.udp.iter().copied())
+    }
+
+    /// What one Service contributed.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Rendered> {
+        self.services.get(key)
+    }
+
+    /// Services that claim an entry point another Service holds.
+    pub fn conflicts(&self) -> Vec<(Entry, Vec<ServiceKey>)> {
+        let mut out: Vec<(Entry, Vec<ServiceKey>)> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| o.len() > 1)
+            .map(|(e, o)| (*e, o.iter().cloned().collect()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Renders every Service of the catalog.
+    pub fn build(cfg: &Config, catalog: &Catalog) -> Model {
+        let mut m = Model::default();
+        for svc in catalog.services() {
+            let key = svc.key();
+            let r = render_service(cfg, svc, catalog.endpoints(&key));
+            m.insert(key, r);
+        }
+        m
+    }
+
+    fn insert(&mut self, key: ServiceKey, r: Rendered) {
+        for (entry, _) in &r.entries {
+            self.owners.entry(*entry).or_default().insert(key.clone());
+        }
+        for el in &r.shared {
+            *self.shared.entry(el.clone()).or_default() += 1;
+        }
+        for p in &r.picks {
+            self.picks.insert(*p);
+        }
+        self.services.insert(key, r);
+    }
+
+    /// The elements an entry has now (its winner's).
+    fn entry_elements(&self, entry: &Entry) -> &[Element] {
+        self.owners
+            .get(entry)
+            .and_then(|o| o.first())
+            .and_then(|k| self.services.get(k))
+            .and_then(|r| r.entry(entry))
+            .unwrap_or(&[])
+    }
+
+    /// A full sync: ensures every object, flushes and refills chains and
+    /// maps (affinity sets keep their clients), and deletes what exists
+    /// but is no longer wanted.
+    pub fn full_transaction(
+        &mut self,
+        cfg: &Config,
+        existing: &BTreeMap<Family, Existing>,
+    ) -> Transaction {
+        let mut tx = Transaction::new();
+        // (chain, whether its rules are rewritten)
+        let mut chains: Vec<(Chain, bool)> = Vec::new();
+        let mut sets: Vec<(Family, String, crate::tx::SetDecl, bool)> = Vec::new();
+        let mut elements: Vec<&Element> = Vec::new();
+        let statics: Vec<_> = Family::ALL
+            .iter()
+            .map(|&f| (f, render_static(cfg, f)))
+            .collect();
+        for (family, s) in &statics {
+            chains.extend(s.chains.iter().cloned().map(|c| (c, true)));
+            for (name, decl) in &s.sets {
+                sets.push((*family, (*name).to_owned(), decl.clone(), true));
+            }
+            elements.extend(&s.elements);
+        }
+        self.static_chains = chains.len();
+        // Pick chains are immutable (their rules follow from their name):
+        // rewritten only when they are missing or were tampered with.
+        self.picks.extend(precreated_picks());
+        for &(family, pick) in &self.picks {
+            let rules = pick.rules(family);
+            let intact = existing
+                .get(&family)
+                .and_then(|e| e.chains.get(&pick.name()))
+                .is_some_and(|&n| n == rules.len());
+            chains.push((
+                Chain {
+                    family,
+                    name: pick.name(),
+                    base: None,
+                    rules,
+                },
+                !intact,
+            ));
+        }
+        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        keys.sort();
+        for k in &keys {
+            let r = &self.services[*k];
+            chains.extend(r.chains.iter().cloned().map(|c| (c, true)));
+            for s in &r.sets {
+                sets.push((s.family, s.name.clone(), s.decl.clone(), false));
+            }
+        }
+        let mut entries: Vec<&Entry> = self.owners.keys().collect();
+        entries.sort();
+        for e in entries {
+            elements.extend(self.entry_elements(e));
+        }
+        let mut shared: Vec<&Element> = self.shared.keys().collect();
+        shared.sort();
+        elements.extend(shared);
+
+        for family in Family::ALL {
+            tx.add_table(family);
+        }
+        for (family, name, decl, flush) in &sets {
+            tx.add_set(*family, name, decl.clone());
+            if *flush {
+                tx.flush_set(*family, name, decl.kind);
+            }
+        }
+        for (c, rewrite) in &chains {
+            tx.add_chain(c.family, &c.name, c.base.clone());
+            if *rewrite {
+                tx.flush_chain(c.family, &c.name);
+            }
+        }
+        // Stale objects: flushed now, deleted once nothing points to them.
+        let wanted: BTreeSet<(Family, &str)> = chains
+            .iter()
+            .map(|(c, _)| (c.family, c.name.as_str()))
+            .collect();
+        let wanted_sets: BTreeSet<(Family, &str)> =
+            sets.iter().map(|(f, n, _, _)| (*f, n.as_str())).collect();
+        let mut stale_chains: Vec<(Family, &String)> = Vec::new();
+        let mut stale_sets: Vec<(Family, &String)> = Vec::new();
+        for (family, ex) in existing {
+            for name in ex.chains.keys() {
+                if !wanted.contains(&(*family, name.as_str())) {
+                    tx.flush_chain(*family, name);
+                    stale_chains.push((*family, name));
+                }
+            }
+            for name in &ex.sets {
+                if !wanted_sets.contains(&(*family, name.as_str())) {
+                    stale_sets.push((*family, name));
+                }
+            }
+        }
+        for (c, rewrite) in &chains {
+            if *rewrite {
+                for rule in &c.rules {
+                    tx.add_rule(c.family, &c.name, rule.as_str());
+                }
+            }
+        }
+        for el in &elements {
+            tx.add_element(el.family, el.set, &el.key, el.value.as_deref());
+        }
+        for (family, name) in stale_chains {
+            tx.delete_chain(family, name);
+        }
+        for (family, name) in stale_sets {
+            // Static sets are never stale; these are affinity sets.
+            tx.delete_set(family, name, SetKind::Set);
+        }
+        self.elements = elements.len();
+        self.chains = chains.len();
+        tx
+    }
+
+    /// Replaces the rules of some Services (deleted ones have no
+    /// `Rendered`), returning the transaction that makes the kernel follow
+    /// and the UDP flows that lost their endpoint. Unchanged chains are
+    /// not rewritten; pick chains are created when first needed and only
+    /// removed by a full sync.
+    pub fn partial_transaction(
+        &mut self,
+        updates: Vec<(ServiceKey, Option<Rendered>)>,
+    ) -> (Transaction, StaleFlows) {
+        let mut tx = Transaction::new();
+        let mut stale_flows = Vec::new();
+        let mut new_sets: Vec<Set> = Vec::new();
+        let mut refill: Vec<Chain> = Vec::new();
+        let mut new_picks: Vec<(Family, Pick)> = Vec::new();
+        let mut deleted_chains: Vec<(Family, String)> = Vec::new();
+        let mut deleted_sets: Vec<(Family, String)> = Vec::new();
+        let mut touched: BTreeSet<Entry> = BTreeSet::new();
+        let mut before: HashMap<Entry, Vec<Element>> = HashMap::new();
+        let mut shared_delta: BTreeMap<Element, i64> = BTreeMap::new();
+
+        for (key, new) in &updates {
+            let old = self.services.get(key);
+            for (entry, _) in old
+                .iter()
+                .flat_map(|r| &r.entries)
+                .chain(new.iter().flat_map(|r| &r.entries))
+            {
+                if touched.insert(*entry) {
+                    before.insert(*entry, self.entry_elements(entry).to_vec());
+                }
+            }
+            let old_chains: &[Chain] = old.map_or(&[], |r| &r.chains);
+            let new_chains: &[Chain] = new.as_ref().map_or(&[], |r| &r.chains);
+            for c in new_chains {
+                match old_chains
+                    .iter()
+                    .find(|o| o.family == c.family && o.name == c.name)
+                {
+                    Some(o) if o.rules == c.rules => {}
+                    _ => refill.push(c.clone()),
+                }
+            }
+            for o in old_chains {
+                if !new_chains
+                    .iter()
+                    .any(|c| c.family == o.family && c.name == o.name)
+                {
+                    deleted_chains.push((o.family, o.name.clone()));
+                }
+            }
+            let old_sets: &[Set] = old.map_or(&[], |r| &r.sets);
+            let new_sets_of: &[Set] = new.as_ref().map_or(&[], |r| &r.sets);
+            for s in new_sets_of {
+                if !old_sets.contains(s) {
+                    new_sets.push(s.clone());
+                }
+            }
+            for s in old_sets {
+                if !new_sets_of
+                    .iter()
+                    .any(|n| n.family == s.family && n.name == s.name)
+                {
+                    deleted_sets.push((s.family, s.name.clone()));
+                }
+            }
+            for el in old.iter().flat_map(|r| &r.shared) {
+                *shared_delta.entry(el.clone()).or_default() -= 1;
+            }
+            for el in new.iter().flat_map(|r| &r.shared) {
+                *shared_delta.entry(el.clone()).or_default() += 1;
+            }
+            for p in new.iter().flat_map(|r| &r.picks) {
+                if !self.picks.contains(p) && !new_picks.contains(p) {
+                    new_picks.push(*p);
+                }
+            }
+            let old_udp: &[(ConntrackTarget, IpAddr)] = old.map_or(&[], |r| &r.udp);
+            let new_udp: &[(ConntrackTarget, IpAddr)] = new.as_ref().map_or(&[], |r| &r.udp);
+            stale_flows.extend(old_udp.iter().filter(|f| !new_udp.contains(f)).copied());
+        }
+
+        // Apply the updates to the model.
+        for (key, new) in updates {
+            if let Some(old) = self.services.remove(&key) {
+                for (entry, _) in &old.entries {
+                    if let Some(o) = self.owners.get_mut(entry) {
+                        o.remove(&key);
+                        if o.is_empty() {
+                            self.owners.remove(entry);
+                        }
+                    }
+                }
+            }
+            if let Some(r) = new {
+                for (entry, _) in &r.entries {
+                    self.owners.entry(*entry).or_default().insert(key.clone());
+                }
+                self.services.insert(key, r);
+            }
+        }
+
+        // Element changes.
+        let mut deletes: Vec<Element> = Vec::new();
+        let mut adds: Vec<Element> = Vec::new();
+        for entry in &touched {
+            let old = before.remove(entry).unwrap_or_default();
+            let new = self.entry_elements(entry);
+            for o in &old {
+                if !new.contains(o) {
+                    deletes.push(o.clone());
+                }
+            }
+            for n in new {
+                if !old.contains(n) {
+                    adds.push(n.clone());
+                }
+            }
+        }
+        for (el, delta) in shared_delta {
+            let count = self.shared.get(&el).copied().unwrap_or(0);
+            let next = (i64::from(count) + delta).max(0);
+            if count == 0 && next > 0 {
+                adds.push(el.clone());
+            } else if count > 0 && next == 0 {
+                deletes.push(el.clone());
+            }
+            if next == 0 {
+                self.shared.remove(&el);
+            } else {
+                self.shared
+                    .insert(el, u32::try_from(next).unwrap_or(u32::MAX));
+            }
+        }
+        // A key whose value changes is deleted, then added again.
+        let mut deleted_keys: BTreeSet<(Family, &str, &str)> = BTreeSet::new();
+        for d in &deletes {
+            deleted_keys.insert((d.family, d.set, d.key.as_str()));
+        }
+        self.elements = (self.elements + adds.len()).saturating_sub(deletes.len());
+
+        for s in &new_sets {
+            tx.add_set(s.family, &s.name, s.decl.clone());
+        }
+        let picks: Vec<Chain> = new_picks
+            .iter()
+            .map(|&(family, p)| Chain {
+                family,
+                name: p.name(),
+                base: None,
+                rules: p.rules(family),
+            })
+            .collect();
+        for c in picks.iter().chain(&refill) {
+            tx.add_chain(c.family, &c.name, None);
+        }
+        for c in &refill {
+            tx.flush_chain(c.family, &c.name);
+        }
+        for (family, name) in &deleted_chains {
+            tx.flush_chain(*family, name);
+        }
+        for d in &deletes {
+            tx.delete_element(d.family, d.set, &d.key);
+        }
+        for c in picks.iter().chain(&refill) {
+            for rule in &c.rules {
+                tx.add_rule(c.family, &c.name, rule.as_str());
+            }
+        }
+        for a in &adds {
+            tx.add_element(a.family, a.set, &a.key, a.value.as_deref());
+        }
+        for (family, name) in &deleted_chains {
+            tx.delete_chain(*family, name);
+        }
+        for (family, name) in &deleted_sets {
+            tx.delete_set(*family, name, SetKind::Set);
+        }
+        self.picks.extend(new_picks.iter().copied());
+        self.recount();
+        (tx, stale_flows)
+    }
+
+    /// Counts chains from scratch (after a partial sync).
+    fn recount(&mut self) {
+        self.chains = self.static_chains
+            + self.picks.len()
+            + self
+                .services
+                .values()
+                .map(|r| r.chains.len())
+                .sum::<usize>();
+    }
+
+    /// Whether a chain is generated (a pick chain or a per-Service chain),
+    /// as opposed to static.
+    pub fn is_generated(name: &str) -> bool {
+        !is_static_chain(name)
+    }
+}

@@ -1,0 +1,925 @@
+//! The renderer: pure functions from the catalog's model to nft objects.
+//!
+//! - [`render_static`]: the chains, sets and maps every node has, per
+//!   family (they depend on the [`Config`] only).
+//! - [`render_service`]: what one Service adds: map elements keyed by its
+//!   entry points (addresses and NodePorts), shared set elements, pick
+//!   chains it needs, and, for `externalTrafficPolicy: Local` or session
+//!   affinity, chains and sets of its own.
+//!
+//! Nothing here runs nft or reads the clock, so the whole ruleset is
+//! tested without root.
+
+use crate::names::{self, *};
+use crate::tx::SetDecl;
+use ipnet::IpNet;
+use portico_catalog::{
+    Endpoint, Protocol, ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What the renderer needs to know about the node and the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// This node's name (endpoints with this `nodeName` are local).
+    pub node_name: String,
+    /// The pod network (`--cluster-cidr`), any family. Traffic from
+    /// elsewhere to a ClusterIP is masqueraded; without a CIDR for a
+    /// family, all of it is.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The service network (`--service-cluster-ip-range`): traffic to its
+    /// addresses that no Service holds is dropped.
+    pub service_cidrs: Vec<IpNet>,
+    /// Where NodePorts answer (`--nodeport-addresses`, or the node's
+    /// primary addresses as host routes).
+    pub nodeport_addresses: Vec<IpNet>,
+}
+
+impl Config {
+    fn cidrs(nets: &[IpNet], family: Family) -> Vec<IpNet> {
+        nets.iter()
+            .filter(|n| family.contains(&n.addr()))
+            .map(IpNet::trunc)
+            .collect()
+    }
+
+    /// The cluster CIDRs of a family.
+    pub fn cluster_cidrs(&self, family: Family) -> Vec<IpNet> {
+        Config::cidrs(&self.cluster_cidrs, family)
+    }
+
+    /// The service CIDRs of a family.
+    pub fn service_cidrs(&self, family: Family) -> Vec<IpNet> {
+        Config::cidrs(&self.service_cidrs, family)
+    }
+
+    /// The NodePort addresses of a family.
+    pub fn nodeport_addresses(&self, family: Family) -> Vec<IpNet> {
+        Config::cidrs(&self.nodeport_addresses, family)
+    }
+}
+
+/// One element of a static set or map.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Element {
+    /// Family of the table.
+    pub family: Family,
+    /// The set or map (always a static one).
+    pub set: &'static str,
+    /// Key, in nft syntax.
+    pub key: String,
+    /// Value of a map element.
+    pub value: Option<String>,
+}
+
+/// A chain with its rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Family of the table.
+    pub family: Family,
+    /// Name.
+    pub name: String,
+    /// Hook declaration of a base chain.
+    pub base: Option<String>,
+    /// Rules, in order.
+    pub rules: Vec<String>,
+}
+
+/// A set or map of a Service (session-affinity sets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    /// Family of the table.
+    pub family: Family,
+    /// Name.
+    pub name: String,
+    /// Declaration.
+    pub decl: SetDecl,
+}
+
+/// Where traffic enters a Service port. Two Services may claim one entry
+/// (a shared external address by mistake): the first in key order wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entry {
+    /// A ClusterIP, externalIP or LoadBalancer address and port.
+    Address {
+        /// The address.
+        addr: IpAddr,
+        /// Protocol.
+        protocol: Protocol,
+        /// Port.
+        port: u16,
+    },
+    /// A NodePort.
+    NodePort {
+        /// Family (NodePorts exist in each family's table).
+        family: Family,
+        /// Protocol.
+        protocol: Protocol,
+        /// The node port.
+        port: u16,
+    },
+}
+
+/// Where UDP conntrack entries of a Service point from: deleting them
+/// when an endpoint goes keeps clients from sending into the void.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConntrackTarget {
+    /// Original destination address.
+    Address(IpAddr),
+    /// Original destination port on a node address.
+    NodePort(Family, u16),
+}
+
+/// What one Service contributes to the ruleset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    /// Map elements per entry point (dispatch, endpoint slots, firewall).
+    pub entries: Vec<(Entry, Vec<Element>)>,
+    /// Set elements other Services may add too (ClusterIPs, hairpin).
+    pub shared: Vec<Element>,
+    /// Chains of this Service alone.
+    pub chains: Vec<Chain>,
+    /// Sets of this Service alone.
+    pub sets: Vec<Set>,
+    /// Pick chains it jumps to.
+    pub picks: Vec<(Family, Pick)>,
+    /// UDP flows it NATs: (original destination, endpoint address).
+    pub udp: Vec<(ConntrackTarget, IpAddr)>,
+}
+
+impl Rendered {
+    /// The elements of an entry.
+    pub fn entry(&self, entry: &Entry) -> Option<&[Element]> {
+        self.entries
+            .iter()
+            .find(|(e, _)| e == entry)
+            .map(|(_, els)| els.as_slice())
+    }
+
+    fn pick(&mut self, family: Family, pick: Pick) -> String {
+        if pick.slots == PickSlots::Masquerade {
+            self.pick(
+                family,
+                Pick {
+                    slots: PickSlots::Cluster,
+                    ..pick
+                },
+            );
+        }
+        if !self.picks.contains(&(family, pick)) {
+            self.picks.push((family, pick));
+        }
+        format!("goto {}", pick.name())
+    }
+}
+
+/// An endpoint of one Service port in one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Backend {
+    addr: IpAddr,
+    port: u16,
+    /// Its pod may be on this node (hairpin possible).
+    hairpin: bool,
+}
+
+/// The endpoints traffic may go to: the ready ones, else the serving and
+/// terminating ones; only those on this node when `node` is given.
+fn usable(
+    endpoints: &[Endpoint],
+    port: &ServicePort,
+    family: Family,
+    node: Option<&str>,
+    me: &str,
+) -> Vec<Backend> {
+    let candidates: Vec<(&Endpoint, Backend)> = endpoints
+        .iter()
+        .filter(|e| family.contains(&e.address))
+        .filter(|e| node.is_none_or(|n| e.node_name.as_deref() == Some(n)))
+        .filter_map(|e| {
+            let p = e
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol)?;
+            Some((
+                e,
+                Backend {
+                    addr: e.address,
+                    port: p.port,
+                    hairpin: e.node_name.as_deref().is_none_or(|n| n == me),
+                },
+            ))
+        })
+        .collect();
+    let pick = |f: &dyn Fn(&Endpoint) -> bool| -> Vec<Backend> {
+        let mut v: Vec<Backend> = candidates
+            .iter()
+            .filter(|(e, _)| f(e))
+            .map(|(_, b)| *b)
+            .collect();
+        v.sort();
+        v.dedup_by_key(|b| (b.addr, b.port));
+        v
+    };
+    let ready = pick(&|e| e.ready);
+    if !ready.is_empty() {
+        return ready;
+    }
+    pick(&|e| e.serving && e.terminating)
+}
+
+/// The number of node-local endpoints of a Service (distinct addresses
+/// over its ports), as its `healthCheckNodePort` reports it.
+pub fn local_endpoint_count(svc: &ServiceInfo, endpoints: &[Endpoint], node: &str) -> usize {
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for port in &svc.ports {
+        for family in Family::ALL {
+            for b in usable(endpoints, port, family, Some(node), node) {
+                if !addrs.contains(&b.addr) {
+                    addrs.push(b.addr);
+                }
+            }
+        }
+    }
+    addrs.len()
+}
+
+fn addr_port(family: Family, addr: IpAddr, port: u16) -> String {
+    match family {
+        Family::Ipv4 => format!("{addr}:{port}"),
+        Family::Ipv6 => format!("[{addr}]:{port}"),
+    }
+}
+
+fn net(n: &IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+fn net_list(nets: &[IpNet]) -> String {
+    match nets {
+        [one] => net(one),
+        many => format!(
+            "{{ {} }}",
+            many.iter().map(net).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The static part of one family's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticRules {
+    /// Base and regular chains with their rules.
+    pub chains: Vec<Chain>,
+    /// Sets and maps.
+    pub sets: Vec<(&'static str, SetDecl)>,
+    /// Elements that depend on the configuration only (`nodeport-ips`).
+    pub elements: Vec<Element>,
+}
+
+/// The chains, sets and maps of a family that do not depend on Services.
+pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
+    let f = family.nft();
+    let a = family.addr_type();
+    let mut sets = vec![
+        (
+            CLUSTER_IPS,
+            SetDecl::set(format!("type {a}")).comment("ClusterIPs"),
+        ),
+        (
+            NODEPORT_IPS,
+            SetDecl::set(format!("type {a}"))
+                .flags(&["interval"])
+                .comment("addresses NodePorts answer on"),
+        ),
+        (
+            SERVICE_IPS,
+            SetDecl::map(format!("type {a} . inet_proto . inet_service : verdict"))
+                .comment("Service addresses and ports with endpoints"),
+        ),
+        (
+            SERVICE_NODEPORTS,
+            SetDecl::map("type inet_proto . inet_service : verdict")
+                .comment("NodePorts with endpoints"),
+        ),
+        (
+            NO_ENDPOINT_SERVICES,
+            SetDecl::map(format!("type {a} . inet_proto . inet_service : verdict"))
+                .comment("Service addresses and ports without endpoints"),
+        ),
+        (
+            NO_ENDPOINT_NODEPORTS,
+            SetDecl::map("type inet_proto . inet_service : verdict")
+                .comment("NodePorts without endpoints"),
+        ),
+        (
+            FIREWALL_IPS,
+            SetDecl::set(format!("type {a} . inet_proto . inet_service"))
+                .comment("LoadBalancer addresses with loadBalancerSourceRanges"),
+        ),
+        (
+            FIREWALL_ALLOW,
+            SetDecl::set(format!("type {a} . inet_proto . inet_service . {a}"))
+                .flags(&["interval"])
+                .comment("sources allowed by loadBalancerSourceRanges"),
+        ),
+        (
+            HAIRPIN,
+            SetDecl::set(format!("type {a} . {a}"))
+                .comment("endpoints that may reach themselves through a Service"),
+        ),
+    ];
+    for p in PROTOCOLS {
+        let pr = proto(p);
+        sets.push((
+            service_backends(p),
+            SetDecl::map(format!(
+                "typeof {f} daddr . {pr} dport . numgen random mod 1 : {f} daddr . {pr} dport"
+            ))
+            .comment("endpoint slots of Service addresses"),
+        ));
+        sets.push((
+            nodeport_backends(p),
+            SetDecl::map(format!(
+                "typeof {pr} dport . numgen random mod 1 : {f} daddr . {pr} dport"
+            ))
+            .comment("endpoint slots of NodePorts"),
+        ));
+    }
+
+    let mut chains: Vec<Chain> = BASE_CHAINS
+        .iter()
+        .map(|b| Chain {
+            family,
+            name: b.name.to_owned(),
+            base: Some(b.spec()),
+            rules: b.rules.iter().map(|r| (*r).to_owned()).collect(),
+        })
+        .collect();
+    let cluster = cfg.cluster_cidrs(family);
+    let off_cluster = if cluster.is_empty() {
+        String::new()
+    } else {
+        format!(" {f} saddr != {}", net_list(&cluster))
+    };
+    let mark = format!("0x{MASQUERADE_MARK:08x}");
+    let service_cidrs = cfg.service_cidrs(family);
+    let mut cluster_ips_check = vec![format!("{f} daddr @{CLUSTER_IPS} reject")];
+    if !service_cidrs.is_empty() {
+        cluster_ips_check.push(format!("{f} daddr {} drop", net_list(&service_cidrs)));
+    }
+    let rules: [(&str, Vec<String>); 7] = [
+        (
+            SERVICES,
+            vec![
+                format!("{f} daddr @{CLUSTER_IPS}{off_cluster} jump {MARK_FOR_MASQUERADE}"),
+                format!("{f} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
+                format!(
+                    "{f} daddr @{NODEPORT_IPS} fib daddr type local meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
+                ),
+            ],
+        ),
+        (
+            MARK_FOR_MASQUERADE,
+            vec![format!("meta mark set meta mark | {mark}")],
+        ),
+        (
+            MASQUERADING,
+            vec![
+                format!(
+                    "ct status dnat {f} saddr . {f} daddr @{HAIRPIN} jump {MARK_FOR_MASQUERADE}"
+                ),
+                format!("meta mark & {mark} == 0x00000000 return"),
+                format!("meta mark set meta mark ^ {mark}"),
+                "masquerade fully-random".to_owned(),
+            ],
+        ),
+        (
+            SERVICE_ENDPOINTS_CHECK,
+            vec![
+                format!("{f} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
+                format!(
+                    "{f} daddr @{NODEPORT_IPS} fib daddr type local meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
+                ),
+            ],
+        ),
+        (
+            FIREWALL_CHECK,
+            vec![format!(
+                "{f} daddr . meta l4proto . th dport @{FIREWALL_IPS} {f} daddr . meta l4proto . th dport . {f} saddr != @{FIREWALL_ALLOW} drop"
+            )],
+        ),
+        (CLUSTER_IPS_CHECK, cluster_ips_check),
+        (
+            REJECT_CHAIN,
+            vec![
+                "meta l4proto tcp reject with tcp reset".to_owned(),
+                "reject".to_owned(),
+            ],
+        ),
+    ];
+    chains.extend(rules.into_iter().map(|(name, rules)| Chain {
+        family,
+        name: name.to_owned(),
+        base: None,
+        rules,
+    }));
+    let elements = cfg
+        .nodeport_addresses(family)
+        .iter()
+        .map(|n| Element {
+            family,
+            set: NODEPORT_IPS,
+            key: net(n),
+            value: None,
+        })
+        .collect();
+    StaticRules {
+        chains,
+        sets,
+        elements,
+    }
+}
+
+/// What one Service port needs, for one family.
+struct PortCtx<'a> {
+    family: Family,
+    spn: ServicePortName,
+    port: &'a ServicePort,
+    cluster_ip: IpAddr,
+    external: Vec<IpAddr>,
+    node_port: Option<u16>,
+    all: Vec<Backend>,
+    local: Vec<Backend>,
+}
+
+/// What a Service adds to the ruleset. Headless and ExternalName Services
+/// add nothing.
+pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -> Rendered {
+    let mut r = Rendered::default();
+    if svc.type_ == ServiceType::ExternalName || svc.headless {
+        return r;
+    }
+    for family in Family::ALL {
+        let Some(&cluster_ip) = svc.cluster_ips.iter().find(|a| family.contains(a)) else {
+            continue;
+        };
+        r.shared.push(Element {
+            family,
+            set: CLUSTER_IPS,
+            key: cluster_ip.to_string(),
+            value: None,
+        });
+        let mut external: Vec<IpAddr> = Vec::new();
+        for a in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+            if family.contains(a) && *a != cluster_ip && !external.contains(a) {
+                external.push(*a);
+            }
+        }
+        for port in &svc.ports {
+            let ctx = PortCtx {
+                family,
+                spn: ServicePortName {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    protocol: port.protocol,
+                    port: port.port,
+                },
+                port,
+                cluster_ip,
+                external: external.clone(),
+                node_port: port.node_port.filter(|_| {
+                    matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
+                }),
+                all: usable(endpoints, port, family, None, &cfg.node_name),
+                local: usable(
+                    endpoints,
+                    port,
+                    family,
+                    Some(&cfg.node_name),
+                    &cfg.node_name,
+                ),
+            };
+            render_port(cfg, svc, &ctx, &mut r);
+        }
+    }
+    r.shared.sort();
+    r.shared.dedup();
+    r.udp.sort();
+    r.udp.dedup();
+    r
+}
+
+fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendered) {
+    let family = c.family;
+    let p = proto(c.port.protocol);
+    let port = c.port.port;
+    let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+    let etp_local = svc.external_traffic_policy == TrafficPolicy::Local;
+    let internal = if itp_local { &c.local } else { &c.all };
+    let affinity = match svc.session_affinity {
+        SessionAffinity::ClientIp { timeout } => Some(timeout),
+        SessionAffinity::None => None,
+    };
+
+    for b in &c.all {
+        if b.hairpin {
+            r.shared.push(Element {
+                family,
+                set: HAIRPIN,
+                key: format!("{} . {}", b.addr, b.addr),
+                value: None,
+            });
+        }
+    }
+
+    // Session affinity: kube-proxy's shape, per-Service chains.
+    let mut affinity_chains: Option<AffinityChains> = None;
+    if let Some(timeout) = affinity
+        && !c.all.is_empty()
+    {
+        affinity_chains = Some(render_affinity(
+            cfg,
+            c,
+            timeout,
+            itp_local || etp_local,
+            etp_local,
+            r,
+        ));
+    }
+
+    // The ClusterIP.
+    let entry = Entry::Address {
+        addr: c.cluster_ip,
+        protocol: c.port.protocol,
+        port,
+    };
+    let key = format!("{} . {p} . {port}", c.cluster_ip);
+    let mut els = Vec::new();
+    if internal.is_empty() {
+        let verdict = if c.all.is_empty() {
+            format!("goto {REJECT_CHAIN}")
+        } else {
+            "drop".to_owned()
+        };
+        els.push(element(family, NO_ENDPOINT_SERVICES, key, verdict));
+    } else {
+        let verdict = match &affinity_chains {
+            Some(a) if itp_local => a.local.clone().unwrap_or_default(),
+            Some(a) => a.service.clone(),
+            None => {
+                els.extend(slots(c, c.cluster_ip, internal, 0));
+                r.pick(
+                    family,
+                    Pick {
+                        entry: PickEntry::Address,
+                        slots: PickSlots::Cluster,
+                        n: internal.len(),
+                    },
+                )
+            }
+        };
+        els.push(element(family, SERVICE_IPS, key, verdict));
+        if c.port.protocol == Protocol::Udp {
+            for b in internal {
+                r.udp.push((ConntrackTarget::Address(c.cluster_ip), b.addr));
+            }
+        }
+    }
+    r.entries.push((entry, els));
+
+    // externalIPs and LoadBalancer addresses.
+    let external_chain = if c.all.is_empty() || c.external.is_empty() {
+        None
+    } else if let Some(a) = &affinity_chains {
+        a.external.clone()
+    } else if etp_local {
+        let name = service_chain(ServiceChain::External, &c.spn);
+        let rules = external_rules(cfg, c, PickEntry::Address, r);
+        r.chains.push(Chain {
+            family,
+            name: name.clone(),
+            base: None,
+            rules,
+        });
+        Some(format!("goto {name}"))
+    } else {
+        None
+    };
+    for &addr in &c.external {
+        let entry = Entry::Address {
+            addr,
+            protocol: c.port.protocol,
+            port,
+        };
+        let key = format!("{addr} . {p} . {port}");
+        let mut els = Vec::new();
+        if svc.load_balancer_ips.contains(&addr) && !svc.load_balancer_source_ranges.is_empty() {
+            els.push(Element {
+                family,
+                set: FIREWALL_IPS,
+                key: key.clone(),
+                value: None,
+            });
+            for range in Config::cidrs(&svc.load_balancer_source_ranges, family) {
+                els.push(Element {
+                    family,
+                    set: FIREWALL_ALLOW,
+                    key: format!("{key} . {}", net(&range)),
+                    value: None,
+                });
+            }
+        }
+        if c.all.is_empty() {
+            els.push(element(
+                family,
+                NO_ENDPOINT_SERVICES,
+                key,
+                format!("goto {REJECT_CHAIN}"),
+            ));
+        } else {
+            let verdict = match &external_chain {
+                Some(v) => {
+                    if affinity_chains.is_none() {
+                        els.extend(slots(c, addr, &c.all, 0));
+                        els.extend(slots(c, addr, &c.local, LOCAL_SLOT_OFFSET));
+                    }
+                    v.clone()
+                }
+                None => {
+                    els.extend(slots(c, addr, &c.all, 0));
+                    r.pick(
+                        family,
+                        Pick {
+                            entry: PickEntry::Address,
+                            slots: PickSlots::Masquerade,
+                            n: c.all.len(),
+                        },
+                    )
+                }
+            };
+            els.push(element(family, SERVICE_IPS, key, verdict));
+            if c.port.protocol == Protocol::Udp {
+                for b in &c.all {
+                    r.udp.push((ConntrackTarget::Address(addr), b.addr));
+                }
+            }
+        }
+        r.entries.push((entry, els));
+    }
+
+    // The NodePort.
+    if let Some(np) = c.node_port {
+        let entry = Entry::NodePort {
+            family,
+            protocol: c.port.protocol,
+            port: np,
+        };
+        let key = format!("{p} . {np}");
+        let mut els = Vec::new();
+        if c.all.is_empty() {
+            els.push(element(
+                family,
+                NO_ENDPOINT_NODEPORTS,
+                key,
+                format!("goto {REJECT_CHAIN}"),
+            ));
+        } else {
+            let verdict = if let Some(a) = &affinity_chains {
+                a.external.clone().unwrap_or_default()
+            } else if etp_local {
+                let name = service_chain(ServiceChain::NodePort, &c.spn);
+                let rules = external_rules(cfg, c, PickEntry::NodePort, r);
+                r.chains.push(Chain {
+                    family,
+                    name: name.clone(),
+                    base: None,
+                    rules,
+                });
+                els.extend(nodeport_slots(c, np, &c.all, 0));
+                els.extend(nodeport_slots(c, np, &c.local, LOCAL_SLOT_OFFSET));
+                format!("goto {name}")
+            } else {
+                els.extend(nodeport_slots(c, np, &c.all, 0));
+                r.pick(
+                    family,
+                    Pick {
+                        entry: PickEntry::NodePort,
+                        slots: PickSlots::Masquerade,
+                        n: c.all.len(),
+                    },
+                )
+            };
+            els.push(element(family, SERVICE_NODEPORTS, key, verdict));
+            if c.port.protocol == Protocol::Udp {
+                for b in &c.all {
+                    r.udp.push((ConntrackTarget::NodePort(family, np), b.addr));
+                }
+            }
+        }
+        r.entries.push((entry, els));
+    }
+}
+
+fn element(family: Family, set: &'static str, key: String, value: String) -> Element {
+    Element {
+        family,
+        set,
+        key,
+        value: Some(value),
+    }
+}
+
+/// `addr . port . slot : endpoint . port` elements.
+fn slots(c: &PortCtx<'_>, addr: IpAddr, backends: &[Backend], offset: u32) -> Vec<Element> {
+    let port = c.port.port;
+    (0u32..)
+        .zip(backends)
+        .map(|(i, b)| Element {
+            family: c.family,
+            set: service_backends(c.port.protocol),
+            key: format!("{addr} . {port} . {}", offset + i),
+            value: Some(format!("{} . {}", b.addr, b.port)),
+        })
+        .collect()
+}
+
+/// `nodeport . slot : endpoint . port` elements.
+fn nodeport_slots(c: &PortCtx<'_>, np: u16, backends: &[Backend], offset: u32) -> Vec<Element> {
+    (0u32..)
+        .zip(backends)
+        .map(|(i, b)| Element {
+            family: c.family,
+            set: nodeport_backends(c.port.protocol),
+            key: format!("{np} . {}", offset + i),
+            value: Some(format!("{} . {}", b.addr, b.port)),
+        })
+        .collect()
+}
+
+/// The rules of an external chain under `externalTrafficPolicy: Local`:
+/// pods and the node itself reach every endpoint (the node masqueraded),
+/// others only the local ones, and are dropped when there are none.
+fn external_rules(
+    cfg: &Config,
+    c: &PortCtx<'_>,
+    entry: PickEntry,
+    r: &mut Rendered,
+) -> Vec<String> {
+    let f = c.family.nft();
+    let all = r.pick(
+        c.family,
+        Pick {
+            entry,
+            slots: PickSlots::Cluster,
+            n: c.all.len(),
+        },
+    );
+    let local = if c.local.is_empty() {
+        "drop".to_owned()
+    } else {
+        r.pick(
+            c.family,
+            Pick {
+                entry,
+                slots: PickSlots::Local,
+                n: c.local.len(),
+            },
+        )
+    };
+    short_circuit(cfg, c.family, f, &all, local)
+}
+
+fn short_circuit(cfg: &Config, family: Family, f: &str, all: &str, local: String) -> Vec<String> {
+    let mut rules = Vec::new();
+    let cluster = cfg.cluster_cidrs(family);
+    if !cluster.is_empty() {
+        rules.push(format!("{f} saddr {} {all}", net_list(&cluster)));
+    }
+    rules.push(format!("fib saddr type local jump {MARK_FOR_MASQUERADE}"));
+    rules.push(format!("fib saddr type local {all}"));
+    rules.push(local);
+    rules
+}
+
+/// The per-Service verdicts of a Service with session affinity.
+struct AffinityChains {
+    /// `goto service-…`.
+    service: String,
+    /// `goto local-…`, when there are local endpoints and a Local policy.
+    local: Option<String>,
+    /// `goto external-…`, when it has external addresses or a NodePort.
+    external: Option<String>,
+}
+
+/// kube-proxy's shape: per endpoint a chain that records the client in
+/// the endpoint's affinity set and DNATs; the Service chain sends clients
+/// found in a set to that endpoint, others to one chosen at random.
+fn render_affinity(
+    cfg: &Config,
+    c: &PortCtx<'_>,
+    timeout: Duration,
+    want_local: bool,
+    etp_local: bool,
+    r: &mut Rendered,
+) -> AffinityChains {
+    let family = c.family;
+    let f = family.nft();
+    let p = proto(c.port.protocol);
+    for b in &c.all {
+        let set = names::affinity_set(&c.spn, b.addr, b.port);
+        r.sets.push(Set {
+            family,
+            name: set.clone(),
+            decl: SetDecl::set(format!("type {}", family.addr_type()))
+                .flags(&["dynamic", "timeout"])
+                .timeout(timeout),
+        });
+        r.chains.push(Chain {
+            family,
+            name: endpoint_chain(&c.spn, b.addr, b.port),
+            base: None,
+            rules: vec![
+                format!("update @{set} {{ {f} saddr }}"),
+                format!(
+                    "meta l4proto {p} dnat {f} to {}",
+                    addr_port(family, b.addr, b.port)
+                ),
+            ],
+        });
+    }
+    let pick_chain = |backends: &[Backend]| -> Vec<String> {
+        let mut rules: Vec<String> = backends
+            .iter()
+            .map(|b| {
+                format!(
+                    "{f} saddr @{} goto {}",
+                    names::affinity_set(&c.spn, b.addr, b.port),
+                    endpoint_chain(&c.spn, b.addr, b.port)
+                )
+            })
+            .collect();
+        let arms: Vec<String> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{i} : goto {}", endpoint_chain(&c.spn, b.addr, b.port)))
+            .collect();
+        rules.push(format!(
+            "numgen random mod {} vmap {{ {} }}",
+            backends.len(),
+            arms.join(", ")
+        ));
+        rules
+    };
+    let service = service_chain(ServiceChain::Service, &c.spn);
+    r.chains.push(Chain {
+        family,
+        name: service.clone(),
+        base: None,
+        rules: pick_chain(&c.all),
+    });
+    let local = if want_local && !c.local.is_empty() {
+        let name = service_chain(ServiceChain::Local, &c.spn);
+        r.chains.push(Chain {
+            family,
+            name: name.clone(),
+            base: None,
+            rules: pick_chain(&c.local),
+        });
+        Some(format!("goto {name}"))
+    } else {
+        None
+    };
+    let external = if c.external.is_empty() && c.node_port.is_none() {
+        None
+    } else {
+        let name = service_chain(ServiceChain::External, &c.spn);
+        let to_service = format!("goto {service}");
+        let rules = if etp_local {
+            short_circuit(
+                cfg,
+                family,
+                f,
+                &to_service,
+                local.clone().unwrap_or_else(|| "drop".to_owned()),
+            )
+        } else {
+            vec![format!("jump {MARK_FOR_MASQUERADE}"), to_service.clone()]
+        };
+        r.chains.push(Chain {
+            family,
+            name: name.clone(),
+            base: None,
+            rules,
+        });
+        Some(format!("goto {name}"))
+    };
+    AffinityChains {
+        service: format!("goto {service}"),
+        local,
+        external,
+    }
+}

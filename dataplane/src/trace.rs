@@ -1,0 +1,1 @@
+//! A packet tracer over the rules Portico emits (filled in below).
