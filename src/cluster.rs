@@ -54,9 +54,9 @@ enum Change {
 }
 
 /// Objects of one kind collected during a relist.
-struct Relist<K> {
+pub(crate) struct Relist<K> {
     buffer: Vec<K>,
-    synced: bool,
+    pub(crate) synced: bool,
 }
 
 impl<K> Default for Relist<K> {
@@ -71,7 +71,7 @@ impl<K> Default for Relist<K> {
 impl<K> Relist<K> {
     /// Feeds a watch event; returns the relisted objects on `InitDone`, and
     /// the change for other events.
-    fn feed(&mut self, event: watcher::Event<K>) -> Option<Fed<K>> {
+    pub(crate) fn feed(&mut self, event: watcher::Event<K>) -> Option<Fed<K>> {
         match event {
             watcher::Event::Init => {
                 self.buffer.clear();
@@ -91,7 +91,7 @@ impl<K> Relist<K> {
     }
 }
 
-enum Fed<K> {
+pub(crate) enum Fed<K> {
     Reset(Vec<K>),
     Apply(K),
     Delete(K),

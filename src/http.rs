@@ -1,5 +1,6 @@
 //! The HTTP endpoints every component serves: `/metrics` (Prometheus text),
-//! `/healthz` (the process runs) and `/readyz` (the first full sync is done).
+//! `/healthz` (the process runs, or a component's own liveness check) and
+//! `/readyz` (the first full sync is done).
 
 use anyhow::Context as _;
 use axum::Router;
@@ -18,9 +19,13 @@ pub struct Health {
     inner: Arc<Inner>,
 }
 
+/// A liveness check: `Ok(message)` for 200, `Err(message)` for 503.
+type Liveness = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 struct Inner {
     registry: Registry,
     ready: AtomicBool,
+    liveness: Option<Liveness>,
 }
 
 impl Health {
@@ -30,6 +35,21 @@ impl Health {
             inner: Arc::new(Inner {
                 registry,
                 ready: AtomicBool::new(false),
+                liveness: None,
+            }),
+        }
+    }
+
+    /// Health whose `/healthz` runs `check` (200 on `Ok`, 503 on `Err`).
+    pub fn with_liveness(
+        registry: Registry,
+        check: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        Health {
+            inner: Arc::new(Inner {
+                registry,
+                ready: AtomicBool::new(false),
+                liveness: Some(Box::new(check)),
             }),
         }
     }
@@ -52,7 +72,7 @@ impl Health {
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
         let app = Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(self);
         axum::serve(listener, app)
@@ -77,6 +97,16 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
             [(header::CONTENT_TYPE, "text/plain")],
             format!("encoding metrics: {e}\n"),
         ),
+    }
+}
+
+async fn healthz(State(health): State<Health>) -> (StatusCode, String) {
+    match &health.inner.liveness {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(check) => match check() {
+            Ok(m) => (StatusCode::OK, m),
+            Err(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        },
     }
 }
 

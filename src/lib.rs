@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  portico controller   reconcilers against the Kubernetes API (leader-elected)
+//!  portico node         the node dataplane: nftables NAT for Services (kube-proxy's job)
 //!  portico local        the whole suite on one machine, from manifest files
 //!  portico crds         prints Portico's CustomResourceDefinitions
 //! ```
@@ -15,4 +16,5 @@ pub mod cli;
 pub mod cluster;
 pub mod http;
 pub mod local;
+pub mod node;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use portico::{cli, cluster, local, telemetry};
+use portico::{cli, cluster, local, node, telemetry};
 use std::process::ExitCode;
 
 /// `portico crds`: prints every CRD, or writes one file each.
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Controller(args) => cluster::run(args).await,
+            cli::Command::Node(args) => node::run(args).await,
             cli::Command::Local(args) => local::run(args).await,
             cli::Command::Crds(args) => crds(args),
         }
