@@ -128,7 +128,7 @@ impl Liveness {
 
 enum Change {
     Service(Box<watcher::Event<Service>>),
-    Slice(watcher::Event<EndpointSlice>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
     Node(Box<watcher::Event<Node>>),
 }
 
@@ -192,7 +192,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             watcher::Config::default(),
         )
         .default_backoff()
-        .map_ok(Change::Slice)
+        .map_ok(|e| Change::Slice(Box::new(e)))
         .boxed(),
         watcher(
             Api::<Node>::all(client),
@@ -237,7 +237,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         Some(Fed::Delete(s)) => catalog.delete_service(&s),
                         None => {}
                     },
-                    Ok(Some(Change::Slice(ev))) => match slices.feed(ev) {
+                    Ok(Some(Change::Slice(ev))) => match slices.feed(*ev) {
                         Some(Fed::Reset(all)) => catalog.reset_slices(all.iter()),
                         Some(Fed::Apply(s)) => catalog.apply_slice(&s),
                         Some(Fed::Delete(s)) => catalog.delete_slice(&s),

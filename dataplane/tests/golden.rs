@@ -485,7 +485,7 @@ fn random_changes_by_partial_syncs_match_full_syncs() {
     };
     let shapes = |i: u64, v: u64| -> Svc {
         let base = svc("walk", &format!("s{i}"), &format!("10.96.2.{}", i + 1));
-        let base = match v % 6 {
+        match v % 6 {
             0 => base.port("http", "TCP", 80),
             1 => base.port("dns", "UDP", 53).node_ports(&[31000 + i as i32]),
             2 => base
@@ -500,8 +500,7 @@ fn random_changes_by_partial_syncs_match_full_syncs() {
                 .affinity(60)
                 .etp_local(32100 + i as i32)
                 .node_ports(&[31200 + i as i32]),
-        };
-        base
+        }
     };
     let mut catalog = Catalog::new();
     let mut p = proxier();

@@ -230,7 +230,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_the_node() {
         .load_balancer("192.168.56.61", &[30082])
         .etp_local(30900);
     let mut c = catalog(
-        &[local.clone()],
+        std::slice::from_ref(&local),
         &[slice(
             "default",
             "local-1",
