@@ -25,6 +25,10 @@ pub enum Command {
     /// Serve cluster DNS: answer the cluster zone from Services,
     /// EndpointSlices and Pods, and forward every other name.
     Dns(DnsArgs),
+    /// Run the node dataplane: program nftables NAT so that ClusterIP,
+    /// NodePort and LoadBalancer traffic reaches endpoints (kube-proxy's
+    /// job; one per node, as root).
+    Node(NodeArgs),
     /// Run the whole suite on one machine from manifest files, without a
     /// cluster, and print the resulting Services.
     Local(LocalArgs),
@@ -247,6 +251,39 @@ pub struct ControllerArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// This node's name: endpoints with this `nodeName` are local, and its
+    /// Node object gives the NodePort addresses.
+    #[arg(long, env = "NODE_NAME", required_unless_present_any = ["dump", "cleanup"])]
+    pub node_name: Option<String>,
+    /// Where NodePorts answer: CIDRs, comma-separated (e.g.
+    /// `192.168.56.0/24`). Default: the node's primary addresses (its first
+    /// InternalIP of each family).
+    #[arg(long, value_delimiter = ',', env = "PORTICO_NODEPORT_ADDRESSES")]
+    pub nodeport_addresses: Vec<String>,
+    /// A full sync (every rule rewritten) this often; partial syncs of the
+    /// changed Services happen in between.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "PORTICO_SYNC_PERIOD")]
+    pub sync_period: Duration,
+    /// At most one sync this often: changes in between are coalesced into
+    /// one transaction.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PORTICO_MIN_SYNC_PERIOD")]
+    pub min_sync_period: Duration,
+    /// Address of the HTTP server for /metrics, /healthz (200 while syncs
+    /// succeed) and /readyz.
+    #[arg(long, default_value = "0.0.0.0:10256", env = "PORTICO_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Print the installed ruleset in nft syntax and exit.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub dump: bool,
+    /// Remove everything Portico installed (its nftables tables) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct LocalArgs {
     /// Manifest files or directories (`*.yaml`, `*.yml`, `*.json`; multi-document
     /// YAML and `kind: List` are read). Repeatable.
@@ -288,6 +325,18 @@ pub struct LocalArgs {
     pub endpointslices: EndpointSliceArgs,
     #[command(flatten)]
     pub lb: LoadBalancerArgs,
+    /// Also program the node dataplane (nftables NAT) of `--node-name` in
+    /// the current network namespace, as `portico node` would on that node
+    /// (root only).
+    #[arg(long, requires = "node_name")]
+    pub dataplane: bool,
+    /// The node of the manifests whose rules `--dataplane` programs.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Where NodePorts answer with `--dataplane`: CIDRs, comma-separated
+    /// (default: the node's primary addresses in the manifests).
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

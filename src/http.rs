@@ -1,5 +1,6 @@
 //! The HTTP endpoints every component serves: `/metrics` (Prometheus text),
-//! `/healthz` (the process runs) and `/readyz` (the first full sync is done).
+//! `/healthz` (the process runs, or a component's own liveness check) and
+//! `/readyz` (the first full sync is done).
 
 use anyhow::Context as _;
 use axum::Router;
@@ -18,11 +19,15 @@ pub struct Health {
     inner: Arc<Inner>,
 }
 
+/// A liveness check: `Ok(message)` for 200, `Err(message)` for 503.
+type Liveness = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 struct Inner {
     registry: Registry,
     ready: AtomicBool,
     /// Extra readiness endpoints (`/readyz/<name>`).
     checks: Vec<(&'static str, Check)>,
+    liveness: Option<Liveness>,
 }
 
 /// A readiness check of one part of a component.
@@ -36,22 +41,34 @@ impl Health {
                 registry,
                 ready: AtomicBool::new(false),
                 checks: Vec::new(),
+                liveness: None,
+            }),
+        }
+    }
+
+    /// Health whose `/healthz` runs `check` (200 on `Ok`, 503 on `Err`).
+    pub fn with_liveness(
+        registry: Registry,
+        check: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        Health {
+            inner: Arc::new(Inner {
+                registry,
+                ready: AtomicBool::new(false),
+                checks: Vec::new(),
+                liveness: Some(Box::new(check)),
             }),
         }
     }
 
     /// Adds `/readyz/<name>`, 200 when `check` says ready, 503 otherwise
     /// (e.g. `/readyz/webhook`: only the leader serves the webhook).
-    pub fn with_check(self, name: &'static str, check: Check) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            registry: Registry::default(),
-            ready: AtomicBool::new(shared.ready.load(Ordering::Relaxed)),
-            checks: shared.checks.clone(),
-        });
-        inner.checks.push((name, check));
-        Health {
-            inner: Arc::new(inner),
+    pub fn with_check(mut self, name: &'static str, check: Check) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.checks.push((name, check)),
+            None => tracing::error!(name, "readiness checks are added before the health state is shared; /readyz/{name} is missing"),
         }
+        self
     }
 
     /// Whether the component is ready.
@@ -72,7 +89,7 @@ impl Health {
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
         let mut app = Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz));
         for (name, check) in &self.inner.checks {
             let check = check.clone();
@@ -110,6 +127,16 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
             [(header::CONTENT_TYPE, "text/plain")],
             format!("encoding metrics: {e}\n"),
         ),
+    }
+}
+
+async fn healthz(State(health): State<Health>) -> (StatusCode, String) {
+    match &health.inner.liveness {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(check) => match check() {
+            Ok(m) => (StatusCode::OK, m),
+            Err(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        },
     }
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //!  portico controller   reconcilers against the Kubernetes API (leader-elected)
 //!  portico dns          cluster DNS (cluster.local), forwarding the rest
+//!  portico node         the node dataplane: nftables NAT for Services (kube-proxy's job)
 //!  portico local        the whole suite on one machine, from manifest files
 //!  portico crds         prints Portico's CustomResourceDefinitions
 //! ```
@@ -17,5 +18,6 @@ pub mod cluster;
 pub mod dns;
 pub mod http;
 pub mod local;
+pub mod node;
 pub mod telemetry;
 pub mod webhook;

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use portico::{cli, cluster, dns, local, telemetry};
+use portico::{cli, cluster, dns, local, node, telemetry};
 use std::process::ExitCode;
 
 /// `portico crds`: prints every CRD, or writes one file each.
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Controller(args) => cluster::run(args).await,
             cli::Command::Dns(args) => dns::run(args).await,
+            cli::Command::Node(args) => node::run(args).await,
             cli::Command::Local(args) => local::run(args).await,
             cli::Command::Crds(args) => crds(args),
         }

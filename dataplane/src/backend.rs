@@ -156,16 +156,19 @@ impl Backend for Nft {
     }
 
     fn list(&mut self, family: Family) -> Result<Existing> {
-        let json = match self.run(&["-t", "-j", "list", "table", family.nft(), TABLE], None) {
-            Ok(s) => s,
-            Err(Error::Nft(e)) if is_missing(&e) => return Ok(Existing::default()),
-            Err(e) => return Err(e),
-        };
-        parse_listing(&json)
+        // Names only: `list table` would fetch every element too.
+        let f = family.nft();
+        // Every table of the family is listed; the parser keeps Portico's.
+        let mut ex = parse_listing(&self.run(&["-j", "list", "chains", f], None)?)?;
+        for what in ["sets", "maps"] {
+            ex.sets
+                .extend(parse_listing(&self.run(&["-t", "-j", "list", what, f], None)?)?.sets);
+        }
+        Ok(ex)
     }
 }
 
-/// Chain and set names from `nft -j list table …`.
+/// Chain and set names from `nft -j list …`.
 pub fn parse_listing(json: &str) -> Result<Existing> {
     let v: serde_json::Value =
         serde_json::from_str(json).map_err(|e| Error::Parse(e.to_string()))?;
@@ -183,16 +186,13 @@ pub fn parse_listing(json: &str) -> Result<Existing> {
                 .map(str::to_owned)
         };
         if let Some(n) = name("chain") {
-            ex.chains.entry(n).or_insert(0);
+            ex.chains.insert(n);
         }
-        if let Some(rule) = item.get("rule")
-            && rule.get("table").and_then(|t| t.as_str()) == Some(TABLE)
-            && let Some(chain) = rule.get("chain").and_then(|c| c.as_str())
-        {
-            *ex.chains.entry(chain.to_owned()).or_insert(0) += 1;
+        if let Some(n) = name("set") {
+            ex.sets.insert(n, SetKind::Set);
         }
-        if let Some(n) = name("set").or_else(|| name("map")) {
-            ex.sets.insert(n);
+        if let Some(n) = name("map") {
+            ex.sets.insert(n, SetKind::Map);
         }
     }
     Ok(ex)
@@ -543,12 +543,12 @@ impl Backend for FakeNft {
             .tables
             .get(&family)
             .map(|t| Existing {
-                chains: t
-                    .chains
+                chains: t.chains.keys().cloned().collect(),
+                sets: t
+                    .sets
                     .iter()
-                    .map(|(n, c)| (n.clone(), c.rules.len()))
+                    .map(|(n, s)| (n.clone(), s.decl.kind))
                     .collect(),
-                sets: t.sets.keys().cloned().collect(),
             })
             .unwrap_or_default())
     }
@@ -567,13 +567,16 @@ mod tests {
             {"map": {"family": "ip", "name": "service-ips", "table": "portico", "type": "ipv4_addr", "map": "verdict"}},
             {"rule": {"family": "ip", "table": "portico", "chain": "services", "handle": 4, "expr": []}}]}"#;
         let ex = parse_listing(json).unwrap();
-        assert_eq!(
-            ex.chains.into_iter().collect::<Vec<_>>(),
-            vec![("services".to_owned(), 1)]
-        );
+        assert_eq!(ex.chains.into_iter().collect::<Vec<_>>(), vec!["services"]);
         assert_eq!(
             ex.sets.into_iter().collect::<Vec<_>>(),
-            vec!["affinity-X-a/b/tcp/80__10.0.0.1/80", "service-ips"]
+            vec![
+                (
+                    "affinity-X-a/b/tcp/80__10.0.0.1/80".to_owned(),
+                    SetKind::Set
+                ),
+                ("service-ips".to_owned(), SetKind::Map)
+            ]
         );
         assert!(parse_listing("nonsense").is_err());
     }

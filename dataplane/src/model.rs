@@ -18,13 +18,14 @@ use portico_catalog::{Catalog, ServiceKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-/// What exists in one family's table, as listed from the kernel.
+/// What exists in one family's table, as listed from the kernel (names
+/// only: listing elements costs as much as writing them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Existing {
-    /// Chain names, with their number of rules.
-    pub chains: BTreeMap<String, usize>,
+    /// Chain names.
+    pub chains: BTreeSet<String>,
     /// Set and map names.
-    pub sets: BTreeSet<String>,
+    pub sets: BTreeMap<String, SetKind>,
 }
 
 /// Pick chains for up to this many endpoints exist from the first full
@@ -137,17 +138,19 @@ impl Model {
             .unwrap_or(&[])
     }
 
-    /// A full sync: ensures every object, flushes and refills chains and
-    /// maps (affinity sets keep their clients), and deletes what exists
-    /// but is no longer wanted.
+    /// A full sync: rewrites every chain, recreates the static sets and
+    /// maps (deleting a set is one operation, flushing one is one per
+    /// element; and rules bind to them again while they are empty, which
+    /// the kernel checks element by element otherwise), keeps affinity
+    /// sets and their clients, and deletes what is no longer wanted.
     pub fn full_transaction(
         &mut self,
         cfg: &Config,
         existing: &BTreeMap<Family, Existing>,
     ) -> Transaction {
         let mut tx = Transaction::new();
-        // (chain, whether its rules are rewritten)
-        let mut chains: Vec<(Chain, bool)> = Vec::new();
+        let mut chains: Vec<Chain> = Vec::new();
+        // (family, name, declaration, static)
         let mut sets: Vec<(Family, String, crate::tx::SetDecl, bool)> = Vec::new();
         let mut elements: Vec<&Element> = Vec::new();
         let statics: Vec<_> = Family::ALL
@@ -155,37 +158,27 @@ impl Model {
             .map(|&f| (f, render_static(cfg, f)))
             .collect();
         for (family, s) in &statics {
-            chains.extend(s.chains.iter().cloned().map(|c| (c, true)));
+            chains.extend(s.chains.iter().cloned());
             for (name, decl) in &s.sets {
                 sets.push((*family, (*name).to_owned(), decl.clone(), true));
             }
             elements.extend(&s.elements);
         }
         self.static_chains = chains.len();
-        // Pick chains are immutable (their rules follow from their name):
-        // rewritten only when they are missing or were tampered with.
         self.picks.extend(precreated_picks());
         for &(family, pick) in &self.picks {
-            let rules = pick.rules(family);
-            let intact = existing
-                .get(&family)
-                .and_then(|e| e.chains.get(&pick.name()))
-                .is_some_and(|&n| n == rules.len());
-            chains.push((
-                Chain {
-                    family,
-                    name: pick.name(),
-                    base: None,
-                    rules,
-                },
-                !intact,
-            ));
+            chains.push(Chain {
+                family,
+                name: pick.name(),
+                base: None,
+                rules: pick.rules(family),
+            });
         }
         let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
         keys.sort();
         for k in &keys {
             let r = &self.services[*k];
-            chains.extend(r.chains.iter().cloned().map(|c| (c, true)));
+            chains.extend(r.chains.iter().cloned());
             for s in &r.sets {
                 sets.push((s.family, s.name.clone(), s.decl.clone(), false));
             }
@@ -199,59 +192,54 @@ impl Model {
         shared.sort();
         elements.extend(shared);
 
+        let wanted: BTreeSet<(Family, &str)> =
+            chains.iter().map(|c| (c.family, c.name.as_str())).collect();
+        let wanted_sets: BTreeSet<(Family, &str)> =
+            sets.iter().map(|(f, n, _, _)| (*f, n.as_str())).collect();
+        let no_existing = Existing::default();
+        let exists = |f: Family| existing.get(&f).unwrap_or(&no_existing);
+
         for family in Family::ALL {
             tx.add_table(family);
         }
-        for (family, name, decl, flush) in &sets {
+        // Nothing may refer to a set that is deleted: every chain is
+        // flushed first (and refilled, or deleted when stale).
+        for family in Family::ALL {
+            for name in &exists(family).chains {
+                tx.flush_chain(family, name);
+            }
+        }
+        for (family, name, decl, is_static) in &sets {
+            if *is_static && exists(*family).sets.contains_key(name) {
+                tx.delete_set(*family, name, decl.kind);
+            }
+        }
+        for (family, name, decl, _) in &sets {
             tx.add_set(*family, name, decl.clone());
-            if *flush {
-                tx.flush_set(*family, name, decl.kind);
-            }
         }
-        for (c, rewrite) in &chains {
+        for c in &chains {
             tx.add_chain(c.family, &c.name, c.base.clone());
-            if *rewrite {
-                tx.flush_chain(c.family, &c.name);
-            }
         }
-        // Stale objects: flushed now, deleted once nothing points to them.
-        let wanted: BTreeSet<(Family, &str)> = chains
-            .iter()
-            .map(|(c, _)| (c.family, c.name.as_str()))
-            .collect();
-        let wanted_sets: BTreeSet<(Family, &str)> =
-            sets.iter().map(|(f, n, _, _)| (*f, n.as_str())).collect();
-        let mut stale_chains: Vec<(Family, &String)> = Vec::new();
-        let mut stale_sets: Vec<(Family, &String)> = Vec::new();
-        for (family, ex) in existing {
-            for name in ex.chains.keys() {
-                if !wanted.contains(&(*family, name.as_str())) {
-                    tx.flush_chain(*family, name);
-                    stale_chains.push((*family, name));
-                }
-            }
-            for name in &ex.sets {
-                if !wanted_sets.contains(&(*family, name.as_str())) {
-                    stale_sets.push((*family, name));
-                }
-            }
-        }
-        for (c, rewrite) in &chains {
-            if *rewrite {
-                for rule in &c.rules {
-                    tx.add_rule(c.family, &c.name, rule.as_str());
-                }
+        for c in &chains {
+            for rule in &c.rules {
+                tx.add_rule(c.family, &c.name, rule.as_str());
             }
         }
         for el in &elements {
             tx.add_element(el.family, el.set, &el.key, el.value.as_deref());
         }
-        for (family, name) in stale_chains {
-            tx.delete_chain(family, name);
-        }
-        for (family, name) in stale_sets {
-            // Static sets are never stale; these are affinity sets.
-            tx.delete_set(family, name, SetKind::Set);
+        for family in Family::ALL {
+            let ex = exists(family);
+            for name in &ex.chains {
+                if !wanted.contains(&(family, name.as_str())) {
+                    tx.delete_chain(family, name);
+                }
+            }
+            for (name, kind) in &ex.sets {
+                if !wanted_sets.contains(&(family, name.as_str())) {
+                    tx.delete_set(family, name, *kind);
+                }
+            }
         }
         self.elements = elements.len();
         self.chains = chains.len();

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! The reconcilers are the very ones `portico controller` runs; here Portico
-//! is the allocator, so ClusterIPs are assigned rather than audited.
+//! is the allocator, so ClusterIPs are assigned rather than audited. With
+//! `--dataplane`, the rules of one node are programmed too (`dataplane.rs`).
 
+pub mod dataplane;
 pub mod load;
 pub mod print;
 pub mod world;
@@ -66,6 +68,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut node_dataplane = match (&args.node_name, args.dataplane) {
+        (Some(node), true) => Some(dataplane::LocalDataplane::new(
+            &net,
+            node,
+            &args.nodeport_addresses,
+        )?),
+        _ => None,
+    };
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
@@ -92,6 +102,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         if let Some(dns) = &dns {
             dns.reset(&catalog(&world));
             dns.mark_synced();
+        }
+        if let Some(dp) = node_dataplane.as_mut() {
+            let r = dp.sync(&world)?;
+            eprintln!(
+                "dataplane: {} sync in {} ms: {} operations, {} chains, {} elements \
+                 (`portico node --dump` shows them)",
+                r.kind.label(),
+                r.duration.as_millis(),
+                r.operations,
+                r.chains,
+                r.elements
+            );
         }
         if !args.watch {
             if dns.is_some() {

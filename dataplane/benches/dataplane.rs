@@ -1,0 +1,240 @@
+//! Scale benchmark of the node dataplane, with the real `nft` in network
+//! namespaces of its own (root only):
+//!
+//! - full sync (render + apply) of 1,000, 10,000 and 50,000 Services with
+//!   10 endpoints each, into an empty table and over the installed one;
+//! - partial sync after one endpoint change, with its transaction size;
+//! - first-packet latency: TCP connect time through a ClusterIP with 10
+//!   Services installed and with 50,000.
+//!
+//! `cargo bench -p portico-dataplane --bench dataplane` (`make bench`).
+//! `PORTICO_BENCH_SIZES=1000,10000` picks the sizes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use portico_catalog::Catalog;
+use portico_dataplane::model::{Existing, Model};
+use portico_dataplane::names::Family;
+use portico_dataplane::{ConntrackTool, Nft, Proxier, SyncKind};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use support::lab::{Lab, in_netns};
+use support::*;
+
+const ENDPOINTS: usize = 10;
+
+fn cluster_ip(i: usize) -> String {
+    let n = i + 1;
+    format!("10.96.{}.{}", n >> 8, n & 255)
+}
+
+fn endpoint(i: usize, j: usize) -> String {
+    let k = i * ENDPOINTS + j;
+    format!("10.{}.{}.{}", 128 + (k >> 16), (k >> 8) & 255, k & 255)
+}
+
+fn bench_slice(i: usize, endpoints: usize) -> EndpointSlice {
+    let eps: Vec<Ep> = (0..endpoints)
+        .map(|j| ep(&endpoint(i, j)).on(OTHER_NODE))
+        .collect();
+    slice(
+        "bench",
+        &format!("svc-{i}-1"),
+        &format!("svc-{i}"),
+        &[("http", "TCP", 8080)],
+        &eps,
+    )
+}
+
+/// `n` Services with 10 endpoints each.
+fn bench_catalog(n: usize) -> Catalog {
+    let mut c = Catalog::new();
+    for i in 0..n {
+        c.apply_service(
+            &svc("bench", &format!("svc-{i}"), &cluster_ip(i))
+                .port("http", "TCP", 80)
+                .0,
+        );
+        c.apply_slice(&bench_slice(i, ENDPOINTS));
+    }
+    c.take_changes();
+    c
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn cpu_time() -> Duration {
+    // utime + stime of this process and its waited-for children (nft).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14-17 (1-based) are utime, stime, cutime, cstime; `after`
+    // starts at field 3.
+    let ticks: u64 = f[11] + f[12] + f[13] + f[14];
+    Duration::from_millis(ticks * 10)
+}
+
+/// Runs in a thread inside the lab's node namespace, so `nft` runs
+/// there directly, as in `portico node`.
+fn full_and_partial(n: usize) {
+    let lab = Lab::new(0);
+    let node = lab.node.clone();
+    in_netns(&node, move || measure(n));
+    drop(lab);
+}
+
+fn measure(n: usize) {
+    let mut catalog = bench_catalog(n);
+
+    // Rendering alone (pure).
+    let start = Instant::now();
+    let mut model = Model::build(&config(), &catalog);
+    let existing: BTreeMap<Family, Existing> = BTreeMap::new();
+    let tx = model.full_transaction(&config(), &existing);
+    let script = tx.to_string();
+    let render = start.elapsed();
+
+    let mut p = Proxier::new(config(), Nft::new(), ConntrackTool::new());
+    let cpu = cpu_time();
+    let first = p.full_sync(&catalog).unwrap();
+    let first_cpu = cpu_time() - cpu;
+    let cpu = cpu_time();
+    let again = p.full_sync(&catalog).unwrap();
+    let again_cpu = cpu_time() - cpu;
+    assert_eq!(first.kind, SyncKind::Full);
+    println!(
+        "full sync   {n:>6} Services x {ENDPOINTS}: render {} ({} ops, {:.1} MB script); \
+         into an empty table {} (CPU {}), over the installed one {} (CPU {}); \
+         {} chains, {} elements",
+        ms(render),
+        tx.len(),
+        script.len() as f64 / 1e6,
+        ms(first.duration),
+        ms(first_cpu),
+        ms(again.duration),
+        ms(again_cpu),
+        again.chains,
+        again.elements
+    );
+
+    // One endpoint goes and comes back, alternately, on Services spread
+    // over the catalog.
+    let mut durations = Vec::new();
+    let mut ops = Vec::new();
+    for round in 0..10 {
+        let i = (round * 7919 + 17) % n;
+        for endpoints in [ENDPOINTS - 1, ENDPOINTS] {
+            catalog.apply_slice(&bench_slice(i, endpoints));
+            let changes = catalog.take_changes();
+            let r = p.sync(&catalog, &changes).unwrap();
+            assert_eq!(r.kind, SyncKind::Partial);
+            durations.push(r.duration);
+            ops.push(r.operations);
+        }
+    }
+    ops.sort();
+    ops.dedup();
+    println!(
+        "partial     {n:>6} Services: one endpoint removed or added: median {}, max {}; \
+         transaction sizes {ops:?} operations",
+        ms(median(durations.clone())),
+        ms(*durations.iter().max().unwrap()),
+    );
+}
+
+fn connect_times(lab: &Lab, dst: &str, n: usize) -> Vec<Duration> {
+    let dst: SocketAddr = dst.parse().unwrap();
+    in_netns(&lab.client, move || {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            let s = TcpStream::connect_timeout(&dst, Duration::from_secs(2)).unwrap();
+            times.push(start.elapsed());
+            drop(s);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        times
+    })
+}
+
+fn first_packet_latency(big: usize) {
+    let mut lab = Lab::new(1);
+    lab.serve(1, 8080);
+    let real = |c: &mut Catalog| {
+        c.apply_service(
+            &svc("bench", "real", "10.96.255.200")
+                .port("http", "TCP", 80)
+                .0,
+        );
+        c.apply_slice(&slice(
+            "bench",
+            "real-1",
+            "real",
+            &[("http", "TCP", 8080)],
+            &[ep("10.244.1.2")],
+        ));
+    };
+    let mut p: Proxier<Nft, ConntrackTool> =
+        Proxier::new(config(), lab.nft(), ConntrackTool::in_netns(&lab.node));
+    let mut results = Vec::new();
+    for n in [10, big] {
+        let mut c = bench_catalog(n - 1);
+        real(&mut c);
+        p.full_sync(&c).unwrap();
+        // Warm up, then measure.
+        connect_times(&lab, "10.96.255.200:80", 200);
+        let times = connect_times(&lab, "10.96.255.200:80", 2000);
+        let (med, p10, p90) = (
+            median(times.clone()),
+            percentile(times.clone(), 0.1),
+            percentile(times, 0.9),
+        );
+        println!(
+            "first packet {n:>6} Services: connect time median {:.1} µs (p10 {:.1} µs, p90 {:.1} µs)",
+            med.as_secs_f64() * 1e6,
+            p10.as_secs_f64() * 1e6,
+            p90.as_secs_f64() * 1e6
+        );
+        results.push(med);
+    }
+    println!(
+        "first packet ratio {big} / 10 Services: {:.3}",
+        results[1].as_secs_f64() / results[0].as_secs_f64()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read.
+    if !root_or_skip("dataplane benchmark") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("PORTICO_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
+    for &n in &sizes {
+        full_and_partial(n);
+    }
+    first_packet_latency(sizes.iter().copied().max().unwrap_or(50_000).max(11));
+}

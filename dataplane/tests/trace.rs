@@ -1,0 +1,144 @@
+//! Table tests: the showcase ruleset, traced packet by packet
+//! (`source, destination, protocol -> endpoint | REJECT | DROP | PASS`).
+//! Each row is traced with every `numgen` draw, so a row lists every
+//! endpoint a connection may reach.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use portico_catalog::Protocol;
+use portico_dataplane::trace::{Origin, Packet, Tracer};
+use portico_dataplane::{FakeNft, Proxier, RecordingConntrack};
+use std::collections::BTreeSet;
+use support::*;
+
+const NODE_ADDRESSES: [&str; 4] = ["192.168.77.1", "10.244.1.1", "fd77::1", "127.0.0.1"];
+
+fn showcase_nft() -> FakeNft {
+    let (services, slices) = showcase();
+    let c = catalog(&services, &slices);
+    let mut p = Proxier::new(config(), FakeNft::new(), RecordingConntrack::default());
+    p.full_sync(&c).unwrap();
+    p.backend().clone()
+}
+
+fn packet(src: &str, dst: &str, proto: &str, origin: Origin) -> Packet {
+    Packet {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        protocol: match proto {
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => Protocol::Tcp,
+        },
+        origin,
+        local: NODE_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect(),
+    }
+}
+
+/// Every outcome of a packet over the draws 0..16.
+fn outcomes(nft: &FakeNft, p: &Packet) -> BTreeSet<String> {
+    (0..16)
+        .map(|d| {
+            let mut t = Tracer::new(nft, move |_| d);
+            t.trace(p)
+                .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn packets_go_where_the_services_say() {
+    let nft = showcase_nft();
+    let client = "192.168.77.2";
+    let pod = "10.244.3.2";
+    #[rustfmt::skip]
+    let table: &[(&str, &str, &str, Origin, &[&str])] = &[
+        // ClusterIP from outside the cluster: masqueraded, both endpoints.
+        (client, "10.96.0.10:80", "tcp", Origin::Remote, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        // From a pod: the source is kept.
+        (pod, "10.96.0.10:80", "tcp", Origin::Remote, &["10.244.1.2:8080", "10.244.2.2:8080"]),
+        // A pod reaching itself is masqueraded (hairpin), others not.
+        ("10.244.1.2", "10.96.0.10:80", "tcp", Origin::Remote, &["10.244.1.2:8080 masq", "10.244.2.2:8080"]),
+        // From the node itself.
+        ("192.168.77.1", "10.96.0.10:80", "tcp", Origin::Node, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        // UDP and TCP on one port number, IPv6 too.
+        (pod, "10.96.0.53:53", "udp", Origin::Remote, &["10.244.3.2:5353 masq", "10.244.4.2:5353"]),
+        ("fd44:0:9::2", "[fd96::53]:53", "udp", Origin::Remote, &["[fd44:0:3::2]:5353"]),
+        ("fd77::2", "[fd96::53]:53", "tcp", Origin::Remote, &["[fd44:0:3::2]:5353 masq"]),
+        (pod, "10.96.0.90:9000", "sctp", Origin::Remote, &["10.244.1.2:9000"]),
+        // No endpoints: refused at once; unknown port: refused; free address: dropped.
+        (client, "10.96.0.60:80", "tcp", Origin::Remote, &["REJECT"]),
+        (client, "10.96.0.60:80", "udp", Origin::Remote, &["REJECT"]),
+        (client, "10.96.0.10:81", "tcp", Origin::Remote, &["REJECT"]),
+        (client, "10.96.0.99:80", "tcp", Origin::Remote, &["DROP"]),
+        ("192.168.77.1", "10.96.0.99:80", "tcp", Origin::Node, &["DROP"]),
+        // internalTrafficPolicy Local without a local endpoint: dropped.
+        (pod, "10.96.0.70:80", "tcp", Origin::Remote, &["DROP"]),
+        // Only terminating endpoints: the serving one is used.
+        (pod, "10.96.0.80:80", "tcp", Origin::Remote, &["10.244.1.2:8080"]),
+        // NodePorts on the node's address only.
+        (client, "192.168.77.1:30080", "tcp", Origin::Remote, &["10.244.1.2:8080 masq"]),
+        (client, "192.168.77.1:30083", "tcp", Origin::Remote, &["REJECT"]),
+        (client, "10.244.1.1:30080", "tcp", Origin::Remote, &["PASS"]),
+        (client, "192.168.77.9:30080", "tcp", Origin::Remote, &["PASS"]),
+        // LoadBalancer address behind loadBalancerSourceRanges.
+        (client, "192.168.56.60:80", "tcp", Origin::Remote, &["DROP"]),
+        ("192.168.56.5", "192.168.56.60:80", "tcp", Origin::Remote, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        ("198.51.100.7", "192.168.56.60:80", "tcp", Origin::Remote, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        // The externalIP of the same Service is not firewalled.
+        (client, "203.0.113.10:80", "tcp", Origin::Remote, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        // externalTrafficPolicy Local: clients reach the local endpoint with
+        // their own address; pods and the node reach every endpoint.
+        (client, "192.168.56.61:80", "tcp", Origin::Remote, &["10.244.1.2:8080"]),
+        (client, "192.168.77.1:30082", "tcp", Origin::Remote, &["10.244.1.2:8080"]),
+        (pod, "192.168.56.61:80", "tcp", Origin::Remote, &["10.244.1.2:8080", "10.244.2.2:8080"]),
+        ("192.168.77.1", "192.168.56.61:80", "tcp", Origin::Node, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        // Not a Service at all.
+        (client, "10.244.2.2:8080", "tcp", Origin::Remote, &["PASS"]),
+    ];
+    for (src, dst, proto, origin, expected) in table {
+        let got = outcomes(&nft, &packet(src, dst, proto, *origin));
+        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(got, expected, "{src} -> {dst}/{proto} ({origin:?})");
+    }
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_first_endpoint() {
+    let nft = showcase_nft();
+    let mut draws = 0usize;
+    let mut t = Tracer::new(&nft, move |n| {
+        draws += 1;
+        draws % n
+    });
+    let p = packet("192.168.77.2", "10.96.0.50:80", "tcp", Origin::Remote);
+    let first = t.trace(&p).unwrap();
+    for _ in 0..10 {
+        assert_eq!(t.trace(&p).unwrap(), first);
+    }
+    // Another client is free to land elsewhere, and then sticks too.
+    let q = packet("192.168.77.3", "10.96.0.50:80", "tcp", Origin::Remote);
+    let second = t.trace(&q).unwrap();
+    for _ in 0..10 {
+        assert_eq!(t.trace(&q).unwrap(), second);
+    }
+}
+
+#[test]
+fn an_unknown_rule_is_an_error_not_a_pass() {
+    let mut nft = showcase_nft();
+    let mut tx = portico_dataplane::Transaction::new();
+    tx.add_rule(
+        portico_dataplane::names::Family::Ipv4,
+        "services",
+        "ip saddr 1.2.3.4 counter accept",
+    );
+    use portico_dataplane::Backend as _;
+    nft.apply(&tx).unwrap();
+    let mut t = Tracer::new(&nft, |_| 0);
+    let p = packet("192.168.77.2", "10.244.9.9:80", "tcp", Origin::Remote);
+    assert!(t.trace(&p).is_err());
+}

@@ -1,0 +1,563 @@
+//! `portico node`: the node dataplane (kube-proxy's job), one per node.
+//!
+//! ```text
+//!  watch Services ───────┐
+//!  watch EndpointSlices ─┼──> Catalog ── Changes ──> Proxier ──> nft -f - (one transaction per sync)
+//!  watch own Node ───────┘        │                     └──> conntrack -D (UDP flows of removed endpoints)
+//!   (NodePort addresses)          └──> healthCheckNodePort servers (local endpoints of ETP Local Services)
+//! ```
+//!
+//! Syncs are coalesced: at most one per `--min-sync-period`; a full sync at
+//! start, every `--sync-period` and after any failure, partial syncs of the
+//! changed Services in between. `/healthz` answers 200 only while syncs
+//! succeed (like kube-proxy's :10256/healthz); `/readyz` once the first
+//! sync is done.
+
+use crate::cli::NodeArgs;
+use crate::cluster::{Fed, Relist};
+use crate::http::Health;
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt};
+use ipnet::IpNet;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
+use portico_controllers::NetworkConfig;
+use portico_controllers::k8s::{EndpointSlice, Node, Service};
+use portico_dataplane::{
+    Config, ConntrackTool, DataplaneMetrics, Nft, Proxier, SyncKind, can_program_nftables,
+    local_endpoint_count,
+};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The NodePort addresses by default: the node's first InternalIP of each
+/// family (its ExternalIP when it has no InternalIP of that family), as
+/// host routes.
+pub fn primary_addresses(node: &Node) -> Vec<IpNet> {
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut out: Vec<IpNet> = Vec::new();
+    for kind in ["InternalIP", "ExternalIP"] {
+        for a in addresses.iter().filter(|a| a.type_ == kind) {
+            if let Ok(ip) = a.address.parse::<IpAddr>()
+                && !out.iter().any(|n| n.addr().is_ipv4() == ip.is_ipv4())
+            {
+                out.push(IpNet::from(ip));
+            }
+        }
+    }
+    out
+}
+
+/// The dataplane configuration of a node: its networks, and where its
+/// NodePorts answer (the given CIDRs, else the node's primary addresses).
+pub fn dataplane_config(
+    net: &NetworkConfig,
+    node_name: &str,
+    nodeport_addresses: &[String],
+    node: Option<&Node>,
+) -> anyhow::Result<Config> {
+    let nodeport_addresses = if nodeport_addresses.is_empty() {
+        node.map(primary_addresses).unwrap_or_default()
+    } else {
+        nodeport_addresses
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<IpNet>()
+                    .map(|n| n.trunc())
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("--nodeport-addresses: {s:?} is not a CIDR"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    Ok(Config {
+        node_name: node_name.to_owned(),
+        cluster_cidrs: net.cluster_cidrs.clone(),
+        service_cidrs: net.service_ranges.clone(),
+        nodeport_addresses,
+    })
+}
+
+/// When `/healthz` says the node is healthy.
+#[derive(Debug)]
+struct Liveness {
+    last_success: Option<Instant>,
+    pending_since: Option<Instant>,
+    sync_period: Duration,
+    timeout: Duration,
+}
+
+impl Liveness {
+    fn check(&self, now: Instant) -> Result<String, String> {
+        let Some(last) = self.last_success else {
+            return Err("no successful sync yet\n".into());
+        };
+        let age = now.saturating_duration_since(last);
+        if let Some(p) = self.pending_since {
+            let waiting = now.saturating_duration_since(p);
+            if waiting > self.timeout {
+                return Err(format!(
+                    "changes have waited {:.0}s for a successful sync (last success {:.0}s ago)\n",
+                    waiting.as_secs_f64(),
+                    age.as_secs_f64()
+                ));
+            }
+        }
+        if age > self.sync_period + self.timeout {
+            return Err(format!(
+                "the last successful sync was {:.0}s ago\n",
+                age.as_secs_f64()
+            ));
+        }
+        Ok(format!(
+            "ok: last successful sync {:.1}s ago\n",
+            age.as_secs_f64()
+        ))
+    }
+}
+
+enum Change {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Node(Box<watcher::Event<Node>>),
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if args.dump {
+        print!("{}", Nft::new().dump()?);
+        return Ok(());
+    }
+    if args.cleanup {
+        Nft::new().cleanup()?;
+        eprintln!("removed Portico's nftables tables (ip portico, ip6 portico)");
+        return Ok(());
+    }
+    let node_name = args
+        .node_name
+        .clone()
+        .context("--node-name (or NODE_NAME) is required")?;
+    if !can_program_nftables() {
+        anyhow::bail!(
+            "portico node programs nftables and needs CAP_NET_ADMIN (run it as root, \
+             or in the chart's DaemonSet)"
+        );
+    }
+    let net = NetworkConfig::parse(
+        &args.network.service_cluster_ip_range,
+        &args.network.cluster_cidr,
+    )?;
+    let client = Client::try_default().await.context(
+        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+    )?;
+
+    let mut registry = Registry::default();
+    let metrics = DataplaneMetrics::default();
+    metrics.register(&mut registry);
+    let liveness = Arc::new(Mutex::new(Liveness {
+        last_success: None,
+        pending_since: Some(Instant::now()),
+        sync_period: args.sync_period,
+        timeout: (args.min_sync_period * 2).max(Duration::from_secs(60)),
+    }));
+    let check = {
+        let liveness = liveness.clone();
+        move || match liveness.lock() {
+            Ok(l) => l.check(Instant::now()),
+            Err(_) => Err("poisoned\n".to_owned()),
+        }
+    };
+    let health = Health::with_liveness(registry, check);
+    let server = tokio::spawn(health.clone().serve(args.metrics_addr));
+
+    let mut changes = futures::stream::select_all([
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|e| Change::Service(Box::new(e)))
+        .boxed(),
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|e| Change::Slice(Box::new(e)))
+        .boxed(),
+        watcher(
+            Api::<Node>::all(client),
+            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        )
+        .default_backoff()
+        .map_ok(|e| Change::Node(Box::new(e)))
+        .boxed(),
+    ]);
+
+    let mut catalog = Catalog::new();
+    let mut node: Option<Node> = None;
+    let config = dataplane_config(&net, &node_name, &args.nodeport_addresses, None)?;
+    let mut proxier = Proxier::new(config, Nft::new(), ConntrackTool::new());
+    let mut health_checks = HealthChecks::default();
+    let mut services: Relist<Service> = Relist::default();
+    let mut slices: Relist<EndpointSlice> = Relist::default();
+    let mut nodes: Relist<Node> = Relist::default();
+    let mut dirty = true;
+    let mut last_attempt: Option<Instant> = None;
+    let mut next_full = Instant::now();
+
+    let shutdown = crate::cluster::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let synced = services.synced && slices.synced && nodes.synced;
+        let due = synced.then(|| {
+            let wanted = if dirty { Instant::now() } else { next_full };
+            match last_attempt {
+                Some(t) => wanted.max(t + args.min_sync_period),
+                None => wanted,
+            }
+        });
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = sleep_until(due) => {}
+            change = changes.try_next() => {
+                match change {
+                    Ok(Some(Change::Service(ev))) => match services.feed(*ev) {
+                        Some(Fed::Reset(all)) => catalog.reset_services(all.iter()),
+                        Some(Fed::Apply(s)) => catalog.apply_service(&s),
+                        Some(Fed::Delete(s)) => catalog.delete_service(&s),
+                        None => {}
+                    },
+                    Ok(Some(Change::Slice(ev))) => match slices.feed(*ev) {
+                        Some(Fed::Reset(all)) => catalog.reset_slices(all.iter()),
+                        Some(Fed::Apply(s)) => catalog.apply_slice(&s),
+                        Some(Fed::Delete(s)) => catalog.delete_slice(&s),
+                        None => {}
+                    },
+                    Ok(Some(Change::Node(ev))) => {
+                        match nodes.feed(*ev) {
+                            Some(Fed::Reset(all)) => node = all.into_iter().next(),
+                            Some(Fed::Apply(n)) => node = Some(n),
+                            Some(Fed::Delete(_)) => node = None,
+                            None => {}
+                        }
+                        let config = dataplane_config(&net, &node_name, &args.nodeport_addresses, node.as_ref())?;
+                        if &config != proxier.config() {
+                            tracing::info!(nodeport_addresses = ?config.nodeport_addresses, "node addresses changed");
+                            proxier.set_config(config);
+                        }
+                    }
+                    Ok(None) => anyhow::bail!("a watch ended"),
+                    Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+                }
+                if !dirty {
+                    dirty = true;
+                    if let Ok(mut l) = liveness.lock() {
+                        l.pending_since.get_or_insert_with(Instant::now);
+                    }
+                }
+                continue;
+            }
+        }
+        let now = Instant::now();
+        if due.is_none_or(|d| d > now) {
+            continue;
+        }
+        if now >= next_full {
+            proxier.request_full_sync();
+            next_full = now + args.sync_period;
+        }
+        let kind = if proxier.needs_full_sync() {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let pending = catalog.take_changes();
+        last_attempt = Some(now);
+        match tokio::task::block_in_place(|| proxier.sync(&catalog, &pending)) {
+            Ok(report) => {
+                dirty = false;
+                metrics.observe(&report, proxier.model().service_count());
+                if let Ok(mut l) = liveness.lock() {
+                    l.last_success = Some(Instant::now());
+                    l.pending_since = None;
+                }
+                if !health.is_ready() {
+                    health.set_ready(true);
+                }
+                let log = report.kind == SyncKind::Full || report.conntrack_deleted > 0;
+                if log {
+                    tracing::info!(
+                        kind = report.kind.label(),
+                        ms = report.duration.as_millis() as u64,
+                        operations = report.operations,
+                        services = report.services,
+                        chains = report.chains,
+                        elements = report.elements,
+                        conntrack_deleted = report.conntrack_deleted,
+                        "synced"
+                    );
+                } else {
+                    tracing::debug!(
+                        kind = report.kind.label(),
+                        ms = report.duration.as_millis() as u64,
+                        operations = report.operations,
+                        services = report.services,
+                        "synced"
+                    );
+                }
+                for (entry, owners) in proxier.model().conflicts() {
+                    tracing::warn!(
+                        ?entry,
+                        ?owners,
+                        "Services claim the same address and port; the first wins"
+                    );
+                }
+                health_checks.update(&catalog, &node_name).await;
+            }
+            Err(e) => {
+                dirty = true;
+                metrics.error(kind, &e);
+                tracing::warn!(error = %e, kind = kind.label(), "sync failed; the next sync is full");
+            }
+        }
+    }
+    tracing::info!("shutting down (the rules stay; `portico node --cleanup` removes them)");
+    server.abort();
+    health_checks.stop();
+    Ok(())
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+// ---- healthCheckNodePort ----------------------------------------------------
+
+/// One `healthCheckNodePort` server.
+struct HealthCheck {
+    service: ServiceKey,
+    local: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The `healthCheckNodePort` servers of the Services with
+/// `externalTrafficPolicy: Local`: load balancers ask each node whether it
+/// has local endpoints (200 with at least one, 503 without).
+#[derive(Default)]
+pub struct HealthChecks {
+    servers: HashMap<u16, HealthCheck>,
+}
+
+impl HealthChecks {
+    /// Starts, updates and stops servers to match the catalog.
+    pub async fn update(&mut self, catalog: &Catalog, node: &str) {
+        let mut wanted: HashMap<u16, (ServiceKey, usize)> = HashMap::new();
+        for svc in catalog.services() {
+            if svc.external_traffic_policy != TrafficPolicy::Local {
+                continue;
+            }
+            if let Some(port) = svc.health_check_node_port {
+                let key = svc.key();
+                let count = local_endpoint_count(svc, catalog.endpoints(&key), node);
+                wanted.insert(port, (key, count));
+            }
+        }
+        self.servers.retain(|port, hc| {
+            let keep = wanted.get(port).is_some_and(|(k, _)| *k == hc.service);
+            if !keep {
+                hc.task.abort();
+            }
+            keep
+        });
+        for (port, (service, count)) in wanted {
+            if let Some(hc) = self.servers.get(&port) {
+                hc.local.store(count, Ordering::Relaxed);
+                continue;
+            }
+            let local = Arc::new(AtomicUsize::new(count));
+            match bind(port).await {
+                Ok(listener) => {
+                    tracing::info!(port, service = %service, "serving healthCheckNodePort");
+                    let task =
+                        tokio::spawn(serve_health_check(listener, service.clone(), local.clone()));
+                    self.servers.insert(
+                        port,
+                        HealthCheck {
+                            service,
+                            local,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(port, service = %service, error = %e, "cannot serve healthCheckNodePort");
+                }
+            }
+        }
+    }
+
+    /// Stops every server.
+    pub fn stop(&mut self) {
+        for (_, hc) in self.servers.drain() {
+            hc.task.abort();
+        }
+    }
+
+    /// The ports served.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.servers.keys().copied().collect();
+        p.sort_unstable();
+        p
+    }
+}
+
+/// Both families when the host has IPv6, else IPv4.
+async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
+        Ok(l) => Ok(l),
+        Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
+    }
+}
+
+/// What kube-proxy answers: the Service, its local endpoints, 200 or 503.
+pub fn health_check_response(service: &ServiceKey, local: usize) -> (u16, String) {
+    let body = serde_json::json!({
+        "service": { "namespace": service.namespace, "name": service.name },
+        "localEndpoints": local,
+        "serviceProxyHealthy": true,
+    });
+    (if local > 0 { 200 } else { 503 }, format!("{body}\n"))
+}
+
+async fn serve_health_check(
+    listener: tokio::net::TcpListener,
+    service: ServiceKey,
+    local: Arc<AtomicUsize>,
+) {
+    use axum::http::{StatusCode, header};
+    let app = axum::Router::new().fallback(move || {
+        let service = service.clone();
+        let local = local.clone();
+        async move {
+            let (code, body) = health_check_response(&service, local.load(Ordering::Relaxed));
+            (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }
+    });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "healthCheckNodePort server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use portico_controllers::k8s::ObjectMeta;
+
+    fn node(addresses: &[(&str, &str)]) -> Node {
+        use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                addresses: Some(
+                    addresses
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: (*t).into(),
+                            address: (*a).into(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn node_ports_answer_on_the_primary_addresses_unless_told_otherwise() {
+        let n = node(&[
+            ("Hostname", "n1"),
+            ("ExternalIP", "203.0.113.5"),
+            ("InternalIP", "192.168.56.31"),
+            ("InternalIP", "192.168.56.99"),
+            ("InternalIP", "fd00::31"),
+        ]);
+        assert_eq!(
+            primary_addresses(&n),
+            vec![
+                "192.168.56.31/32".parse::<IpNet>().unwrap(),
+                "fd00::31/128".parse().unwrap()
+            ]
+        );
+        let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+        let c = dataplane_config(&net, "n1", &[], Some(&n)).unwrap();
+        assert_eq!(c.nodeport_addresses.len(), 2);
+        let c = dataplane_config(
+            &net,
+            "n1",
+            &["10.0.0.0/8".into(), "192.168.1.1".into()],
+            Some(&n),
+        )
+        .unwrap();
+        assert_eq!(
+            c.nodeport_addresses,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.168.1.1/32".parse().unwrap()
+            ]
+        );
+        assert!(dataplane_config(&net, "n1", &["nope".into()], None).is_err());
+    }
+
+    #[test]
+    fn healthz_fails_before_the_first_sync_and_when_changes_wait_too_long() {
+        let t0 = Instant::now();
+        let mut l = Liveness {
+            last_success: None,
+            pending_since: Some(t0),
+            sync_period: Duration::from_secs(3600),
+            timeout: Duration::from_secs(60),
+        };
+        assert!(l.check(t0).is_err());
+        l.last_success = Some(t0);
+        l.pending_since = None;
+        assert!(l.check(t0 + Duration::from_secs(30)).is_ok());
+        l.pending_since = Some(t0 + Duration::from_secs(10));
+        assert!(l.check(t0 + Duration::from_secs(30)).is_ok());
+        assert!(l.check(t0 + Duration::from_secs(100)).is_err());
+        l.pending_since = None;
+        assert!(l.check(t0 + Duration::from_secs(3700)).is_err());
+    }
+
+    #[test]
+    fn a_health_check_answers_with_the_local_endpoints() {
+        let key = ServiceKey::new("default", "local");
+        let (code, body) = health_check_response(&key, 2);
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["localEndpoints"], 2);
+        assert_eq!(v["service"]["name"], "local");
+        assert_eq!(health_check_response(&key, 0).0, 503);
+    }
+}
