@@ -66,7 +66,10 @@ impl Health {
     pub fn with_check(mut self, name: &'static str, check: Check) -> Self {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.checks.push((name, check)),
-            None => tracing::error!(name, "readiness checks are added before the health state is shared; /readyz/{name} is missing"),
+            None => tracing::error!(
+                name,
+                "readiness checks are added before the health state is shared; /readyz/{name} is missing"
+            ),
         }
         self
     }
