@@ -56,6 +56,7 @@ bench:
 	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p portico --bench endpointslices
 	$(CARGO) bench -p portico-controllers --bench lbipam
+	$(CARGO) bench -p portico-dataplane --bench dataplane
 
 ## crds: regenerate the CRD YAML in crds/ and in the chart
 crds:
