@@ -39,8 +39,19 @@ pub trait Backend {
 pub struct Nft {
     program: PathBuf,
     netns: Option<String>,
-    session: Arc<Mutex<Option<Session>>>,
+    session: Arc<Mutex<SessionState>>,
 }
+
+/// The session, and how often one broke.
+#[derive(Debug, Default)]
+struct SessionState {
+    session: Option<Session>,
+    failures: u32,
+}
+
+/// After this many broken sessions (an nft built without its interactive
+/// mode, say), every transaction runs a fresh `nft -f -`.
+const SESSION_MAX_FAILURES: u32 = 3;
 
 /// Transactions up to this size go through the session.
 const SESSION_MAX_BYTES: usize = 64 << 10;
@@ -163,6 +174,13 @@ impl Nft {
         }
     }
 
+    /// Another `nft` binary (or a wrapper around one).
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self.session = Arc::default();
+        self
+    }
+
     fn command(&self) -> Command {
         match &self.netns {
             Some(ns) => {
@@ -265,30 +283,41 @@ impl Backend for Nft {
         if script.len() > SESSION_MAX_BYTES {
             return self.run(&["-f", "-"], Some(&script)).map(drop);
         }
-        let mut guard = self
+        let mut state = self
             .session
             .lock()
             .map_err(|_| Error::Nft("the nft session lock is poisoned".into()))?;
-        if guard.is_none() {
-            *guard = Some(Session::spawn(self.command()).map_err(|e| Error::Spawn {
-                program: format!("{} -i", self.program.display()),
-                message: e.to_string(),
-            })?);
-        }
-        let Some(session) = guard.as_mut() else {
+        if state.failures >= SESSION_MAX_FAILURES {
+            drop(state);
             return self.run(&["-f", "-"], Some(&script)).map(drop);
+        }
+        if state.session.is_none() {
+            match Session::spawn(self.command()) {
+                Ok(s) => state.session = Some(s),
+                Err(e) => {
+                    state.failures += 1;
+                    tracing::warn!(error = %e, "cannot start nft -i; running nft -f - instead");
+                    drop(state);
+                    return self.run(&["-f", "-"], Some(&script)).map(drop);
+                }
+            }
+        }
+        let result = match state.session.as_mut() {
+            Some(session) => session.apply(&script),
+            None => Err(std::io::Error::other("no session")),
         };
-        match session.apply(&script) {
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Nft(e)),
             Err(e) => {
-                // A broken session is dropped (and killed); the next one
-                // starts afresh.
-                *guard = None;
-                Err(Error::Spawn {
-                    program: format!("{} -i", self.program.display()),
-                    message: e.to_string(),
-                })
+                // A broken session is dropped (and killed); this
+                // transaction runs in a fresh nft (if the session applied
+                // it after all, that one fails and the next sync is full).
+                state.session = None;
+                state.failures += 1;
+                tracing::warn!(error = %e, "the nft -i session broke; running nft -f - instead");
+                drop(state);
+                self.run(&["-f", "-"], Some(&script)).map(drop)
             }
         }
     }

@@ -104,3 +104,28 @@ fn a_refused_transaction_says_why_and_changes_nothing() {
     nft.apply(&good).unwrap();
     assert!(nft.list(Family::Ipv4).unwrap().chains.contains("new-chain"));
 }
+
+#[test]
+fn without_an_interactive_nft_every_transaction_runs_a_fresh_one() {
+    if !root_or_skip("without_an_interactive_nft_every_transaction_runs_a_fresh_one") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::new(0);
+    let wrapper = std::env::temp_dir().join(format!("nft-no-cli-{}", lab.node));
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = \"-i\" ]; then echo 'Error: no interactive CLI' >&2; exit 1; fi\nexec nft \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut nft = lab.nft().with_program(&wrapper);
+    for i in 0..5 {
+        let mut tx = portico_dataplane::Transaction::new();
+        tx.add_table(Family::Ipv4);
+        tx.add_chain(Family::Ipv4, &format!("c{i}"), None);
+        nft.apply(&tx).unwrap();
+    }
+    assert_eq!(nft.list(Family::Ipv4).unwrap().chains.len(), 5);
+    let _ = std::fs::remove_file(&wrapper);
+}
