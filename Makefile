@@ -56,6 +56,7 @@ bench:
 	$(CARGO) bench -p portico-ipam --bench allocate -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p portico --bench endpointslices
 	$(CARGO) bench -p portico-controllers --bench lbipam
+	$(CARGO) bench -p portico-dataplane --bench dataplane
 	scripts/bench-dns.sh
 
 ## bench-dns: dnsperf against Portico's DNS server and NSD on the same zone (servers on CPU 0, dnsperf on CPU 1)

@@ -8,9 +8,11 @@ use crate::tx::{Op, SetDecl, SetKind, Transaction};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 /// Something that applies transactions atomically.
 pub trait Backend {
@@ -25,10 +27,127 @@ pub trait Backend {
 
 /// The `nft` binary, optionally run in a named network namespace (through
 /// `ip netns exec`, as tests and benchmarks do).
+///
+/// Small transactions (partial syncs) go to a long-lived `nft -i` session:
+/// starting nft costs about 5 ms, and a process that closes its netlink
+/// socket after deleting set elements waits for an RCU grace period
+/// (10 ms or more), which a session never closes. Large ones (full syncs)
+/// and listings run a fresh `nft -f -`. Each line sent to the session is
+/// one atomic batch; a failing marker command after it tells where its
+/// errors end.
 #[derive(Clone, Debug)]
 pub struct Nft {
     program: PathBuf,
     netns: Option<String>,
+    session: Arc<Mutex<SessionState>>,
+}
+
+/// The session, and how often one broke.
+#[derive(Debug, Default)]
+struct SessionState {
+    session: Option<Session>,
+    failures: u32,
+}
+
+/// After this many broken sessions (an nft built without its interactive
+/// mode, say), every transaction runs a fresh `nft -f -`.
+const SESSION_MAX_FAILURES: u32 = 3;
+
+/// Transactions up to this size go through the session.
+const SESSION_MAX_BYTES: usize = 64 << 10;
+
+/// How long a session may take to answer one transaction.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `nft -i`.
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stderr: mpsc::Receiver<String>,
+    seq: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session(pid {})", self.child.id())
+    }
+}
+
+impl Session {
+    fn spawn(mut cmd: Command) -> std::io::Result<Session> {
+        let mut child = cmd
+            .arg("-i")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("nft -i without pipes"));
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Nothing useful is printed on stdout; keep the pipe from filling.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut BufReader::new(stdout), &mut std::io::sink());
+        });
+        Ok(Session {
+            child,
+            stdin,
+            stderr: rx,
+            seq: 0,
+        })
+    }
+
+    /// Runs a script as one batch; `Ok(Err(..))` is nft's refusal,
+    /// `Err(..)` a broken session.
+    fn apply(&mut self, script: &str) -> std::io::Result<std::result::Result<(), String>> {
+        self.seq += 1;
+        let marker = format!("portico-sync-marker n{}", self.seq);
+        let line: Vec<&str> = script.lines().collect();
+        writeln!(self.stdin, "{}", line.join(" ; "))?;
+        writeln!(self.stdin, "list set ip {marker}")?;
+        self.stdin.flush()?;
+        let mut lines: Vec<String> = Vec::new();
+        loop {
+            match self.stderr.recv_timeout(SESSION_TIMEOUT) {
+                Ok(l) if l.contains(&marker) => break,
+                Ok(l) => {
+                    // Carets under an echoed command carry nothing.
+                    if !l.trim().is_empty() && !l.trim().chars().all(|c| matches!(c, '^' | '~')) {
+                        lines.push(l);
+                    }
+                }
+                Err(e) => return Err(std::io::Error::other(format!("nft -i: {e}"))),
+            }
+        }
+        // The marker's own error precedes its echo.
+        if lines.last().is_some_and(|l| l.contains("Error:")) {
+            lines.pop();
+        }
+        if lines.iter().any(|l| l.contains("Error:")) {
+            Ok(Err(summarize(&lines.join("\n"))))
+        } else {
+            Ok(Ok(()))
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Default for Nft {
@@ -43,6 +162,7 @@ impl Nft {
         Nft {
             program: PathBuf::from("nft"),
             netns: None,
+            session: Arc::default(),
         }
     }
 
@@ -52,6 +172,13 @@ impl Nft {
             netns: Some(name.to_owned()),
             ..Nft::new()
         }
+    }
+
+    /// Another `nft` binary (or a wrapper around one).
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self.session = Arc::default();
+        self
     }
 
     fn command(&self) -> Command {
@@ -152,7 +279,47 @@ impl Backend for Nft {
         if tx.is_empty() {
             return Ok(());
         }
-        self.run(&["-f", "-"], Some(&tx.to_string())).map(drop)
+        let script = tx.to_string();
+        if script.len() > SESSION_MAX_BYTES {
+            return self.run(&["-f", "-"], Some(&script)).map(drop);
+        }
+        let mut state = self
+            .session
+            .lock()
+            .map_err(|_| Error::Nft("the nft session lock is poisoned".into()))?;
+        if state.failures >= SESSION_MAX_FAILURES {
+            drop(state);
+            return self.run(&["-f", "-"], Some(&script)).map(drop);
+        }
+        if state.session.is_none() {
+            match Session::spawn(self.command()) {
+                Ok(s) => state.session = Some(s),
+                Err(e) => {
+                    state.failures += 1;
+                    tracing::warn!(error = %e, "cannot start nft -i; running nft -f - instead");
+                    drop(state);
+                    return self.run(&["-f", "-"], Some(&script)).map(drop);
+                }
+            }
+        }
+        let result = match state.session.as_mut() {
+            Some(session) => session.apply(&script),
+            None => Err(std::io::Error::other("no session")),
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Nft(e)),
+            Err(e) => {
+                // A broken session is dropped (and killed); this
+                // transaction runs in a fresh nft (if the session applied
+                // it after all, that one fails and the next sync is full).
+                state.session = None;
+                state.failures += 1;
+                tracing::warn!(error = %e, "the nft -i session broke; running nft -f - instead");
+                drop(state);
+                self.run(&["-f", "-"], Some(&script)).map(drop)
+            }
+        }
     }
 
     fn list(&mut self, family: Family) -> Result<Existing> {

@@ -77,3 +77,55 @@ fn the_showcase_applies_twice_changes_partially_and_cleans_up() {
     // Cleaning up twice is fine.
     lab.nft().cleanup().unwrap();
 }
+
+#[test]
+fn a_refused_transaction_says_why_and_changes_nothing() {
+    if !root_or_skip("a_refused_transaction_says_why_and_changes_nothing") {
+        return;
+    }
+    let lab = Lab::new(0);
+    let mut nft = lab.nft();
+    let mut tx = portico_dataplane::Transaction::new();
+    tx.add_table(Family::Ipv4);
+    tx.add_chain(Family::Ipv4, "services", None);
+    nft.apply(&tx).unwrap();
+    // Small transactions go through the long-lived session: a refused
+    // one reports nft's error, applies nothing, and the session goes on.
+    for _ in 0..3 {
+        let mut bad = portico_dataplane::Transaction::new();
+        bad.add_chain(Family::Ipv4, "new-chain", None);
+        bad.add_rule(Family::Ipv4, "services", "goto no-such-chain");
+        let err = nft.apply(&bad).unwrap_err().to_string();
+        assert!(err.contains("Error"), "{err}");
+        assert!(!nft.list(Family::Ipv4).unwrap().chains.contains("new-chain"));
+    }
+    let mut good = portico_dataplane::Transaction::new();
+    good.add_chain(Family::Ipv4, "new-chain", None);
+    nft.apply(&good).unwrap();
+    assert!(nft.list(Family::Ipv4).unwrap().chains.contains("new-chain"));
+}
+
+#[test]
+fn without_an_interactive_nft_every_transaction_runs_a_fresh_one() {
+    if !root_or_skip("without_an_interactive_nft_every_transaction_runs_a_fresh_one") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::new(0);
+    let wrapper = std::env::temp_dir().join(format!("nft-no-cli-{}", lab.node));
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = \"-i\" ]; then echo 'Error: no interactive CLI' >&2; exit 1; fi\nexec nft \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut nft = lab.nft().with_program(&wrapper);
+    for i in 0..5 {
+        let mut tx = portico_dataplane::Transaction::new();
+        tx.add_table(Family::Ipv4);
+        tx.add_chain(Family::Ipv4, &format!("c{i}"), None);
+        nft.apply(&tx).unwrap();
+    }
+    assert_eq!(nft.list(Family::Ipv4).unwrap().chains.len(), 5);
+    let _ = std::fs::remove_file(&wrapper);
+}
