@@ -8,7 +8,9 @@
 //!   Services installed and with 50,000.
 //!
 //! `cargo bench -p portico-dataplane --bench dataplane` (`make bench`).
-//! `PORTICO_BENCH_SIZES=1000,10000` picks the sizes.
+//! `PORTICO_BENCH_SIZES=1000,10000` picks the sizes. Run without `--bench`
+//! (as `cargo test --all-targets` does) it checks the same path on 200
+//! Services, quickly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -181,7 +183,7 @@ fn connect_times(lab: &Lab, dst: &str, n: usize) -> Vec<Duration> {
 /// Two labs side by side, one with 10 Services and one with `big`, each
 /// with a real Service to one pod; connect times are taken in alternating
 /// batches so that load elsewhere on the machine hits both alike.
-fn first_packet_latency(big: usize) {
+fn first_packet_latency(big: usize, rounds: usize) {
     let real = |c: &mut Catalog| {
         c.apply_service(
             &svc("bench", "real", "10.96.255.200")
@@ -208,12 +210,12 @@ fn first_packet_latency(big: usize) {
         labs.push((n, lab));
     }
     // Let the kernel finish freeing what the syncs replaced, and warm up.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(if rounds > 2 { 2 } else { 0 }));
     for (_, lab) in &labs {
         connect_times(lab, "10.96.255.200:80", 300);
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
-    for _ in 0..20 {
+    for _ in 0..rounds {
         for (i, (_, lab)) in labs.iter().enumerate() {
             times[i].extend(connect_times(lab, "10.96.255.200:80", 100));
         }
@@ -242,16 +244,22 @@ fn first_packet_latency(big: usize) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is read.
+    let bench = std::env::args().any(|a| a == "--bench");
     if !root_or_skip("dataplane benchmark") {
         return;
     }
+    let default = if bench {
+        vec![1_000, 10_000, 50_000]
+    } else {
+        vec![200]
+    };
     let sizes: Vec<usize> = std::env::var("PORTICO_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
+        .unwrap_or(default);
     for &n in &sizes {
         full_and_partial(n);
     }
-    first_packet_latency(sizes.iter().copied().max().unwrap_or(50_000).max(11));
+    let big = sizes.iter().copied().max().unwrap_or(50_000).max(11);
+    first_packet_latency(big, if bench { 20 } else { 2 });
 }
