@@ -359,9 +359,19 @@ struct HealthCheck {
 #[derive(Default)]
 pub struct HealthChecks {
     servers: HashMap<u16, HealthCheck>,
+    /// Where to listen (default: every address, both families).
+    bind: Option<IpAddr>,
 }
 
 impl HealthChecks {
+    /// Servers that listen on one address only.
+    pub fn on(address: IpAddr) -> Self {
+        HealthChecks {
+            servers: HashMap::new(),
+            bind: Some(address),
+        }
+    }
+
     /// Starts, updates and stops servers to match the catalog.
     pub async fn update(&mut self, catalog: &Catalog, node: &str) {
         let mut wanted: HashMap<u16, (ServiceKey, usize)> = HashMap::new();
@@ -388,7 +398,7 @@ impl HealthChecks {
                 continue;
             }
             let local = Arc::new(AtomicUsize::new(count));
-            match bind(port).await {
+            match bind(self.bind, port).await {
                 Ok(listener) => {
                     tracing::info!(port, service = %service, "serving healthCheckNodePort");
                     let task =
@@ -424,8 +434,12 @@ impl HealthChecks {
     }
 }
 
-/// Both families when the host has IPv6, else IPv4.
-async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+/// The given address, else both families when the host has IPv6, else
+/// IPv4.
+async fn bind(address: Option<IpAddr>, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    if let Some(a) = address {
+        return tokio::net::TcpListener::bind(SocketAddr::new(a, port)).await;
+    }
     match tokio::net::TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
         Ok(l) => Ok(l),
         Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
@@ -469,6 +483,7 @@ async fn serve_health_check(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use portico_controllers::k8s::EndpointSlice;
     use portico_controllers::k8s::ObjectMeta;
 
     fn node(addresses: &[(&str, &str)]) -> Node {
@@ -548,6 +563,96 @@ mod tests {
         assert!(l.check(t0 + Duration::from_secs(100)).is_err());
         l.pending_since = None;
         assert!(l.check(t0 + Duration::from_secs(3700)).is_err());
+    }
+
+    /// GET / on a local port; the status code and body.
+    async fn get(port: u16) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+            (
+                code,
+                out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_check_node_ports_follow_the_local_endpoints() {
+        use k8s_openapi::api::core::v1::{Service as K8sService, ServicePort, ServiceSpec};
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let svc = K8sService {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("local".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.40".into()),
+                type_: Some("LoadBalancer".into()),
+                external_traffic_policy: Some("Local".into()),
+                health_check_node_port: Some(i32::from(port)),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let slice = |nodes: &[&str]| EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("local-1".into()),
+                labels: Some(
+                    [("kubernetes.io/service-name".to_owned(), "local".to_owned())].into(),
+                ),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Endpoint {
+                    addresses: vec![format!("10.244.{}.2", i + 1)],
+                    node_name: Some((*n).into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                port: Some(8080),
+                ..Default::default()
+            }]),
+        };
+        let mut catalog = Catalog::new();
+        catalog.apply_service(&svc);
+        catalog.apply_slice(&slice(&["n1", "n2", "n1"]));
+        let mut hc = HealthChecks::on("127.0.0.1".parse().unwrap());
+        hc.update(&catalog, "n1").await;
+        assert_eq!(hc.ports(), vec![port]);
+        let (code, body) = get(port).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"localEndpoints\":2"), "{body}");
+
+        catalog.apply_slice(&slice(&["n2"]));
+        hc.update(&catalog, "n1").await;
+        assert_eq!(get(port).await.0, 503);
+
+        catalog.delete_service(&svc);
+        hc.update(&catalog, "n1").await;
+        assert!(hc.ports().is_empty());
+        hc.stop();
     }
 
     #[test]
