@@ -9,7 +9,7 @@
 //!                          └─> chains, sets, pick chains
 //! ```
 
-use crate::names::{Family, Pick, PickEntry, PickSlots, is_static_chain};
+use crate::names::{Family, Pick, PickEntry, PickSlots};
 use crate::render::{
     Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
 };
@@ -438,11 +438,5 @@ impl Model {
                 .values()
                 .map(|r| r.chains.len())
                 .sum::<usize>();
-    }
-
-    /// Whether a chain is generated (a pick chain or a per-Service chain),
-    /// as opposed to static.
-    pub fn is_generated(name: &str) -> bool {
-        !is_static_chain(name)
     }
 }

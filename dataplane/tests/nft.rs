@@ -58,6 +58,16 @@ fn the_showcase_applies_twice_changes_partially_and_cleans_up() {
     let changes = catalog.take_changes();
     p.sync(&catalog, &changes).unwrap();
     fake.sync(&catalog, &changes).unwrap();
+    // A new affinity timeout means new affinity sets.
+    catalog.apply_service(
+        &svc("default", "sticky", "10.96.0.50")
+            .port("http", "TCP", 80)
+            .affinity(900)
+            .0,
+    );
+    let changes = catalog.take_changes();
+    p.sync(&catalog, &changes).unwrap();
+    fake.sync(&catalog, &changes).unwrap();
 
     // The kernel holds what the fake holds.
     for family in Family::ALL {
