@@ -215,6 +215,26 @@ impl BaseChain {
     }
 }
 
+/// `type hook priority` of a base chain's declaration (`type nat hook
+/// prerouting priority -100 ; …` gives `nat prerouting -100`), to compare
+/// what is wanted with what nft lists.
+pub fn hook_key(spec: &str) -> Option<String> {
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let after = |w: &str| {
+        words
+            .iter()
+            .position(|x| *x == w)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    Some(format!(
+        "{} {} {}",
+        after("type")?,
+        after("hook")?,
+        after("priority")?
+    ))
+}
+
 /// Every base chain. Filter checks run before DNAT (the destination is
 /// still the Service address), the ClusterIP check after it (a ClusterIP
 /// still there means no Service port matched).

@@ -557,8 +557,16 @@ fn a_new_affinity_timeout_replaces_the_affinity_sets() {
     let changes = catalog.take_changes();
     p.sync(&catalog, &changes).unwrap();
     let s = script(&p);
-    assert_eq!(s.iter().filter(|l| l.starts_with("add set")).count(), 2, "{s:#?}");
-    assert_eq!(s.iter().filter(|l| l.starts_with("delete set")).count(), 2, "{s:#?}");
+    assert_eq!(
+        s.iter().filter(|l| l.starts_with("add set")).count(),
+        2,
+        "{s:#?}"
+    );
+    assert_eq!(
+        s.iter().filter(|l| l.starts_with("delete set")).count(),
+        2,
+        "{s:#?}"
+    );
     assert!(s.iter().any(|l| l.contains("timeout 900s")));
     assert_partial_equals_full(&p, &catalog);
 }
