@@ -214,6 +214,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut dirty = true;
     let mut last_attempt: Option<Instant> = None;
     let mut next_full = Instant::now();
+    let mut conflicts: Vec<(portico_dataplane::render::Entry, Vec<ServiceKey>)> = Vec::new();
 
     let shutdown = crate::cluster::shutdown_signal();
     tokio::pin!(shutdown);
@@ -315,12 +316,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         "synced"
                     );
                 }
-                for (entry, owners) in proxier.model().conflicts() {
-                    tracing::warn!(
-                        ?entry,
-                        ?owners,
-                        "Services claim the same address and port; the first wins"
-                    );
+                let now_conflicts = proxier.model().conflicts();
+                if now_conflicts != conflicts {
+                    for (entry, owners) in &now_conflicts {
+                        tracing::warn!(
+                            ?entry,
+                            ?owners,
+                            "Services claim the same address and port; the first wins"
+                        );
+                    }
+                    conflicts = now_conflicts;
                 }
                 health_checks.update(&catalog, &node_name).await;
             }
