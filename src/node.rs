@@ -25,8 +25,8 @@ use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
 use portico_controllers::NetworkConfig;
 use portico_controllers::k8s::{EndpointSlice, Node, Service};
 use portico_dataplane::{
-    Config, ConntrackTool, DataplaneMetrics, Nft, Proxier, SyncKind, can_program_nftables,
-    local_endpoint_count,
+    Backend, Config, Conntrack, ConntrackTool, DataplaneMetrics, Nft, Proxier, SyncKind,
+    SyncReport, can_program_nftables, local_endpoint_count,
 };
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
@@ -126,10 +126,134 @@ impl Liveness {
     }
 }
 
-enum Change {
+/// One watch event of a kind `portico node` reads.
+pub enum Change {
+    /// A Service event.
     Service(Box<watcher::Event<Service>>),
+    /// An EndpointSlice event.
     Slice(Box<watcher::Event<EndpointSlice>>),
+    /// An event of this node's Node.
     Node(Box<watcher::Event<Node>>),
+}
+
+/// What `portico node` knows between watch events and syncs: the catalog,
+/// its Node, and the proxier. Generic over the backend, so tests drive it
+/// with the in-memory one.
+pub struct NodeState<B: Backend, C: Conntrack> {
+    catalog: Catalog,
+    node: Option<Node>,
+    proxier: Proxier<B, C>,
+    services: Relist<Service>,
+    slices: Relist<EndpointSlice>,
+    nodes: Relist<Node>,
+    net: NetworkConfig,
+    node_name: String,
+    nodeport_addresses: Vec<String>,
+    /// Something changed since the last successful sync.
+    pub dirty: bool,
+}
+
+impl<B: Backend, C: Conntrack> NodeState<B, C> {
+    /// Nothing known yet; the first sync will be full.
+    pub fn new(
+        net: &NetworkConfig,
+        node_name: &str,
+        nodeport_addresses: &[String],
+        backend: B,
+        conntrack: C,
+    ) -> anyhow::Result<Self> {
+        let config = dataplane_config(net, node_name, nodeport_addresses, None)?;
+        Ok(NodeState {
+            catalog: Catalog::new(),
+            node: None,
+            proxier: Proxier::new(config, backend, conntrack),
+            services: Relist::default(),
+            slices: Relist::default(),
+            nodes: Relist::default(),
+            net: net.clone(),
+            node_name: node_name.to_owned(),
+            nodeport_addresses: nodeport_addresses.to_vec(),
+            dirty: true,
+        })
+    }
+
+    /// Every watch has listed once.
+    pub fn synced(&self) -> bool {
+        self.services.synced && self.slices.synced && self.nodes.synced
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The proxier.
+    pub fn proxier(&self) -> &Proxier<B, C> {
+        &self.proxier
+    }
+
+    /// Takes in a watch event. A change of the node's addresses changes
+    /// the configuration (and makes the next sync full).
+    pub fn feed(&mut self, change: Change) -> anyhow::Result<()> {
+        match change {
+            Change::Service(ev) => match self.services.feed(*ev) {
+                Some(Fed::Reset(all)) => self.catalog.reset_services(all.iter()),
+                Some(Fed::Apply(s)) => self.catalog.apply_service(&s),
+                Some(Fed::Delete(s)) => self.catalog.delete_service(&s),
+                None => {}
+            },
+            Change::Slice(ev) => match self.slices.feed(*ev) {
+                Some(Fed::Reset(all)) => self.catalog.reset_slices(all.iter()),
+                Some(Fed::Apply(s)) => self.catalog.apply_slice(&s),
+                Some(Fed::Delete(s)) => self.catalog.delete_slice(&s),
+                None => {}
+            },
+            Change::Node(ev) => {
+                match self.nodes.feed(*ev) {
+                    Some(Fed::Reset(all)) => self.node = all.into_iter().next(),
+                    Some(Fed::Apply(n)) => self.node = Some(n),
+                    Some(Fed::Delete(_)) => self.node = None,
+                    None => {}
+                }
+                let config = dataplane_config(
+                    &self.net,
+                    &self.node_name,
+                    &self.nodeport_addresses,
+                    self.node.as_ref(),
+                )?;
+                if &config != self.proxier.config() {
+                    tracing::info!(nodeport_addresses = ?config.nodeport_addresses, "node addresses changed");
+                    self.proxier.set_config(config);
+                }
+            }
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Syncs what changed (everything when `full`, or when a full sync is
+    /// due anyway). On failure the next sync is full.
+    pub fn sync(&mut self, full: bool) -> Result<SyncReport, (SyncKind, portico_dataplane::Error)> {
+        if full {
+            self.proxier.request_full_sync();
+        }
+        let kind = if self.proxier.needs_full_sync() {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let pending = self.catalog.take_changes();
+        match self.proxier.sync(&self.catalog, &pending) {
+            Ok(r) => {
+                self.dirty = false;
+                Ok(r)
+            }
+            Err(e) => {
+                self.dirty = true;
+                Err((kind, e))
+            }
+        }
+    }
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -203,24 +327,27 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .boxed(),
     ]);
 
-    let mut catalog = Catalog::new();
-    let mut node: Option<Node> = None;
-    let config = dataplane_config(&net, &node_name, &args.nodeport_addresses, None)?;
-    let mut proxier = Proxier::new(config, Nft::new(), ConntrackTool::new());
+    let mut state = NodeState::new(
+        &net,
+        &node_name,
+        &args.nodeport_addresses,
+        Nft::new(),
+        ConntrackTool::new(),
+    )?;
     let mut health_checks = HealthChecks::default();
-    let mut services: Relist<Service> = Relist::default();
-    let mut slices: Relist<EndpointSlice> = Relist::default();
-    let mut nodes: Relist<Node> = Relist::default();
-    let mut dirty = true;
     let mut last_attempt: Option<Instant> = None;
     let mut next_full = Instant::now();
+    let mut conflicts: Vec<(portico_dataplane::render::Entry, Vec<ServiceKey>)> = Vec::new();
 
     let shutdown = crate::cluster::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let synced = services.synced && slices.synced && nodes.synced;
-        let due = synced.then(|| {
-            let wanted = if dirty { Instant::now() } else { next_full };
+        let due = state.synced().then(|| {
+            let wanted = if state.dirty {
+                Instant::now()
+            } else {
+                next_full
+            };
             match last_attempt {
                 Some(t) => wanted.max(t + args.min_sync_period),
                 None => wanted,
@@ -231,39 +358,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             () = sleep_until(due) => {}
             change = changes.try_next() => {
                 match change {
-                    Ok(Some(Change::Service(ev))) => match services.feed(*ev) {
-                        Some(Fed::Reset(all)) => catalog.reset_services(all.iter()),
-                        Some(Fed::Apply(s)) => catalog.apply_service(&s),
-                        Some(Fed::Delete(s)) => catalog.delete_service(&s),
-                        None => {}
-                    },
-                    Ok(Some(Change::Slice(ev))) => match slices.feed(*ev) {
-                        Some(Fed::Reset(all)) => catalog.reset_slices(all.iter()),
-                        Some(Fed::Apply(s)) => catalog.apply_slice(&s),
-                        Some(Fed::Delete(s)) => catalog.delete_slice(&s),
-                        None => {}
-                    },
-                    Ok(Some(Change::Node(ev))) => {
-                        match nodes.feed(*ev) {
-                            Some(Fed::Reset(all)) => node = all.into_iter().next(),
-                            Some(Fed::Apply(n)) => node = Some(n),
-                            Some(Fed::Delete(_)) => node = None,
-                            None => {}
-                        }
-                        let config = dataplane_config(&net, &node_name, &args.nodeport_addresses, node.as_ref())?;
-                        if &config != proxier.config() {
-                            tracing::info!(nodeport_addresses = ?config.nodeport_addresses, "node addresses changed");
-                            proxier.set_config(config);
+                    Ok(Some(change)) => {
+                        state.feed(change)?;
+                        if let Ok(mut l) = liveness.lock() {
+                            l.pending_since.get_or_insert_with(Instant::now);
                         }
                     }
                     Ok(None) => anyhow::bail!("a watch ended"),
                     Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
-                }
-                if !dirty {
-                    dirty = true;
-                    if let Ok(mut l) = liveness.lock() {
-                        l.pending_since.get_or_insert_with(Instant::now);
-                    }
                 }
                 continue;
             }
@@ -272,21 +374,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         if due.is_none_or(|d| d > now) {
             continue;
         }
-        if now >= next_full {
-            proxier.request_full_sync();
+        let full = now >= next_full;
+        if full {
             next_full = now + args.sync_period;
         }
-        let kind = if proxier.needs_full_sync() {
-            SyncKind::Full
-        } else {
-            SyncKind::Partial
-        };
-        let pending = catalog.take_changes();
         last_attempt = Some(now);
-        match tokio::task::block_in_place(|| proxier.sync(&catalog, &pending)) {
+        match tokio::task::block_in_place(|| state.sync(full)) {
             Ok(report) => {
-                dirty = false;
-                metrics.observe(&report, proxier.model().service_count());
+                metrics.observe(&report, state.proxier().model().service_count());
                 if let Ok(mut l) = liveness.lock() {
                     l.last_success = Some(Instant::now());
                     l.pending_since = None;
@@ -315,17 +410,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         "synced"
                     );
                 }
-                for (entry, owners) in proxier.model().conflicts() {
-                    tracing::warn!(
-                        ?entry,
-                        ?owners,
-                        "Services claim the same address and port; the first wins"
-                    );
+                let now_conflicts = state.proxier().model().conflicts();
+                if now_conflicts != conflicts {
+                    for (entry, owners) in &now_conflicts {
+                        tracing::warn!(
+                            ?entry,
+                            ?owners,
+                            "Services claim the same address and port; the first wins"
+                        );
+                    }
+                    conflicts = now_conflicts;
                 }
-                health_checks.update(&catalog, &node_name).await;
+                health_checks.update(state.catalog(), &node_name).await;
             }
-            Err(e) => {
-                dirty = true;
+            Err((kind, e)) => {
                 metrics.error(kind, &e);
                 tracing::warn!(error = %e, kind = kind.label(), "sync failed; the next sync is full");
             }
@@ -359,9 +457,19 @@ struct HealthCheck {
 #[derive(Default)]
 pub struct HealthChecks {
     servers: HashMap<u16, HealthCheck>,
+    /// Where to listen (default: every address, both families).
+    bind: Option<IpAddr>,
 }
 
 impl HealthChecks {
+    /// Servers that listen on one address only.
+    pub fn on(address: IpAddr) -> Self {
+        HealthChecks {
+            servers: HashMap::new(),
+            bind: Some(address),
+        }
+    }
+
     /// Starts, updates and stops servers to match the catalog.
     pub async fn update(&mut self, catalog: &Catalog, node: &str) {
         let mut wanted: HashMap<u16, (ServiceKey, usize)> = HashMap::new();
@@ -388,7 +496,7 @@ impl HealthChecks {
                 continue;
             }
             let local = Arc::new(AtomicUsize::new(count));
-            match bind(port).await {
+            match bind(self.bind, port).await {
                 Ok(listener) => {
                     tracing::info!(port, service = %service, "serving healthCheckNodePort");
                     let task =
@@ -424,8 +532,12 @@ impl HealthChecks {
     }
 }
 
-/// Both families when the host has IPv6, else IPv4.
-async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+/// The given address, else both families when the host has IPv6, else
+/// IPv4.
+async fn bind(address: Option<IpAddr>, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    if let Some(a) = address {
+        return tokio::net::TcpListener::bind(SocketAddr::new(a, port)).await;
+    }
     match tokio::net::TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
         Ok(l) => Ok(l),
         Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
@@ -469,6 +581,7 @@ async fn serve_health_check(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use portico_controllers::k8s::EndpointSlice;
     use portico_controllers::k8s::ObjectMeta;
 
     fn node(addresses: &[(&str, &str)]) -> Node {
@@ -548,6 +661,211 @@ mod tests {
         assert!(l.check(t0 + Duration::from_secs(100)).is_err());
         l.pending_since = None;
         assert!(l.check(t0 + Duration::from_secs(3700)).is_err());
+    }
+
+    /// GET / on a local port; the status code and body.
+    async fn get(port: u16) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+            (
+                code,
+                out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_check_node_ports_follow_the_local_endpoints() {
+        use k8s_openapi::api::core::v1::{Service as K8sService, ServicePort, ServiceSpec};
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let svc = K8sService {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("local".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.40".into()),
+                type_: Some("LoadBalancer".into()),
+                external_traffic_policy: Some("Local".into()),
+                health_check_node_port: Some(i32::from(port)),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let slice = |nodes: &[&str]| EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("local-1".into()),
+                labels: Some(
+                    [("kubernetes.io/service-name".to_owned(), "local".to_owned())].into(),
+                ),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Endpoint {
+                    addresses: vec![format!("10.244.{}.2", i + 1)],
+                    node_name: Some((*n).into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                port: Some(8080),
+                ..Default::default()
+            }]),
+        };
+        let mut catalog = Catalog::new();
+        catalog.apply_service(&svc);
+        catalog.apply_slice(&slice(&["n1", "n2", "n1"]));
+        let mut hc = HealthChecks::on("127.0.0.1".parse().unwrap());
+        hc.update(&catalog, "n1").await;
+        assert_eq!(hc.ports(), vec![port]);
+        let (code, body) = get(port).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"localEndpoints\":2"), "{body}");
+
+        catalog.apply_slice(&slice(&["n2"]));
+        hc.update(&catalog, "n1").await;
+        assert_eq!(get(port).await.0, 503);
+
+        catalog.delete_service(&svc);
+        hc.update(&catalog, "n1").await;
+        assert!(hc.ports().is_empty());
+        hc.stop();
+    }
+
+    fn events<K>(objects: Vec<K>) -> Vec<watcher::Event<K>> {
+        let mut v = vec![watcher::Event::Init];
+        v.extend(objects.into_iter().map(watcher::Event::InitApply));
+        v.push(watcher::Event::InitDone);
+        v
+    }
+
+    #[test]
+    fn watch_events_become_rules_and_node_addresses_nodeport_addresses() {
+        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+        use portico_dataplane::names::Family;
+        use portico_dataplane::{FakeNft, RecordingConntrack};
+        let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+        let mut st = NodeState::new(
+            &net,
+            "n1",
+            &[],
+            FakeNft::new(),
+            RecordingConntrack::default(),
+        )
+        .unwrap();
+        let svc = Service {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                type_: Some("NodePort".into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    node_port: Some(30080),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let slice = |n: usize| EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("web-1".into()),
+                labels: Some([("kubernetes.io/service-name".to_owned(), "web".to_owned())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    addresses: vec![format!("10.244.{}.2", i + 1)],
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                port: Some(8080),
+                ..Default::default()
+            }]),
+        };
+        for ev in events(vec![svc.clone()]) {
+            st.feed(Change::Service(Box::new(ev))).unwrap();
+        }
+        for ev in events(vec![slice(1)]) {
+            st.feed(Change::Slice(Box::new(ev))).unwrap();
+        }
+        assert!(!st.synced());
+        for ev in events(vec![node(&[("InternalIP", "192.168.56.31")])]) {
+            st.feed(Change::Node(Box::new(ev))).unwrap();
+        }
+        assert!(st.synced() && st.dirty);
+        let elements = |st: &NodeState<FakeNft, RecordingConntrack>, set: &str| {
+            st.proxier()
+                .backend()
+                .elements(Family::Ipv4, set)
+                .unwrap()
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k} : {v}"),
+                    None => k.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(st.sync(false).unwrap().kind, SyncKind::Full);
+        assert!(!st.dirty);
+        assert_eq!(elements(&st, "nodeport-ips"), vec!["192.168.56.31"]);
+        assert_eq!(
+            elements(&st, "service-ips"),
+            vec!["10.96.0.10 . tcp . 80 : goto pick-1"]
+        );
+
+        st.feed(Change::Slice(Box::new(watcher::Event::Apply(slice(2)))))
+            .unwrap();
+        assert_eq!(st.sync(false).unwrap().kind, SyncKind::Partial);
+        assert_eq!(
+            elements(&st, "service-nodeports"),
+            vec!["tcp . 30080 : goto nodeport-pick-masq-2"]
+        );
+
+        // New node address: a full sync.
+        st.feed(Change::Node(Box::new(watcher::Event::Apply(node(&[(
+            "InternalIP",
+            "192.168.56.41",
+        )])))))
+        .unwrap();
+        assert_eq!(st.sync(false).unwrap().kind, SyncKind::Full);
+        assert_eq!(elements(&st, "nodeport-ips"), vec!["192.168.56.41"]);
+
+        st.feed(Change::Service(Box::new(watcher::Event::Delete(svc))))
+            .unwrap();
+        assert_eq!(st.sync(false).unwrap().kind, SyncKind::Partial);
+        assert!(elements(&st, "service-ips").is_empty());
+        // A periodic full sync is full.
+        assert_eq!(st.sync(true).unwrap().kind, SyncKind::Full);
     }
 
     #[test]

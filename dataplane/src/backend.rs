@@ -353,6 +353,14 @@ pub fn parse_listing(json: &str) -> Result<Existing> {
                 .map(str::to_owned)
         };
         if let Some(n) = name("chain") {
+            let chain = &item["chain"];
+            if let (Some(t), Some(h), Some(p)) = (
+                chain.get("type").and_then(|v| v.as_str()),
+                chain.get("hook").and_then(|v| v.as_str()),
+                chain.get("prio").and_then(serde_json::Value::as_i64),
+            ) {
+                ex.hooks.insert(n.clone(), format!("{t} {h} {p}"));
+            }
             ex.chains.insert(n);
         }
         if let Some(n) = name("set") {
@@ -711,6 +719,13 @@ impl Backend for FakeNft {
             .get(&family)
             .map(|t| Existing {
                 chains: t.chains.keys().cloned().collect(),
+                hooks: t
+                    .chains
+                    .iter()
+                    .filter_map(|(n, c)| {
+                        Some((n.clone(), crate::names::hook_key(c.base.as_deref()?)?))
+                    })
+                    .collect(),
                 sets: t
                     .sets
                     .iter()
@@ -730,11 +745,23 @@ mod tests {
         let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "ip", "name": "portico", "handle": 1}},
             {"chain": {"family": "ip", "table": "portico", "name": "services", "handle": 2}},
+            {"chain": {"family": "ip", "table": "portico", "name": "nat-output", "handle": 3, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
             {"set": {"family": "ip", "name": "affinity-X-a/b/tcp/80__10.0.0.1/80", "table": "portico", "type": "ipv4_addr"}},
             {"map": {"family": "ip", "name": "service-ips", "table": "portico", "type": "ipv4_addr", "map": "verdict"}},
             {"rule": {"family": "ip", "table": "portico", "chain": "services", "handle": 4, "expr": []}}]}"#;
         let ex = parse_listing(json).unwrap();
-        assert_eq!(ex.chains.into_iter().collect::<Vec<_>>(), vec!["services"]);
+        assert_eq!(
+            ex.chains.into_iter().collect::<Vec<_>>(),
+            vec!["nat-output", "services"]
+        );
+        assert_eq!(
+            ex.hooks.get("nat-output").map(String::as_str),
+            Some("nat output -100")
+        );
+        assert_eq!(
+            crate::names::hook_key(&crate::names::BASE_CHAINS[5].spec()).as_deref(),
+            Some("nat output -100")
+        );
         assert_eq!(
             ex.sets.into_iter().collect::<Vec<_>>(),
             vec![

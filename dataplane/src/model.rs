@@ -9,7 +9,7 @@
 //!                          └─> chains, sets, pick chains
 //! ```
 
-use crate::names::{Family, Pick, PickEntry, PickSlots, is_static_chain};
+use crate::names::{Family, Pick, PickEntry, PickSlots};
 use crate::render::{
     Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
 };
@@ -24,6 +24,9 @@ use std::net::IpAddr;
 pub struct Existing {
     /// Chain names.
     pub chains: BTreeSet<String>,
+    /// The hooks of base chains: `type hook priority` (see
+    /// [`crate::names::hook_key`]).
+    pub hooks: BTreeMap<String, String>,
     /// Set and map names.
     pub sets: BTreeMap<String, SetKind>,
 }
@@ -207,6 +210,15 @@ impl Model {
         for family in Family::ALL {
             for name in &exists(family).chains {
                 tx.flush_chain(family, name);
+            }
+        }
+        // A chain whose hook differs from what is wanted (an earlier
+        // version of Portico, or a hand-made change) is replaced.
+        for c in &chains {
+            let ex = exists(c.family);
+            let wanted_hook = c.base.as_deref().and_then(crate::names::hook_key);
+            if ex.chains.contains(&c.name) && ex.hooks.get(&c.name) != wanted_hook.as_ref() {
+                tx.delete_chain(c.family, &c.name);
             }
         }
         for (family, name, decl, is_static) in &sets {
@@ -438,11 +450,5 @@ impl Model {
                 .values()
                 .map(|r| r.chains.len())
                 .sum::<usize>();
-    }
-
-    /// Whether a chain is generated (a pick chain or a per-Service chain),
-    /// as opposed to static.
-    pub fn is_generated(name: &str) -> bool {
-        !is_static_chain(name)
     }
 }

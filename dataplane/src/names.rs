@@ -215,6 +215,26 @@ impl BaseChain {
     }
 }
 
+/// `type hook priority` of a base chain's declaration (`type nat hook
+/// prerouting priority -100 ; …` gives `nat prerouting -100`), to compare
+/// what is wanted with what nft lists.
+pub fn hook_key(spec: &str) -> Option<String> {
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let after = |w: &str| {
+        words
+            .iter()
+            .position(|x| *x == w)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    Some(format!(
+        "{} {} {}",
+        after("type")?,
+        after("hook")?,
+        after("priority")?
+    ))
+}
+
 /// Every base chain. Filter checks run before DNAT (the destination is
 /// still the Service address), the ClusterIP check after it (a ClusterIP
 /// still there means no Service port matched).
@@ -455,10 +475,15 @@ pub fn endpoint_chain(spn: &ServicePortName, addr: IpAddr, port: u16) -> String 
 }
 
 /// `affinity-HASH-ns/name/tcp/80__10.244.1.5/8080`: the clients that
-/// recently reached this endpoint.
-pub fn affinity_set(spn: &ServicePortName, addr: IpAddr, port: u16) -> String {
+/// recently reached this endpoint. The hash covers the timeout too: a set's
+/// timeout cannot change, so a new timeout is a new set (the old one goes
+/// with the chains that used it).
+pub fn affinity_set(spn: &ServicePortName, addr: IpAddr, port: u16, timeout: Duration) -> String {
     let suffix = endpoint_suffix(spn, addr, port);
-    format!("affinity-{}-{suffix}", hash(&suffix))
+    format!(
+        "affinity-{}-{suffix}",
+        hash(&format!("{suffix}@{}", timeout.as_secs()))
+    )
 }
 
 fn endpoint_suffix(spn: &ServicePortName, addr: IpAddr, port: u16) -> String {
@@ -537,7 +562,12 @@ mod tests {
             v4,
             v6,
             service_chain(ServiceChain::Service, &spn()),
-            affinity_set(&spn(), "10.244.1.5".parse().unwrap(), 8080),
+            affinity_set(
+                &spn(),
+                "10.244.1.5".parse().unwrap(),
+                8080,
+                Duration::from_secs(10800),
+            ),
         ] {
             assert!(is_valid_name(&name), "{name}");
             assert!(name.contains('/'));

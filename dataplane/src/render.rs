@@ -830,7 +830,7 @@ fn render_affinity(
     let f = family.nft();
     let p = proto(c.port.protocol);
     for b in &c.all {
-        let set = names::affinity_set(&c.spn, b.addr, b.port);
+        let set = names::affinity_set(&c.spn, b.addr, b.port, timeout);
         r.sets.push(Set {
             family,
             name: set.clone(),
@@ -857,7 +857,7 @@ fn render_affinity(
             .map(|b| {
                 format!(
                     "{f} saddr @{} goto {}",
-                    names::affinity_set(&c.spn, b.addr, b.port),
+                    names::affinity_set(&c.spn, b.addr, b.port, timeout),
                     endpoint_chain(&c.spn, b.addr, b.port)
                 )
             })

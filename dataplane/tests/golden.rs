@@ -541,3 +541,32 @@ fn random_changes_by_partial_syncs_match_full_syncs() {
         }
     }
 }
+
+#[test]
+fn a_new_affinity_timeout_replaces_the_affinity_sets() {
+    let (services, slices) = showcase();
+    let mut catalog = catalog(&services, &slices);
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    catalog.apply_service(
+        &svc("default", "sticky", "10.96.0.50")
+            .port("http", "TCP", 80)
+            .affinity(900)
+            .0,
+    );
+    let changes = catalog.take_changes();
+    p.sync(&catalog, &changes).unwrap();
+    let s = script(&p);
+    assert_eq!(
+        s.iter().filter(|l| l.starts_with("add set")).count(),
+        2,
+        "{s:#?}"
+    );
+    assert_eq!(
+        s.iter().filter(|l| l.starts_with("delete set")).count(),
+        2,
+        "{s:#?}"
+    );
+    assert!(s.iter().any(|l| l.contains("timeout 900s")));
+    assert_partial_equals_full(&p, &catalog);
+}

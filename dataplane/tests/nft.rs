@@ -28,7 +28,19 @@ fn the_showcase_applies_twice_changes_partially_and_cleans_up() {
     assert!(dump.contains("table ip portico"), "{dump}");
     assert!(dump.contains("table ip6 portico"), "{dump}");
 
-    // A second full sync over the installed ruleset (affinity sets kept).
+    // A second full sync over the installed ruleset (affinity sets kept)
+    // finds every chain as it wants it: nothing to replace or delete.
+    let mut existing = std::collections::BTreeMap::new();
+    for family in Family::ALL {
+        existing.insert(family, lab.nft().list(family).unwrap());
+    }
+    let script = portico_dataplane::model::Model::build(&config(), &catalog)
+        .full_transaction(&config(), &existing)
+        .to_string();
+    assert!(
+        !script.lines().any(|l| l.starts_with("delete chain")),
+        "{script}"
+    );
     let again = p.full_sync(&catalog).unwrap();
     assert_eq!(again.kind, SyncKind::Full);
 
@@ -55,6 +67,16 @@ fn the_showcase_applies_twice_changes_partially_and_cleans_up() {
     for s in &services {
         catalog.apply_service(&s.0);
     }
+    let changes = catalog.take_changes();
+    p.sync(&catalog, &changes).unwrap();
+    fake.sync(&catalog, &changes).unwrap();
+    // A new affinity timeout means new affinity sets.
+    catalog.apply_service(
+        &svc("default", "sticky", "10.96.0.50")
+            .port("http", "TCP", 80)
+            .affinity(900)
+            .0,
+    );
     let changes = catalog.take_changes();
     p.sync(&catalog, &changes).unwrap();
     fake.sync(&catalog, &changes).unwrap();
@@ -128,4 +150,31 @@ fn without_an_interactive_nft_every_transaction_runs_a_fresh_one() {
     }
     assert_eq!(nft.list(Family::Ipv4).unwrap().chains.len(), 5);
     let _ = std::fs::remove_file(&wrapper);
+}
+
+#[test]
+fn a_base_chain_on_another_hook_is_replaced_by_a_full_sync() {
+    if !root_or_skip("a_base_chain_on_another_hook_is_replaced_by_a_full_sync") {
+        return;
+    }
+    let lab = Lab::new(0);
+    // As an earlier version might have left it: another priority, a rule.
+    lab.nft()
+        .run(
+            &["-f", "-"],
+            Some(
+                "add table ip portico\n\
+                 add chain ip portico nat-prerouting { type nat hook prerouting priority -50 ; }\n\
+                 add rule ip portico nat-prerouting counter\n",
+            ),
+        )
+        .unwrap();
+    let mut p = Proxier::new(config(), lab.nft(), RecordingConntrack::default());
+    p.full_sync(&Catalog::new()).unwrap();
+    let listed = lab
+        .nft()
+        .run(&["list", "chain", "ip", "portico", "nat-prerouting"], None)
+        .unwrap();
+    assert!(listed.contains("priority dstnat;"), "{listed}");
+    assert!(!listed.contains("counter"), "{listed}");
 }
