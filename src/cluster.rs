@@ -59,6 +59,21 @@ enum Change {
     Namespace(watcher::Event<PartialObjectMeta<Namespace>>),
 }
 
+/// One watch with kube-runtime's default backoff, its events wrapped in the
+/// driver's own change type.
+pub(crate) fn watch<K, C>(
+    api: Api<K>,
+    config: watcher::Config,
+    wrap: impl FnMut(watcher::Event<K>) -> C + Send + 'static,
+) -> futures::stream::BoxStream<'static, Result<C, watcher::Error>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    C: Send + 'static,
+{
+    watcher(api, config).default_backoff().map_ok(wrap).boxed()
+}
+
 /// Objects of one kind collected during a relist.
 pub(crate) struct Relist<K> {
     buffer: Vec<K>,
@@ -212,57 +227,44 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .default_backoff()
         .map_ok(|e| Change::Service(Box::new(e)))
         .boxed(),
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .map_ok(|e| Change::Pod(Box::new(e)))
-            .boxed(),
-        watcher(
+        watch(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            |e| Change::Pod(Box::new(e)),
+        ),
+        watch(
             Api::<PartialObjectMeta<Node>>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(Change::Node)
-        .boxed(),
-        watcher(
+            Change::Node,
+        ),
+        watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&managed),
-        )
-        .default_backoff()
-        .map_ok(Change::Slice)
-        .boxed(),
-        watcher(
+            Change::Slice,
+        ),
+        watch(
             Api::<IPPool>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|e| Change::Pool(Box::new(e)))
-        .boxed(),
-        watcher(
+            |e| Change::Pool(Box::new(e)),
+        ),
+        watch(
             Api::<ClusterIPRange>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|e| Change::Range(Box::new(e)))
-        .boxed(),
-        watcher(
+            |e| Change::Range(Box::new(e)),
+        ),
+        watch(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(Change::Namespace)
-        .boxed(),
+            Change::Namespace,
+        ),
     ]);
 
     if has_ip_addresses {
-        changes.push(
-            watcher(
-                Api::<IPAddress>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .map_ok(|e| Change::IpAddress(Box::new(e)))
-            .boxed(),
-        );
+        changes.push(watch(
+            Api::<IPAddress>::all(client.clone()),
+            watcher::Config::default(),
+            |e| Change::IpAddress(Box::new(e)),
+        ));
     } else {
         tracing::info!(
             "the cluster has no networking.k8s.io/v1 IPAddress objects; Services are the only record of ClusterIPs"

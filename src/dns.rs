@@ -7,11 +7,11 @@
 //! ```
 
 use crate::cli::DnsArgs;
-use crate::cluster::{Fed, Relist, shutdown_signal};
+use crate::cluster::{Fed, Relist, shutdown_signal, watch};
 use crate::http::Health;
 use anyhow::Context as _;
-use futures::{StreamExt, TryStreamExt};
-use kube::runtime::{WatchStreamExt, watcher};
+use futures::TryStreamExt;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use portico_catalog::Catalog;
 use portico_controllers::k8s::{EndpointSlice, Pod, Service};
@@ -37,28 +37,23 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let http = tokio::spawn(health.clone().serve(args.metrics_addr));
 
     let mut streams = vec![
-        watcher(
+        watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|e| Change::Service(Box::new(e)))
-        .boxed(),
-        watcher(
+            |e| Change::Service(Box::new(e)),
+        ),
+        watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|e| Change::Slice(Box::new(e)))
-        .boxed(),
+            |e| Change::Slice(Box::new(e)),
+        ),
     ];
     if pods_needed {
-        streams.push(
-            watcher(Api::<Pod>::all(client), watcher::Config::default())
-                .default_backoff()
-                .map_ok(|e| Change::Pod(Box::new(e)))
-                .boxed(),
-        );
+        streams.push(watch(
+            Api::<Pod>::all(client),
+            watcher::Config::default(),
+            |e| Change::Pod(Box::new(e)),
+        ));
     }
     let mut changes = futures::stream::select_all(streams);
 

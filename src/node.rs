@@ -14,7 +14,7 @@
 //! sync is done.
 
 use crate::cli::NodeArgs;
-use crate::cluster::{Fed, Relist};
+use crate::cluster::{Fed, Relist, watch};
 use crate::http::Health;
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
@@ -304,20 +304,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(health.clone().serve(args.metrics_addr));
 
     let mut changes = futures::stream::select_all([
-        watcher(
+        watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|e| Change::Service(Box::new(e)))
-        .boxed(),
-        watcher(
+            |e| Change::Service(Box::new(e)),
+        ),
+        watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|e| Change::Slice(Box::new(e)))
-        .boxed(),
+            |e| Change::Slice(Box::new(e)),
+        ),
         watcher(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
