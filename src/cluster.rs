@@ -286,6 +286,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         reserve_for: args.webhook.webhook_reservation,
         metrics: webhook_metrics,
     };
+    // Whether this replica answers admissions (leader and synced); it
+    // labels its pod accordingly, for the webhook Service.
+    let (serving_tx, serving_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = args.webhook.webhook_listen {
         let tls = Arc::new(webhook::Tls::load(
             &args.webhook.webhook_cert_file,
@@ -296,6 +299,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admission webhook to {addr}"))?;
         tracing::info!(%addr, "serving the ClusterIP admission webhook (HTTPS POST /mutate-services)");
         let app = webhook::router(webhook.clone());
+        if let Some(pod_name) = args.pod_name.clone() {
+            tokio::spawn(webhook::follow_leadership(
+                Api::namespaced(client.clone(), &namespace),
+                pod_name,
+                serving_rx,
+                Duration::from_secs(2),
+            ));
+        } else {
+            tracing::warn!(
+                "no --pod-name (POD_NAME): this replica cannot label its pod, so a webhook Service that selects the leader label never reaches it"
+            );
+        }
         tokio::spawn(async move {
             if let Err(e) = webhook::serve(
                 listener,
@@ -340,6 +355,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut quarantine_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
+        let serving = webhook.serving();
+        serving_tx.send_if_modified(|v| std::mem::replace(v, serving) != serving);
         let all_synced = services.synced
             && pods.synced
             && nodes.synced

@@ -365,3 +365,51 @@ pub async fn serve(
     reload.abort();
     Ok(())
 }
+
+/// The merge patch that puts the leader label on this replica's pod (or
+/// takes it off).
+pub fn leader_label_patch(leader: bool) -> Value {
+    let value = if leader {
+        Value::String("true".to_owned())
+    } else {
+        Value::Null
+    };
+    json!({ "metadata": { "labels": { portico_crds::names::labels::WEBHOOK_LEADER: value } } })
+}
+
+/// Labels this replica's pod while it leads, so the webhook Service (which
+/// selects the label) sends admissions to the leader only. Runs until the
+/// leadership channel closes; a failed patch is retried every `retry`.
+pub async fn follow_leadership(
+    pods: kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod_name: String,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    retry: Duration,
+) {
+    let params = kube::api::PatchParams {
+        field_manager: Some(portico_crds::names::FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    loop {
+        let want = *leader.borrow_and_update();
+        let patch = leader_label_patch(want);
+        match pods
+            .patch(&pod_name, &params, &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(pod = %pod_name, leader = want, "webhook leader label updated");
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod_name, error = %e, "labelling the pod for the webhook Service");
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    changed = leader.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    }
+}

@@ -306,3 +306,70 @@ async fn the_webhook_answers_over_https_and_picks_up_a_new_certificate() {
     );
     server.abort();
 }
+
+/// The leader labels its own pod for the webhook Service and takes the
+/// label off when it stops leading; a failed patch is retried.
+#[tokio::test]
+async fn the_leader_labels_its_pod_for_the_webhook_service() {
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use tower_test::mock::pair;
+
+    let (mock, mut handle) = pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(mock, "portico-system");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(webhook::follow_leadership(
+        kube::Api::namespaced(client, "portico-system"),
+        "portico-controller-7d9f-abcde".to_owned(),
+        rx,
+        Duration::from_millis(10),
+    ));
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "portico-controller-7d9f-abcde", "namespace": "portico-system" }
+    });
+    let mut expect = async |label: Value, status: StatusCode| {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("no request within 5 s")
+            .expect("the mock closed");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.uri().to_string(),
+            "/api/v1/namespaces/portico-system/pods/portico-controller-7d9f-abcde?&fieldManager=portico"
+        );
+        assert_eq!(
+            request.headers().get("content-type").unwrap(),
+            "application/merge-patch+json"
+        );
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({ "metadata": { "labels": { "portico.dev/webhook-leader": label } } })
+        );
+        let reply = if status.is_success() {
+            pod.clone()
+        } else {
+            json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status.as_u16(), "reason": "InternalError", "message": "etcd timeout" })
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    };
+    // At start a stale label from an earlier leadership is removed.
+    expect(Value::Null, StatusCode::OK).await;
+    tx.send(true).unwrap();
+    expect(json!("true"), StatusCode::INTERNAL_SERVER_ERROR).await;
+    expect(json!("true"), StatusCode::OK).await;
+    tx.send(false).unwrap();
+    expect(Value::Null, StatusCode::OK).await;
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends with the channel")
+        .unwrap();
+}

@@ -47,6 +47,10 @@ pub mod labels {
     pub const HEADLESS: &str = "service.kubernetes.io/headless";
     /// A Node's zone.
     pub const ZONE: &str = "topology.kubernetes.io/zone";
+    /// `"true"` on the controller pod that leads and answers the ClusterIP
+    /// webhook; the webhook Service selects it, so admissions reach the
+    /// leader only.
+    pub const WEBHOOK_LEADER: &str = "portico.dev/webhook-leader";
 }
 
 /// `spec.loadBalancerClass` of the Services Portico's LoadBalancer IPAM
