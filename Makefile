@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/debug/portico
 APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd
 
-.PHONY: all deps build test test-only lint fmt demo bench bench-dns crds check-generated e2e clean
+.PHONY: all deps build test test-only lint fmt demo bench bench-dns crds check-generated check-chart image e2e clean
 
 all: build
 
@@ -29,8 +29,8 @@ deps:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## test: deps, formatting, lints, every test, and the generated-file drift check
-test: deps lint test-only check-generated
+## test: deps, formatting, lints, every test, the generated-file drift check and the chart check
+test: deps lint test-only check-generated check-chart
 
 test-only:
 	$(CARGO) test --workspace --all-targets
@@ -75,6 +75,24 @@ crds:
 check-generated:
 	$(CARGO) build --bin portico
 	scripts/check-generated.sh $(BIN)
+
+## check-chart: helm lint + helm template (default and full values, Helm 3 and 4), validated offline against the Kubernetes schemas and the CRDs
+check-chart:
+	scripts/check-chart.sh
+
+IMAGE ?= portico
+NODE_IMAGE ?= portico-node
+TAG ?= dev
+
+## image: build the portico and portico-node images (needs Docker)
+image:
+	@command -v docker >/dev/null || { echo "make image needs Docker (https://docs.docker.com/engine/install/)"; exit 1; }
+	docker build --target portico -t $(IMAGE):$(TAG) .
+	docker build --target portico-node -t $(NODE_IMAGE):$(TAG) .
+
+## e2e: kind cluster without kube-proxy, the images loaded, the chart installed, the end-to-end tests run (needs Docker, kind, kubectl)
+e2e:
+	tests/e2e/run.sh
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Validates rendered chart manifests offline.
+
+usage: check-chart.py KUBE_VERSION CRD_DIR RENDERED.yaml [--expect-defaults]
+
+- every Kubernetes object against the JSON schemas of KUBE_VERSION
+  (kubernetes-validate, strict: unknown fields are errors);
+- Portico's own objects (IPPool, ...) against the openAPIV3Schema of the
+  CRDs in CRD_DIR;
+- the chart's promises: least privilege for the node agent, probes on every
+  component, the webhook's safety settings, and (with --expect-defaults) the
+  defaults the documentation states.
+
+Exits 1 on the first kind of failure, after printing every failure found.
+"""
+
+import glob
+import sys
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+# Kinds from other projects' CRDs: no schema ships offline.
+FOREIGN = {
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
+
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"FAIL {msg}")
+
+
+def crd_schemas(crd_dir):
+    schemas = {}
+    for path in sorted(glob.glob(f"{crd_dir}/*.yaml")):
+        with open(path) as f:
+            crd = yaml.safe_load(f)
+        group = crd["spec"]["group"]
+        kind = crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def name_of(obj):
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def validate_all(objects, kube_version, schemas):
+    for obj in objects:
+        key = (obj["apiVersion"], obj["kind"])
+        if key in schemas:
+            try:
+                jsonschema.Draft7Validator(schemas[key]).validate(obj)
+            except jsonschema.ValidationError as e:
+                fail(f"{name_of(obj)} does not match its CRD: {'.'.join(map(str, e.path))}: {e.message}")
+            continue
+        if key in FOREIGN:
+            print(f"note {name_of(obj)}: {key[0]} has no offline schema; checked for shape only")
+            if "spec" not in obj:
+                fail(f"{name_of(obj)} has no spec")
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            fail(f"{name_of(obj)} against Kubernetes {kube_version}: {'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            fail(f"{name_of(obj)}: no schema for {key} in Kubernetes {kube_version}")
+
+
+def containers(obj):
+    return obj["spec"]["template"]["spec"]["containers"]
+
+
+def check_promises(objects, expect_defaults):
+    by_kind = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+
+    for workload in by_kind.get("Deployment", []) + by_kind.get("DaemonSet", []):
+        for c in containers(workload):
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe not in c:
+                    fail(f"{name_of(workload)}: container {c['name']} has no {probe}")
+            if c.get("securityContext", {}).get("allowPrivilegeEscalation") is not False:
+                fail(f"{name_of(workload)}: container {c['name']} may escalate privileges")
+
+    for ds in by_kind.get("DaemonSet", []):
+        spec = ds["spec"]["template"]["spec"]
+        if not spec.get("hostNetwork"):
+            fail(f"{name_of(ds)}: the node agent must use the host network")
+        caps = containers(ds)[0]["securityContext"]["capabilities"]
+        if caps.get("drop") != ["ALL"] or sorted(caps.get("add", [])) != ["NET_ADMIN", "NET_RAW"]:
+            fail(f"{name_of(ds)}: capabilities must be exactly NET_ADMIN and NET_RAW, got {caps}")
+        if containers(ds)[0]["securityContext"].get("privileged"):
+            fail(f"{name_of(ds)}: must not be privileged")
+        if expect_defaults:
+            if spec.get("priorityClassName") != "system-node-critical":
+                fail(f"{name_of(ds)}: priorityClassName must be system-node-critical")
+            if {"operator": "Exists"} not in spec.get("tolerations", []):
+                fail(f"{name_of(ds)}: must tolerate every taint")
+
+    for dep in by_kind.get("Deployment", []):
+        component = dep["metadata"]["labels"]["app.kubernetes.io/component"]
+        for c in containers(dep):
+            sc = c["securityContext"]
+            if not sc.get("runAsNonRoot") or sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                fail(f"{name_of(dep)}: {component} must run as non-root without capabilities")
+        if expect_defaults and dep["spec"]["replicas"] != 2:
+            fail(f"{name_of(dep)}: default replicas must be 2")
+        if component == "controller" and expect_defaults:
+            args = containers(dep)[0]["args"]
+            if "--leader-elect=true" not in args:
+                fail(f"{name_of(dep)}: leader election must be on with 2 replicas")
+
+    for hook in by_kind.get("MutatingWebhookConfiguration", []):
+        for w in hook["webhooks"]:
+            if w.get("sideEffects") != "None":
+                fail(f"{name_of(hook)}: sideEffects must be None")
+            if expect_defaults and w.get("failurePolicy") != "Ignore":
+                fail(f"{name_of(hook)}: the default failurePolicy must be Ignore")
+            if w.get("timeoutSeconds", 10) > 10:
+                fail(f"{name_of(hook)}: the timeout must be short")
+            cc = w["clientConfig"]
+            if "caBundle" not in cc and "cert-manager.io/inject-ca-from" not in hook["metadata"].get("annotations", {}):
+                fail(f"{name_of(hook)}: no caBundle and no cert-manager injection")
+
+    if expect_defaults:
+        dns = [s for s in by_kind.get("Service", []) if s["metadata"]["labels"].get("app.kubernetes.io/component") == "dns" and s["spec"].get("clusterIP") != "None"]
+        if len(dns) != 1 or dns[0]["spec"].get("clusterIP") != "10.96.0.10":
+            fail("the DNS Service must default to ClusterIP 10.96.0.10")
+        if not by_kind.get("PodDisruptionBudget"):
+            fail("the DNS Deployment needs a PodDisruptionBudget")
+
+    # Least privilege: no wildcard anywhere, no secrets read by anyone.
+    for role in by_kind.get("ClusterRole", []) + by_kind.get("Role", []):
+        for rule in role.get("rules", []):
+            if "*" in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []):
+                fail(f"{name_of(role)}: wildcard in {rule}")
+            if "secrets" in rule.get("resources", []):
+                fail(f"{name_of(role)}: must not read Secrets")
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if len(args) != 3:
+        sys.exit(__doc__)
+    kube_version, crd_dir, rendered = args
+    with open(rendered) as f:
+        objects = [o for o in yaml.safe_load_all(f) if o]
+    if not objects:
+        sys.exit(f"{rendered}: nothing rendered")
+    validate_all(objects, kube_version, crd_schemas(crd_dir))
+    check_promises(objects, "--expect-defaults" in sys.argv)
+    if failures:
+        print(f"{rendered}: {len(failures)} failure(s)")
+        sys.exit(1)
+    print(f"{rendered}: {len(objects)} objects valid for Kubernetes {kube_version}")
+
+
+if __name__ == "__main__":
+    main()
