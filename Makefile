@@ -78,6 +78,7 @@ check-generated:
 
 ## check-chart: helm lint + helm template (default and full values, Helm 3 and 4), validated offline against the Kubernetes schemas and the CRDs
 check-chart:
+	$(CARGO) build --bin portico
 	scripts/check-chart.sh
 
 IMAGE ?= portico

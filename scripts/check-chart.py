@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates rendered chart manifests offline.
 
-usage: check-chart.py KUBE_VERSION CRD_DIR RENDERED.yaml [--expect-defaults]
+usage: check-chart.py KUBE_VERSION CRD_DIR RENDERED.yaml [--expect-defaults] [--portico=BIN]
 
 - every Kubernetes object against the JSON schemas of KUBE_VERSION
   (kubernetes-validate, strict: unknown fields are errors);
@@ -9,12 +9,16 @@ usage: check-chart.py KUBE_VERSION CRD_DIR RENDERED.yaml [--expect-defaults]
   CRDs in CRD_DIR;
 - the chart's promises: least privilege for the node agent, probes on every
   component, the webhook's safety settings, and (with --expect-defaults) the
-  defaults the documentation states.
+  defaults the documentation states;
+- with --portico=BIN, that the portico binary accepts every container's
+  arguments and environment (the command line is parsed up to `--help`).
 
 Exits 1 on the first kind of failure, after printing every failure found.
 """
 
 import glob
+import os
+import subprocess
 import sys
 
 import jsonschema
@@ -147,6 +151,19 @@ def check_promises(objects, expect_defaults):
                 fail(f"{name_of(role)}: must not read Secrets")
 
 
+def check_command_lines(objects, portico):
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        for c in containers(obj):
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+            argv = [portico] + c["args"] + ["--help"]
+            run = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if run.returncode != 0:
+                fail(f"{name_of(obj)}: portico refuses {c['args']}: {run.stderr.strip()}")
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     if len(args) != 3:
@@ -158,6 +175,9 @@ def main():
         sys.exit(f"{rendered}: nothing rendered")
     validate_all(objects, kube_version, crd_schemas(crd_dir))
     check_promises(objects, "--expect-defaults" in sys.argv)
+    for a in sys.argv[1:]:
+        if a.startswith("--portico="):
+            check_command_lines(objects, a.split("=", 1)[1])
     if failures:
         print(f"{rendered}: {len(failures)} failure(s)")
         sys.exit(1)
