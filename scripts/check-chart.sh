@@ -38,11 +38,19 @@ for helm in "$HELM4" "$HELM3"; do
   "$helm" lint --strict "$CHART" -f "$CHART/ci/full-values.yaml"
   "$helm" template portico "$CHART" --namespace portico-system >"$out/default.yaml"
   "$helm" template portico "$CHART" --namespace kube-system -f "$CHART/ci/full-values.yaml" >"$out/full.yaml"
-  # Values that cannot work are refused with a message.
-  if "$helm" template portico "$CHART" --set dns.pods=sometimes >/dev/null 2>"$out/err"; then
-    echo "dns.pods=sometimes was accepted" >&2; exit 1
-  fi
-  grep -q "dns.pods must be" "$out/err" || { cat "$out/err" >&2; exit 1; }
+  # Values that cannot work are refused with a message that names them.
+  refused() {
+    local expect=$1; shift
+    if "$helm" template portico "$CHART" "$@" >/dev/null 2>"$out/err"; then
+      echo "helm template $* was accepted" >&2; exit 1
+    fi
+    grep -q -- "$expect" "$out/err" || { echo "helm template $*: expected \"$expect\" in:" >&2; cat "$out/err" >&2; exit 1; }
+  }
+  refused "replica" --set dns.replica=3
+  refused "pods" --set dns.pods=sometimes
+  refused "timeoutSeconds" --set controller.webhook.timeoutSeconds=60
+  refused "needs controller.enabled" --set controller.enabled=false
+  refused "ttl" --set dns.ttl=forever
   for k in 1.30.0 1.35.0; do
     "$TOOLS/venv/bin/python" scripts/check-chart.py "$k" crds "$out/default.yaml" --expect-defaults $portico
     "$TOOLS/venv/bin/python" scripts/check-chart.py "$k" crds "$out/full.yaml" $portico

@@ -122,21 +122,13 @@ startupProbe:
   failureThreshold: 60
 {{- end }}
 
-{{/* Fails the render when the values cannot work. */}}
+{{/* Fails the render when values that each pass values.schema.json cannot
+work together. */}}
 {{- define "portico.validate" -}}
 {{- if and .Values.controller.webhook.enabled (not .Values.controller.enabled) }}
-{{- fail "controller.webhook.enabled needs controller.enabled" }}
+{{- fail "controller.webhook.enabled needs controller.enabled (or set controller.webhook.enabled=false)" }}
 {{- end }}
-{{- if not (has .Values.controller.webhook.failurePolicy (list "Ignore" "Fail")) }}
-{{- fail "controller.webhook.failurePolicy must be Ignore or Fail" }}
-{{- end }}
-{{- if or (lt (int .Values.controller.webhook.timeoutSeconds) 1) (gt (int .Values.controller.webhook.timeoutSeconds) 30) }}
-{{- fail "controller.webhook.timeoutSeconds must be between 1 and 30" }}
-{{- end }}
-{{- if not (has .Values.dns.pods (list "disabled" "insecure" "verified")) }}
-{{- fail "dns.pods must be disabled, insecure or verified" }}
-{{- end }}
-{{- if not (has .Values.logFormat (list "json" "text")) }}
-{{- fail "logFormat must be json or text" }}
+{{- if and .Values.certManager.enabled (not .Values.controller.webhook.enabled) }}
+{{- fail "certManager.enabled only serves the webhook: set controller.webhook.enabled=true or certManager.enabled=false" }}
 {{- end }}
 {{- end }}
