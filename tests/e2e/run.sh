@@ -73,7 +73,6 @@ VALUES
   -f "$values" --wait --timeout 10m
 rm -f "$values"
 kubectl -n kube-system get pods -l app.kubernetes.io/name=portico -o wide
-kind load docker-image --name "$CLUSTER" busybox:1.36 >/dev/null
 "$HELM" test portico --namespace kube-system --logs
 
 PORTICO_E2E_LB_RANGE=$LB_RANGE \
