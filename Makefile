@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/portico
-APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd
+APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd arping ndisc6
 
 .PHONY: all deps build test test-only lint fmt demo bench bench-dns crds check-generated e2e clean
 

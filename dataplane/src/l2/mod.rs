@@ -14,5 +14,8 @@
 //! ```
 
 pub mod choice;
+pub mod packet;
+pub mod responder;
 
 pub use choice::{Ring, choose};
+pub use responder::{Link, Responder, interfaces_for, links};
