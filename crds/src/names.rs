@@ -76,6 +76,10 @@ pub mod annotations {
 pub const EXCLUDE_FROM_LOAD_BALANCERS: &str =
     "node.kubernetes.io/exclude-from-external-load-balancers";
 
+/// Field manager of the node agents' server-side applies (the
+/// `portico.dev/announced-by` annotation), apart from the controllers'.
+pub const NODE_FIELD_MANAGER: &str = "portico-node";
+
 /// Name under which the node agents report Events (`reportingController`).
 pub const NODE_EVENT_REPORTER: &str = "portico.dev/node";
 
