@@ -69,11 +69,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         None
     };
     let mut node_dataplane = match (&args.node_name, args.dataplane) {
-        (Some(node), true) => Some(dataplane::LocalDataplane::new(
-            &net,
-            node,
-            &args.nodeport_addresses,
-        )?),
+        (Some(node), true) => Some(
+            dataplane::LocalDataplane::new(&net, node, &args.nodeport_addresses, &args.l2).await?,
+        ),
         _ => None,
     };
     loop {
@@ -114,10 +112,33 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 r.chains,
                 r.elements
             );
+            if dp.announcing() {
+                eprintln!(
+                    "l2: {} announces [{}] (Ctrl-C to stop)",
+                    args.node_name.as_deref().unwrap_or_default(),
+                    dp.announced().join(", ")
+                );
+            }
         }
+        let announcing = node_dataplane
+            .as_ref()
+            .is_some_and(dataplane::LocalDataplane::announcing);
         if !args.watch {
-            if dns.is_some() {
-                crate::cluster::shutdown_signal().await;
+            if dns.is_some() || announcing {
+                // Serve until stopped; the gossip's live set may still move
+                // addresses.
+                let shutdown = crate::cluster::shutdown_signal();
+                tokio::pin!(shutdown);
+                loop {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = liveness_changed(&mut node_dataplane) => {
+                            if let Some(dp) = node_dataplane.as_mut() {
+                                dp.announce();
+                            }
+                        }
+                    }
+                }
             }
             return Ok(());
         }
@@ -127,6 +148,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             tokio::select! {
                 () = crate::cluster::shutdown_signal() => return Ok(()),
                 () = tokio::time::sleep(args.watch_interval) => {}
+                () = liveness_changed(&mut node_dataplane) => {
+                    if let Some(dp) = node_dataplane.as_mut() {
+                        dp.announce();
+                    }
+                    continue;
+                }
             }
             let now = load::fingerprint(&args.files);
             if now != seen {
@@ -135,6 +162,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 break;
             }
         }
+    }
+}
+
+async fn liveness_changed(dp: &mut Option<dataplane::LocalDataplane>) {
+    match dp.as_mut() {
+        Some(dp) => dp.liveness_changed().await,
+        None => std::future::pending().await,
     }
 }
 
