@@ -57,6 +57,7 @@ bench:
 	$(CARGO) bench -p portico --bench endpointslices
 	$(CARGO) bench -p portico-controllers --bench lbipam
 	$(CARGO) bench -p portico-dataplane --bench dataplane
+	$(CARGO) test --test l2 -- --ignored failover_benchmark --nocapture
 	scripts/bench-dns.sh
 
 ## bench-dns: dnsperf against Portico's DNS server and NSD on the same zone (servers on CPU 0, dnsperf on CPU 1)

@@ -77,8 +77,8 @@ impl LocalDataplane {
             None
         } else {
             let gossip = match l2.gossip_listen.as_deref().map(gossip::parse_listen) {
-                Some(Ok(Some(listen))) => Some(
-                    Gossip::start(gossip::Settings {
+                Some(Ok(Some(listen))) => {
+                    let g = Gossip::start(gossip::Settings {
                         node: node_name.to_owned(),
                         listen,
                         advertise: None,
@@ -87,8 +87,11 @@ impl LocalDataplane {
                         probe_timeout: l2.gossip_probe_timeout,
                         suspect_timeout: l2.gossip_suspect_timeout,
                     })
-                    .await?,
-                ),
+                    .await?;
+                    // Hear from the others before claiming anything.
+                    tokio::time::sleep(l2.gossip_probe_period * 3).await;
+                    Some(g)
+                }
                 Some(Err(e)) => return Err(e),
                 Some(Ok(None)) | None => None,
             };
