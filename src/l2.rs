@@ -312,6 +312,66 @@ pub fn plan<'a>(
     out
 }
 
+/// The status writes that bring the L2Announcements to the plan: a
+/// `Ready` condition (its transition time kept while its status holds) and
+/// `announced`. Nothing for those already so.
+pub fn status_writes<'a>(
+    plan: &Plan,
+    current: impl IntoIterator<Item = &'a L2Announcement>,
+) -> Vec<portico_controllers::Write> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut out = Vec::new();
+    for a in current {
+        let name = a.metadata.name.clone().unwrap_or_default();
+        let Some((ready, reason, message, announced)) = plan.announcements.get(&name) else {
+            continue;
+        };
+        let status = if *ready { "True" } else { "False" };
+        let old = a.status.as_ref();
+        let old_ready = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let same = old_ready.is_some_and(|c| {
+            c.status == status
+                && c.reason == *reason
+                && c.message == *message
+                && c.observed_generation == a.metadata.generation
+        }) && old.is_some_and(|s| s.announced == *announced);
+        if same {
+            continue;
+        }
+        let since = match old_ready {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        out.push(portico_controllers::Write::Apply(
+            portico_controllers::Apply {
+                target: portico_controllers::Target {
+                    kind: portico_controllers::TargetKind::L2Announcement,
+                    namespace: String::new(),
+                    name: name.clone(),
+                },
+                status: true,
+                patch: serde_json::json!({
+                    "apiVersion": "portico.dev/v1alpha1",
+                    "kind": "L2Announcement",
+                    "metadata": { "name": name },
+                    "status": {
+                        "conditions": [{
+                            "type": "Ready",
+                            "status": status,
+                            "reason": reason,
+                            "message": message,
+                            "observedGeneration": a.metadata.generation,
+                            "lastTransitionTime": since,
+                        }],
+                        "announced": announced,
+                    },
+                }),
+            },
+        ));
+    }
+    out
+}
+
 /// The interfaces to announce each of `node`'s addresses on.
 pub fn per_interface(
     plan: &Plan,
@@ -627,6 +687,11 @@ impl L2Index {
     /// Every Node.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.objects.values()
+    }
+
+    /// Every L2Announcement.
+    pub fn announcements(&self) -> impl Iterator<Item = &L2Announcement> {
+        self.announcements.objects.values()
     }
 
     /// A Service by key.
@@ -970,6 +1035,63 @@ mod tests {
         assert_eq!((unknown.0, unknown.1, unknown.3), (false, "UnknownPool", 1));
         assert!(unknown.2.contains("nope"), "{}", unknown.2);
         assert_eq!(owner(&plan, "192.168.56.60").as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn statuses_are_written_when_they_change_and_keep_their_transition_time() {
+        let nodes = [mk_node("n1", true, &[])];
+        let pools = [mk_pool("lab", &["192.168.56.60-192.168.56.70"])];
+        let services = [mk_svc("web", &["192.168.56.60"], false, &[])];
+        let cat = catalog(&services, &[]);
+        let mut l2 = vec![
+            mk_l2("ok", L2AnnouncementSpec::default()),
+            mk_l2(
+                "bad",
+                L2AnnouncementSpec {
+                    interfaces: vec!["a/b".into()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        let p = plan(&l2, &pools, &services, &nodes, &cat, &node_ready);
+        let writes = status_writes(&p, &l2);
+        assert_eq!(writes.len(), 2);
+        let status = |w: &portico_controllers::Write| match w {
+            portico_controllers::Write::Apply(a) => {
+                assert!(a.status);
+                assert_eq!(
+                    a.target.kind,
+                    portico_controllers::TargetKind::L2Announcement
+                );
+                a.patch["status"].clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        let bad = status(&writes[1]);
+        assert_eq!(bad["conditions"][0]["reason"], "InvalidInterface");
+        assert_eq!(bad["announced"], 0);
+        let ok = status(&writes[0]);
+        assert_eq!(ok["conditions"][0]["status"], "True");
+        assert_eq!(ok["announced"], 1);
+        // Stored as written: nothing more to write.
+        for (a, w) in l2.iter_mut().zip(&writes) {
+            a.status = Some(serde_json::from_value(status(w)).unwrap());
+        }
+        assert!(status_writes(&p, &l2).is_empty());
+        // The count changes, the condition holds: its time is kept.
+        let before = l2[1].status.as_ref().unwrap().conditions[0]
+            .last_transition_time
+            .clone();
+        let nodes = [mk_node("n1", false, &[])];
+        let p = plan(&l2, &pools, &services, &nodes, &cat, &node_ready);
+        let writes = status_writes(&p, &l2);
+        assert_eq!(writes.len(), 1);
+        let ok = status(&writes[0]);
+        assert_eq!(ok["announced"], 0);
+        assert_eq!(
+            ok["conditions"][0]["lastTransitionTime"],
+            serde_json::to_value(&before).unwrap()
+        );
     }
 
     #[test]

@@ -639,10 +639,22 @@ impl NodeL2 {
                 tracing::warn!(l2announcement = %name, reason, message, "L2Announcement not usable as it is");
             }
         }
+        // One agent writes the L2Announcements' statuses: the live one with
+        // the smallest name (every agent knows which without asking).
+        let writer_node = self
+            .index
+            .nodes()
+            .filter(|n| live(n))
+            .filter_map(|n| n.metadata.name.as_deref())
+            .min();
+        let mut writes = if writer_node == Some(self.node.as_str()) {
+            crate::l2::status_writes(&plan, self.index.announcements())
+        } else {
+            Vec::new()
+        };
         let takeovers = tokio::task::block_in_place(|| self.agent.apply(plan));
         metrics.observe(&self.agent);
         metrics.takeovers.inc_by(takeovers.len() as u64);
-        let mut writes = Vec::new();
         let mut annotated = BTreeSet::new();
         for t in &takeovers {
             let Some(svc) = self.index.service(&t.service) else {
@@ -1140,6 +1152,212 @@ mod tests {
         assert!(elements(&st, "service-ips").is_empty());
         // A periodic full sync is full.
         assert_eq!(st.sync(true).unwrap().kind, SyncKind::Full);
+    }
+
+    /// The cluster path of L2 announcement without a cluster: watch events
+    /// in, the plan makes this node the owner, and the agent applies
+    /// `portico.dev/announced-by` and reports the takeover to a mock API
+    /// server (exact requests). Gossip is off: liveness from Ready.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_node_that_takes_an_address_over_annotates_the_service_and_reports_it() {
+        use http::{Method, Request, Response};
+        use k8s_openapi::api::core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, NodeCondition, ServicePort, ServiceSpec,
+            ServiceStatus,
+        };
+        use kube::client::Body;
+        use portico_crds::{IPPoolSpec, L2AnnouncementSpec};
+        use portico_dataplane::{FakeNft, RecordingConntrack};
+
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let writer = ApiWriter::for_node(kube::Client::new(mock, "default"), "n1");
+        let args = crate::cli::L2Args {
+            disable_l2_announcements: false,
+            garp_interval: Duration::from_secs(60),
+            gossip_listen: Some("off".into()),
+            gossip_join: Vec::new(),
+            gossip_probe_period: Duration::from_millis(400),
+            gossip_probe_timeout: Duration::from_millis(150),
+            gossip_suspect_timeout: Duration::from_millis(800),
+        };
+        let mut l2 = NodeL2::new(&args, "n1", writer).unwrap();
+        let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+        let mut st = NodeState::new(
+            &net,
+            "n1",
+            &[],
+            FakeNft::new(),
+            RecordingConntrack::default(),
+        )
+        .unwrap();
+        let mut ready = node(&[("InternalIP", "192.168.56.31")]);
+        if let Some(s) = ready.status.as_mut() {
+            s.conditions = Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
+        }
+        let svc = Service {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("web".into()),
+                uid: Some("6b1c1e1e-0000-4000-8000-000000000001".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                type_: Some("LoadBalancer".into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some("192.168.56.60".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+        };
+        let pool = IPPool::new(
+            "lab",
+            IPPoolSpec {
+                addresses: vec!["192.168.56.60-192.168.56.70".into()],
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                disabled: false,
+                service_selector: None,
+                namespace_selector: None,
+                priority: 0,
+            },
+        );
+        let announcement = L2Announcement::new("lab", L2AnnouncementSpec::default());
+        let mut changes: Vec<Change> = Vec::new();
+        changes.extend(
+            events(vec![svc])
+                .into_iter()
+                .map(|e| Change::Service(Box::new(e))),
+        );
+        changes.extend(
+            events(Vec::<EndpointSlice>::new())
+                .into_iter()
+                .map(|e| Change::Slice(Box::new(e))),
+        );
+        changes.extend(
+            events(vec![ready.clone()])
+                .into_iter()
+                .map(|e| Change::Node(Box::new(e))),
+        );
+        changes.extend(
+            events(vec![ready])
+                .into_iter()
+                .map(|e| Change::L2(L2Change::Node(Box::new(e)))),
+        );
+        changes.extend(
+            events(vec![pool])
+                .into_iter()
+                .map(|e| Change::L2(L2Change::Pool(Box::new(e)))),
+        );
+        changes.extend(
+            events(vec![announcement])
+                .into_iter()
+                .map(|e| Change::L2(L2Change::Announcement(Box::new(e)))),
+        );
+        for c in changes {
+            l2.feed(&c);
+            st.feed(c).unwrap();
+        }
+        let metrics = L2Metrics::default();
+        l2.step(&st, &metrics).await;
+        assert_eq!(metrics.takeovers.get(), 1);
+
+        // n1 is the only live node, so it writes the L2Announcement's status.
+        let (status, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .expect("the agent wrote no status")
+            .unwrap();
+        assert_eq!(status.method(), Method::PATCH);
+        assert_eq!(
+            status.uri().to_string(),
+            "/apis/portico.dev/v1alpha1/l2announcements/lab/status?&force=true&fieldManager=portico-node"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&status.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["status"]["announced"], 1);
+        assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(body["status"]["conditions"][0]["status"], "True");
+        let mut stored = L2Announcement::new("lab", L2AnnouncementSpec::default());
+        stored.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+
+        let (event, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .expect("the agent wrote nothing")
+            .unwrap();
+        assert_eq!(event.method(), Method::POST);
+        assert_eq!(
+            event.uri().to_string(),
+            "/apis/events.k8s.io/v1/namespaces/default/events?"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&event.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["reason"], "L2Announcing");
+        assert_eq!(body["note"], "192.168.56.60 announced by n1 (was none)");
+        assert_eq!(body["reportingInstance"], "n1");
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+
+        let (apply, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .expect("the agent wrote no annotation")
+            .unwrap();
+        assert_eq!(apply.method(), Method::PATCH);
+        assert_eq!(
+            apply.uri().to_string(),
+            "/api/v1/namespaces/default/services/web?&force=true&fieldManager=portico-node"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&apply.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            body["metadata"],
+            serde_json::json!({
+                "name": "web",
+                "namespace": "default",
+                "annotations": { "portico.dev/announced-by": "n1" }
+            })
+        );
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+
+        // The watch brings the status back; nothing changed, so nothing
+        // more is written.
+        l2.feed(&Change::L2(L2Change::Announcement(Box::new(
+            watcher::Event::Apply(stored),
+        ))));
+        assert!(l2.dirty);
+        l2.step(&st, &metrics).await;
+        assert_eq!(metrics.takeovers.get(), 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), handle.next_request())
+                .await
+                .is_err(),
+            "a second write"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER, NODE_EVENT_REPORTER, NODE_FIELD_MANAGER};
-use portico_crds::{ClusterIPRange, IPPool};
+use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde_json::Value;
 
 /// A write that a reconciler decided on.
@@ -44,6 +44,8 @@ pub enum TargetKind {
     IPPool,
     /// `portico.dev/v1alpha1` ClusterIPRange (cluster-scoped: empty namespace).
     ClusterIPRange,
+    /// `portico.dev/v1alpha1` L2Announcement (cluster-scoped: empty namespace).
+    L2Announcement,
 }
 
 /// A whole object that reconcilers create or replace. Typed, not JSON: a
@@ -265,6 +267,10 @@ impl ApiWriter {
                     self.apply_cluster_scoped::<ClusterIPRange>(apply).await?;
                     return Ok(Written::Nothing);
                 }
+                TargetKind::L2Announcement => {
+                    self.apply_cluster_scoped::<L2Announcement>(apply).await?;
+                    return Ok(Written::Nothing);
+                }
             }
             .map(Written::Object),
             Write::Create(object) => {
@@ -316,6 +322,11 @@ impl ApiWriter {
                     }
                     TargetKind::ClusterIPRange => {
                         Api::<ClusterIPRange>::all(self.client.clone())
+                            .delete(&target.name, &params)
+                            .await?;
+                    }
+                    TargetKind::L2Announcement => {
+                        Api::<L2Announcement>::all(self.client.clone())
                             .delete(&target.name, &params)
                             .await?;
                     }

@@ -158,11 +158,6 @@ impl LocalDataplane {
             &self.catalog,
             &live,
         );
-        for (name, (ready, reason, message, _)) in &plan.announcements {
-            if !ready {
-                eprintln!("warning: L2Announcement {name}: {reason}: {message}");
-            }
-        }
         let takeovers = l.agent.apply(plan);
         for t in &takeovers {
             eprintln!(

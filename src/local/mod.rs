@@ -89,7 +89,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                     .with_reuse_delay(settings.clusterip_reuse_delay),
             ),
         };
-        let world = reconcile(manifests, &net, &settings, previous.as_ref(), clusterip)?;
+        let mut world = reconcile(manifests, &net, &settings, previous.as_ref(), clusterip)?;
+        l2_statuses(&mut world)?;
         let mut out = std::io::stdout().lock();
         match args.output {
             Output::Table => print::tables(&mut out, &world, &args.show)?,
@@ -163,6 +164,32 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Writes the L2Announcements' statuses as `portico node` would, with the
+/// Nodes' Ready conditions as liveness; reports the ones that cannot be used.
+fn l2_statuses(world: &mut World) -> anyhow::Result<()> {
+    let announcements = world.l2announcements.sorted();
+    if announcements.is_empty() {
+        return Ok(());
+    }
+    let catalog = catalog(world);
+    let plan = crate::l2::plan(
+        announcements.iter().map(AsRef::as_ref),
+        world.ippools.sorted().iter().map(AsRef::as_ref),
+        world.services.sorted().iter().map(AsRef::as_ref),
+        world.nodes.sorted().iter().map(AsRef::as_ref),
+        &catalog,
+        &crate::l2::node_ready,
+    );
+    for (name, (ready, reason, message, _)) in &plan.announcements {
+        if !ready {
+            eprintln!("warning: L2Announcement {name}: {reason}: {message}");
+        }
+    }
+    let writes = crate::l2::status_writes(&plan, announcements.iter().map(AsRef::as_ref));
+    world.write(writes)?;
+    Ok(())
 }
 
 async fn liveness_changed(dp: &mut Option<dataplane::LocalDataplane>) {

@@ -341,6 +341,17 @@ impl World {
                             push_latest(&mut changed.ranges, range);
                         }
                     }
+                    TargetKind::L2Announcement => {
+                        let version = self.version + 1;
+                        let out = set_status(
+                            &mut self.l2announcements,
+                            &target.name,
+                            &patch,
+                            version,
+                            |a: &mut L2Announcement| &mut a.status,
+                        )?;
+                        self.version += u64::from(out.is_some());
+                    }
                     TargetKind::EndpointSlice => {
                         if let Some(slice) =
                             self.endpoint_slices
@@ -396,7 +407,10 @@ impl World {
                             changed.deleted_slices.push(old);
                         }
                     }
-                    TargetKind::Service | TargetKind::IPPool | TargetKind::ClusterIPRange => {
+                    TargetKind::Service
+                    | TargetKind::IPPool
+                    | TargetKind::ClusterIPRange
+                    | TargetKind::L2Announcement => {
                         anyhow::bail!("portico local does not delete {:?}s", target.kind)
                     }
                 },
