@@ -106,11 +106,12 @@ impl Settings {
     }
 }
 
-/// A running member of the gossip; dropping it stops it (without a
-/// goodbye: the others notice as they would a dead agent).
+/// A running member of the gossip. [`Gossip::leave`] says goodbye (the
+/// others move its addresses at once); dropping it stops it without one
+/// (the others notice as they would a dead agent).
 pub struct Gossip {
     live: watch::Receiver<BTreeSet<String>>,
-    join: mpsc::UnboundedSender<Vec<SocketAddr>>,
+    commands: mpsc::UnboundedSender<Command>,
     task: tokio::task::JoinHandle<()>,
     local: SocketAddr,
 }
@@ -125,6 +126,7 @@ enum Input {
     Data(Vec<u8>),
     Timer(Timer<Agent>),
     Join(Vec<SocketAddr>),
+    Leave(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Gossip {
@@ -156,11 +158,11 @@ impl Gossip {
         let rng = rand010::rngs::StdRng::seed_from_u64(since ^ u64::from(local.port()));
         let foca = Foca::new(me, config, rng, PostcardCodec);
         let (live_tx, live) = watch::channel(BTreeSet::from([settings.node.clone()]));
-        let (join, join_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(foca, socket, live_tx, join_rx, settings));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(foca, socket, live_tx, commands_rx, settings));
         Ok(Gossip {
             live,
-            join,
+            commands,
             task,
             local,
         })
@@ -178,7 +180,17 @@ impl Gossip {
 
     /// Joins more agents (new Nodes).
     pub fn join(&self, peers: Vec<SocketAddr>) {
-        let _ = self.join.send(peers);
+        let _ = self.commands.send(Command::Join(peers));
+    }
+
+    /// Tells a few others that this agent leaves (they spread it), so its
+    /// addresses move at once rather than after the suspicion timeout;
+    /// waits at most half a second for the goodbye to be sent.
+    pub async fn leave(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), rx).await;
+        }
     }
 
     /// Where this agent listens.
@@ -187,13 +199,19 @@ impl Gossip {
     }
 }
 
+/// What the owner asks of the gossip task.
+enum Command {
+    Join(Vec<SocketAddr>),
+    Leave(tokio::sync::oneshot::Sender<()>),
+}
+
 type Member = Foca<Agent, PostcardCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>;
 
 async fn run(
     mut foca: Member,
     socket: Arc<UdpSocket>,
     live: watch::Sender<BTreeSet<String>>,
-    mut join_rx: mpsc::UnboundedReceiver<Vec<SocketAddr>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     settings: Settings,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
@@ -213,10 +231,24 @@ async fn run(
                 }
             },
             Some(i) = rx.recv() => i,
-            Some(peers) = join_rx.recv() => Input::Join(peers),
+            Some(c) = commands.recv() => match c {
+                Command::Join(peers) => Input::Join(peers),
+                Command::Leave(done) => Input::Leave(done),
+            },
             _ = rejoin.tick() => Input::Join(Vec::new()),
         };
         let result = match input {
+            Input::Leave(done) => {
+                if let Err(e) = foca.leave_cluster(&mut runtime) {
+                    tracing::debug!(error = %e, "leaving the gossip");
+                }
+                while let Some((to, data)) = runtime.to_send() {
+                    let _ = socket.send_to(&data, to.addr).await;
+                }
+                tracing::info!("left the gossip");
+                let _ = done.send(());
+                return;
+            }
             Input::Data(d) => foca.handle_data(&d, &mut runtime),
             Input::Timer(t) => foca.handle_timer(t, &mut runtime),
             Input::Join(peers) => {
@@ -357,6 +389,22 @@ mod tests {
         until("death", &b, &["a", "b"], Duration::from_secs(5)).await;
         // Probe period + timeout + suspicion, give or take a period.
         assert!(took < Duration::from_millis(2000), "noticed after {took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_leaves_is_gone_at_once() {
+        let mut s = settings("a", vec![]);
+        // Suspicion alone would take seconds.
+        s.suspect_timeout = Duration::from_secs(5);
+        let a = Gossip::start(s).await.unwrap();
+        let mut s = settings("b", vec![a.local_addr()]);
+        s.suspect_timeout = Duration::from_secs(5);
+        let b = Gossip::start(s).await.unwrap();
+        until("join", &a, &["a", "b"], Duration::from_secs(5)).await;
+        until("join", &b, &["a", "b"], Duration::from_secs(5)).await;
+        b.leave().await;
+        let took = until("leave", &a, &["a"], Duration::from_secs(2)).await;
+        assert!(took < Duration::from_millis(500), "noticed after {took:?}");
     }
 
     #[tokio::test]

@@ -492,11 +492,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(l2) = l2.take() {
+    if let Some(mut l2) = l2.take() {
         tracing::info!(
             addresses = l2.agent.announced().len(),
-            "leaving the gossip; other nodes take over the addresses"
+            "leaving; other nodes take over the addresses"
         );
+        if let Some(g) = l2.gossip.take() {
+            g.leave().await;
+        }
     }
     tracing::info!("shutting down (the rules stay; `portico node --cleanup` removes them)");
     server.abort();

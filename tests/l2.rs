@@ -283,6 +283,21 @@ impl Lab {
         self.agents.push((node.to_owned(), child));
     }
 
+    /// Stops a node's agent as an orderly shutdown does (SIGTERM: it
+    /// leaves the gossip).
+    fn terminate(&mut self, node: &str) {
+        let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
+        let (_, mut child) = self.agents.remove(i);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "{node} exited with {status}\n{}",
+            self.logs()
+        );
+    }
+
     /// Kills a node's agent (SIGKILL: no goodbye).
     fn kill(&mut self, node: &str) {
         let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
@@ -471,6 +486,36 @@ fn a_killed_agent_is_noticed_by_gossip_and_another_node_answers_within_three_sec
         .unwrap_or_else(|e| panic!("no connection through {second}: {e}\n{}", lab.logs()));
     // The dead node's address does not come back to it while it is dead.
     assert_eq!(lab.ask(Duration::from_millis(300)), [second].into());
+}
+
+#[test]
+fn an_agent_that_stops_in_order_hands_its_address_over_at_once() {
+    let Some(mut lab) = Lab::new(true) else {
+        return;
+    };
+    for n in NODES {
+        lab.start(n);
+    }
+    let (first, _) = lab
+        .owner(None, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("nobody announces\n{}", lab.logs()));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (first, _) = lab
+        .owner(None, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("nobody announces after {first}\n{}", lab.logs()));
+    let t0 = Instant::now();
+    lab.terminate(&first);
+    let (second, _) = lab
+        .owner(Some(&first), Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no takeover after {first} stopped\n{}", lab.logs()));
+    let took = t0.elapsed();
+    eprintln!("{first} stopped: {second} answers {took:?} after SIGTERM");
+    // The goodbye, not the suspicion timeout (800 ms) after probes.
+    assert!(
+        took < Duration::from_millis(800),
+        "{took:?}\n{}",
+        lab.logs()
+    );
 }
 
 #[test]

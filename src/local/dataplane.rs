@@ -127,6 +127,13 @@ impl LocalDataplane {
         }
     }
 
+    /// Leaves the gossip (the others take the addresses over at once).
+    pub async fn leave(&mut self) {
+        if let Some(g) = self.l2.as_mut().and_then(|l| l.gossip.take()) {
+            g.leave().await;
+        }
+    }
+
     /// Whether this node takes part in L2 announcement (the manifests
     /// have L2Announcements and it is not disabled).
     pub fn announcing(&self) -> bool {

@@ -132,7 +132,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 tokio::pin!(shutdown);
                 loop {
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = &mut shutdown => {
+                            if let Some(dp) = node_dataplane.as_mut() {
+                                dp.leave().await;
+                            }
+                            break;
+                        }
                         () = liveness_changed(&mut node_dataplane) => {
                             if let Some(dp) = node_dataplane.as_mut() {
                                 dp.announce();
@@ -147,7 +152,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         // Wait for a change of the files (or Ctrl-C / SIGTERM).
         loop {
             tokio::select! {
-                () = crate::cluster::shutdown_signal() => return Ok(()),
+                () = crate::cluster::shutdown_signal() => {
+                    if let Some(dp) = node_dataplane.as_mut() {
+                        dp.leave().await;
+                    }
+                    return Ok(());
+                }
                 () = tokio::time::sleep(args.watch_interval) => {}
                 () = liveness_changed(&mut node_dataplane) => {
                     if let Some(dp) = node_dataplane.as_mut() {
