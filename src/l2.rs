@@ -154,6 +154,33 @@ pub fn plan<'a>(
     catalog: &Catalog,
     live: &dyn Fn(&Node) -> bool,
 ) -> Plan {
+    plan_with(
+        announcements,
+        pools,
+        services,
+        nodes,
+        catalog,
+        live,
+        &mut Rings::default(),
+    )
+}
+
+/// Rings kept from one plan to the next, by their sorted node set: a ring
+/// of 1,000 nodes has a million points, built only when the set changes.
+#[derive(Default)]
+pub struct Rings(BTreeMap<Vec<String>, Ring>);
+
+/// [`plan`], with the rings of the last plan at hand (those it does not use
+/// again are dropped).
+pub fn plan_with<'a>(
+    announcements: impl IntoIterator<Item = &'a L2Announcement>,
+    pools: impl IntoIterator<Item = &'a IPPool>,
+    services: impl IntoIterator<Item = &'a Service>,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    catalog: &Catalog,
+    live: &dyn Fn(&Node) -> bool,
+    cache: &mut Rings,
+) -> Plan {
     let mut out = Plan::default();
     let pools: Vec<(&IPPool, Option<Pool>)> = pools
         .into_iter()
@@ -213,6 +240,7 @@ pub fn plan<'a>(
         )
     });
     let mut rings: BTreeMap<Vec<String>, Ring> = BTreeMap::new();
+    let mut previous = std::mem::take(&mut cache.0);
     for svc in services {
         let key = ServiceKey::new(
             svc.metadata
@@ -283,9 +311,11 @@ pub fn plan<'a>(
                 .filter(|n| !local || local_endpoint_count(info, endpoints, n) > 0)
                 .map(str::to_owned)
                 .collect();
-            let ring = rings
-                .entry(candidates.clone())
-                .or_insert_with(|| Ring::new(candidates.iter().map(String::as_str)));
+            let ring = rings.entry(candidates.clone()).or_insert_with(|| {
+                previous
+                    .remove(&candidates)
+                    .unwrap_or_else(|| Ring::new(candidates.iter().map(String::as_str)))
+            });
             let owner = ring.choose(address).map(str::to_owned);
             let interfaces = owner
                 .as_deref()
@@ -309,6 +339,7 @@ pub fn plan<'a>(
             );
         }
     }
+    cache.0 = rings;
     out
 }
 
@@ -602,6 +633,7 @@ impl L2Metrics {
 /// the L2Announcements, IPPools, Nodes and Services of the cluster.
 #[derive(Default)]
 pub struct L2Index {
+    rings: Rings,
     announcements: Indexed<L2Announcement>,
     pools: Indexed<IPPool>,
     nodes: Indexed<Node>,
@@ -701,16 +733,45 @@ impl L2Index {
             .get(&format!("{}/{}", key.namespace, key.name))
     }
 
-    /// The plan over what is known.
-    pub fn plan(&self, catalog: &Catalog, live: &dyn Fn(&Node) -> bool) -> Plan {
-        plan(
+    /// The plan over what is known (rings kept for the next one).
+    pub fn plan(&mut self, catalog: &Catalog, live: &dyn Fn(&Node) -> bool) -> Plan {
+        plan_with(
             self.announcements.objects.values(),
             self.pools.objects.values(),
             self.services.objects.values(),
             self.nodes.objects.values(),
             catalog,
             live,
+            &mut self.rings,
         )
+    }
+
+    /// Whether an EndpointSlice event can change the plan: only the
+    /// endpoints of `externalTrafficPolicy: Local` Services choose nodes.
+    pub fn slice_matters(
+        &self,
+        catalog: &Catalog,
+        slice: &portico_controllers::k8s::EndpointSlice,
+    ) -> bool {
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(portico_crds::names::labels::SERVICE_NAME))
+        else {
+            return false;
+        };
+        let key = ServiceKey::new(
+            slice
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            service.clone(),
+        );
+        catalog
+            .service(&key)
+            .is_none_or(|s| s.external_traffic_policy == TrafficPolicy::Local)
     }
 }
 
@@ -1092,6 +1153,63 @@ mod tests {
             ok["conditions"][0]["lastTransitionTime"],
             serde_json::to_value(&before).unwrap()
         );
+    }
+
+    #[test]
+    fn rings_are_kept_while_their_node_set_is_used_and_dropped_after() {
+        let nodes = [mk_node("n1", true, &[]), mk_node("n2", true, &[])];
+        let pools = [mk_pool("lab", &["192.168.56.0/24"])];
+        let services = [
+            mk_svc("a", &["192.168.56.60"], false, &[]),
+            mk_svc("b", &["192.168.56.61"], true, &[]),
+        ];
+        let slices = [mk_slice("b", &["n2"])];
+        let cat = catalog(&services, &slices);
+        let l2 = [mk_l2("all", L2AnnouncementSpec::default())];
+        let mut rings = Rings::default();
+        let first = plan_with(
+            &l2,
+            &pools,
+            &services,
+            &nodes,
+            &cat,
+            &node_ready,
+            &mut rings,
+        );
+        // One ring for {n1, n2}, one for the ETP Local Service's {n2}.
+        assert_eq!(rings.0.len(), 2);
+        let again = plan_with(
+            &l2,
+            &pools,
+            &services,
+            &nodes,
+            &cat,
+            &node_ready,
+            &mut rings,
+        );
+        assert_eq!(first, again);
+        assert_eq!(
+            first,
+            plan(&l2, &pools, &services, &nodes, &cat, &node_ready)
+        );
+        let nodes = [mk_node("n1", true, &[]), mk_node("n2", false, &[])];
+        plan_with(
+            &l2,
+            &pools,
+            &services,
+            &nodes,
+            &cat,
+            &node_ready,
+            &mut rings,
+        );
+        let sets: Vec<&Vec<String>> = rings.0.keys().collect();
+        assert_eq!(sets, [&Vec::<String>::new(), &vec!["n1".to_owned()]]);
+
+        // Only the slices of ETP Local Services can move an address.
+        let index = L2Index::default();
+        assert!(index.slice_matters(&cat, &slices[0]));
+        assert!(!index.slice_matters(&cat, &mk_slice("a", &["n1"])));
+        assert!(index.slice_matters(&cat, &mk_slice("unknown", &["n1"])));
     }
 
     #[test]

@@ -420,7 +420,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 match change {
                     Ok(Some(change)) => {
                         if let Some(l2) = l2.as_mut() {
-                            l2.feed(&change);
+                            l2.feed(&change, state.catalog());
                         }
                         state.feed(change)?;
                         if let Ok(mut l) = liveness.lock() {
@@ -551,8 +551,9 @@ impl NodeL2 {
         })
     }
 
-    /// Takes in a watch event (Services and EndpointSlices matter too).
-    fn feed(&mut self, change: &Change) {
+    /// Takes in a watch event (Services and EndpointSlices matter too),
+    /// before the catalog does.
+    fn feed(&mut self, change: &Change, catalog: &Catalog) {
         let changed = match change {
             Change::L2(L2Change::Announcement(ev)) => self.index.feed_announcement((**ev).clone()),
             Change::L2(L2Change::Pool(ev)) => self.index.feed_pool((**ev).clone()),
@@ -564,7 +565,12 @@ impl NodeL2 {
                 changed
             }
             Change::Service(ev) => self.index.feed_service((**ev).clone()),
-            Change::Slice(_) => true,
+            Change::Slice(ev) => match &**ev {
+                watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                    self.index.slice_matters(catalog, s)
+                }
+                _ => true,
+            },
             Change::Node(_) => false,
         };
         self.dirty |= changed;
@@ -1272,7 +1278,7 @@ mod tests {
                 .map(|e| Change::L2(L2Change::Announcement(Box::new(e)))),
         );
         for c in changes {
-            l2.feed(&c);
+            l2.feed(&c, st.catalog());
             st.feed(c).unwrap();
         }
         let metrics = L2Metrics::default();
@@ -1349,9 +1355,12 @@ mod tests {
 
         // The watch brings the status back; nothing changed, so nothing
         // more is written.
-        l2.feed(&Change::L2(L2Change::Announcement(Box::new(
-            watcher::Event::Apply(stored),
-        ))));
+        l2.feed(
+            &Change::L2(L2Change::Announcement(Box::new(watcher::Event::Apply(
+                stored,
+            )))),
+            st.catalog(),
+        );
         assert!(l2.dirty);
         l2.step(&st, &metrics).await;
         assert_eq!(metrics.takeovers.get(), 1);

@@ -55,6 +55,7 @@ struct LocalL2 {
     pools: Vec<Arc<IPPool>>,
     services: Vec<Arc<Service>>,
     nodes: Vec<Arc<Node>>,
+    rings: l2::Rings,
 }
 
 impl LocalDataplane {
@@ -103,6 +104,7 @@ impl LocalDataplane {
                 pools: Vec::new(),
                 services: Vec::new(),
                 nodes: Vec::new(),
+                rings: l2::Rings::default(),
             })
         };
         Ok(LocalDataplane {
@@ -157,13 +159,14 @@ impl LocalDataplane {
                     .as_ref()
                     .is_none_or(|g| name == me || g.contains(name))
         };
-        let plan = l2::plan(
+        let plan = l2::plan_with(
             l.announcements.iter().map(AsRef::as_ref),
             l.pools.iter().map(AsRef::as_ref),
             l.services.iter().map(AsRef::as_ref),
             l.nodes.iter().map(AsRef::as_ref),
             &self.catalog,
             &live,
+            &mut l.rings,
         );
         let takeovers = l.agent.apply(plan);
         for t in &takeovers {
