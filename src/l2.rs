@@ -51,9 +51,21 @@ pub struct Planned {
 pub struct Plan {
     /// Every address some L2Announcement selects, by address.
     pub addresses: BTreeMap<IpAddr, Planned>,
-    /// Per L2Announcement: `Ready` as (status, reason, message), and the
-    /// number of its addresses a live node announces.
-    pub announcements: BTreeMap<String, (bool, &'static str, String, i64)>,
+    /// What each L2Announcement's status should say, by name.
+    pub announcements: BTreeMap<String, AnnouncementStatus>,
+}
+
+/// What an L2Announcement's status should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnouncementStatus {
+    /// `Ready` is `True`.
+    pub ready: bool,
+    /// The condition's reason.
+    pub reason: &'static str,
+    /// The condition's message (empty when ready).
+    pub message: String,
+    /// Its addresses that a live node announces.
+    pub announced: i64,
 }
 
 impl Plan {
@@ -210,21 +222,34 @@ pub fn plan_with<'a>(
                             .any(|(pool, _)| pool.metadata.name.as_ref() == Some(n))
                     })
                     .collect();
-                let ready = if unknown.is_empty() {
-                    (true, l2_reasons::VALID, String::new())
+                let status = if unknown.is_empty() {
+                    AnnouncementStatus {
+                        ready: true,
+                        reason: l2_reasons::VALID,
+                        message: String::new(),
+                        announced: 0,
+                    }
                 } else {
-                    (
-                        false,
-                        l2_reasons::UNKNOWN_POOL,
-                        format!("spec.ipPools: no IPPool named {unknown:?}"),
-                    )
+                    AnnouncementStatus {
+                        ready: false,
+                        reason: l2_reasons::UNKNOWN_POOL,
+                        message: format!("spec.ipPools: no IPPool named {unknown:?}"),
+                        announced: 0,
+                    }
                 };
-                out.announcements
-                    .insert(name, (ready.0, ready.1, ready.2, 0));
+                out.announcements.insert(name, status);
                 valid.push(p);
             }
             Err((reason, message)) => {
-                out.announcements.insert(name, (false, reason, message, 0));
+                out.announcements.insert(
+                    name,
+                    AnnouncementStatus {
+                        ready: false,
+                        reason,
+                        message,
+                        announced: 0,
+                    },
+                );
             }
         }
     }
@@ -324,7 +349,7 @@ pub fn plan_with<'a>(
             if owner.is_some() {
                 for a in selected_by {
                     if let Some(entry) = out.announcements.get_mut(a) {
-                        entry.3 += 1;
+                        entry.announced += 1;
                     }
                 }
             }
@@ -354,7 +379,13 @@ pub fn status_writes<'a>(
     let mut out = Vec::new();
     for a in current {
         let name = a.metadata.name.clone().unwrap_or_default();
-        let Some((ready, reason, message, announced)) = plan.announcements.get(&name) else {
+        let Some(AnnouncementStatus {
+            ready,
+            reason,
+            message,
+            announced,
+        }) = plan.announcements.get(&name)
+        else {
             continue;
         };
         let status = if *ready { "True" } else { "False" };
@@ -939,7 +970,15 @@ mod tests {
             .collect();
         assert_eq!(owners, ["n1".to_owned(), "n2".to_owned()].into());
         assert!(plan.addresses.values().all(|p| p.interfaces.auto));
-        assert_eq!(plan.announcements["all"], (true, "Valid", String::new(), 8));
+        assert_eq!(
+            plan.announcements["all"],
+            AnnouncementStatus {
+                ready: true,
+                reason: "Valid",
+                message: String::new(),
+                announced: 8
+            }
+        );
         let n1: Vec<_> = plan.owned_by("n1").collect();
         assert!(!n1.is_empty());
         // n1 goes NotReady: n2 owns everything.
@@ -1047,7 +1086,7 @@ mod tests {
         let cat = catalog(&services, &[]);
         let plan = super::plan(&l2, &pools, &services, &nodes, &cat, &node_ready);
         assert!(plan.addresses.values().all(|p| p.owner.is_none()));
-        assert_eq!(plan.announcements["all"].3, 0);
+        assert_eq!(plan.announcements["all"].announced, 0);
     }
 
     #[test]
@@ -1090,11 +1129,17 @@ mod tests {
             ),
         ];
         let plan = plan(&l2, &pools, &services, &nodes, &cat, &node_ready);
-        assert_eq!(plan.announcements["bad-selector"].1, "InvalidSelector");
-        assert_eq!(plan.announcements["bad-interface"].1, "InvalidInterface");
+        assert_eq!(plan.announcements["bad-selector"].reason, "InvalidSelector");
+        assert_eq!(
+            plan.announcements["bad-interface"].reason,
+            "InvalidInterface"
+        );
         let unknown = &plan.announcements["unknown-pool"];
-        assert_eq!((unknown.0, unknown.1, unknown.3), (false, "UnknownPool", 1));
-        assert!(unknown.2.contains("nope"), "{}", unknown.2);
+        assert_eq!(
+            (unknown.ready, unknown.reason, unknown.announced),
+            (false, "UnknownPool", 1)
+        );
+        assert!(unknown.message.contains("nope"), "{}", unknown.message);
         assert_eq!(owner(&plan, "192.168.56.60").as_deref(), Some("n1"));
     }
 

@@ -643,9 +643,9 @@ impl NodeL2 {
                     .is_none_or(|g| name == me || g.contains(name))
         };
         let plan = self.index.plan(state.catalog(), &live);
-        for (name, (ready, reason, message, _)) in &plan.announcements {
-            if !ready {
-                tracing::warn!(l2announcement = %name, reason, message, "L2Announcement not usable as it is");
+        for (name, st) in &plan.announcements {
+            if !st.ready {
+                tracing::warn!(l2announcement = %name, reason = st.reason, message = %st.message, "L2Announcement not usable as it is");
             }
         }
         // One agent writes the L2Announcements' statuses: the live one with

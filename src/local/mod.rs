@@ -192,9 +192,12 @@ fn l2_statuses(world: &mut World) -> anyhow::Result<()> {
         &catalog,
         &crate::l2::node_ready,
     );
-    for (name, (ready, reason, message, _)) in &plan.announcements {
-        if !ready {
-            eprintln!("warning: L2Announcement {name}: {reason}: {message}");
+    for (name, st) in &plan.announcements {
+        if !st.ready {
+            eprintln!(
+                "warning: L2Announcement {name}: {}: {}",
+                st.reason, st.message
+            );
         }
     }
     let writes = crate::l2::status_writes(&plan, announcements.iter().map(AsRef::as_ref));
