@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/portico
-APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd
+APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd arping ndisc6
 
 .PHONY: all deps build test test-only lint fmt demo bench bench-dns crds check-generated check-chart image e2e clean
 
@@ -57,6 +57,7 @@ bench:
 	$(CARGO) bench -p portico --bench endpointslices
 	$(CARGO) bench -p portico-controllers --bench lbipam
 	$(CARGO) bench -p portico-dataplane --bench dataplane
+	$(CARGO) test --test l2 -- --ignored failover_benchmark --nocapture
 	scripts/bench-dns.sh
 
 ## bench-dns: dnsperf against Portico's DNS server and NSD on the same zone (servers on CPU 0, dnsperf on CPU 1)

@@ -215,6 +215,41 @@ pub struct LoadBalancerArgs {
     pub default_load_balancer_class: bool,
 }
 
+/// L2 announcement of LoadBalancer addresses (ARP and NDP), shared by
+/// `node` and `local --dataplane`.
+#[derive(Clone, Debug, Args)]
+pub struct L2Args {
+    /// Do not announce LoadBalancer addresses on layer 2, whatever the
+    /// L2Announcements say.
+    #[arg(long, env = "PORTICO_DISABLE_L2_ANNOUNCEMENTS")]
+    pub disable_l2_announcements: bool,
+    /// Announce every announced address again (gratuitous ARP, unsolicited
+    /// neighbour advertisement) this often, so that switches and clients
+    /// with stale caches recover; `0s`: only at takeover.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "PORTICO_GARP_INTERVAL")]
+    pub garp_interval: Duration,
+    /// Where this agent gossips with the others (SWIM over UDP) to notice a
+    /// dead agent within seconds; `off` to take liveness from the Nodes'
+    /// Ready conditions alone. `portico node` default: `0.0.0.0:7946`.
+    #[arg(long, env = "PORTICO_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<String>,
+    /// Agents to join at start (`host:port`, comma-separated). `portico
+    /// node` also joins every Node's InternalIP at the gossip port.
+    #[arg(long, value_delimiter = ',', env = "PORTICO_GOSSIP_JOIN")]
+    pub gossip_join: Vec<String>,
+    /// How often each agent probes one other agent.
+    #[arg(long, default_value = "400ms", value_parser = parse_duration, env = "PORTICO_GOSSIP_PROBE_PERIOD")]
+    pub gossip_probe_period: Duration,
+    /// How long a probe waits for its answer before asking others to probe
+    /// indirectly.
+    #[arg(long, default_value = "150ms", value_parser = parse_duration, env = "PORTICO_GOSSIP_PROBE_TIMEOUT")]
+    pub gossip_probe_timeout: Duration,
+    /// How long a suspected agent has to refute before it counts as dead
+    /// and its addresses move.
+    #[arg(long, default_value = "800ms", value_parser = parse_duration, env = "PORTICO_GOSSIP_SUSPECT_TIMEOUT")]
+    pub gossip_suspect_timeout: Duration,
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     #[command(flatten)]
@@ -281,6 +316,8 @@ pub struct NodeArgs {
     /// Remove everything Portico installed (its nftables tables) and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub l2: L2Args,
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +374,11 @@ pub struct LocalArgs {
     /// (default: the node's primary addresses in the manifests).
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+    /// With `--dataplane`, L2 announcement as on `--node-name`: liveness
+    /// from the manifests' Node Ready conditions (and gossip, when
+    /// `--gossip-listen` is given).
+    #[command(flatten)]
+    pub l2: L2Args,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

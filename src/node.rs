@@ -7,6 +7,12 @@
 //!   (NodePort addresses)          └──> healthCheckNodePort servers (local endpoints of ETP Local Services)
 //! ```
 //!
+//! L2 announcement (`l2.rs`): with the L2Announcements, IPPools and every
+//! Node watched too, the agent answers ARP/NDP for the LoadBalancer
+//! addresses it owns; the agents gossip (SWIM, `gossip.rs`) to notice a
+//! dead one within seconds, and the one that takes an address over writes
+//! `portico.dev/announced-by` and an Event.
+//!
 //! Syncs are coalesced: at most one per `--min-sync-period`; a full sync at
 //! start, every `--sync-period` and after any failure, partial syncs of the
 //! changed Services in between. `/healthz` answers 200 only while syncs
@@ -15,7 +21,9 @@
 
 use crate::cli::NodeArgs;
 use crate::cluster::{Fed, Relist, watch};
+use crate::gossip::{self, Gossip};
 use crate::http::Health;
+use crate::l2::{L2Agent, L2Index, L2Metrics};
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
@@ -24,11 +32,15 @@ use kube::{Api, Client};
 use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
 use portico_controllers::NetworkConfig;
 use portico_controllers::k8s::{EndpointSlice, Node, Service};
+use portico_controllers::{ApiWriter, Write};
+use portico_crds::names::{annotations, l2_reasons};
+use portico_crds::{IPPool, L2Announcement};
 use portico_dataplane::{
     Backend, Config, Conntrack, ConntrackTool, DataplaneMetrics, Nft, Proxier, SyncKind,
     SyncReport, can_program_nftables, local_endpoint_count,
 };
 use prometheus_client::registry::Registry;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +138,16 @@ impl Liveness {
     }
 }
 
+/// One watch event of a kind only L2 announcement reads.
+pub enum L2Change {
+    /// An L2Announcement event.
+    Announcement(Box<watcher::Event<L2Announcement>>),
+    /// An IPPool event.
+    Pool(Box<watcher::Event<IPPool>>),
+    /// An event of any Node.
+    Node(Box<watcher::Event<Node>>),
+}
+
 /// One watch event of a kind `portico node` reads.
 pub enum Change {
     /// A Service event.
@@ -134,6 +156,8 @@ pub enum Change {
     Slice(Box<watcher::Event<EndpointSlice>>),
     /// An event of this node's Node.
     Node(Box<watcher::Event<Node>>),
+    /// An event for L2 announcement alone.
+    L2(L2Change),
 }
 
 /// What `portico node` knows between watch events and syncs: the catalog,
@@ -226,6 +250,7 @@ impl<B: Backend, C: Conntrack> NodeState<B, C> {
                     self.proxier.set_config(config);
                 }
             }
+            Change::L2(_) => return Ok(()),
         }
         self.dirty = true;
         Ok(())
@@ -287,6 +312,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = DataplaneMetrics::default();
     metrics.register(&mut registry);
+    let l2_metrics = L2Metrics::default();
+    if !args.l2.disable_l2_announcements {
+        l2_metrics.register(&mut registry);
+    }
     let liveness = Arc::new(Mutex::new(Liveness {
         last_success: None,
         pending_since: Some(Instant::now()),
@@ -315,13 +344,38 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             |e| Change::Slice(Box::new(e)),
         ),
         watcher(
-            Api::<Node>::all(client),
+            Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         )
         .default_backoff()
         .map_ok(|e| Change::Node(Box::new(e)))
         .boxed(),
     ]);
+    let mut l2 = if args.l2.disable_l2_announcements {
+        None
+    } else {
+        changes.push(watch(
+            Api::<L2Announcement>::all(client.clone()),
+            watcher::Config::default(),
+            |e| Change::L2(L2Change::Announcement(Box::new(e))),
+        ));
+        changes.push(watch(
+            Api::<IPPool>::all(client.clone()),
+            watcher::Config::default(),
+            |e| Change::L2(L2Change::Pool(Box::new(e))),
+        ));
+        changes.push(watch(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            |e| Change::L2(L2Change::Node(Box::new(e))),
+        ));
+        Some(NodeL2::new(
+            &args.l2,
+            &node_name,
+            ApiWriter::for_node(client.clone(), &node_name),
+        )?)
+    };
+    let mut l2_tick = tokio::time::interval(Duration::from_secs(5));
 
     let mut state = NodeState::new(
         &net,
@@ -338,6 +392,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let shutdown = crate::cluster::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        if let Some(l2) = l2.as_mut() {
+            l2.step(&state, &l2_metrics).await;
+        }
         let due = state.synced().then(|| {
             let wanted = if state.dirty {
                 Instant::now()
@@ -352,9 +409,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut shutdown => break,
             () = sleep_until(due) => {}
+            () = l2_wakeup(&mut l2) => continue,
+            _ = l2_tick.tick() => {
+                if let Some(l2) = l2.as_ref() {
+                    l2_metrics.observe(&l2.agent);
+                }
+                continue;
+            }
             change = changes.try_next() => {
                 match change {
                     Ok(Some(change)) => {
+                        if let Some(l2) = l2.as_mut() {
+                            l2.feed(&change, state.catalog());
+                        }
                         state.feed(change)?;
                         if let Ok(mut l) = liveness.lock() {
                             l.pending_since.get_or_insert_with(Instant::now);
@@ -425,10 +492,242 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(mut l2) = l2.take() {
+        tracing::info!(
+            addresses = l2.agent.announced().len(),
+            "leaving; other nodes take over the addresses"
+        );
+        if let Some(g) = l2.gossip.take() {
+            g.leave().await;
+        }
+    }
     tracing::info!("shutting down (the rules stay; `portico node --cleanup` removes them)");
     server.abort();
     health_checks.stop();
     Ok(())
+}
+
+/// L2 announcement in `portico node`: the index, the gossip, the agent,
+/// and when the plan is to be computed again.
+struct NodeL2 {
+    index: L2Index,
+    agent: L2Agent,
+    node: String,
+    writer: ApiWriter,
+    gossip: Option<Gossip>,
+    live: Option<tokio::sync::watch::Receiver<BTreeSet<String>>>,
+    /// `None`: gossip off. Otherwise where to listen, and the settings.
+    gossip_settings: Option<gossip::Settings>,
+    /// Announce nothing before this (the gossip has not heard the others).
+    settle_until: Option<Instant>,
+    dirty: bool,
+}
+
+impl NodeL2 {
+    fn new(args: &crate::cli::L2Args, node: &str, writer: ApiWriter) -> anyhow::Result<Self> {
+        let listen = gossip::parse_listen(args.gossip_listen.as_deref().unwrap_or("0.0.0.0:7946"))?;
+        let gossip_settings = match listen {
+            Some(listen) => Some(gossip::Settings {
+                node: node.to_owned(),
+                listen,
+                advertise: None,
+                join: gossip::parse_join(&args.gossip_join)?,
+                probe_period: args.gossip_probe_period,
+                probe_timeout: args.gossip_probe_timeout,
+                suspect_timeout: args.gossip_suspect_timeout,
+            }),
+            None => None,
+        };
+        Ok(NodeL2 {
+            index: L2Index::default(),
+            agent: L2Agent::new(node, args.garp_interval),
+            node: node.to_owned(),
+            writer,
+            gossip: None,
+            live: None,
+            gossip_settings,
+            settle_until: None,
+            dirty: true,
+        })
+    }
+
+    /// Takes in a watch event (Services and EndpointSlices matter too),
+    /// before the catalog does.
+    fn feed(&mut self, change: &Change, catalog: &Catalog) {
+        let changed = match change {
+            Change::L2(L2Change::Announcement(ev)) => self.index.feed_announcement((**ev).clone()),
+            Change::L2(L2Change::Pool(ev)) => self.index.feed_pool((**ev).clone()),
+            Change::L2(L2Change::Node(ev)) => {
+                let changed = self.index.feed_node((**ev).clone());
+                if changed && let (Some(g), Some(s)) = (&self.gossip, &self.gossip_settings) {
+                    g.join(self.peers(s.listen.port()));
+                }
+                changed
+            }
+            Change::Service(ev) => self.index.feed_service((**ev).clone()),
+            Change::Slice(ev) => match &**ev {
+                watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                    self.index.slice_matters(catalog, s)
+                }
+                _ => true,
+            },
+            Change::Node(_) => false,
+        };
+        self.dirty |= changed;
+    }
+
+    /// Every other Node's primary addresses at the gossip port.
+    fn peers(&self, port: u16) -> Vec<SocketAddr> {
+        self.index
+            .nodes()
+            .filter(|n| n.metadata.name.as_deref() != Some(self.node.as_str()))
+            .flat_map(primary_addresses)
+            .map(|a| SocketAddr::new(a.addr(), port))
+            .collect()
+    }
+
+    /// Starts the gossip once the node's address is known; plans and
+    /// announces when something changed; writes what changed owner.
+    async fn step<B: Backend, C: Conntrack>(
+        &mut self,
+        state: &NodeState<B, C>,
+        metrics: &L2Metrics,
+    ) {
+        if !self.index.synced() || !state.synced() {
+            return;
+        }
+        if self.gossip.is_none()
+            && let Some(settings) = self.gossip_settings.clone()
+        {
+            let advertise = self
+                .index
+                .node(&self.node)
+                .and_then(|n| primary_addresses(n).first().map(IpNet::addr));
+            let mut settings = settings;
+            settings.advertise = advertise;
+            settings.join.extend(self.peers(settings.listen.port()));
+            match Gossip::start(settings.clone()).await {
+                Ok(g) => {
+                    tracing::info!(addr = %g.local_addr(), peers = settings.join.len(), "gossiping with the other agents");
+                    self.live = Some(g.watch());
+                    self.gossip = Some(g);
+                    // Three probe periods to hear from the others before
+                    // claiming anything.
+                    self.settle_until = Some(Instant::now() + settings.probe_period * 3);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "cannot gossip; liveness from the Nodes' Ready conditions alone"
+                    );
+                    self.gossip_settings = None;
+                }
+            }
+        }
+        if self.settle_until.is_some_and(|t| Instant::now() < t) || !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let gossip_live = self.gossip.as_ref().map(Gossip::live);
+        if let Some(g) = &gossip_live {
+            metrics
+                .live_agents
+                .set(i64::try_from(g.len()).unwrap_or(i64::MAX));
+        }
+        let me = self.node.clone();
+        let live = |n: &Node| {
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            crate::l2::node_ready(n)
+                && gossip_live
+                    .as_ref()
+                    .is_none_or(|g| name == me || g.contains(name))
+        };
+        let plan = self.index.plan(state.catalog(), &live);
+        for (name, st) in &plan.announcements {
+            if !st.ready {
+                tracing::warn!(l2announcement = %name, reason = st.reason, message = %st.message, "L2Announcement not usable as it is");
+            }
+        }
+        // One agent writes the L2Announcements' statuses: the live one with
+        // the smallest name (every agent knows which without asking).
+        let writer_node = self
+            .index
+            .nodes()
+            .filter(|n| live(n))
+            .filter_map(|n| n.metadata.name.as_deref())
+            .min();
+        let mut writes = if writer_node == Some(self.node.as_str()) {
+            crate::l2::status_writes(&plan, self.index.announcements())
+        } else {
+            Vec::new()
+        };
+        let takeovers = tokio::task::block_in_place(|| self.agent.apply(plan));
+        metrics.observe(&self.agent);
+        metrics.takeovers.inc_by(takeovers.len() as u64);
+        let mut annotated = BTreeSet::new();
+        for t in &takeovers {
+            let Some(svc) = self.index.service(&t.service) else {
+                continue;
+            };
+            writes.push(Write::event(
+                svc,
+                false,
+                l2_reasons::ANNOUNCING,
+                "Announce",
+                format!(
+                    "{} announced by {} (was {})",
+                    t.address,
+                    self.node,
+                    t.from.as_deref().unwrap_or("none")
+                ),
+            ));
+            if annotated.insert(t.service.clone())
+                && let Some(value) = self.agent.plan().announced_by(&t.service)
+            {
+                writes.push(Write::annotate_service(
+                    &t.service.namespace,
+                    &t.service.name,
+                    &[(annotations::ANNOUNCED_BY.to_owned(), value)].into(),
+                ));
+            }
+        }
+        if !writes.is_empty() {
+            let writer = self.writer.clone();
+            tokio::spawn(async move {
+                for w in writes {
+                    if let Err(e) = writer.write(&w).await {
+                        tracing::warn!(error = %e, ?w, "write failed");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Resolves when L2 announcement has something to do: the gossip's live
+/// set changed, or the settling time ended.
+async fn l2_wakeup(l2: &mut Option<NodeL2>) {
+    let Some(l2) = l2.as_mut() else {
+        return std::future::pending().await;
+    };
+    if let Some(t) = l2.settle_until {
+        if Instant::now() < t {
+            tokio::time::sleep_until(t.into()).await;
+            l2.settle_until = None;
+            l2.dirty = true;
+            return;
+        }
+        l2.settle_until = None;
+    }
+    match l2.live.as_mut() {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            l2.dirty = true;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -862,6 +1161,215 @@ mod tests {
         assert!(elements(&st, "service-ips").is_empty());
         // A periodic full sync is full.
         assert_eq!(st.sync(true).unwrap().kind, SyncKind::Full);
+    }
+
+    /// The cluster path of L2 announcement without a cluster: watch events
+    /// in, the plan makes this node the owner, and the agent applies
+    /// `portico.dev/announced-by` and reports the takeover to a mock API
+    /// server (exact requests). Gossip is off: liveness from Ready.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_node_that_takes_an_address_over_annotates_the_service_and_reports_it() {
+        use http::{Method, Request, Response};
+        use k8s_openapi::api::core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, NodeCondition, ServicePort, ServiceSpec,
+            ServiceStatus,
+        };
+        use kube::client::Body;
+        use portico_crds::{IPPoolSpec, L2AnnouncementSpec};
+        use portico_dataplane::{FakeNft, RecordingConntrack};
+
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let writer = ApiWriter::for_node(kube::Client::new(mock, "default"), "n1");
+        let args = crate::cli::L2Args {
+            disable_l2_announcements: false,
+            garp_interval: Duration::from_secs(60),
+            gossip_listen: Some("off".into()),
+            gossip_join: Vec::new(),
+            gossip_probe_period: Duration::from_millis(400),
+            gossip_probe_timeout: Duration::from_millis(150),
+            gossip_suspect_timeout: Duration::from_millis(800),
+        };
+        let mut l2 = NodeL2::new(&args, "n1", writer).unwrap();
+        let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+        let mut st = NodeState::new(
+            &net,
+            "n1",
+            &[],
+            FakeNft::new(),
+            RecordingConntrack::default(),
+        )
+        .unwrap();
+        let mut ready = node(&[("InternalIP", "192.168.56.31")]);
+        if let Some(s) = ready.status.as_mut() {
+            s.conditions = Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
+        }
+        let svc = Service {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some("web".into()),
+                uid: Some("6b1c1e1e-0000-4000-8000-000000000001".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                type_: Some("LoadBalancer".into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some("192.168.56.60".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+        };
+        let pool = IPPool::new(
+            "lab",
+            IPPoolSpec {
+                addresses: vec!["192.168.56.60-192.168.56.70".into()],
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                disabled: false,
+                service_selector: None,
+                namespace_selector: None,
+                priority: 0,
+            },
+        );
+        let announcement = L2Announcement::new("lab", L2AnnouncementSpec::default());
+        let mut changes: Vec<Change> = Vec::new();
+        changes.extend(
+            events(vec![svc])
+                .into_iter()
+                .map(|e| Change::Service(Box::new(e))),
+        );
+        changes.extend(
+            events(Vec::<EndpointSlice>::new())
+                .into_iter()
+                .map(|e| Change::Slice(Box::new(e))),
+        );
+        changes.extend(
+            events(vec![ready.clone()])
+                .into_iter()
+                .map(|e| Change::Node(Box::new(e))),
+        );
+        changes.extend(
+            events(vec![ready])
+                .into_iter()
+                .map(|e| Change::L2(L2Change::Node(Box::new(e)))),
+        );
+        changes.extend(
+            events(vec![pool])
+                .into_iter()
+                .map(|e| Change::L2(L2Change::Pool(Box::new(e)))),
+        );
+        changes.extend(
+            events(vec![announcement])
+                .into_iter()
+                .map(|e| Change::L2(L2Change::Announcement(Box::new(e)))),
+        );
+        for c in changes {
+            l2.feed(&c, st.catalog());
+            st.feed(c).unwrap();
+        }
+        let metrics = L2Metrics::default();
+        l2.step(&st, &metrics).await;
+        assert_eq!(metrics.takeovers.get(), 1);
+
+        // n1 is the only live node, so it writes the L2Announcement's status.
+        let (status, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .expect("the agent wrote no status")
+            .unwrap();
+        assert_eq!(status.method(), Method::PATCH);
+        assert_eq!(
+            status.uri().to_string(),
+            "/apis/portico.dev/v1alpha1/l2announcements/lab/status?&force=true&fieldManager=portico-node"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&status.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["status"]["announced"], 1);
+        assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(body["status"]["conditions"][0]["status"], "True");
+        let mut stored = L2Announcement::new("lab", L2AnnouncementSpec::default());
+        stored.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+
+        let (event, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .expect("the agent wrote nothing")
+            .unwrap();
+        assert_eq!(event.method(), Method::POST);
+        assert_eq!(
+            event.uri().to_string(),
+            "/apis/events.k8s.io/v1/namespaces/default/events?"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&event.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["reason"], "L2Announcing");
+        assert_eq!(body["note"], "192.168.56.60 announced by n1 (was none)");
+        assert_eq!(body["reportingInstance"], "n1");
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+
+        let (apply, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .expect("the agent wrote no annotation")
+            .unwrap();
+        assert_eq!(apply.method(), Method::PATCH);
+        assert_eq!(
+            apply.uri().to_string(),
+            "/api/v1/namespaces/default/services/web?&force=true&fieldManager=portico-node"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&apply.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            body["metadata"],
+            serde_json::json!({
+                "name": "web",
+                "namespace": "default",
+                "annotations": { "portico.dev/announced-by": "n1" }
+            })
+        );
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+
+        // The watch brings the status back; nothing changed, so nothing
+        // more is written.
+        l2.feed(
+            &Change::L2(L2Change::Announcement(Box::new(watcher::Event::Apply(
+                stored,
+            )))),
+            st.catalog(),
+        );
+        assert!(l2.dirty);
+        l2.step(&st, &metrics).await;
+        assert_eq!(metrics.takeovers.get(), 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), handle.next_request())
+                .await
+                .is_err(),
+            "a second write"
+        );
     }
 
     #[test]

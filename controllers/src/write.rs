@@ -10,8 +10,8 @@ use crate::k8s::{EndpointSlice, ObjectReference, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
-use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER};
-use portico_crds::{ClusterIPRange, IPPool};
+use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER, NODE_EVENT_REPORTER, NODE_FIELD_MANAGER};
+use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde_json::Value;
 
 /// A write that a reconciler decided on.
@@ -44,6 +44,8 @@ pub enum TargetKind {
     IPPool,
     /// `portico.dev/v1alpha1` ClusterIPRange (cluster-scoped: empty namespace).
     ClusterIPRange,
+    /// `portico.dev/v1alpha1` L2Announcement (cluster-scoped: empty namespace).
+    L2Announcement,
 }
 
 /// A whole object that reconcilers create or replace. Typed, not JSON: a
@@ -144,6 +146,28 @@ impl Write {
         })
     }
 
+    /// A server-side apply of annotations on a Service (what the node
+    /// agents write, e.g. `portico.dev/announced-by`).
+    pub fn annotate_service(
+        namespace: &str,
+        name: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Write {
+        Write::Apply(Apply {
+            target: Target {
+                kind: TargetKind::Service,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            status: false,
+            patch: serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": { "name": name, "namespace": namespace, "annotations": annotations },
+            }),
+        })
+    }
+
     /// An Event about `obj`.
     pub fn event<K: Resource<DynamicType = ()>>(
         obj: &K,
@@ -189,6 +213,7 @@ fn service_patch(svc: &Service, field: &str, value: Value) -> Value {
 pub struct ApiWriter {
     client: Client,
     recorder: Recorder,
+    field_manager: &'static str,
 }
 
 impl ApiWriter {
@@ -201,10 +226,27 @@ impl ApiWriter {
         ApiWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            field_manager: FIELD_MANAGER,
         }
     }
 
-    /// Sends one write: server-side apply (field manager `portico`, forced,
+    /// The writer of a node agent (`instance`: the node's name): its own
+    /// field manager, so its applies never take fields from the
+    /// controllers', and its own Event reporter.
+    pub fn for_node(client: Client, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: NODE_EVENT_REPORTER.to_owned(),
+            instance: Some(instance.to_owned()),
+        };
+        ApiWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            field_manager: NODE_FIELD_MANAGER,
+        }
+    }
+
+    /// Sends one write: server-side apply (field manager `portico`, or
+    /// `portico-node` for a node agent's writer; forced,
     /// since Portico owns these fields), create, replace, delete, or an Event.
     pub async fn write(&self, write: &Write) -> Result<Written> {
         match write {
@@ -223,6 +265,10 @@ impl ApiWriter {
                 }
                 TargetKind::ClusterIPRange => {
                     self.apply_cluster_scoped::<ClusterIPRange>(apply).await?;
+                    return Ok(Written::Nothing);
+                }
+                TargetKind::L2Announcement => {
+                    self.apply_cluster_scoped::<L2Announcement>(apply).await?;
                     return Ok(Written::Nothing);
                 }
             }
@@ -279,6 +325,11 @@ impl ApiWriter {
                             .delete(&target.name, &params)
                             .await?;
                     }
+                    TargetKind::L2Announcement => {
+                        Api::<L2Announcement>::all(self.client.clone())
+                            .delete(&target.name, &params)
+                            .await?;
+                    }
                 }
                 Ok(Written::Deleted(target.clone()))
             }
@@ -309,7 +360,7 @@ impl ApiWriter {
             + serde::de::DeserializeOwned,
     {
         let api: Api<K> = Api::all(self.client.clone());
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(self.field_manager).force();
         let patch = Patch::Apply(&apply.patch);
         if apply.status {
             api.patch_status(&apply.target.name, &params, &patch)
@@ -335,7 +386,7 @@ impl ApiWriter {
             + serde::de::DeserializeOwned
             + serde::Serialize,
     {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(self.field_manager).force();
         let patch = Patch::Apply(&apply.patch);
         let api = self.api::<K>(&apply.target);
         Ok(if apply.status {

@@ -445,3 +445,52 @@ async fn a_cluster_ip_the_api_server_allocated_itself_is_adopted_with_an_event()
     );
     assert_eq!(body["regarding"]["name"], "web");
 }
+
+#[tokio::test]
+async fn a_node_agent_announcing_an_address_applies_announced_by_with_its_own_manager_and_reports_it()
+ {
+    let (mock, mut handle) = pair::<Request<Body>, Response<Body>>();
+    let writer = ApiWriter::for_node(Client::new(mock, "default"), "n2");
+    let svc = mk_svc("default", "web");
+    let annotations = [("portico.dev/announced-by".to_owned(), "n2".to_owned())].into();
+    let apply = Write::annotate_service("default", "web", &annotations);
+    let event = Write::event(
+        &svc,
+        false,
+        "L2Announcing",
+        "Announce",
+        "192.168.56.60 announced by n2 (was n1)",
+    );
+    let reply = serde_json::to_value(&svc).unwrap();
+    let server = tokio::spawn(async move {
+        let patch = expect_request(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/default/services/web?&force=true&fieldManager=portico-node",
+            "application/apply-patch+yaml",
+            reply,
+        )
+        .await;
+        (patch, expect_event(&mut handle).await)
+    });
+    run(&writer, &apply).await;
+    run(&writer, &event).await;
+    let (patch, event) = server.await.unwrap();
+    assert_eq!(
+        patch,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "web",
+                "namespace": "default",
+                "annotations": { "portico.dev/announced-by": "n2" }
+            }
+        })
+    );
+    assert_eq!(event["reason"], "L2Announcing");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["note"], "192.168.56.60 announced by n2 (was n1)");
+    assert_eq!(event["reportingController"], "portico.dev/node");
+    assert_eq!(event["reportingInstance"], "n2");
+}

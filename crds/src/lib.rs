@@ -7,7 +7,7 @@
 //! instead of spelling the strings again.
 //!
 //! It also holds Portico's custom resource types ([`IPPool`],
-//! [`ClusterIPRange`]);
+//! [`ClusterIPRange`], [`L2Announcement`]);
 //! `portico crds` prints every CRD this crate defines and `make crds` writes
 //! them to `crds/*.yaml` and the chart, checked for drift by `make test`.
 //!
@@ -19,10 +19,12 @@
 
 pub mod clusteriprange;
 pub mod ippool;
+pub mod l2announcement;
 pub mod names;
 
 pub use clusteriprange::{ClusterIPRange, ClusterIPRangeSpec, ClusterIPRangeStatus};
 pub use ippool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus};
+pub use l2announcement::{L2Announcement, L2AnnouncementSpec, L2AnnouncementStatus};
 
 use kube::CustomResourceExt;
 
@@ -36,6 +38,10 @@ pub fn all() -> Vec<(&'static str, String)> {
             yaml(&ClusterIPRange::crd()),
         ),
         ("ippools.portico.dev.yaml", yaml(&IPPool::crd())),
+        (
+            "l2announcements.portico.dev.yaml",
+            yaml(&L2Announcement::crd()),
+        ),
     ]
 }
 
@@ -69,6 +75,38 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(columns, ["Addresses", "Used", "Free", "Ready", "Age"]);
+    }
+
+    #[test]
+    fn the_l2announcement_crd_is_cluster_scoped_and_reads_like_metallb() {
+        let crd = L2Announcement::crd();
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.plural, "l2announcements");
+        let crd = serde_json::to_value(crd).unwrap_or_default();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let spec = &schema["properties"]["spec"]["properties"];
+        for field in [
+            "ipPools",
+            "ipPoolSelector",
+            "serviceSelector",
+            "nodeSelector",
+            "interfaces",
+        ] {
+            assert!(spec.get(field).is_some(), "spec.{field} missing: {spec}");
+        }
+        assert_eq!(
+            schema["properties"]["status"]["properties"]["announced"]["type"],
+            "integer"
+        );
+        let parsed: L2Announcement = serde_json::from_value(serde_json::json!({
+            "apiVersion": "portico.dev/v1alpha1",
+            "kind": "L2Announcement",
+            "metadata": { "name": "lab" },
+            "spec": { "ipPools": ["lab"], "interfaces": ["eth*"] },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.spec.ip_pools, ["lab"]);
+        assert!(parsed.spec.node_selector.is_none());
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub const LOAD_BALANCER_CLASS: &str = "portico.dev/lb";
 /// name, or `False` with why the Service has no address.
 pub const CONDITION_IP_ALLOCATED: &str = "portico.dev/IPAllocated";
 
-/// Annotations Portico reads.
+/// Annotations Portico reads and writes.
 pub mod annotations {
     /// Requested LoadBalancer addresses, comma-separated, at most one per family.
     pub const LOAD_BALANCER_IPS: &str = "portico.dev/load-balancer-ips";
@@ -69,6 +69,38 @@ pub mod annotations {
     pub const IP_POOL: &str = "portico.dev/ip-pool";
     /// Services of one namespace with the same key may share an address.
     pub const SHARING_KEY: &str = "portico.dev/sharing-key";
+    /// Written by the node agent that announces a Service's LoadBalancer
+    /// addresses on layer 2: `<node>` (or `<address>=<node>,…` when the
+    /// Service's addresses are announced by different nodes).
+    pub const ANNOUNCED_BY: &str = "portico.dev/announced-by";
+}
+
+/// Node label that keeps a node from announcing LoadBalancer addresses
+/// (the Kubernetes well-known label cloud load balancers honour too).
+pub const EXCLUDE_FROM_LOAD_BALANCERS: &str =
+    "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// Field manager of the node agents' server-side applies (the
+/// `portico.dev/announced-by` annotation), apart from the controllers'.
+pub const NODE_FIELD_MANAGER: &str = "portico-node";
+
+/// Name under which the node agents report Events (`reportingController`).
+pub const NODE_EVENT_REPORTER: &str = "portico.dev/node";
+
+/// Event and condition reasons of L2 announcement.
+pub mod l2_reasons {
+    /// A node took over the announcement of a Service's address.
+    pub const ANNOUNCING: &str = "L2Announcing";
+    /// No eligible, live node is left to announce an address.
+    pub const NOT_ANNOUNCED: &str = "L2NotAnnounced";
+    /// The announcement's spec is valid.
+    pub const VALID: &str = "Valid";
+    /// A selector of the announcement does not parse.
+    pub const INVALID_SELECTOR: &str = "InvalidSelector";
+    /// An interface pattern of the announcement is not a valid name.
+    pub const INVALID_INTERFACE: &str = "InvalidInterface";
+    /// The announcement names an IPPool that does not exist.
+    pub const UNKNOWN_POOL: &str = "UnknownPool";
 }
 
 /// Event reasons and condition reasons of LoadBalancer IPAM.

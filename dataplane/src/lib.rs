@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod conntrack;
 mod error;
+pub mod l2;
 pub mod metrics;
 pub mod model;
 pub mod names;

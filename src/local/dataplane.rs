@@ -3,12 +3,20 @@
 //!
 //! ```text
 //!  World (after the reconcilers) ──> Catalog (Services + EndpointSlices) ──> Proxier ──> nft
+//!        └─ L2Announcements, IPPools, Nodes (Ready = live; gossip too) ──> l2::plan ──> L2Agent (ARP/NDP)
 //! ```
 
 use super::world::World;
+use crate::cli::L2Args;
+use crate::gossip::{self, Gossip};
+use crate::l2::{self, L2Agent, Takeover};
 use portico_catalog::Catalog;
 use portico_controllers::NetworkConfig;
+use portico_controllers::k8s::{Node, Service};
+use portico_crds::{IPPool, L2Announcement};
 use portico_dataplane::{ConntrackTool, Nft, Proxier, SyncReport, can_program_nftables};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// The catalog of a world: its Services and EndpointSlices.
 pub fn catalog(world: &World) -> Catalog {
@@ -35,14 +43,28 @@ pub struct LocalDataplane {
     node_name: String,
     nodeport_addresses: Vec<String>,
     net: NetworkConfig,
+    l2: Option<LocalL2>,
+}
+
+/// L2 announcement of one node of the manifests.
+struct LocalL2 {
+    agent: L2Agent,
+    gossip: Option<Gossip>,
+    live: Option<tokio::sync::watch::Receiver<BTreeSet<String>>>,
+    announcements: Vec<Arc<L2Announcement>>,
+    pools: Vec<Arc<IPPool>>,
+    services: Vec<Arc<Service>>,
+    nodes: Vec<Arc<Node>>,
+    rings: l2::Rings,
 }
 
 impl LocalDataplane {
     /// Refuses without CAP_NET_ADMIN, before anything is changed.
-    pub fn new(
+    pub async fn new(
         net: &NetworkConfig,
         node_name: &str,
         nodeport_addresses: &[String],
+        l2: &L2Args,
     ) -> anyhow::Result<Self> {
         if !can_program_nftables() {
             anyhow::bail!(
@@ -52,13 +74,128 @@ impl LocalDataplane {
             );
         }
         let config = crate::node::dataplane_config(net, node_name, nodeport_addresses, None)?;
+        let l2 = if l2.disable_l2_announcements {
+            None
+        } else {
+            let gossip = match l2.gossip_listen.as_deref().map(gossip::parse_listen) {
+                Some(Ok(Some(listen))) => {
+                    let g = Gossip::start(gossip::Settings {
+                        node: node_name.to_owned(),
+                        listen,
+                        advertise: None,
+                        join: gossip::parse_join(&l2.gossip_join)?,
+                        probe_period: l2.gossip_probe_period,
+                        probe_timeout: l2.gossip_probe_timeout,
+                        suspect_timeout: l2.gossip_suspect_timeout,
+                    })
+                    .await?;
+                    // Hear from the others before claiming anything.
+                    tokio::time::sleep(l2.gossip_probe_period * 3).await;
+                    Some(g)
+                }
+                Some(Err(e)) => return Err(e),
+                Some(Ok(None)) | None => None,
+            };
+            Some(LocalL2 {
+                agent: L2Agent::new(node_name, l2.garp_interval),
+                live: gossip.as_ref().map(Gossip::watch),
+                gossip,
+                announcements: Vec::new(),
+                pools: Vec::new(),
+                services: Vec::new(),
+                nodes: Vec::new(),
+                rings: l2::Rings::default(),
+            })
+        };
         Ok(LocalDataplane {
             catalog: Catalog::new(),
             proxier: Proxier::new(config, Nft::new(), ConntrackTool::new()),
             node_name: node_name.to_owned(),
             nodeport_addresses: nodeport_addresses.to_vec(),
             net: net.clone(),
+            l2,
         })
+    }
+
+    /// Resolves when the gossip's live set changes (never without gossip).
+    pub async fn liveness_changed(&mut self) {
+        match self.l2.as_mut().and_then(|l| l.live.as_mut()) {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Leaves the gossip (the others take the addresses over at once).
+    pub async fn leave(&mut self) {
+        if let Some(g) = self.l2.as_mut().and_then(|l| l.gossip.take()) {
+            g.leave().await;
+        }
+    }
+
+    /// Whether this node takes part in L2 announcement (the manifests
+    /// have L2Announcements and it is not disabled).
+    pub fn announcing(&self) -> bool {
+        self.l2
+            .as_ref()
+            .is_some_and(|l| !l.announcements.is_empty())
+    }
+
+    /// Plans and applies L2 announcement from the objects of the last
+    /// sync and the current live set; returns the takeovers.
+    pub fn announce(&mut self) -> Vec<Takeover> {
+        let Some(l) = self.l2.as_mut() else {
+            return Vec::new();
+        };
+        let gossip_live = l.gossip.as_ref().map(Gossip::live);
+        let me = self.node_name.clone();
+        let live = |n: &Node| {
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            l2::node_ready(n)
+                && gossip_live
+                    .as_ref()
+                    .is_none_or(|g| name == me || g.contains(name))
+        };
+        let plan = l2::plan_with(
+            l.announcements.iter().map(AsRef::as_ref),
+            l.pools.iter().map(AsRef::as_ref),
+            l.services.iter().map(AsRef::as_ref),
+            l.nodes.iter().map(AsRef::as_ref),
+            &self.catalog,
+            &live,
+            &mut l.rings,
+        );
+        let takeovers = l.agent.apply(plan);
+        for t in &takeovers {
+            eprintln!(
+                "l2: {} now announces {} ({}){}",
+                self.node_name,
+                t.address,
+                t.service,
+                t.from
+                    .as_deref()
+                    .map(|f| format!(", was {f}"))
+                    .unwrap_or_default()
+            );
+        }
+        takeovers
+    }
+
+    /// The addresses this node announces, with their Services.
+    pub fn announced(&self) -> Vec<String> {
+        self.l2
+            .as_ref()
+            .map(|l| {
+                l.agent
+                    .plan()
+                    .owned_by(&self.node_name)
+                    .map(|p| format!("{} ({})", p.address, p.service))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Programs the rules for the world: a full sync the first time, then
@@ -81,6 +218,14 @@ impl LocalDataplane {
         self.proxier.set_config(config);
         update_catalog(&mut self.catalog, world);
         let changes = self.catalog.take_changes();
-        Ok(self.proxier.sync(&self.catalog, &changes)?)
+        let report = self.proxier.sync(&self.catalog, &changes)?;
+        if let Some(l) = self.l2.as_mut() {
+            l.announcements = world.l2announcements.sorted();
+            l.pools = world.ippools.sorted();
+            l.services = world.services.sorted();
+            l.nodes = world.nodes.sorted();
+        }
+        self.announce();
+        Ok(report)
     }
 }

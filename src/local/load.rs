@@ -4,7 +4,7 @@
 
 use super::world::StoredPod;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
-use portico_crds::{ClusterIPRange, IPPool};
+use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -23,6 +23,7 @@ pub struct Manifests {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub ippools: Vec<IPPool>,
     pub clusteripranges: Vec<ClusterIPRange>,
+    pub l2announcements: Vec<L2Announcement>,
     /// What could not be used, and why.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -208,6 +209,11 @@ impl Ctx<'_> {
             ("portico.dev/v1alpha1", "IPPool") => {
                 if let Some(o) = self.typed::<IPPool>(value, false) {
                     self.out.ippools.push(o);
+                }
+            }
+            ("portico.dev/v1alpha1", "L2Announcement") => {
+                if let Some(o) = self.typed::<L2Announcement>(value, false) {
+                    self.out.l2announcements.push(o);
                 }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {

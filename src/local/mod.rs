@@ -69,11 +69,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         None
     };
     let mut node_dataplane = match (&args.node_name, args.dataplane) {
-        (Some(node), true) => Some(dataplane::LocalDataplane::new(
-            &net,
-            node,
-            &args.nodeport_addresses,
-        )?),
+        (Some(node), true) => Some(
+            dataplane::LocalDataplane::new(&net, node, &args.nodeport_addresses, &args.l2).await?,
+        ),
         _ => None,
     };
     loop {
@@ -91,7 +89,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                     .with_reuse_delay(settings.clusterip_reuse_delay),
             ),
         };
-        let world = reconcile(manifests, &net, &settings, previous.as_ref(), clusterip)?;
+        let mut world = reconcile(manifests, &net, &settings, previous.as_ref(), clusterip)?;
+        l2_statuses(&mut world)?;
         let mut out = std::io::stdout().lock();
         match args.output {
             Output::Table => print::tables(&mut out, &world, &args.show)?,
@@ -114,10 +113,38 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 r.chains,
                 r.elements
             );
+            if dp.announcing() {
+                eprintln!(
+                    "l2: {} announces [{}] (Ctrl-C to stop)",
+                    args.node_name.as_deref().unwrap_or_default(),
+                    dp.announced().join(", ")
+                );
+            }
         }
+        let announcing = node_dataplane
+            .as_ref()
+            .is_some_and(dataplane::LocalDataplane::announcing);
         if !args.watch {
-            if dns.is_some() {
-                crate::cluster::shutdown_signal().await;
+            if dns.is_some() || announcing {
+                // Serve until stopped; the gossip's live set may still move
+                // addresses.
+                let shutdown = crate::cluster::shutdown_signal();
+                tokio::pin!(shutdown);
+                loop {
+                    tokio::select! {
+                        () = &mut shutdown => {
+                            if let Some(dp) = node_dataplane.as_mut() {
+                                dp.leave().await;
+                            }
+                            break;
+                        }
+                        () = liveness_changed(&mut node_dataplane) => {
+                            if let Some(dp) = node_dataplane.as_mut() {
+                                dp.announce();
+                            }
+                        }
+                    }
+                }
             }
             return Ok(());
         }
@@ -125,8 +152,19 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         // Wait for a change of the files (or Ctrl-C / SIGTERM).
         loop {
             tokio::select! {
-                () = crate::cluster::shutdown_signal() => return Ok(()),
+                () = crate::cluster::shutdown_signal() => {
+                    if let Some(dp) = node_dataplane.as_mut() {
+                        dp.leave().await;
+                    }
+                    return Ok(());
+                }
                 () = tokio::time::sleep(args.watch_interval) => {}
+                () = liveness_changed(&mut node_dataplane) => {
+                    if let Some(dp) = node_dataplane.as_mut() {
+                        dp.announce();
+                    }
+                    continue;
+                }
             }
             let now = load::fingerprint(&args.files);
             if now != seen {
@@ -135,6 +173,42 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 break;
             }
         }
+    }
+}
+
+/// Writes the L2Announcements' statuses as `portico node` would, with the
+/// Nodes' Ready conditions as liveness; reports the ones that cannot be used.
+fn l2_statuses(world: &mut World) -> anyhow::Result<()> {
+    let announcements = world.l2announcements.sorted();
+    if announcements.is_empty() {
+        return Ok(());
+    }
+    let catalog = catalog(world);
+    let plan = crate::l2::plan(
+        announcements.iter().map(AsRef::as_ref),
+        world.ippools.sorted().iter().map(AsRef::as_ref),
+        world.services.sorted().iter().map(AsRef::as_ref),
+        world.nodes.sorted().iter().map(AsRef::as_ref),
+        &catalog,
+        &crate::l2::node_ready,
+    );
+    for (name, st) in &plan.announcements {
+        if !st.ready {
+            eprintln!(
+                "warning: L2Announcement {name}: {}: {}",
+                st.reason, st.message
+            );
+        }
+    }
+    let writes = crate::l2::status_writes(&plan, announcements.iter().map(AsRef::as_ref));
+    world.write(writes)?;
+    Ok(())
+}
+
+async fn liveness_changed(dp: &mut Option<dataplane::LocalDataplane>) {
+    match dp.as_mut() {
+        Some(dp) => dp.liveness_changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -236,6 +236,9 @@ pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
     for o in world.clusteripranges.sorted() {
         docs.push(serde_saphyr::to_string(o.as_ref())?);
     }
+    for o in world.l2announcements.sorted() {
+        docs.push(serde_saphyr::to_string(o.as_ref())?);
+    }
     for o in world.pods.iter() {
         docs.push(serde_saphyr::to_string(&o)?);
     }

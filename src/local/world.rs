@@ -11,7 +11,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write};
-use portico_crds::{ClusterIPRange, IPPool};
+use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,6 +248,7 @@ pub struct World {
     pub endpoint_slices: Objects<EndpointSlice>,
     pub ippools: Objects<IPPool>,
     pub clusteripranges: Objects<ClusterIPRange>,
+    pub l2announcements: Objects<L2Announcement>,
     pub events: Vec<EventRecord>,
     /// The last `resourceVersion` handed out.
     version: u64,
@@ -273,6 +274,7 @@ impl World {
             endpoint_slices: Objects::new(m.endpoint_slices),
             ippools: Objects::new(m.ippools),
             clusteripranges: Objects::new(m.clusteripranges),
+            l2announcements: Objects::new(m.l2announcements),
             events: Vec::new(),
             version: 0,
         }
@@ -339,6 +341,17 @@ impl World {
                             push_latest(&mut changed.ranges, range);
                         }
                     }
+                    TargetKind::L2Announcement => {
+                        let version = self.version + 1;
+                        let out = set_status(
+                            &mut self.l2announcements,
+                            &target.name,
+                            &patch,
+                            version,
+                            |a: &mut L2Announcement| &mut a.status,
+                        )?;
+                        self.version += u64::from(out.is_some());
+                    }
                     TargetKind::EndpointSlice => {
                         if let Some(slice) =
                             self.endpoint_slices
@@ -394,7 +407,10 @@ impl World {
                             changed.deleted_slices.push(old);
                         }
                     }
-                    TargetKind::Service | TargetKind::IPPool | TargetKind::ClusterIPRange => {
+                    TargetKind::Service
+                    | TargetKind::IPPool
+                    | TargetKind::ClusterIPRange
+                    | TargetKind::L2Announcement => {
                         anyhow::bail!("portico local does not delete {:?}s", target.kind)
                     }
                 },

@@ -184,7 +184,9 @@ impl Sim {
                     p.status = Some(status);
                     self.ctrl.apply_pool(p);
                 }
-                TargetKind::EndpointSlice | TargetKind::ClusterIPRange => {
+                TargetKind::EndpointSlice
+                | TargetKind::ClusterIPRange
+                | TargetKind::L2Announcement => {
                     panic!("not written by LB IPAM")
                 }
             },

@@ -1,0 +1,434 @@
+//! Liveness among the node agents: SWIM membership over UDP (the `foca`
+//! crate), so that an agent notices a dead one within seconds without
+//! writing anything to the Kubernetes API.
+//!
+//! ```text
+//!  UDP socket ──> foca (probe one member per period, indirect probes on
+//!                 timeout, suspicion, gossip piggy-backed) ──> live agents
+//!  timers (tokio tasks) ──┘                                      │
+//!                                 tokio::sync::watch<BTreeSet<node name>>
+//! ```
+//!
+//! Each agent probes one other per `--gossip-probe-period`; one that does
+//! not answer (directly or through others) within `--gossip-probe-timeout`
+//! is suspected, and unless it refutes within `--gossip-suspect-timeout` it
+//! is down: its node's addresses move. The cost per agent is constant in
+//! the number of agents and of Services. An agent identifies itself by its
+//! node name, its gossip address and its start time, so a restarted agent
+//! rejoins as new.
+
+use anyhow::Context as _;
+use foca::{Config, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
+use rand010::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+/// One agent, as the others know it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Agent {
+    /// Its node's name.
+    pub node: String,
+    /// Where it gossips.
+    pub addr: SocketAddr,
+    /// When it started (ns since the epoch): a restarted agent is new.
+    pub since: u64,
+}
+
+impl Identity for Agent {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Agent {
+            since: self.since.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.since > adversary.since
+    }
+}
+
+/// Timings and peers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This node's name.
+    pub node: String,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The address others reach this agent at, when `listen` is the
+    /// unspecified address (`0.0.0.0`): the node's InternalIP.
+    pub advertise: Option<std::net::IpAddr>,
+    /// Agents to join at start, and again every few seconds while they
+    /// are not members.
+    pub join: Vec<SocketAddr>,
+    /// `--gossip-probe-period`.
+    pub probe_period: Duration,
+    /// `--gossip-probe-timeout`.
+    pub probe_timeout: Duration,
+    /// `--gossip-suspect-timeout`.
+    pub suspect_timeout: Duration,
+}
+
+impl Settings {
+    /// The foca configuration: memberlist's LAN settings with our timings.
+    fn config(&self) -> anyhow::Result<Config> {
+        anyhow::ensure!(
+            !self.probe_timeout.is_zero() && self.probe_timeout < self.probe_period,
+            "--gossip-probe-timeout ({:?}) must be above zero and below --gossip-probe-period ({:?})",
+            self.probe_timeout,
+            self.probe_period
+        );
+        anyhow::ensure!(
+            !self.suspect_timeout.is_zero(),
+            "--gossip-suspect-timeout must be above zero"
+        );
+        let mut c = Config::new_lan(NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN));
+        c.probe_period = self.probe_period;
+        c.probe_rtt = self.probe_timeout;
+        c.suspect_to_down_after = self.suspect_timeout;
+        c.max_packet_size = NonZeroUsize::new(1400).unwrap_or(NonZeroUsize::MIN);
+        c.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(200).min(self.probe_period),
+            num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+        });
+        Ok(c)
+    }
+}
+
+/// A running member of the gossip. [`Gossip::leave`] says goodbye (the
+/// others move its addresses at once); dropping it stops it without one
+/// (the others notice as they would a dead agent).
+pub struct Gossip {
+    live: watch::Receiver<BTreeSet<String>>,
+    commands: mpsc::UnboundedSender<Command>,
+    task: tokio::task::JoinHandle<()>,
+    local: SocketAddr,
+}
+
+impl Drop for Gossip {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum Input {
+    Data(Vec<u8>),
+    Timer(Timer<Agent>),
+    Join(Vec<SocketAddr>),
+    Leave(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Gossip {
+    /// Binds the socket and starts gossiping.
+    pub async fn start(settings: Settings) -> anyhow::Result<Gossip> {
+        let config = settings.config()?;
+        let socket = Arc::new(
+            UdpSocket::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding the gossip socket to {}", settings.listen))?,
+        );
+        let local = socket.local_addr()?;
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let addr = match (local.ip().is_unspecified(), settings.advertise) {
+            (false, _) => local,
+            (true, Some(ip)) => SocketAddr::new(ip, local.port()),
+            (true, None) => anyhow::bail!(
+                "gossip listens on {local}: others need an address to reach it (listen on one, or give the node an InternalIP)"
+            ),
+        };
+        let me = Agent {
+            node: settings.node.clone(),
+            addr,
+            since,
+        };
+        let rng = rand010::rngs::StdRng::seed_from_u64(since ^ u64::from(local.port()));
+        let foca = Foca::new(me, config, rng, PostcardCodec);
+        let (live_tx, live) = watch::channel(BTreeSet::from([settings.node.clone()]));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(foca, socket, live_tx, commands_rx, settings));
+        Ok(Gossip {
+            live,
+            commands,
+            task,
+            local,
+        })
+    }
+
+    /// The nodes whose agents are alive (this one included).
+    pub fn live(&self) -> BTreeSet<String> {
+        self.live.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the live set does.
+    pub fn watch(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.live.clone()
+    }
+
+    /// Joins more agents (new Nodes).
+    pub fn join(&self, peers: Vec<SocketAddr>) {
+        let _ = self.commands.send(Command::Join(peers));
+    }
+
+    /// Tells a few others that this agent leaves (they spread it), so its
+    /// addresses move at once rather than after the suspicion timeout;
+    /// waits at most half a second for the goodbye to be sent.
+    pub async fn leave(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), rx).await;
+        }
+    }
+
+    /// Where this agent listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// What the owner asks of the gossip task.
+enum Command {
+    Join(Vec<SocketAddr>),
+    Leave(tokio::sync::oneshot::Sender<()>),
+}
+
+type Member = Foca<Agent, PostcardCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>;
+
+async fn run(
+    mut foca: Member,
+    socket: Arc<UdpSocket>,
+    live: watch::Sender<BTreeSet<String>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    settings: Settings,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+    let mut runtime = foca::AccumulatingRuntime::new();
+    let mut seeds: BTreeSet<SocketAddr> = settings.join.iter().copied().collect();
+    seeds.remove(&foca.identity().addr);
+    let mut rejoin = tokio::time::interval(Duration::from_secs(2));
+    let mut buf = vec![0u8; 1500];
+    let me = foca.identity().node.clone();
+    loop {
+        let input = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, _)) => Input::Data(buf[..n].to_vec()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip receive");
+                    continue;
+                }
+            },
+            Some(i) = rx.recv() => i,
+            Some(c) = commands.recv() => match c {
+                Command::Join(peers) => Input::Join(peers),
+                Command::Leave(done) => Input::Leave(done),
+            },
+            _ = rejoin.tick() => Input::Join(Vec::new()),
+        };
+        let result = match input {
+            Input::Leave(done) => {
+                if let Err(e) = foca.leave_cluster(&mut runtime) {
+                    tracing::debug!(error = %e, "leaving the gossip");
+                }
+                while let Some((to, data)) = runtime.to_send() {
+                    let _ = socket.send_to(&data, to.addr).await;
+                }
+                tracing::info!("left the gossip");
+                let _ = done.send(());
+                return;
+            }
+            Input::Data(d) => foca.handle_data(&d, &mut runtime),
+            Input::Timer(t) => foca.handle_timer(t, &mut runtime),
+            Input::Join(peers) => {
+                seeds.extend(peers);
+                seeds.remove(&foca.identity().addr);
+                // Announce to the seeds that are not members yet.
+                let members: BTreeSet<SocketAddr> =
+                    foca.iter_members().map(|m| m.id().addr).collect();
+                let mut r = Ok(());
+                for s in seeds.iter().filter(|s| !members.contains(s)) {
+                    let probe = Agent {
+                        node: String::new(),
+                        addr: *s,
+                        since: 0,
+                    };
+                    r = r.and(foca.announce(probe, &mut runtime));
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "gossip");
+        }
+        while let Some((to, data)) = runtime.to_send() {
+            if let Err(e) = socket.try_send_to(&data, to.addr) {
+                tracing::debug!(to = %to.addr, error = %e, "gossip send");
+            }
+        }
+        while let Some((after, timer)) = runtime.to_schedule() {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(Input::Timer(timer));
+            });
+        }
+        let mut changed = false;
+        while let Some(n) = runtime.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(a) => {
+                    tracing::info!(node = %a.node, addr = %a.addr, "agent joined");
+                    changed = true;
+                }
+                OwnedNotification::MemberDown(a) => {
+                    tracing::warn!(node = %a.node, addr = %a.addr, "agent down");
+                    changed = true;
+                }
+                OwnedNotification::Rename(..) => changed = true,
+                _ => {}
+            }
+        }
+        if changed {
+            let now: BTreeSet<String> = foca
+                .iter_members()
+                .map(|m| m.id().node.clone())
+                .chain([me.clone()])
+                .collect();
+            live.send_if_modified(|l| {
+                let differs = *l != now;
+                if differs {
+                    *l = now;
+                }
+                differs
+            });
+        }
+    }
+}
+
+/// Parses `--gossip-listen` (`off` disables gossip).
+pub fn parse_listen(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .with_context(|| format!("--gossip-listen: {s:?} is not host:port or off"))
+}
+
+/// Parses `--gossip-join`.
+pub fn parse_join(list: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    list.iter()
+        .map(|s| {
+            s.trim()
+                .parse()
+                .with_context(|| format!("--gossip-join: {s:?} is not host:port"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Instant;
+
+    fn settings(node: &str, join: Vec<SocketAddr>) -> Settings {
+        Settings {
+            node: node.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            join,
+            probe_period: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(80),
+            suspect_timeout: Duration::from_millis(400),
+        }
+    }
+
+    async fn until(what: &str, g: &Gossip, want: &[&str], within: Duration) -> Duration {
+        let t0 = Instant::now();
+        let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+        let mut w = g.watch();
+        while g.live() != want {
+            assert!(
+                t0.elapsed() < within,
+                "{what}: {:?} after {within:?}",
+                g.live()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
+        }
+        t0.elapsed()
+    }
+
+    #[tokio::test]
+    async fn agents_find_each_other_and_notice_a_dead_one() {
+        let a = Gossip::start(settings("a", vec![])).await.unwrap();
+        let b = Gossip::start(settings("b", vec![a.local_addr()]))
+            .await
+            .unwrap();
+        let c = Gossip::start(settings("c", vec![a.local_addr()]))
+            .await
+            .unwrap();
+        let all = ["a", "b", "c"];
+        for g in [&a, &b, &c] {
+            until("join", g, &all, Duration::from_secs(5)).await;
+        }
+        // c dies without a goodbye.
+        drop(c);
+        let took = until("death", &a, &["a", "b"], Duration::from_secs(5)).await;
+        until("death", &b, &["a", "b"], Duration::from_secs(5)).await;
+        // Probe period + timeout + suspicion, give or take a period.
+        assert!(took < Duration::from_millis(2000), "noticed after {took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_leaves_is_gone_at_once() {
+        let mut s = settings("a", vec![]);
+        // Suspicion alone would take seconds.
+        s.suspect_timeout = Duration::from_secs(5);
+        let a = Gossip::start(s).await.unwrap();
+        let mut s = settings("b", vec![a.local_addr()]);
+        s.suspect_timeout = Duration::from_secs(5);
+        let b = Gossip::start(s).await.unwrap();
+        until("join", &a, &["a", "b"], Duration::from_secs(5)).await;
+        until("join", &b, &["a", "b"], Duration::from_secs(5)).await;
+        b.leave().await;
+        let took = until("leave", &a, &["a"], Duration::from_secs(2)).await;
+        assert!(took < Duration::from_millis(500), "noticed after {took:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_timings_and_addresses_are_refused_with_the_flag_named() {
+        let mut s = settings("a", vec![]);
+        s.probe_timeout = s.probe_period;
+        let e = s.config().unwrap_err().to_string();
+        assert!(e.contains("--gossip-probe-timeout"), "{e}");
+        assert_eq!(parse_listen("off").unwrap(), None);
+        let mut s = settings("a", vec![]);
+        s.listen = "0.0.0.0:0".parse().unwrap();
+        let e = Gossip::start(s).await.err().unwrap().to_string();
+        assert!(e.contains("others need an address"), "{e}");
+        assert!(
+            parse_listen("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("--gossip-listen")
+        );
+        assert!(
+            parse_join(&["1.2.3.4".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("--gossip-join")
+        );
+    }
+}
