@@ -294,6 +294,27 @@ async fn a_load_balancer_service_gets_an_address_from_the_pool_and_answers() -> 
         .run("client", &fetch(&format!("http://{ip}/")))
         .await?;
     assert!(out.starts_with("web-"), "{out}");
+    // The chart's L2Announcement of the pool makes one node answer ARP for
+    // the address and say so on the Service.
+    let nodes: Vec<String> = Api::<Node>::all(scope.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    let announcer = wait_for("the portico.dev/announced-by annotation", || async {
+        let svc = services.get("web").await?;
+        Ok(svc
+            .metadata
+            .annotations
+            .and_then(|a| a.get("portico.dev/announced-by").cloned()))
+    })
+    .await?;
+    assert!(
+        nodes.iter().any(|n| announcer.contains(n.as_str())),
+        "announced by {announcer:?}, not one of {nodes:?}"
+    );
     Ok(())
 }
 

@@ -68,6 +68,10 @@ ipPools:
   - name: e2e
     spec:
       addresses: ["$LB_RANGE"]
+l2Announcements:
+  - name: e2e
+    spec:
+      ipPools: [e2e]
 VALUES
 "$HELM" upgrade --install portico charts/portico --namespace kube-system \
   -f "$values" --wait --timeout 10m
