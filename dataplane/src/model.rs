@@ -194,6 +194,11 @@ impl Model {
         let mut shared: Vec<&Element> = self.shared.keys().collect();
         shared.sort();
         elements.extend(shared);
+        // One `add element` command per set (and thousand elements): nft
+        // pays for every command, and entry order alternates between the
+        // dispatch and slot maps. The sort is stable, so each set keeps
+        // entry order.
+        elements.sort_by_key(|el| (el.family, el.set));
 
         let wanted: BTreeSet<(Family, &str)> =
             chains.iter().map(|c| (c.family, c.name.as_str())).collect();
