@@ -829,7 +829,12 @@ fn render_affinity(
     let family = c.family;
     let f = family.nft();
     let p = proto(c.port.protocol);
-    for b in &c.all {
+    // Local endpoints are not always among all of them: when no local
+    // one is ready, serving and terminating local ones stand in.
+    let mut backends: Vec<Backend> = c.all.iter().chain(&c.local).copied().collect();
+    backends.sort();
+    backends.dedup_by_key(|b| (b.addr, b.port));
+    for b in &backends {
         let set = names::affinity_set(&c.spn, b.addr, b.port, timeout);
         r.sets.push(Set {
             family,

@@ -570,3 +570,35 @@ fn a_new_affinity_timeout_replaces_the_affinity_sets() {
     assert!(s.iter().any(|l| l.contains("timeout 900s")));
     assert_partial_equals_full(&p, &catalog);
 }
+
+#[test]
+fn affinity_with_only_a_terminating_local_endpoint_gets_its_chain() {
+    // Cluster-wide a ready endpoint elsewhere; on this node only a
+    // serving, terminating one, which the local chain falls back to.
+    let catalog = catalog(
+        &[svc("default", "sticky", "10.96.0.50")
+            .port("http", "TCP", 80)
+            .load_balancer("192.168.56.62", &[30085])
+            .etp_local(30901)
+            .affinity(60)],
+        &[slice(
+            "default",
+            "sticky-1",
+            "sticky",
+            &[("http", "TCP", 8080)],
+            &[
+                ep("10.244.2.2").on(OTHER_NODE),
+                ep("10.244.1.2").terminating(),
+            ],
+        )],
+    );
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    let chains = p.backend().chains(portico_dataplane::names::Family::Ipv4);
+    assert!(
+        chains
+            .iter()
+            .any(|c| c.starts_with("endpoint-") && c.ends_with("__10.244.1.2/8080")),
+        "{chains:?}"
+    );
+}
