@@ -4,8 +4,9 @@
 //!   family (they depend on the [`Config`] only).
 //! - [`render_service`]: what one Service adds: map elements keyed by its
 //!   entry points (addresses and NodePorts), shared set elements, pick
-//!   chains it needs, and, for `externalTrafficPolicy: Local` or session
-//!   affinity, chains and sets of its own.
+//!   chains it needs, and, for `externalTrafficPolicy: Local`, session
+//!   affinity or endpoints that serve one port on different numbers,
+//!   chains and sets of its own.
 //!
 //! Nothing here runs nft or reads the clock, so the whole ruleset is
 //! tested without root.
@@ -337,16 +338,26 @@ pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
         sets.push((
             service_backends(p),
             SetDecl::map(format!(
-                "typeof {f} daddr . {pr} dport . numgen random mod 1 : {f} daddr . {pr} dport"
+                "typeof {f} daddr . {pr} dport . numgen random mod 1 : {f} daddr"
             ))
             .comment("endpoint slots of Service addresses"),
         ));
         sets.push((
+            service_ports(p),
+            SetDecl::map(format!("typeof {f} daddr . {pr} dport : {pr} dport"))
+                .comment("endpoint port of Service addresses"),
+        ));
+        sets.push((
             nodeport_backends(p),
             SetDecl::map(format!(
-                "typeof {pr} dport . numgen random mod 1 : {f} daddr . {pr} dport"
+                "typeof {pr} dport . numgen random mod 1 : {f} daddr"
             ))
             .comment("endpoint slots of NodePorts"),
+        ));
+        sets.push((
+            nodeport_ports(p),
+            SetDecl::map(format!("typeof {pr} dport : {pr} dport"))
+                .comment("endpoint port of NodePorts"),
         ));
     }
 
@@ -456,6 +467,17 @@ struct PortCtx<'a> {
     local: Vec<Backend>,
 }
 
+impl PortCtx<'_> {
+    /// The port every usable endpoint listens on (local ones included);
+    /// `None` when they differ (a named port with different numbers in
+    /// different pods) or there is no endpoint.
+    fn target_port(&self) -> Option<u16> {
+        let mut ports = self.all.iter().chain(&self.local).map(|b| b.port);
+        let first = ports.next()?;
+        ports.all(|p| p == first).then_some(first)
+    }
+}
+
 /// What a Service adds to the ruleset. Headless and ExternalName Services
 /// add nothing.
 pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -> Rendered {
@@ -536,20 +558,34 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         }
     }
 
-    // Session affinity: kube-proxy's shape, per-Service chains.
-    let mut affinity_chains: Option<AffinityChains> = None;
-    if let Some(timeout) = affinity
-        && !c.all.is_empty()
-    {
-        affinity_chains = Some(render_affinity(
+    // Session affinity, or endpoints on different ports: kube-proxy's
+    // shape, per-Service chains. Otherwise the shared pick chains take the
+    // port from the entry's element in a ports map.
+    let target_port = c.target_port();
+    let mut service_chains: Option<ServiceChains> = None;
+    if !c.all.is_empty() && (affinity.is_some() || target_port.is_none()) {
+        service_chains = Some(render_chains(
             cfg,
             c,
-            timeout,
+            affinity,
             itp_local || etp_local,
             etp_local,
             r,
         ));
     }
+    // `addr . port : target port`, or `nodeport : target port`.
+    let port_of = |addr: Option<IpAddr>, port: u16| Element {
+        family,
+        set: match addr {
+            Some(_) => service_ports(c.port.protocol),
+            None => nodeport_ports(c.port.protocol),
+        },
+        key: match addr {
+            Some(a) => format!("{a} . {port}"),
+            None => port.to_string(),
+        },
+        value: Some(target_port.unwrap_or_default().to_string()),
+    };
 
     // The ClusterIP.
     let entry = Entry::Address {
@@ -567,11 +603,12 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         };
         els.push(element(family, NO_ENDPOINT_SERVICES, key, verdict));
     } else {
-        let verdict = match &affinity_chains {
+        let verdict = match &service_chains {
             Some(a) if itp_local => a.local.clone().unwrap_or_default(),
             Some(a) => a.service.clone(),
             None => {
                 els.extend(slots(c, c.cluster_ip, internal, 0));
+                els.push(port_of(Some(c.cluster_ip), port));
                 r.pick(
                     family,
                     Pick {
@@ -594,7 +631,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
     // externalIPs and LoadBalancer addresses.
     let external_chain = if c.all.is_empty() || c.external.is_empty() {
         None
-    } else if let Some(a) = &affinity_chains {
+    } else if let Some(a) = &service_chains {
         a.external.clone()
     } else if etp_local {
         let name = service_chain(ServiceChain::External, &c.spn);
@@ -643,14 +680,16 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         } else {
             let verdict = match &external_chain {
                 Some(v) => {
-                    if affinity_chains.is_none() {
+                    if service_chains.is_none() {
                         els.extend(slots(c, addr, &c.all, 0));
                         els.extend(slots(c, addr, &c.local, LOCAL_SLOT_OFFSET));
+                        els.push(port_of(Some(addr), port));
                     }
                     v.clone()
                 }
                 None => {
                     els.extend(slots(c, addr, &c.all, 0));
+                    els.push(port_of(Some(addr), port));
                     r.pick(
                         family,
                         Pick {
@@ -688,7 +727,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
                 format!("goto {REJECT_CHAIN}"),
             ));
         } else {
-            let verdict = if let Some(a) = &affinity_chains {
+            let verdict = if let Some(a) = &service_chains {
                 a.external.clone().unwrap_or_default()
             } else if etp_local {
                 let name = service_chain(ServiceChain::NodePort, &c.spn);
@@ -701,9 +740,11 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
                 });
                 els.extend(nodeport_slots(c, np, &c.all, 0));
                 els.extend(nodeport_slots(c, np, &c.local, LOCAL_SLOT_OFFSET));
+                els.push(port_of(None, np));
                 format!("goto {name}")
             } else {
                 els.extend(nodeport_slots(c, np, &c.all, 0));
+                els.push(port_of(None, np));
                 r.pick(
                     family,
                     Pick {
@@ -733,7 +774,8 @@ fn element(family: Family, set: &'static str, key: String, value: String) -> Ele
     }
 }
 
-/// `addr . port . slot : endpoint . port` elements.
+/// `addr . port . slot : endpoint` elements (the port is the entry's
+/// element in `service-ports-*`).
 fn slots(c: &PortCtx<'_>, addr: IpAddr, backends: &[Backend], offset: u32) -> Vec<Element> {
     let port = c.port.port;
     (0u32..)
@@ -742,12 +784,13 @@ fn slots(c: &PortCtx<'_>, addr: IpAddr, backends: &[Backend], offset: u32) -> Ve
             family: c.family,
             set: service_backends(c.port.protocol),
             key: format!("{addr} . {port} . {}", offset + i),
-            value: Some(format!("{} . {}", b.addr, b.port)),
+            value: Some(b.addr.to_string()),
         })
         .collect()
 }
 
-/// `nodeport . slot : endpoint . port` elements.
+/// `nodeport . slot : endpoint` elements (the port is in
+/// `nodeport-ports-*`).
 fn nodeport_slots(c: &PortCtx<'_>, np: u16, backends: &[Backend], offset: u32) -> Vec<Element> {
     (0u32..)
         .zip(backends)
@@ -755,7 +798,7 @@ fn nodeport_slots(c: &PortCtx<'_>, np: u16, backends: &[Backend], offset: u32) -
             family: c.family,
             set: nodeport_backends(c.port.protocol),
             key: format!("{np} . {}", offset + i),
-            value: Some(format!("{} . {}", b.addr, b.port)),
+            value: Some(b.addr.to_string()),
         })
         .collect()
 }
@@ -805,8 +848,9 @@ fn short_circuit(cfg: &Config, family: Family, f: &str, all: &str, local: String
     rules
 }
 
-/// The per-Service verdicts of a Service with session affinity.
-struct AffinityChains {
+/// The per-Service verdicts of a Service port with session affinity or
+/// with endpoints on different ports.
+struct ServiceChains {
     /// `goto service-…`.
     service: String,
     /// `goto local-…`, when there are local endpoints and a Local policy.
@@ -815,17 +859,18 @@ struct AffinityChains {
     external: Option<String>,
 }
 
-/// kube-proxy's shape: per endpoint a chain that records the client in
-/// the endpoint's affinity set and DNATs; the Service chain sends clients
-/// found in a set to that endpoint, others to one chosen at random.
-fn render_affinity(
+/// kube-proxy's shape: per endpoint a chain that DNATs (and with session
+/// affinity first records the client in the endpoint's affinity set); the
+/// Service chain sends clients found in a set to that endpoint, others to
+/// one chosen at random.
+fn render_chains(
     cfg: &Config,
     c: &PortCtx<'_>,
-    timeout: Duration,
+    timeout: Option<Duration>,
     want_local: bool,
     etp_local: bool,
     r: &mut Rendered,
-) -> AffinityChains {
+) -> ServiceChains {
     let family = c.family;
     let f = family.nft();
     let p = proto(c.port.protocol);
@@ -835,38 +880,43 @@ fn render_affinity(
     backends.sort();
     backends.dedup_by_key(|b| (b.addr, b.port));
     for b in &backends {
-        let set = names::affinity_set(&c.spn, b.addr, b.port, timeout);
-        r.sets.push(Set {
-            family,
-            name: set.clone(),
-            decl: SetDecl::set(format!("type {}", family.addr_type()))
-                .flags(&["dynamic", "timeout"])
-                .timeout(timeout),
-        });
+        let mut rules = Vec::new();
+        if let Some(timeout) = timeout {
+            let set = names::affinity_set(&c.spn, b.addr, b.port, timeout);
+            r.sets.push(Set {
+                family,
+                name: set.clone(),
+                decl: SetDecl::set(format!("type {}", family.addr_type()))
+                    .flags(&["dynamic", "timeout"])
+                    .timeout(timeout),
+            });
+            rules.push(format!("update @{set} {{ {f} saddr }}"));
+        }
+        rules.push(format!(
+            "meta l4proto {p} dnat {f} to {}",
+            addr_port(family, b.addr, b.port)
+        ));
         r.chains.push(Chain {
             family,
             name: endpoint_chain(&c.spn, b.addr, b.port),
             base: None,
-            rules: vec![
-                format!("update @{set} {{ {f} saddr }}"),
-                format!(
-                    "meta l4proto {p} dnat {f} to {}",
-                    addr_port(family, b.addr, b.port)
-                ),
-            ],
+            rules,
         });
     }
     let pick_chain = |backends: &[Backend]| -> Vec<String> {
-        let mut rules: Vec<String> = backends
-            .iter()
-            .map(|b| {
-                format!(
-                    "{f} saddr @{} goto {}",
-                    names::affinity_set(&c.spn, b.addr, b.port, timeout),
-                    endpoint_chain(&c.spn, b.addr, b.port)
-                )
-            })
-            .collect();
+        let mut rules: Vec<String> = match timeout {
+            Some(timeout) => backends
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{f} saddr @{} goto {}",
+                        names::affinity_set(&c.spn, b.addr, b.port, timeout),
+                        endpoint_chain(&c.spn, b.addr, b.port)
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let arms: Vec<String> = backends
             .iter()
             .enumerate()
@@ -922,7 +972,7 @@ fn render_affinity(
         });
         Some(format!("goto {name}"))
     };
-    AffinityChains {
+    ServiceChains {
         service: format!("goto {service}"),
         local,
         external,
