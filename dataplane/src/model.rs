@@ -196,9 +196,12 @@ impl Model {
         elements.extend(shared);
         // One `add element` command per set (and thousand elements): nft
         // pays for every command, and entry order alternates between the
-        // dispatch and slot maps. The sort is stable, so each set keeps
-        // entry order.
-        elements.sort_by_key(|el| (el.family, el.set));
+        // dispatch and slot maps. Each set keeps entry order.
+        let mut by_set: BTreeMap<(Family, &str), Vec<&Element>> = BTreeMap::new();
+        for el in elements {
+            by_set.entry((el.family, el.set)).or_default().push(el);
+        }
+        let elements: Vec<&Element> = by_set.into_values().flatten().collect();
 
         let wanted: BTreeSet<(Family, &str)> =
             chains.iter().map(|c| (c.family, c.name.as_str())).collect();

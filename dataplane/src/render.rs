@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use portico_catalog::{
     Endpoint, Protocol, ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -777,27 +778,36 @@ fn element(family: Family, set: &'static str, key: String, value: String) -> Ele
 /// `addr . port . slot : endpoint` elements (the port is the entry's
 /// element in `service-ports-*`).
 fn slots(c: &PortCtx<'_>, addr: IpAddr, backends: &[Backend], offset: u32) -> Vec<Element> {
-    let port = c.port.port;
+    let prefix = format!("{addr} . {} . ", c.port.port);
     (0u32..)
         .zip(backends)
         .map(|(i, b)| Element {
             family: c.family,
             set: service_backends(c.port.protocol),
-            key: format!("{addr} . {port} . {}", offset + i),
+            key: slot_key(&prefix, offset + i),
             value: Some(b.addr.to_string()),
         })
         .collect()
 }
 
+/// `<prefix><slot>`, without formatting the prefix again for every slot.
+fn slot_key(prefix: &str, slot: u32) -> String {
+    let mut key = String::with_capacity(prefix.len() + 7);
+    key.push_str(prefix);
+    let _ = write!(key, "{slot}");
+    key
+}
+
 /// `nodeport . slot : endpoint` elements (the port is in
 /// `nodeport-ports-*`).
 fn nodeport_slots(c: &PortCtx<'_>, np: u16, backends: &[Backend], offset: u32) -> Vec<Element> {
+    let prefix = format!("{np} . ");
     (0u32..)
         .zip(backends)
         .map(|(i, b)| Element {
             family: c.family,
             set: nodeport_backends(c.port.protocol),
-            key: format!("{np} . {}", offset + i),
+            key: slot_key(&prefix, offset + i),
             value: Some(b.addr.to_string()),
         })
         .collect()

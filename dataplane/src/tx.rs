@@ -245,7 +245,9 @@ impl Transaction {
     }
 
     fn text(&mut self, what: &str, text: &str) {
-        if self.error.is_none() && (text.trim().is_empty() || text.contains(['\n', ';', '#'])) {
+        if self.error.is_none()
+            && (text.trim().is_empty() || text.bytes().any(|b| matches!(b, b'\n' | b';' | b'#')))
+        {
             self.error = Some(Error::InvalidName {
                 what: what.to_owned(),
                 name: text.to_owned(),
