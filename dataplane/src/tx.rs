@@ -37,6 +37,9 @@ pub struct SetDecl {
     pub flags: Vec<&'static str>,
     /// The default timeout of elements.
     pub timeout: Option<Duration>,
+    /// The most elements it may hold (the kernel then sizes its hash
+    /// table once instead of growing it while elements arrive).
+    pub size: Option<u32>,
     /// What it holds.
     pub comment: Option<&'static str>,
 }
@@ -49,6 +52,7 @@ impl SetDecl {
             type_: type_.into(),
             flags: Vec::new(),
             timeout: None,
+            size: None,
             comment: None,
         }
     }
@@ -78,6 +82,12 @@ impl SetDecl {
         self.timeout = Some(timeout);
         self
     }
+
+    /// With a maximum number of elements.
+    pub fn size(mut self, size: u32) -> Self {
+        self.size = Some(size);
+        self
+    }
 }
 
 impl fmt::Display for SetDecl {
@@ -88,6 +98,9 @@ impl fmt::Display for SetDecl {
         }
         if let Some(t) = self.timeout {
             write!(f, " timeout {} ;", crate::names::seconds(t))?;
+        }
+        if let Some(n) = self.size {
+            write!(f, " size {n} ;")?;
         }
         if let Some(c) = self.comment {
             write!(f, " comment \"{c}\" ;")?;
