@@ -613,7 +613,7 @@ impl FakeNft {
                 }
                 let s = t
                     .sets
-                    .get_mut(set)
+                    .get_mut(*set)
                     .ok_or_else(|| format!("add element: no set {set}"))?;
                 if (s.decl.kind == SetKind::Map) != value.is_some() {
                     return Err(format!("add element {key}: wrong shape for {set}"));
@@ -630,7 +630,7 @@ impl FakeNft {
             Op::DeleteElement { family, set, key } => {
                 let t = get(tables, *family)?;
                 t.sets
-                    .get_mut(set)
+                    .get_mut(*set)
                     .ok_or_else(|| format!("delete element: no set {set}"))?
                     .elements
                     .remove(key)

@@ -151,7 +151,12 @@ impl Model {
             self.owners.entry(*entry).or_default().insert(key.clone());
         }
         for el in &r.shared {
-            *self.shared.entry(el.clone()).or_default() += 1;
+            match self.shared.get_mut(el) {
+                Some(n) => *n += 1,
+                None => {
+                    self.shared.insert(el.clone(), 1);
+                }
+            }
         }
         for p in &r.picks {
             self.picks.insert(*p);
@@ -251,6 +256,8 @@ impl Model {
         let no_existing = Existing::default();
         let exists = |f: Family| existing.get(&f).unwrap_or(&no_existing);
 
+        let rules: usize = chains.iter().map(|c| c.rules.len()).sum();
+        tx.reserve(elements.len() + rules + 3 * chains.len() + 2 * sets.len());
         for family in Family::ALL {
             tx.add_table(family);
         }

@@ -459,7 +459,7 @@ pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
 /// What one Service port needs, for one family.
 struct PortCtx<'a> {
     family: Family,
-    spn: ServicePortName,
+    svc: &'a ServiceInfo,
     port: &'a ServicePort,
     cluster_ip: IpAddr,
     external: Vec<IpAddr>,
@@ -469,6 +469,17 @@ struct PortCtx<'a> {
 }
 
 impl PortCtx<'_> {
+    /// The Service port as generated names spell it (only Service ports
+    /// with chains of their own need it).
+    fn spn(&self) -> ServicePortName {
+        ServicePortName {
+            namespace: self.svc.namespace.clone(),
+            name: self.svc.name.clone(),
+            protocol: self.port.protocol,
+            port: self.port.port,
+        }
+    }
+
     /// The port every usable endpoint listens on (local ones included);
     /// `None` when they differ (a named port with different numbers in
     /// different pods) or there is no endpoint.
@@ -505,12 +516,7 @@ pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -
         for port in &svc.ports {
             let ctx = PortCtx {
                 family,
-                spn: ServicePortName {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                    protocol: port.protocol,
-                    port: port.port,
-                },
+                svc,
                 port,
                 cluster_ip,
                 external: external.clone(),
@@ -635,7 +641,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
     } else if let Some(a) = &service_chains {
         a.external.clone()
     } else if etp_local {
-        let name = service_chain(ServiceChain::External, &c.spn);
+        let name = service_chain(ServiceChain::External, &c.spn());
         let rules = external_rules(cfg, c, PickEntry::Address, r);
         r.chains.push(Chain {
             family,
@@ -731,7 +737,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
             let verdict = if let Some(a) = &service_chains {
                 a.external.clone().unwrap_or_default()
             } else if etp_local {
-                let name = service_chain(ServiceChain::NodePort, &c.spn);
+                let name = service_chain(ServiceChain::NodePort, &c.spn());
                 let rules = external_rules(cfg, c, PickEntry::NodePort, r);
                 r.chains.push(Chain {
                     family,
@@ -884,6 +890,7 @@ fn render_chains(
     let family = c.family;
     let f = family.nft();
     let p = proto(c.port.protocol);
+    let spn = c.spn();
     // Local endpoints are not always among all of them: when no local
     // one is ready, serving and terminating local ones stand in.
     let mut backends: Vec<Backend> = c.all.iter().chain(&c.local).copied().collect();
@@ -892,7 +899,7 @@ fn render_chains(
     for b in &backends {
         let mut rules = Vec::new();
         if let Some(timeout) = timeout {
-            let set = names::affinity_set(&c.spn, b.addr, b.port, timeout);
+            let set = names::affinity_set(&spn, b.addr, b.port, timeout);
             r.sets.push(Set {
                 family,
                 name: set.clone(),
@@ -908,7 +915,7 @@ fn render_chains(
         ));
         r.chains.push(Chain {
             family,
-            name: endpoint_chain(&c.spn, b.addr, b.port),
+            name: endpoint_chain(&spn, b.addr, b.port),
             base: None,
             rules,
         });
@@ -920,8 +927,8 @@ fn render_chains(
                 .map(|b| {
                     format!(
                         "{f} saddr @{} goto {}",
-                        names::affinity_set(&c.spn, b.addr, b.port, timeout),
-                        endpoint_chain(&c.spn, b.addr, b.port)
+                        names::affinity_set(&spn, b.addr, b.port, timeout),
+                        endpoint_chain(&spn, b.addr, b.port)
                     )
                 })
                 .collect(),
@@ -930,7 +937,7 @@ fn render_chains(
         let arms: Vec<String> = backends
             .iter()
             .enumerate()
-            .map(|(i, b)| format!("{i} : goto {}", endpoint_chain(&c.spn, b.addr, b.port)))
+            .map(|(i, b)| format!("{i} : goto {}", endpoint_chain(&spn, b.addr, b.port)))
             .collect();
         rules.push(format!(
             "numgen random mod {} vmap {{ {} }}",
@@ -939,7 +946,7 @@ fn render_chains(
         ));
         rules
     };
-    let service = service_chain(ServiceChain::Service, &c.spn);
+    let service = service_chain(ServiceChain::Service, &spn);
     r.chains.push(Chain {
         family,
         name: service.clone(),
@@ -947,7 +954,7 @@ fn render_chains(
         rules: pick_chain(&c.all),
     });
     let local = if want_local && !c.local.is_empty() {
-        let name = service_chain(ServiceChain::Local, &c.spn);
+        let name = service_chain(ServiceChain::Local, &spn);
         r.chains.push(Chain {
             family,
             name: name.clone(),
@@ -961,7 +968,7 @@ fn render_chains(
     let external = if c.external.is_empty() && c.node_port.is_none() {
         None
     } else {
-        let name = service_chain(ServiceChain::External, &c.spn);
+        let name = service_chain(ServiceChain::External, &spn);
         let to_service = format!("goto {service}");
         let rules = if etp_local {
             short_circuit(

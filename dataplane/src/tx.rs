@@ -179,8 +179,8 @@ pub enum Op {
     AddElement {
         /// Family.
         family: Family,
-        /// Set or map.
-        set: String,
+        /// Set or map (a static one: Portico adds elements to no other).
+        set: &'static str,
         /// Key, in nft syntax.
         key: String,
         /// Value of a map element.
@@ -190,8 +190,8 @@ pub enum Op {
     DeleteElement {
         /// Family.
         family: Family,
-        /// Set or map.
-        set: String,
+        /// Set or map (a static one).
+        set: &'static str,
         /// Key.
         key: String,
     },
@@ -218,6 +218,11 @@ impl Transaction {
     /// An empty transaction.
     pub fn new() -> Self {
         Transaction::default()
+    }
+
+    /// Makes room for `additional` more operations.
+    pub fn reserve(&mut self, additional: usize) {
+        self.ops.reserve(additional);
     }
 
     /// The operations, in order.
@@ -357,7 +362,13 @@ impl Transaction {
     }
 
     /// `add element`.
-    pub fn add_element(&mut self, family: Family, set: &str, key: &str, value: Option<&str>) {
+    pub fn add_element(
+        &mut self,
+        family: Family,
+        set: &'static str,
+        key: &str,
+        value: Option<&str>,
+    ) {
         self.name("set", set);
         self.text("element key", key);
         if let Some(v) = value {
@@ -365,19 +376,19 @@ impl Transaction {
         }
         self.ops.push(Op::AddElement {
             family,
-            set: set.to_owned(),
+            set,
             key: key.to_owned(),
             value: value.map(str::to_owned),
         });
     }
 
     /// `delete element`.
-    pub fn delete_element(&mut self, family: Family, set: &str, key: &str) {
+    pub fn delete_element(&mut self, family: Family, set: &'static str, key: &str) {
         self.name("set", set);
         self.text("element key", key);
         self.ops.push(Op::DeleteElement {
             family,
-            set: set.to_owned(),
+            set,
             key: key.to_owned(),
         });
     }
