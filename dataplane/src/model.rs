@@ -14,9 +14,10 @@ use crate::render::{
     Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
 };
 use crate::tx::{SetKind, Transaction};
-use portico_catalog::{Catalog, ServiceKey};
+use portico_catalog::{Catalog, Endpoint, ServiceInfo, ServiceKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What exists in one family's table, as listed from the kernel (names
 /// only: listing elements costs as much as writing them).
@@ -74,7 +75,12 @@ pub fn precreated_picks() -> impl Iterator<Item = (Family, Pick)> {
 /// The installed ruleset, per Service.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    services: HashMap<ServiceKey, Rendered>,
+    services: HashMap<ServiceKey, Arc<Rendered>>,
+    /// What each Service was rendered from by the last full sync (under
+    /// `rendered_with`), while it stays unchanged: a later full sync reuses
+    /// its rules when the catalog still holds the same allocations.
+    inputs: HashMap<ServiceKey, Inputs>,
+    rendered_with: Option<Config>,
     owners: HashMap<Entry, BTreeSet<ServiceKey>>,
     shared: HashMap<Element, u32>,
     picks: BTreeSet<(Family, Pick)>,
@@ -83,6 +89,26 @@ pub struct Model {
     static_chains: usize,
     /// Static hash sets: (elements, declared size).
     sizes: HashMap<(Family, &'static str), (usize, u32)>,
+}
+
+/// The catalog entries a Service was rendered from.
+#[derive(Clone, Debug)]
+struct Inputs {
+    service: Arc<ServiceInfo>,
+    endpoints: Option<Arc<[Endpoint]>>,
+}
+
+impl Inputs {
+    /// The same allocations (so the same content: the catalog replaces an
+    /// entry when it changes).
+    fn same(&self, other: &Inputs) -> bool {
+        Arc::ptr_eq(&self.service, &other.service)
+            && match (&self.endpoints, &other.endpoints) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
 }
 
 /// The UDP flows to forget after a sync: (original destination, endpoint).
@@ -120,7 +146,7 @@ impl Model {
 
     /// What one Service contributed.
     pub fn service(&self, key: &ServiceKey) -> Option<&Rendered> {
-        self.services.get(key)
+        self.services.get(key).map(|r| &**r)
     }
 
     /// Services that claim an entry point another Service holds.
@@ -137,16 +163,38 @@ impl Model {
 
     /// Renders every Service of the catalog.
     pub fn build(cfg: &Config, catalog: &Catalog) -> Model {
-        let mut m = Model::default();
+        Model::rebuild(cfg, catalog, &Model::default())
+    }
+
+    /// Renders every Service of the catalog, reusing the rules `previous`
+    /// rendered for Services whose catalog entries are the very same
+    /// (rendering is pure: the same configuration, Service and endpoints
+    /// give the same rules).
+    pub fn rebuild(cfg: &Config, catalog: &Catalog, previous: &Model) -> Model {
+        let reuse = previous.rendered_with.as_ref() == Some(cfg);
+        let mut m = Model {
+            rendered_with: Some(cfg.clone()),
+            ..Model::default()
+        };
         for svc in catalog.services() {
             let key = svc.key();
-            let r = render_service(cfg, svc, catalog.endpoints(&key));
+            let inputs = Inputs {
+                service: Arc::clone(svc),
+                endpoints: catalog.endpoints_shared(&key).cloned(),
+            };
+            let r = match previous.services.get(&key) {
+                Some(r) if reuse && previous.inputs.get(&key).is_some_and(|i| i.same(&inputs)) => {
+                    Arc::clone(r)
+                }
+                _ => Arc::new(render_service(cfg, svc, catalog.endpoints(&key))),
+            };
+            m.inputs.insert(key.clone(), inputs);
             m.insert(key, r);
         }
         m
     }
 
-    fn insert(&mut self, key: ServiceKey, r: Rendered) {
+    fn insert(&mut self, key: ServiceKey, r: Arc<Rendered>) {
         for (entry, _) in &r.entries {
             self.owners.entry(*entry).or_default().insert(key.clone());
         }
@@ -336,7 +384,7 @@ impl Model {
         let mut shared_delta: BTreeMap<Element, i64> = BTreeMap::new();
 
         for (key, new) in &updates {
-            let old = self.services.get(key);
+            let old = self.services.get(key).map(|r| &**r);
             for (entry, _) in old
                 .iter()
                 .flat_map(|r| &r.entries)
@@ -398,6 +446,8 @@ impl Model {
 
         // Apply the updates to the model.
         for (key, new) in updates {
+            // Rendered outside a full sync: not reused by the next one.
+            self.inputs.remove(&key);
             if let Some(old) = self.services.remove(&key) {
                 for (entry, _) in &old.entries {
                     if let Some(o) = self.owners.get_mut(entry) {
@@ -412,7 +462,7 @@ impl Model {
                 for (entry, _) in &r.entries {
                     self.owners.entry(*entry).or_default().insert(key.clone());
                 }
-                self.services.insert(key, r);
+                self.services.insert(key, Arc::new(r));
             }
         }
 

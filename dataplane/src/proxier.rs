@@ -149,7 +149,7 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         for family in Family::ALL {
             existing.insert(family, self.backend.list(family)?);
         }
-        let mut model = Model::build(&self.config, catalog);
+        let mut model = Model::rebuild(&self.config, catalog, &self.model);
         let tx = model.full_transaction(&self.config, &existing);
         self.backend.apply(&tx)?;
         let old = std::mem::replace(&mut self.model, model);

@@ -672,3 +672,42 @@ fn a_partial_sync_that_would_outgrow_a_set_is_done_as_a_full_one() {
     assert_eq!(p.sync(&catalog, &changes).unwrap().kind, SyncKind::Partial);
     assert_partial_equals_full(&p, &catalog);
 }
+
+#[test]
+fn a_full_sync_reuses_the_rules_of_services_that_did_not_change() {
+    let (services, mut slices) = showcase();
+    let mut catalog = catalog(&services, &slices);
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    let web = key("default", "web");
+    let lb = key("default", "lb");
+    let ptr = |p: &Proxier<FakeNft, RecordingConntrack>, k: &ServiceKey| {
+        std::ptr::from_ref(p.model().service(k).unwrap())
+    };
+    let (web_before, lb_before) = (ptr(&p, &web), ptr(&p, &lb));
+
+    // web's endpoints change (no sync in between); lb does not.
+    slices[0] = slice("default", "web-1", "web", &HTTP, &[ep("10.244.1.2")]);
+    catalog.apply_slice(&slices[0]);
+    catalog.take_changes();
+    p.full_sync(&catalog).unwrap();
+    assert_ne!(ptr(&p, &web), web_before);
+    assert_eq!(ptr(&p, &lb), lb_before);
+    assert_partial_equals_full(&p, &catalog);
+
+    // A Service changed by a partial sync is rendered again by the next
+    // full sync; another configuration renders everything again.
+    slices[0] = slice("default", "web-1", "web", &HTTP, &[ep("10.244.2.2")]);
+    catalog.apply_slice(&slices[0]);
+    let changes = catalog.take_changes();
+    p.sync(&catalog, &changes).unwrap();
+    let web_partial = ptr(&p, &web);
+    p.full_sync(&catalog).unwrap();
+    assert_ne!(ptr(&p, &web), web_partial);
+    assert_eq!(ptr(&p, &lb), lb_before);
+    let mut cfg = config();
+    cfg.cluster_cidrs.pop();
+    p.set_config(cfg);
+    p.full_sync(&catalog).unwrap();
+    assert_ne!(ptr(&p, &lb), lb_before);
+}
