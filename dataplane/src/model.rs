@@ -75,11 +75,8 @@ pub fn precreated_picks() -> impl Iterator<Item = (Family, Pick)> {
 /// The installed ruleset, per Service.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    services: HashMap<ServiceKey, Arc<Rendered>>,
-    /// What each Service was rendered from by the last full sync (under
-    /// `rendered_with`), while it stays unchanged: a later full sync reuses
-    /// its rules when the catalog still holds the same allocations.
-    inputs: HashMap<ServiceKey, Inputs>,
+    services: HashMap<ServiceKey, Installed>,
+    /// The configuration of the last full sync's rendering.
     rendered_with: Option<Config>,
     owners: HashMap<Entry, BTreeSet<ServiceKey>>,
     shared: HashMap<Element, u32>,
@@ -89,6 +86,16 @@ pub struct Model {
     static_chains: usize,
     /// Static hash sets: (elements, declared size).
     sizes: HashMap<(Family, &'static str), (usize, u32)>,
+}
+
+/// What a Service contributes, and what a full sync rendered it from.
+#[derive(Clone, Debug)]
+struct Installed {
+    rules: Arc<Rendered>,
+    /// Set by a full sync (under `Model::rendered_with`), cleared when a
+    /// partial sync renders the Service again: a later full sync reuses
+    /// `rules` while the catalog holds the same allocations.
+    inputs: Option<Inputs>,
 }
 
 /// The catalog entries a Service was rendered from.
@@ -141,12 +148,14 @@ impl Model {
 
     /// Every UDP flow the ruleset NATs: (original destination, endpoint).
     pub fn udp_flows(&self) -> impl Iterator<Item = (ConntrackTarget, IpAddr)> + '_ {
-        self.services.values().flat_map(|r| r.udp.iter().copied())
+        self.services
+            .values()
+            .flat_map(|s| s.rules.udp.iter().copied())
     }
 
     /// What one Service contributed.
     pub fn service(&self, key: &ServiceKey) -> Option<&Rendered> {
-        self.services.get(key).map(|r| &**r)
+        self.services.get(key).map(|s| &*s.rules)
     }
 
     /// Services that claim an entry point another Service holds.
@@ -182,19 +191,25 @@ impl Model {
                 service: Arc::clone(svc),
                 endpoints: catalog.endpoints_shared(&key).cloned(),
             };
-            let r = match previous.services.get(&key) {
-                Some(r) if reuse && previous.inputs.get(&key).is_some_and(|i| i.same(&inputs)) => {
-                    Arc::clone(r)
+            let rules = match previous.services.get(&key) {
+                Some(s) if reuse && s.inputs.as_ref().is_some_and(|i| i.same(&inputs)) => {
+                    Arc::clone(&s.rules)
                 }
                 _ => Arc::new(render_service(cfg, svc, catalog.endpoints(&key))),
             };
-            m.inputs.insert(key.clone(), inputs);
-            m.insert(key, r);
+            m.insert(
+                key,
+                Installed {
+                    rules,
+                    inputs: Some(inputs),
+                },
+            );
         }
         m
     }
 
-    fn insert(&mut self, key: ServiceKey, r: Arc<Rendered>) {
+    fn insert(&mut self, key: ServiceKey, installed: Installed) {
+        let r = &installed.rules;
         for (entry, _) in &r.entries {
             self.owners.entry(*entry).or_default().insert(key.clone());
         }
@@ -209,7 +224,7 @@ impl Model {
         for p in &r.picks {
             self.picks.insert(*p);
         }
-        self.services.insert(key, r);
+        self.services.insert(key, installed);
     }
 
     /// The elements an entry has now (its winner's).
@@ -218,7 +233,7 @@ impl Model {
             .get(entry)
             .and_then(|o| o.first())
             .and_then(|k| self.services.get(k))
-            .and_then(|r| r.entry(entry))
+            .and_then(|s| s.rules.entry(entry))
             .unwrap_or(&[])
     }
 
@@ -263,7 +278,7 @@ impl Model {
         let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
         keys.sort();
         for k in &keys {
-            let r = &self.services[*k];
+            let r = &self.services[*k].rules;
             chains.extend(r.chains.iter().cloned());
             for s in &r.sets {
                 sets.push((s.family, s.name.clone(), s.decl.clone(), false));
@@ -384,7 +399,7 @@ impl Model {
         let mut shared_delta: BTreeMap<Element, i64> = BTreeMap::new();
 
         for (key, new) in &updates {
-            let old = self.services.get(key).map(|r| &**r);
+            let old = self.services.get(key).map(|s| &*s.rules);
             for (entry, _) in old
                 .iter()
                 .flat_map(|r| &r.entries)
@@ -446,10 +461,8 @@ impl Model {
 
         // Apply the updates to the model.
         for (key, new) in updates {
-            // Rendered outside a full sync: not reused by the next one.
-            self.inputs.remove(&key);
             if let Some(old) = self.services.remove(&key) {
-                for (entry, _) in &old.entries {
+                for (entry, _) in &old.rules.entries {
                     if let Some(o) = self.owners.get_mut(entry) {
                         o.remove(&key);
                         if o.is_empty() {
@@ -462,7 +475,14 @@ impl Model {
                 for (entry, _) in &r.entries {
                     self.owners.entry(*entry).or_default().insert(key.clone());
                 }
-                self.services.insert(key, Arc::new(r));
+                // Rendered outside a full sync: not reused by the next one.
+                self.services.insert(
+                    key,
+                    Installed {
+                        rules: Arc::new(r),
+                        inputs: None,
+                    },
+                );
             }
         }
 
@@ -565,7 +585,7 @@ impl Model {
             + self
                 .services
                 .values()
-                .map(|r| r.chains.len())
+                .map(|s| s.rules.chains.len())
                 .sum::<usize>();
     }
 }
