@@ -127,6 +127,12 @@ impl Catalog {
         self.endpoints.get(key).map_or(&[], |e| e)
     }
 
+    /// The same endpoints, shared: an unchanged Service keeps the same
+    /// allocation, so a consumer can tell "unchanged" by pointer.
+    pub fn endpoints_shared(&self, key: &ServiceKey) -> Option<&Arc<[Endpoint]>> {
+        self.endpoints.get(key)
+    }
+
     /// Whether a pod in `namespace` holds `address`.
     pub fn has_pod_address(&self, namespace: &str, address: IpAddr) -> bool {
         self.pod_addresses

@@ -326,25 +326,28 @@ impl Backend for Nft {
         // Names only: `list table` would fetch every element too.
         let f = family.nft();
         // Every table of the family is listed; the parser keeps Portico's.
-        let mut ex = parse_listing(&self.run(&["-j", "list", "chains", f], None)?)?;
-        for what in ["sets", "maps"] {
-            ex.sets
-                .extend(parse_listing(&self.run(&["-t", "-j", "list", what, f], None)?)?.sets);
-        }
-        Ok(ex)
+        // One nft for the three listings (each one costs a process).
+        let cmds = format!("list chains {f} ; list sets {f} ; list maps {f}");
+        parse_listing(&self.run(&["-t", "-j", &cmds], None)?)
     }
 }
 
-/// Chain and set names from `nft -j list …`.
+/// Chain and set names from `nft -j list …` (one JSON document per list
+/// command).
 pub fn parse_listing(json: &str) -> Result<Existing> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| Error::Parse(e.to_string()))?;
-    let items = v
-        .get("nftables")
-        .and_then(|n| n.as_array())
-        .ok_or_else(|| Error::Parse("no \"nftables\" array".into()))?;
+    let mut items = Vec::new();
+    for v in serde_json::Deserializer::from_str(json).into_iter::<serde_json::Value>() {
+        let mut v = v.map_err(|e| Error::Parse(e.to_string()))?;
+        match v.get_mut("nftables").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(a)) => items.extend(a),
+            _ => return Err(Error::Parse("no \"nftables\" array".into())),
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::Parse("no \"nftables\" array".into()));
+    }
     let mut ex = Existing::default();
-    for item in items {
+    for item in &items {
         let name = |kind: &str| {
             item.get(kind)
                 .filter(|o| o.get("table").and_then(|t| t.as_str()) == Some(TABLE))
@@ -610,7 +613,7 @@ impl FakeNft {
                 }
                 let s = t
                     .sets
-                    .get_mut(set)
+                    .get_mut(*set)
                     .ok_or_else(|| format!("add element: no set {set}"))?;
                 if (s.decl.kind == SetKind::Map) != value.is_some() {
                     return Err(format!("add element {key}: wrong shape for {set}"));
@@ -627,7 +630,7 @@ impl FakeNft {
             Op::DeleteElement { family, set, key } => {
                 let t = get(tables, *family)?;
                 t.sets
-                    .get_mut(set)
+                    .get_mut(*set)
                     .ok_or_else(|| format!("delete element: no set {set}"))?
                     .elements
                     .remove(key)
@@ -745,7 +748,8 @@ mod tests {
         let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "ip", "name": "portico", "handle": 1}},
             {"chain": {"family": "ip", "table": "portico", "name": "services", "handle": 2}},
-            {"chain": {"family": "ip", "table": "portico", "name": "nat-output", "handle": 3, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "portico", "name": "nat-output", "handle": 3, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}]}
+            {"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"set": {"family": "ip", "name": "affinity-X-a/b/tcp/80__10.0.0.1/80", "table": "portico", "type": "ipv4_addr"}},
             {"map": {"family": "ip", "name": "service-ips", "table": "portico", "type": "ipv4_addr", "map": "verdict"}},
             {"rule": {"family": "ip", "table": "portico", "chain": "services", "handle": 4, "expr": []}}]}"#;

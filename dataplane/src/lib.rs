@@ -8,7 +8,7 @@
 //!   render (pure) ──> Model (installed state) ──> Transaction ──> Backend: nft -f - | FakeNft
 //!                                  └─ stale UDP flows ──> Conntrack
 //!
-//!  packet: services ──vmap @service-ips──> pick-N ──dnat via @service-backends-*──> endpoint
+//!  packet: services ──vmap @service-ips──> pick-N ──dnat to @service-backends-* : @service-ports-*──> endpoint
 //! ```
 //!
 //! `portico node` runs it on every node; `portico local --dataplane` runs

@@ -14,9 +14,10 @@ use crate::render::{
     Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
 };
 use crate::tx::{SetKind, Transaction};
-use portico_catalog::{Catalog, ServiceKey};
+use portico_catalog::{Catalog, Endpoint, ServiceInfo, ServiceKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What exists in one family's table, as listed from the kernel (names
 /// only: listing elements costs as much as writing them).
@@ -37,6 +38,24 @@ pub struct Existing {
 /// kernel walk every element of them (about 100 ms at 500,000).
 pub const PRECREATED_PICKS: usize = 16;
 
+/// The smallest size a static hash set or map is declared with. A full
+/// sync declares each one with room for twice the elements it writes (a
+/// power of two, at least this): the kernel then allocates its hash table
+/// once, where growing it while 100,000 elements arrive costs about a
+/// tenth of nft's time. A partial sync that would fill a set beyond its
+/// size is done as a full sync.
+pub const MIN_SET_SIZE: u32 = 1024;
+
+/// The size a static set is declared with when a full sync writes `count`
+/// elements into it.
+pub fn set_size(count: usize) -> u32 {
+    u32::try_from(count.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .max(MIN_SET_SIZE)
+        .checked_next_power_of_two()
+        .unwrap_or(u32::MAX)
+}
+
 /// The pick chains every table has.
 pub fn precreated_picks() -> impl Iterator<Item = (Family, Pick)> {
     Family::ALL.into_iter().flat_map(|family| {
@@ -56,13 +75,47 @@ pub fn precreated_picks() -> impl Iterator<Item = (Family, Pick)> {
 /// The installed ruleset, per Service.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    services: HashMap<ServiceKey, Rendered>,
+    services: HashMap<ServiceKey, Installed>,
+    /// The configuration of the last full sync's rendering.
+    rendered_with: Option<Config>,
     owners: HashMap<Entry, BTreeSet<ServiceKey>>,
     shared: HashMap<Element, u32>,
     picks: BTreeSet<(Family, Pick)>,
     elements: usize,
     chains: usize,
     static_chains: usize,
+    /// Static hash sets: (elements, declared size).
+    sizes: HashMap<(Family, &'static str), (usize, u32)>,
+}
+
+/// What a Service contributes, and what a full sync rendered it from.
+#[derive(Clone, Debug)]
+struct Installed {
+    rules: Arc<Rendered>,
+    /// Set by a full sync (under `Model::rendered_with`), cleared when a
+    /// partial sync renders the Service again: a later full sync reuses
+    /// `rules` while the catalog holds the same allocations.
+    inputs: Option<Inputs>,
+}
+
+/// The catalog entries a Service was rendered from.
+#[derive(Clone, Debug)]
+struct Inputs {
+    service: Arc<ServiceInfo>,
+    endpoints: Option<Arc<[Endpoint]>>,
+}
+
+impl Inputs {
+    /// The same allocations (so the same content: the catalog replaces an
+    /// entry when it changes).
+    fn same(&self, other: &Inputs) -> bool {
+        Arc::ptr_eq(&self.service, &other.service)
+            && match (&self.endpoints, &other.endpoints) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
 }
 
 /// The UDP flows to forget after a sync: (original destination, endpoint).
@@ -80,6 +133,14 @@ impl Model {
         self.elements
     }
 
+    /// Whether a static set holds more elements than it was declared for
+    /// (after a partial transaction that the kernel would refuse).
+    pub fn outgrown(&self) -> bool {
+        self.sizes
+            .values()
+            .any(|&(count, size)| count > size as usize)
+    }
+
     /// The number of Services with rules.
     pub fn service_count(&self) -> usize {
         self.services.len()
@@ -87,12 +148,14 @@ impl Model {
 
     /// Every UDP flow the ruleset NATs: (original destination, endpoint).
     pub fn udp_flows(&self) -> impl Iterator<Item = (ConntrackTarget, IpAddr)> + '_ {
-        self.services.values().flat_map(|r| r.udp.iter().copied())
+        self.services
+            .values()
+            .flat_map(|s| s.rules.udp.iter().copied())
     }
 
     /// What one Service contributed.
     pub fn service(&self, key: &ServiceKey) -> Option<&Rendered> {
-        self.services.get(key)
+        self.services.get(key).map(|s| &*s.rules)
     }
 
     /// Services that claim an entry point another Service holds.
@@ -109,26 +172,59 @@ impl Model {
 
     /// Renders every Service of the catalog.
     pub fn build(cfg: &Config, catalog: &Catalog) -> Model {
-        let mut m = Model::default();
+        Model::rebuild(cfg, catalog, &Model::default())
+    }
+
+    /// Renders every Service of the catalog, reusing the rules `previous`
+    /// rendered for Services whose catalog entries are the very same
+    /// (rendering is pure: the same configuration, Service and endpoints
+    /// give the same rules).
+    pub fn rebuild(cfg: &Config, catalog: &Catalog, previous: &Model) -> Model {
+        let reuse = previous.rendered_with.as_ref() == Some(cfg);
+        let mut m = Model {
+            rendered_with: Some(cfg.clone()),
+            ..Model::default()
+        };
         for svc in catalog.services() {
             let key = svc.key();
-            let r = render_service(cfg, svc, catalog.endpoints(&key));
-            m.insert(key, r);
+            let inputs = Inputs {
+                service: Arc::clone(svc),
+                endpoints: catalog.endpoints_shared(&key).cloned(),
+            };
+            let rules = match previous.services.get(&key) {
+                Some(s) if reuse && s.inputs.as_ref().is_some_and(|i| i.same(&inputs)) => {
+                    Arc::clone(&s.rules)
+                }
+                _ => Arc::new(render_service(cfg, svc, catalog.endpoints(&key))),
+            };
+            m.insert(
+                key,
+                Installed {
+                    rules,
+                    inputs: Some(inputs),
+                },
+            );
         }
         m
     }
 
-    fn insert(&mut self, key: ServiceKey, r: Rendered) {
+    fn insert(&mut self, key: ServiceKey, installed: Installed) {
+        let r = &installed.rules;
         for (entry, _) in &r.entries {
             self.owners.entry(*entry).or_default().insert(key.clone());
         }
         for el in &r.shared {
-            *self.shared.entry(el.clone()).or_default() += 1;
+            match self.shared.get_mut(el) {
+                Some(n) => *n += 1,
+                None => {
+                    self.shared.insert(el.clone(), 1);
+                }
+            }
         }
         for p in &r.picks {
             self.picks.insert(*p);
         }
-        self.services.insert(key, r);
+        self.services.insert(key, installed);
     }
 
     /// The elements an entry has now (its winner's).
@@ -137,7 +233,7 @@ impl Model {
             .get(entry)
             .and_then(|o| o.first())
             .and_then(|k| self.services.get(k))
-            .and_then(|r| r.entry(entry))
+            .and_then(|s| s.rules.entry(entry))
             .unwrap_or(&[])
     }
 
@@ -155,6 +251,7 @@ impl Model {
         let mut chains: Vec<Chain> = Vec::new();
         // (family, name, declaration, static)
         let mut sets: Vec<(Family, String, crate::tx::SetDecl, bool)> = Vec::new();
+        let mut static_names: Vec<(Family, &'static str)> = Vec::new();
         let mut elements: Vec<&Element> = Vec::new();
         let statics: Vec<_> = Family::ALL
             .iter()
@@ -164,6 +261,7 @@ impl Model {
             chains.extend(s.chains.iter().cloned());
             for (name, decl) in &s.sets {
                 sets.push((*family, (*name).to_owned(), decl.clone(), true));
+                static_names.push((*family, name));
             }
             elements.extend(&s.elements);
         }
@@ -180,7 +278,7 @@ impl Model {
         let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
         keys.sort();
         for k in &keys {
-            let r = &self.services[*k];
+            let r = &self.services[*k].rules;
             chains.extend(r.chains.iter().cloned());
             for s in &r.sets {
                 sets.push((s.family, s.name.clone(), s.decl.clone(), false));
@@ -194,6 +292,25 @@ impl Model {
         let mut shared: Vec<&Element> = self.shared.keys().collect();
         shared.sort();
         elements.extend(shared);
+        // One `add element` command per set (and thousand elements): nft
+        // pays for every command, and entry order alternates between the
+        // dispatch and slot maps. Each set keeps entry order.
+        let mut by_set: BTreeMap<(Family, &str), Vec<&Element>> = BTreeMap::new();
+        for el in elements {
+            by_set.entry((el.family, el.set)).or_default().push(el);
+        }
+        // Hash sets get a size; interval sets are trees, left as they are.
+        let mut sizes = HashMap::new();
+        for ((family, name, decl, _), static_name) in sets.iter_mut().zip(&static_names) {
+            if decl.flags.contains(&"interval") {
+                continue;
+            }
+            let count = by_set.get(&(*family, name.as_str())).map_or(0, Vec::len);
+            let size = set_size(count);
+            decl.size = Some(size);
+            sizes.insert(*static_name, (count, size));
+        }
+        let elements: Vec<&Element> = by_set.into_values().flatten().collect();
 
         let wanted: BTreeSet<(Family, &str)> =
             chains.iter().map(|c| (c.family, c.name.as_str())).collect();
@@ -202,6 +319,8 @@ impl Model {
         let no_existing = Existing::default();
         let exists = |f: Family| existing.get(&f).unwrap_or(&no_existing);
 
+        let rules: usize = chains.iter().map(|c| c.rules.len()).sum();
+        tx.reserve(elements.len() + rules + 3 * chains.len() + 2 * sets.len());
         for family in Family::ALL {
             tx.add_table(family);
         }
@@ -255,6 +374,7 @@ impl Model {
         }
         self.elements = elements.len();
         self.chains = chains.len();
+        self.sizes = sizes;
         tx
     }
 
@@ -279,7 +399,7 @@ impl Model {
         let mut shared_delta: BTreeMap<Element, i64> = BTreeMap::new();
 
         for (key, new) in &updates {
-            let old = self.services.get(key);
+            let old = self.services.get(key).map(|s| &*s.rules);
             for (entry, _) in old
                 .iter()
                 .flat_map(|r| &r.entries)
@@ -342,7 +462,7 @@ impl Model {
         // Apply the updates to the model.
         for (key, new) in updates {
             if let Some(old) = self.services.remove(&key) {
-                for (entry, _) in &old.entries {
+                for (entry, _) in &old.rules.entries {
                     if let Some(o) = self.owners.get_mut(entry) {
                         o.remove(&key);
                         if o.is_empty() {
@@ -355,7 +475,14 @@ impl Model {
                 for (entry, _) in &r.entries {
                     self.owners.entry(*entry).or_default().insert(key.clone());
                 }
-                self.services.insert(key, r);
+                // Rendered outside a full sync: not reused by the next one.
+                self.services.insert(
+                    key,
+                    Installed {
+                        rules: Arc::new(r),
+                        inputs: None,
+                    },
+                );
             }
         }
 
@@ -397,6 +524,16 @@ impl Model {
             deleted_keys.insert((d.family, d.set, d.key.as_str()));
         }
         self.elements = (self.elements + adds.len()).saturating_sub(deletes.len());
+        for a in &adds {
+            if let Some((count, _)) = self.sizes.get_mut(&(a.family, a.set)) {
+                *count += 1;
+            }
+        }
+        for d in &deletes {
+            if let Some((count, _)) = self.sizes.get_mut(&(d.family, d.set)) {
+                *count = count.saturating_sub(1);
+            }
+        }
 
         for s in &new_sets {
             tx.add_set(s.family, &s.name, s.decl.clone());
@@ -448,7 +585,7 @@ impl Model {
             + self
                 .services
                 .values()
-                .map(|r| r.chains.len())
+                .map(|s| s.rules.chains.len())
                 .sum::<usize>();
     }
 }

@@ -72,7 +72,8 @@ pub const FIREWALL_ALLOW: &str = "firewall-allow";
 /// Set: `addr . addr` of endpoints that may reach themselves (hairpin).
 pub const HAIRPIN: &str = "hairpin";
 
-/// Data map: `addr . port . slot` of a Service address to an endpoint.
+/// Data map: `addr . port . slot` of a Service address to an endpoint's
+/// address.
 pub fn service_backends(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "service-backends-tcp",
@@ -81,12 +82,30 @@ pub fn service_backends(protocol: Protocol) -> &'static str {
     }
 }
 
-/// Data map: `nodeport . slot` to an endpoint.
+/// Data map: `addr . port` of a Service address to its endpoints' port.
+pub fn service_ports(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "service-ports-tcp",
+        Protocol::Udp => "service-ports-udp",
+        Protocol::Sctp => "service-ports-sctp",
+    }
+}
+
+/// Data map: `nodeport . slot` to an endpoint's address.
 pub fn nodeport_backends(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "nodeport-backends-tcp",
         Protocol::Udp => "nodeport-backends-udp",
         Protocol::Sctp => "nodeport-backends-sctp",
+    }
+}
+
+/// Data map: `nodeport` to its endpoints' port.
+pub fn nodeport_ports(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "nodeport-ports-tcp",
+        Protocol::Udp => "nodeport-ports-udp",
+        Protocol::Sctp => "nodeport-ports-sctp",
     }
 }
 
@@ -307,9 +326,10 @@ pub fn is_static_chain(name: &str) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PickEntry {
     /// A Service address: the key is `daddr . dport . slot` in
-    /// `service-backends-*`.
+    /// `service-backends-*`, the port comes from `service-ports-*`.
     Address,
-    /// A NodePort: the key is `dport . slot` in `nodeport-backends-*`.
+    /// A NodePort: the key is `dport . slot` in `nodeport-backends-*`,
+    /// the port comes from `nodeport-ports-*`.
     NodePort,
 }
 
@@ -394,12 +414,18 @@ impl Pick {
             .iter()
             .map(|&p| {
                 let pr = proto(p);
-                let (key, map) = match self.entry {
-                    PickEntry::Address => (format!("{f} daddr . {pr} dport"), service_backends(p)),
-                    PickEntry::NodePort => (format!("{pr} dport"), nodeport_backends(p)),
+                let (key, map, ports) = match self.entry {
+                    PickEntry::Address => (
+                        format!("{f} daddr . {pr} dport"),
+                        service_backends(p),
+                        service_ports(p),
+                    ),
+                    PickEntry::NodePort => {
+                        (format!("{pr} dport"), nodeport_backends(p), nodeport_ports(p))
+                    }
                 };
                 format!(
-                    "meta l4proto {pr} dnat {f} to {key} . numgen random mod {}{offset} map @{map}",
+                    "meta l4proto {pr} dnat {f} to {key} . numgen random mod {}{offset} map @{map} : {key} map @{ports}",
                     self.n
                 )
             })

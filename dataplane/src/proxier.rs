@@ -137,22 +137,28 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
 
     /// Rewrites everything and deletes what is no longer wanted.
     pub fn full_sync(&mut self, catalog: &Catalog) -> Result<SyncReport> {
+        self.full_sync_and_forget(catalog, Vec::new())
+    }
+
+    /// A full sync that also forgets `stale` UDP flows (those a partial
+    /// sync found before it gave way to a full one).
+    fn full_sync_and_forget(&mut self, catalog: &Catalog, stale: StaleFlows) -> Result<SyncReport> {
         let start = Instant::now();
         self.needs_full = true;
         let mut existing: BTreeMap<Family, Existing> = BTreeMap::new();
         for family in Family::ALL {
             existing.insert(family, self.backend.list(family)?);
         }
-        let mut model = Model::build(&self.config, catalog);
+        let mut model = Model::rebuild(&self.config, catalog, &self.model);
         let tx = model.full_transaction(&self.config, &existing);
         self.backend.apply(&tx)?;
         let old = std::mem::replace(&mut self.model, model);
         self.needs_full = false;
         let now: HashSet<(ConntrackTarget, IpAddr)> = udp_flows(&self.model);
-        let stale: StaleFlows = udp_flows(&old)
-            .into_iter()
-            .filter(|f| !now.contains(f))
-            .collect();
+        let mut stale: StaleFlows = stale.into_iter().filter(|f| !now.contains(f)).collect();
+        stale.extend(udp_flows(&old).into_iter().filter(|f| !now.contains(f)));
+        stale.sort();
+        stale.dedup();
         Ok(self.finish(SyncKind::Full, start, &tx, catalog.service_count(), stale))
     }
 
@@ -178,6 +184,12 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
             .collect();
         let count = updates.len();
         let (tx, stale) = self.model.partial_transaction(updates);
+        if self.model.outgrown() {
+            // A set would hold more than it was declared for: a full sync
+            // declares it anew, larger.
+            self.needs_full = true;
+            return self.full_sync_and_forget(catalog, stale);
+        }
         if !tx.is_empty()
             && let Err(e) = self.backend.apply(&tx)
         {

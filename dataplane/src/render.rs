@@ -4,8 +4,9 @@
 //!   family (they depend on the [`Config`] only).
 //! - [`render_service`]: what one Service adds: map elements keyed by its
 //!   entry points (addresses and NodePorts), shared set elements, pick
-//!   chains it needs, and, for `externalTrafficPolicy: Local` or session
-//!   affinity, chains and sets of its own.
+//!   chains it needs, and, for `externalTrafficPolicy: Local`, session
+//!   affinity or endpoints that serve one port on different numbers,
+//!   chains and sets of its own.
 //!
 //! Nothing here runs nft or reads the clock, so the whole ruleset is
 //! tested without root.
@@ -16,6 +17,7 @@ use ipnet::IpNet;
 use portico_catalog::{
     Endpoint, Protocol, ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -337,16 +339,26 @@ pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
         sets.push((
             service_backends(p),
             SetDecl::map(format!(
-                "typeof {f} daddr . {pr} dport . numgen random mod 1 : {f} daddr . {pr} dport"
+                "typeof {f} daddr . {pr} dport . numgen random mod 1 : {f} daddr"
             ))
             .comment("endpoint slots of Service addresses"),
         ));
         sets.push((
+            service_ports(p),
+            SetDecl::map(format!("typeof {f} daddr . {pr} dport : {pr} dport"))
+                .comment("endpoint port of Service addresses"),
+        ));
+        sets.push((
             nodeport_backends(p),
             SetDecl::map(format!(
-                "typeof {pr} dport . numgen random mod 1 : {f} daddr . {pr} dport"
+                "typeof {pr} dport . numgen random mod 1 : {f} daddr"
             ))
             .comment("endpoint slots of NodePorts"),
+        ));
+        sets.push((
+            nodeport_ports(p),
+            SetDecl::map(format!("typeof {pr} dport : {pr} dport"))
+                .comment("endpoint port of NodePorts"),
         ));
     }
 
@@ -447,13 +459,35 @@ pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
 /// What one Service port needs, for one family.
 struct PortCtx<'a> {
     family: Family,
-    spn: ServicePortName,
+    svc: &'a ServiceInfo,
     port: &'a ServicePort,
     cluster_ip: IpAddr,
     external: Vec<IpAddr>,
     node_port: Option<u16>,
     all: Vec<Backend>,
     local: Vec<Backend>,
+}
+
+impl PortCtx<'_> {
+    /// The Service port as generated names spell it (only Service ports
+    /// with chains of their own need it).
+    fn spn(&self) -> ServicePortName {
+        ServicePortName {
+            namespace: self.svc.namespace.clone(),
+            name: self.svc.name.clone(),
+            protocol: self.port.protocol,
+            port: self.port.port,
+        }
+    }
+
+    /// The port every usable endpoint listens on (local ones included);
+    /// `None` when they differ (a named port with different numbers in
+    /// different pods) or there is no endpoint.
+    fn target_port(&self) -> Option<u16> {
+        let mut ports = self.all.iter().chain(&self.local).map(|b| b.port);
+        let first = ports.next()?;
+        ports.all(|p| p == first).then_some(first)
+    }
 }
 
 /// What a Service adds to the ruleset. Headless and ExternalName Services
@@ -482,12 +516,7 @@ pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -
         for port in &svc.ports {
             let ctx = PortCtx {
                 family,
-                spn: ServicePortName {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                    protocol: port.protocol,
-                    port: port.port,
-                },
+                svc,
                 port,
                 cluster_ip,
                 external: external.clone(),
@@ -536,20 +565,34 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         }
     }
 
-    // Session affinity: kube-proxy's shape, per-Service chains.
-    let mut affinity_chains: Option<AffinityChains> = None;
-    if let Some(timeout) = affinity
-        && !c.all.is_empty()
-    {
-        affinity_chains = Some(render_affinity(
+    // Session affinity, or endpoints on different ports: kube-proxy's
+    // shape, per-Service chains. Otherwise the shared pick chains take the
+    // port from the entry's element in a ports map.
+    let target_port = c.target_port();
+    let mut service_chains: Option<ServiceChains> = None;
+    if !c.all.is_empty() && (affinity.is_some() || target_port.is_none()) {
+        service_chains = Some(render_chains(
             cfg,
             c,
-            timeout,
+            affinity,
             itp_local || etp_local,
             etp_local,
             r,
         ));
     }
+    // `addr . port : target port`, or `nodeport : target port`.
+    let port_of = |addr: Option<IpAddr>, port: u16| Element {
+        family,
+        set: match addr {
+            Some(_) => service_ports(c.port.protocol),
+            None => nodeport_ports(c.port.protocol),
+        },
+        key: match addr {
+            Some(a) => format!("{a} . {port}"),
+            None => port.to_string(),
+        },
+        value: Some(target_port.unwrap_or_default().to_string()),
+    };
 
     // The ClusterIP.
     let entry = Entry::Address {
@@ -567,11 +610,12 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         };
         els.push(element(family, NO_ENDPOINT_SERVICES, key, verdict));
     } else {
-        let verdict = match &affinity_chains {
+        let verdict = match &service_chains {
             Some(a) if itp_local => a.local.clone().unwrap_or_default(),
             Some(a) => a.service.clone(),
             None => {
                 els.extend(slots(c, c.cluster_ip, internal, 0));
+                els.push(port_of(Some(c.cluster_ip), port));
                 r.pick(
                     family,
                     Pick {
@@ -594,10 +638,10 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
     // externalIPs and LoadBalancer addresses.
     let external_chain = if c.all.is_empty() || c.external.is_empty() {
         None
-    } else if let Some(a) = &affinity_chains {
+    } else if let Some(a) = &service_chains {
         a.external.clone()
     } else if etp_local {
-        let name = service_chain(ServiceChain::External, &c.spn);
+        let name = service_chain(ServiceChain::External, &c.spn());
         let rules = external_rules(cfg, c, PickEntry::Address, r);
         r.chains.push(Chain {
             family,
@@ -643,14 +687,16 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         } else {
             let verdict = match &external_chain {
                 Some(v) => {
-                    if affinity_chains.is_none() {
+                    if service_chains.is_none() {
                         els.extend(slots(c, addr, &c.all, 0));
                         els.extend(slots(c, addr, &c.local, LOCAL_SLOT_OFFSET));
+                        els.push(port_of(Some(addr), port));
                     }
                     v.clone()
                 }
                 None => {
                     els.extend(slots(c, addr, &c.all, 0));
+                    els.push(port_of(Some(addr), port));
                     r.pick(
                         family,
                         Pick {
@@ -688,10 +734,10 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
                 format!("goto {REJECT_CHAIN}"),
             ));
         } else {
-            let verdict = if let Some(a) = &affinity_chains {
+            let verdict = if let Some(a) = &service_chains {
                 a.external.clone().unwrap_or_default()
             } else if etp_local {
-                let name = service_chain(ServiceChain::NodePort, &c.spn);
+                let name = service_chain(ServiceChain::NodePort, &c.spn());
                 let rules = external_rules(cfg, c, PickEntry::NodePort, r);
                 r.chains.push(Chain {
                     family,
@@ -701,9 +747,11 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
                 });
                 els.extend(nodeport_slots(c, np, &c.all, 0));
                 els.extend(nodeport_slots(c, np, &c.local, LOCAL_SLOT_OFFSET));
+                els.push(port_of(None, np));
                 format!("goto {name}")
             } else {
                 els.extend(nodeport_slots(c, np, &c.all, 0));
+                els.push(port_of(None, np));
                 r.pick(
                     family,
                     Pick {
@@ -733,29 +781,40 @@ fn element(family: Family, set: &'static str, key: String, value: String) -> Ele
     }
 }
 
-/// `addr . port . slot : endpoint . port` elements.
+/// `addr . port . slot : endpoint` elements (the port is the entry's
+/// element in `service-ports-*`).
 fn slots(c: &PortCtx<'_>, addr: IpAddr, backends: &[Backend], offset: u32) -> Vec<Element> {
-    let port = c.port.port;
+    let prefix = format!("{addr} . {} . ", c.port.port);
     (0u32..)
         .zip(backends)
         .map(|(i, b)| Element {
             family: c.family,
             set: service_backends(c.port.protocol),
-            key: format!("{addr} . {port} . {}", offset + i),
-            value: Some(format!("{} . {}", b.addr, b.port)),
+            key: slot_key(&prefix, offset + i),
+            value: Some(b.addr.to_string()),
         })
         .collect()
 }
 
-/// `nodeport . slot : endpoint . port` elements.
+/// `<prefix><slot>`, without formatting the prefix again for every slot.
+fn slot_key(prefix: &str, slot: u32) -> String {
+    let mut key = String::with_capacity(prefix.len() + 7);
+    key.push_str(prefix);
+    let _ = write!(key, "{slot}");
+    key
+}
+
+/// `nodeport . slot : endpoint` elements (the port is in
+/// `nodeport-ports-*`).
 fn nodeport_slots(c: &PortCtx<'_>, np: u16, backends: &[Backend], offset: u32) -> Vec<Element> {
+    let prefix = format!("{np} . ");
     (0u32..)
         .zip(backends)
         .map(|(i, b)| Element {
             family: c.family,
             set: nodeport_backends(c.port.protocol),
-            key: format!("{np} . {}", offset + i),
-            value: Some(format!("{} . {}", b.addr, b.port)),
+            key: slot_key(&prefix, offset + i),
+            value: Some(b.addr.to_string()),
         })
         .collect()
 }
@@ -805,8 +864,9 @@ fn short_circuit(cfg: &Config, family: Family, f: &str, all: &str, local: String
     rules
 }
 
-/// The per-Service verdicts of a Service with session affinity.
-struct AffinityChains {
+/// The per-Service verdicts of a Service port with session affinity or
+/// with endpoints on different ports.
+struct ServiceChains {
     /// `goto service-…`.
     service: String,
     /// `goto local-…`, when there are local endpoints and a Local policy.
@@ -815,57 +875,69 @@ struct AffinityChains {
     external: Option<String>,
 }
 
-/// kube-proxy's shape: per endpoint a chain that records the client in
-/// the endpoint's affinity set and DNATs; the Service chain sends clients
-/// found in a set to that endpoint, others to one chosen at random.
-fn render_affinity(
+/// kube-proxy's shape: per endpoint a chain that DNATs (and with session
+/// affinity first records the client in the endpoint's affinity set); the
+/// Service chain sends clients found in a set to that endpoint, others to
+/// one chosen at random.
+fn render_chains(
     cfg: &Config,
     c: &PortCtx<'_>,
-    timeout: Duration,
+    timeout: Option<Duration>,
     want_local: bool,
     etp_local: bool,
     r: &mut Rendered,
-) -> AffinityChains {
+) -> ServiceChains {
     let family = c.family;
     let f = family.nft();
     let p = proto(c.port.protocol);
-    for b in &c.all {
-        let set = names::affinity_set(&c.spn, b.addr, b.port, timeout);
-        r.sets.push(Set {
-            family,
-            name: set.clone(),
-            decl: SetDecl::set(format!("type {}", family.addr_type()))
-                .flags(&["dynamic", "timeout"])
-                .timeout(timeout),
-        });
+    let spn = c.spn();
+    // Local endpoints are not always among all of them: when no local
+    // one is ready, serving and terminating local ones stand in.
+    let mut backends: Vec<Backend> = c.all.iter().chain(&c.local).copied().collect();
+    backends.sort();
+    backends.dedup_by_key(|b| (b.addr, b.port));
+    for b in &backends {
+        let mut rules = Vec::new();
+        if let Some(timeout) = timeout {
+            let set = names::affinity_set(&spn, b.addr, b.port, timeout);
+            r.sets.push(Set {
+                family,
+                name: set.clone(),
+                decl: SetDecl::set(format!("type {}", family.addr_type()))
+                    .flags(&["dynamic", "timeout"])
+                    .timeout(timeout),
+            });
+            rules.push(format!("update @{set} {{ {f} saddr }}"));
+        }
+        rules.push(format!(
+            "meta l4proto {p} dnat {f} to {}",
+            addr_port(family, b.addr, b.port)
+        ));
         r.chains.push(Chain {
             family,
-            name: endpoint_chain(&c.spn, b.addr, b.port),
+            name: endpoint_chain(&spn, b.addr, b.port),
             base: None,
-            rules: vec![
-                format!("update @{set} {{ {f} saddr }}"),
-                format!(
-                    "meta l4proto {p} dnat {f} to {}",
-                    addr_port(family, b.addr, b.port)
-                ),
-            ],
+            rules,
         });
     }
     let pick_chain = |backends: &[Backend]| -> Vec<String> {
-        let mut rules: Vec<String> = backends
-            .iter()
-            .map(|b| {
-                format!(
-                    "{f} saddr @{} goto {}",
-                    names::affinity_set(&c.spn, b.addr, b.port, timeout),
-                    endpoint_chain(&c.spn, b.addr, b.port)
-                )
-            })
-            .collect();
+        let mut rules: Vec<String> = match timeout {
+            Some(timeout) => backends
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{f} saddr @{} goto {}",
+                        names::affinity_set(&spn, b.addr, b.port, timeout),
+                        endpoint_chain(&spn, b.addr, b.port)
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let arms: Vec<String> = backends
             .iter()
             .enumerate()
-            .map(|(i, b)| format!("{i} : goto {}", endpoint_chain(&c.spn, b.addr, b.port)))
+            .map(|(i, b)| format!("{i} : goto {}", endpoint_chain(&spn, b.addr, b.port)))
             .collect();
         rules.push(format!(
             "numgen random mod {} vmap {{ {} }}",
@@ -874,7 +946,7 @@ fn render_affinity(
         ));
         rules
     };
-    let service = service_chain(ServiceChain::Service, &c.spn);
+    let service = service_chain(ServiceChain::Service, &spn);
     r.chains.push(Chain {
         family,
         name: service.clone(),
@@ -882,7 +954,7 @@ fn render_affinity(
         rules: pick_chain(&c.all),
     });
     let local = if want_local && !c.local.is_empty() {
-        let name = service_chain(ServiceChain::Local, &c.spn);
+        let name = service_chain(ServiceChain::Local, &spn);
         r.chains.push(Chain {
             family,
             name: name.clone(),
@@ -896,7 +968,7 @@ fn render_affinity(
     let external = if c.external.is_empty() && c.node_port.is_none() {
         None
     } else {
-        let name = service_chain(ServiceChain::External, &c.spn);
+        let name = service_chain(ServiceChain::External, &spn);
         let to_service = format!("goto {service}");
         let rules = if etp_local {
             short_circuit(
@@ -917,7 +989,7 @@ fn render_affinity(
         });
         Some(format!("goto {name}"))
     };
-    AffinityChains {
+    ServiceChains {
         service: format!("goto {service}"),
         local,
         external,

@@ -128,17 +128,10 @@ fn nets(text: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
-/// `10.1.2.3:80` or `[fd00::1]:80`, or `addr . port` of map data.
+/// `10.1.2.3:80` or `[fd00::1]:80`.
 fn endpoint(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(sa) = text.parse::<SocketAddr>() {
-        return Ok(sa);
-    }
-    let (a, p) = text
-        .split_once(" . ")
-        .ok_or_else(|| format!("not an endpoint: {text:?}"))?;
-    let addr: IpAddr = a.parse().map_err(|_| format!("bad address {a:?}"))?;
-    let port: u16 = p.parse().map_err(|_| format!("bad port {p:?}"))?;
-    Ok(SocketAddr::new(addr, port))
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("not an endpoint: {text:?}"))
 }
 
 impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
@@ -437,8 +430,15 @@ impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
             let to = rest
                 .strip_prefix(&format!("dnat {f} to "))
                 .ok_or_else(|| format!("unknown rule {rule:?}"))?;
-            let target = if let Some((key, map)) = to.split_once(" map @") {
-                // A pick: `[daddr . ]P dport . numgen random mod N [offset O]`.
+            let target = if let Some((pick, ports)) = to.split_once(" : ") {
+                // A pick: `[daddr . ]P dport . numgen random mod N [offset O]
+                // map @backends : [daddr . ]P dport map @ports`.
+                let (key, map) = pick
+                    .split_once(" map @")
+                    .ok_or_else(|| format!("unknown rule {rule:?}"))?;
+                let (port_key, ports) = ports
+                    .split_once(" map @")
+                    .ok_or_else(|| format!("unknown rule {rule:?}"))?;
                 let (fields, numgen) = key
                     .split_once(" . numgen random mod ")
                     .ok_or_else(|| format!("unknown rule {rule:?}"))?;
@@ -448,15 +448,26 @@ impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
                 };
                 let n: usize = n.parse().map_err(|_| format!("bad modulus in {rule:?}"))?;
                 let slot = (self.draw)(n) % n + offset;
-                let key = if fields.starts_with(&daddr) {
-                    format!("{} . {} . {slot}", s.dst.ip(), s.dst.port())
+                let entry = if fields.starts_with(&daddr) {
+                    format!("{} . {}", s.dst.ip(), s.dst.port())
                 } else {
-                    format!("{} . {slot}", s.dst.port())
+                    s.dst.port().to_string()
                 };
-                match self.lookup(s, map, &key)? {
-                    Some(v) => endpoint(v)?,
-                    None => return Ok(Step::Next),
+                if port_key != fields {
+                    return Err(format!("unknown rule {rule:?}"));
                 }
+                let addr = match self.lookup(s, map, &format!("{entry} . {slot}"))? {
+                    Some(v) => v
+                        .parse::<IpAddr>()
+                        .map_err(|_| format!("not an address: {v:?}"))?,
+                    None => return Ok(Step::Next),
+                };
+                // nft fails the rule when either lookup finds nothing.
+                let port = match self.lookup(s, ports, &entry)? {
+                    Some(v) => v.parse::<u16>().map_err(|_| format!("bad port {v:?}"))?,
+                    None => return Ok(Step::Next),
+                };
+                SocketAddr::new(addr, port)
             } else {
                 endpoint(to)?
             };

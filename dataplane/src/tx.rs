@@ -37,6 +37,9 @@ pub struct SetDecl {
     pub flags: Vec<&'static str>,
     /// The default timeout of elements.
     pub timeout: Option<Duration>,
+    /// The most elements it may hold (the kernel then sizes its hash
+    /// table once instead of growing it while elements arrive).
+    pub size: Option<u32>,
     /// What it holds.
     pub comment: Option<&'static str>,
 }
@@ -49,6 +52,7 @@ impl SetDecl {
             type_: type_.into(),
             flags: Vec::new(),
             timeout: None,
+            size: None,
             comment: None,
         }
     }
@@ -78,6 +82,12 @@ impl SetDecl {
         self.timeout = Some(timeout);
         self
     }
+
+    /// With a maximum number of elements.
+    pub fn size(mut self, size: u32) -> Self {
+        self.size = Some(size);
+        self
+    }
 }
 
 impl fmt::Display for SetDecl {
@@ -88,6 +98,9 @@ impl fmt::Display for SetDecl {
         }
         if let Some(t) = self.timeout {
             write!(f, " timeout {} ;", crate::names::seconds(t))?;
+        }
+        if let Some(n) = self.size {
+            write!(f, " size {n} ;")?;
         }
         if let Some(c) = self.comment {
             write!(f, " comment \"{c}\" ;")?;
@@ -166,8 +179,8 @@ pub enum Op {
     AddElement {
         /// Family.
         family: Family,
-        /// Set or map.
-        set: String,
+        /// Set or map (a static one: Portico adds elements to no other).
+        set: &'static str,
         /// Key, in nft syntax.
         key: String,
         /// Value of a map element.
@@ -177,8 +190,8 @@ pub enum Op {
     DeleteElement {
         /// Family.
         family: Family,
-        /// Set or map.
-        set: String,
+        /// Set or map (a static one).
+        set: &'static str,
         /// Key.
         key: String,
     },
@@ -205,6 +218,11 @@ impl Transaction {
     /// An empty transaction.
     pub fn new() -> Self {
         Transaction::default()
+    }
+
+    /// Makes room for `additional` more operations.
+    pub fn reserve(&mut self, additional: usize) {
+        self.ops.reserve(additional);
     }
 
     /// The operations, in order.
@@ -245,7 +263,9 @@ impl Transaction {
     }
 
     fn text(&mut self, what: &str, text: &str) {
-        if self.error.is_none() && (text.trim().is_empty() || text.contains(['\n', ';', '#'])) {
+        if self.error.is_none()
+            && (text.trim().is_empty() || text.bytes().any(|b| matches!(b, b'\n' | b';' | b'#')))
+        {
             self.error = Some(Error::InvalidName {
                 what: what.to_owned(),
                 name: text.to_owned(),
@@ -342,7 +362,13 @@ impl Transaction {
     }
 
     /// `add element`.
-    pub fn add_element(&mut self, family: Family, set: &str, key: &str, value: Option<&str>) {
+    pub fn add_element(
+        &mut self,
+        family: Family,
+        set: &'static str,
+        key: &str,
+        value: Option<&str>,
+    ) {
         self.name("set", set);
         self.text("element key", key);
         if let Some(v) = value {
@@ -350,19 +376,19 @@ impl Transaction {
         }
         self.ops.push(Op::AddElement {
             family,
-            set: set.to_owned(),
+            set,
             key: key.to_owned(),
             value: value.map(str::to_owned),
         });
     }
 
     /// `delete element`.
-    pub fn delete_element(&mut self, family: Family, set: &str, key: &str) {
+    pub fn delete_element(&mut self, family: Family, set: &'static str, key: &str) {
         self.name("set", set);
         self.text("element key", key);
         self.ops.push(Op::DeleteElement {
             family,
-            set: set.to_owned(),
+            set,
             key: key.to_owned(),
         });
     }

@@ -119,6 +119,60 @@ fn three_pods_behind_one_service_all_get_connections() {
 }
 
 #[test]
+fn pods_that_serve_a_named_port_on_different_numbers_all_get_connections() {
+    let test = "pods_that_serve_a_named_port_on_different_numbers_all_get_connections";
+    if !root_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.serve(1, 8080);
+    lab.serve(2, 9090);
+    lab.serve(3, 8080);
+    let c = catalog(
+        &[svc("default", "web", "10.96.0.10")
+            .port("http", "TCP", 80)
+            .node_ports(&[30080])],
+        &[
+            slice("default", "web-1", "web", &HTTP, &[ep("10.244.1.2")]),
+            slice(
+                "default",
+                "web-2",
+                "web",
+                &[("http", "TCP", 9090)],
+                &[ep("10.244.2.2")],
+            ),
+        ],
+    );
+    let mut p = proxier(&lab);
+    p.full_sync(&c).unwrap();
+    for dst in ["10.96.0.10:80", "192.168.77.1:30080"] {
+        let seen = spread(&lab, From::Client, dst, 40);
+        assert_eq!(
+            seen.keys().cloned().collect::<Vec<_>>(),
+            vec!["pod1", "pod2"],
+            "{dst}: {seen:?}"
+        );
+    }
+
+    // When the pods agree again, the shared pick chains take over.
+    let mut c = c;
+    c.apply_slice(&slice(
+        "default",
+        "web-2",
+        "web",
+        &HTTP,
+        &[ep("10.244.3.2")],
+    ));
+    sync(&mut p, &mut c);
+    let seen = spread(&lab, From::Client, "10.96.0.10:80", 40);
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["pod1", "pod3"],
+        "{seen:?}"
+    );
+}
+
+#[test]
 fn a_node_port_answers_on_the_node_address() {
     let Some(lab) = lab("a_node_port_answers_on_the_node_address", 2) else {
         return;

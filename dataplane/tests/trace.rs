@@ -96,6 +96,9 @@ fn packets_go_where_the_services_say() {
         (client, "192.168.77.1:30082", "tcp", Origin::Remote, &["10.244.1.2:8080"]),
         (pod, "192.168.56.61:80", "tcp", Origin::Remote, &["10.244.1.2:8080", "10.244.2.2:8080"]),
         ("192.168.77.1", "192.168.56.61:80", "tcp", Origin::Node, &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]),
+        // Pods that serve one named port on different numbers.
+        (pod, "10.96.0.100:80", "tcp", Origin::Remote, &["10.244.1.2:8080", "10.244.2.2:9090"]),
+        (client, "192.168.77.1:30084", "tcp", Origin::Remote, &["10.244.1.2:8080 masq", "10.244.2.2:9090 masq"]),
         // Not a Service at all.
         (client, "10.244.2.2:8080", "tcp", Origin::Remote, &["PASS"]),
     ];

@@ -320,6 +320,9 @@ pub fn showcase() -> (Vec<Svc>, Vec<EndpointSlice>) {
             .itp_local(),
         svc("default", "draining", "10.96.0.80").port("http", "TCP", 80),
         svc("default", "sctp", "10.96.0.90").port("assoc", "SCTP", 9000),
+        svc("default", "named", "10.96.0.100")
+            .port("http", "TCP", 80)
+            .node_ports(&[30084]),
         svc("default", "db", "None")
             .headless()
             .port("pg", "TCP", 5432),
@@ -396,6 +399,15 @@ pub fn showcase() -> (Vec<Svc>, Vec<EndpointSlice>) {
             "sctp",
             &[("assoc", "SCTP", 9000)],
             &[ep("10.244.1.2")],
+        ),
+        // One named port, different numbers in different pods.
+        slice("default", "named-1", "named", &http, &[ep("10.244.1.2")]),
+        slice(
+            "default",
+            "named-2",
+            "named",
+            &[("http", "TCP", 9090)],
+            &[ep("10.244.2.2").on(OTHER_NODE)],
         ),
     ];
     (services, slices)
