@@ -248,6 +248,22 @@ pub struct L2Args {
     /// and its addresses move.
     #[arg(long, default_value = "800ms", value_parser = parse_duration, env = "PORTICO_GOSSIP_SUSPECT_TIMEOUT")]
     pub gossip_suspect_timeout: Duration,
+    /// A file with the gossip's shared secret (at least 16 bytes; the same
+    /// on every node): datagrams are authenticated with HMAC-SHA256 and
+    /// those without a valid tag are dropped, so nobody else on the network
+    /// can join or declare agents dead. Unset: unauthenticated.
+    #[arg(long, env = "PORTICO_GOSSIP_KEY_FILE")]
+    pub gossip_key_file: Option<PathBuf>,
+}
+
+impl L2Args {
+    /// The gossip key of `--gossip-key-file`, read now.
+    pub fn gossip_key(&self) -> anyhow::Result<Option<crate::gossip::GossipKey>> {
+        self.gossip_key_file
+            .as_deref()
+            .map(crate::gossip::GossipKey::from_file)
+            .transpose()
+    }
 }
 
 #[derive(Debug, Args)]

@@ -78,6 +78,69 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// `--gossip-suspect-timeout`.
     pub suspect_timeout: Duration,
+    /// `--gossip-key-file`: every datagram carries an HMAC-SHA256 of its
+    /// contents under this key, and datagrams without a valid one are
+    /// dropped, so nobody without the key can join or declare agents dead.
+    pub key: Option<GossipKey>,
+}
+
+/// The shared secret of the gossip (memberlist's secret key).
+#[derive(Clone)]
+pub struct GossipKey(ring::hmac::Key);
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipKey(..)")
+    }
+}
+
+/// Bytes of the tag after each authenticated datagram.
+const TAG_LEN: usize = 32;
+
+impl GossipKey {
+    /// A key from the secret's bytes (at least 16).
+    pub fn new(secret: &[u8]) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "the gossip key has {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)",
+            secret.len()
+        );
+        Ok(GossipKey(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            secret,
+        )))
+    }
+
+    /// Reads the key from a file; surrounding whitespace is not part of it.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let raw = std::fs::read(path)
+            .with_context(|| format!("reading the gossip key {}", path.display()))?;
+        Self::new(raw.trim_ascii()).with_context(|| format!("{}", path.display()))
+    }
+
+    /// `data` followed by its tag.
+    pub fn seal(&self, data: &[u8]) -> Vec<u8> {
+        let tag = ring::hmac::sign(&self.0, data);
+        let mut out = Vec::with_capacity(data.len() + TAG_LEN);
+        out.extend_from_slice(data);
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// The data of a sealed datagram, when its tag is valid.
+    pub fn open<'a>(&self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let split = sealed.len().checked_sub(TAG_LEN)?;
+        let (data, tag) = sealed.split_at(split);
+        ring::hmac::verify(&self.0, data, tag).ok().map(|()| data)
+    }
+}
+
+/// Seals outgoing datagrams when there is a key.
+fn seal<'a>(key: Option<&GossipKey>, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    match key {
+        Some(k) => std::borrow::Cow::Owned(k.seal(data)),
+        None => std::borrow::Cow::Borrowed(data),
+    }
 }
 
 impl Settings {
@@ -224,7 +287,16 @@ async fn run(
     loop {
         let input = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, _)) => Input::Data(buf[..n].to_vec()),
+                Ok((n, from)) => match &settings.key {
+                    None => Input::Data(buf[..n].to_vec()),
+                    Some(key) => match key.open(&buf[..n]) {
+                        Some(data) => Input::Data(data.to_vec()),
+                        None => {
+                            tracing::debug!(%from, "gossip datagram without a valid key dropped");
+                            continue;
+                        }
+                    },
+                },
                 Err(e) => {
                     tracing::debug!(error = %e, "gossip receive");
                     continue;
@@ -243,7 +315,9 @@ async fn run(
                     tracing::debug!(error = %e, "leaving the gossip");
                 }
                 while let Some((to, data)) = runtime.to_send() {
-                    let _ = socket.send_to(&data, to.addr).await;
+                    let _ = socket
+                        .send_to(&seal(settings.key.as_ref(), &data), to.addr)
+                        .await;
                 }
                 tracing::info!("left the gossip");
                 let _ = done.send(());
@@ -273,7 +347,7 @@ async fn run(
             tracing::debug!(error = %e, "gossip");
         }
         while let Some((to, data)) = runtime.to_send() {
-            if let Err(e) = socket.try_send_to(&data, to.addr) {
+            if let Err(e) = socket.try_send_to(&seal(settings.key.as_ref(), &data), to.addr) {
                 tracing::debug!(to = %to.addr, error = %e, "gossip send");
             }
         }
@@ -352,7 +426,48 @@ mod tests {
             probe_period: Duration::from_millis(200),
             probe_timeout: Duration::from_millis(80),
             suspect_timeout: Duration::from_millis(400),
+            key: None,
         }
+    }
+
+    #[test]
+    fn sealed_datagrams_open_only_with_the_same_key() {
+        let key = GossipKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let other = GossipKey::new(b"fedcba9876543210fedcba9876543210").unwrap();
+        let sealed = key.seal(b"probe");
+        assert_eq!(sealed.len(), 5 + TAG_LEN);
+        assert_eq!(key.open(&sealed), Some(&b"probe"[..]));
+        assert_eq!(other.open(&sealed), None);
+        let mut tampered = sealed.clone();
+        tampered[0] ^= 1;
+        assert_eq!(key.open(&tampered), None);
+        assert_eq!(key.open(b"short"), None);
+        assert_eq!(key.open(b""), None);
+        let e = GossipKey::new(b"too short").unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn agents_without_the_key_are_not_heard() {
+        let key = GossipKey::new(b"the lab's gossip key, 32 bytes!!").unwrap();
+        let keyed = |node: &str, join| Settings {
+            key: Some(key.clone()),
+            ..settings(node, join)
+        };
+        let a = Gossip::start(keyed("a", vec![])).await.unwrap();
+        let b = Gossip::start(keyed("b", vec![a.local_addr()]))
+            .await
+            .unwrap();
+        let stranger = Gossip::start(settings("x", vec![a.local_addr(), b.local_addr()]))
+            .await
+            .unwrap();
+        until("a and b", &a, &["a", "b"], Duration::from_secs(5)).await;
+        until("b and a", &b, &["a", "b"], Duration::from_secs(5)).await;
+        // Long enough for the stranger's joins to have been tried a few times.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(a.live(), BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+        assert_eq!(b.live(), BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+        assert_eq!(stranger.live(), BTreeSet::from(["x".to_owned()]));
     }
 
     async fn until(what: &str, g: &Gossip, want: &[&str], within: Duration) -> Duration {

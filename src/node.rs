@@ -535,6 +535,7 @@ impl NodeL2 {
                 probe_period: args.gossip_probe_period,
                 probe_timeout: args.gossip_probe_timeout,
                 suspect_timeout: args.gossip_suspect_timeout,
+                key: args.gossip_key()?,
             }),
             None => None,
         };
@@ -1188,6 +1189,7 @@ mod tests {
             gossip_probe_period: Duration::from_millis(400),
             gossip_probe_timeout: Duration::from_millis(150),
             gossip_suspect_timeout: Duration::from_millis(800),
+            gossip_key_file: None,
         };
         let mut l2 = NodeL2::new(&args, "n1", writer).unwrap();
         let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();

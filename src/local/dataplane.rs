@@ -87,6 +87,7 @@ impl LocalDataplane {
                         probe_period: l2.gossip_probe_period,
                         probe_timeout: l2.gossip_probe_timeout,
                         suspect_timeout: l2.gossip_suspect_timeout,
+                        key: l2.gossip_key()?,
                     })
                     .await?;
                     // Hear from the others before claiming anything.
