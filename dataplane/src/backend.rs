@@ -618,12 +618,13 @@ impl FakeNft {
                 if (s.decl.kind == SetKind::Map) != value.is_some() {
                     return Err(format!("add element {key}: wrong shape for {set}"));
                 }
-                match s.elements.get(key) {
-                    Some(v) if v != value => {
+                match s.elements.get(&**key) {
+                    Some(v) if v.as_deref() != value.as_deref() => {
                         return Err(format!("add element: {key} exists in {set} (File exists)"));
                     }
                     _ => {
-                        s.elements.insert(key.clone(), value.clone());
+                        s.elements
+                            .insert(key.to_string(), value.as_deref().map(str::to_owned));
                     }
                 }
             }
@@ -633,7 +634,7 @@ impl FakeNft {
                     .get_mut(*set)
                     .ok_or_else(|| format!("delete element: no set {set}"))?
                     .elements
-                    .remove(key)
+                    .remove(&**key)
                     .ok_or_else(|| format!("delete element: no {key} in {set}"))?;
             }
         }

@@ -357,7 +357,7 @@ impl Model {
             }
         }
         for el in &elements {
-            tx.add_element(el.family, el.set, &el.key, el.value.as_deref());
+            tx.add_shared_element(el.family, el.set, &el.key, el.value.as_ref());
         }
         for family in Family::ALL {
             let ex = exists(family);
@@ -521,7 +521,7 @@ impl Model {
         // A key whose value changes is deleted, then added again.
         let mut deleted_keys: BTreeSet<(Family, &str, &str)> = BTreeSet::new();
         for d in &deletes {
-            deleted_keys.insert((d.family, d.set, d.key.as_str()));
+            deleted_keys.insert((d.family, d.set, &*d.key));
         }
         self.elements = (self.elements + adds.len()).saturating_sub(deletes.len());
         for a in &adds {
@@ -565,7 +565,7 @@ impl Model {
             }
         }
         for a in &adds {
-            tx.add_element(a.family, a.set, &a.key, a.value.as_deref());
+            tx.add_shared_element(a.family, a.set, &a.key, a.value.as_ref());
         }
         for (family, name) in &deleted_chains {
             tx.delete_chain(*family, name);

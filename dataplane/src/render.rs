@@ -17,8 +17,10 @@ use ipnet::IpNet;
 use portico_catalog::{
     Endpoint, Protocol, ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the renderer needs to know about the node and the cluster.
@@ -69,10 +71,10 @@ pub struct Element {
     pub family: Family,
     /// The set or map (always a static one).
     pub set: &'static str,
-    /// Key, in nft syntax.
-    pub key: String,
+    /// Key, in nft syntax (shared with the transactions that write it).
+    pub key: Arc<str>,
     /// Value of a map element.
-    pub value: Option<String>,
+    pub value: Option<Arc<str>>,
 }
 
 /// A chain with its rules.
@@ -244,6 +246,73 @@ pub fn local_endpoint_count(svc: &ServiceInfo, endpoints: &[Endpoint], node: &st
         }
     }
     addrs.len()
+}
+
+/// Appends a number. Element text is written without the formatting
+/// machinery: a full sync makes hundreds of thousands of keys and values.
+fn push_num(s: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
+    }
+}
+
+/// Appends an address as `Display` writes it.
+fn push_addr(s: &mut String, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_num(s, u32::from(octet));
+            }
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(s, "{a}");
+        }
+    }
+}
+
+/// Concatenates the parts of an element's key or value: addresses, numbers
+/// and words, joined with ` . `.
+fn concat<'a>(parts: impl IntoIterator<Item = Part<'a>>) -> Arc<str> {
+    thread_local! {
+        /// Text is written here, then copied once into its `Arc`.
+        static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    SCRATCH.with_borrow_mut(|s| {
+        s.clear();
+        for (i, p) in parts.into_iter().enumerate() {
+            if i > 0 {
+                s.push_str(" . ");
+            }
+            match p {
+                Part::Addr(a) => push_addr(s, a),
+                Part::Num(n) => push_num(s, n),
+                Part::Word(w) => s.push_str(w),
+            }
+        }
+        Arc::from(s.as_str())
+    })
+}
+
+/// A part of an element's key or value.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    Addr(IpAddr),
+    Num(u32),
+    Word(&'a str),
 }
 
 fn addr_port(family: Family, addr: IpAddr, port: u16) -> String {
@@ -445,7 +514,7 @@ pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
         .map(|n| Element {
             family,
             set: NODEPORT_IPS,
-            key: net(n),
+            key: net(n).into(),
             value: None,
         })
         .collect();
@@ -504,7 +573,7 @@ pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -
         r.shared.push(Element {
             family,
             set: CLUSTER_IPS,
-            key: cluster_ip.to_string(),
+            key: concat([Part::Addr(cluster_ip)]),
             value: None,
         });
         let mut external: Vec<IpAddr> = Vec::new();
@@ -559,7 +628,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
             r.shared.push(Element {
                 family,
                 set: HAIRPIN,
-                key: format!("{} . {}", b.addr, b.addr),
+                key: concat([Part::Addr(b.addr), Part::Addr(b.addr)]),
                 value: None,
             });
         }
@@ -588,10 +657,10 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
             None => nodeport_ports(c.port.protocol),
         },
         key: match addr {
-            Some(a) => format!("{a} . {port}"),
-            None => port.to_string(),
+            Some(a) => concat([Part::Addr(a), Part::Num(port.into())]),
+            None => concat([Part::Num(port.into())]),
         },
-        value: Some(target_port.unwrap_or_default().to_string()),
+        value: Some(concat([Part::Num(target_port.unwrap_or_default().into())])),
     };
 
     // The ClusterIP.
@@ -600,7 +669,11 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
         protocol: c.port.protocol,
         port,
     };
-    let key = format!("{} . {p} . {port}", c.cluster_ip);
+    let key = concat([
+        Part::Addr(c.cluster_ip),
+        Part::Word(p),
+        Part::Num(port.into()),
+    ]);
     let mut els = Vec::new();
     if internal.is_empty() {
         let verdict = if c.all.is_empty() {
@@ -659,7 +732,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
             protocol: c.port.protocol,
             port,
         };
-        let key = format!("{addr} . {p} . {port}");
+        let key = concat([Part::Addr(addr), Part::Word(p), Part::Num(port.into())]);
         let mut els = Vec::new();
         if svc.load_balancer_ips.contains(&addr) && !svc.load_balancer_source_ranges.is_empty() {
             els.push(Element {
@@ -672,7 +745,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
                 els.push(Element {
                     family,
                     set: FIREWALL_ALLOW,
-                    key: format!("{key} . {}", net(&range)),
+                    key: format!("{key} . {}", net(&range)).into(),
                     value: None,
                 });
             }
@@ -724,7 +797,7 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
             protocol: c.port.protocol,
             port: np,
         };
-        let key = format!("{p} . {np}");
+        let key = concat([Part::Word(p), Part::Num(np.into())]);
         let mut els = Vec::new();
         if c.all.is_empty() {
             els.push(element(
@@ -772,49 +845,46 @@ fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendere
     }
 }
 
-fn element(family: Family, set: &'static str, key: String, value: String) -> Element {
+fn element(family: Family, set: &'static str, key: Arc<str>, value: String) -> Element {
     Element {
         family,
         set,
         key,
-        value: Some(value),
+        value: Some(value.into()),
     }
 }
 
 /// `addr . port . slot : endpoint` elements (the port is the entry's
 /// element in `service-ports-*`).
 fn slots(c: &PortCtx<'_>, addr: IpAddr, backends: &[Backend], offset: u32) -> Vec<Element> {
-    let prefix = format!("{addr} . {} . ", c.port.port);
+    let prefix = concat([Part::Addr(addr), Part::Num(c.port.port.into())]);
     (0u32..)
         .zip(backends)
         .map(|(i, b)| Element {
             family: c.family,
             set: service_backends(c.port.protocol),
             key: slot_key(&prefix, offset + i),
-            value: Some(b.addr.to_string()),
+            value: Some(concat([Part::Addr(b.addr)])),
         })
         .collect()
 }
 
-/// `<prefix><slot>`, without formatting the prefix again for every slot.
-fn slot_key(prefix: &str, slot: u32) -> String {
-    let mut key = String::with_capacity(prefix.len() + 7);
-    key.push_str(prefix);
-    let _ = write!(key, "{slot}");
-    key
+/// `<prefix> . <slot>`, without formatting the prefix again for every slot.
+fn slot_key(prefix: &str, slot: u32) -> Arc<str> {
+    concat([Part::Word(prefix), Part::Num(slot)])
 }
 
 /// `nodeport . slot : endpoint` elements (the port is in
 /// `nodeport-ports-*`).
 fn nodeport_slots(c: &PortCtx<'_>, np: u16, backends: &[Backend], offset: u32) -> Vec<Element> {
-    let prefix = format!("{np} . ");
+    let prefix = concat([Part::Num(np.into())]);
     (0u32..)
         .zip(backends)
         .map(|(i, b)| Element {
             family: c.family,
             set: nodeport_backends(c.port.protocol),
             key: slot_key(&prefix, offset + i),
-            value: Some(b.addr.to_string()),
+            value: Some(concat([Part::Addr(b.addr)])),
         })
         .collect()
 }
@@ -993,5 +1063,28 @@ fn render_chains(
         service: format!("goto {service}"),
         local,
         external,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_text_is_what_display_writes() {
+        for addr in ["0.0.0.0", "10.96.0.1", "255.255.255.255", "fd00::1", "::"] {
+            let a: IpAddr = addr.parse().unwrap();
+            assert_eq!(&*concat([Part::Addr(a)]), a.to_string());
+        }
+        for n in [0, 9, 10, 80, 65_535, 1_000_000, u32::MAX] {
+            assert_eq!(&*concat([Part::Num(n)]), n.to_string());
+        }
+        let key = concat([
+            Part::Addr("10.96.0.1".parse().unwrap()),
+            Part::Word("tcp"),
+            Part::Num(80),
+        ]);
+        assert_eq!(&*key, "10.96.0.1 . tcp . 80");
+        assert_eq!(&*slot_key("10.96.0.1 . 80", 3), "10.96.0.1 . 80 . 3");
     }
 }

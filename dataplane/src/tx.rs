@@ -6,6 +6,7 @@
 use crate::Error;
 use crate::names::{Family, TABLE, TABLE_COMMENT, is_valid_name};
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A set or a map.
@@ -182,9 +183,9 @@ pub enum Op {
         /// Set or map (a static one: Portico adds elements to no other).
         set: &'static str,
         /// Key, in nft syntax.
-        key: String,
+        key: Arc<str>,
         /// Value of a map element.
-        value: Option<String>,
+        value: Option<Arc<str>>,
     },
     /// `delete element` (the element must exist).
     DeleteElement {
@@ -193,7 +194,7 @@ pub enum Op {
         /// Set or map (a static one).
         set: &'static str,
         /// Key.
-        key: String,
+        key: Arc<str>,
     },
 }
 
@@ -263,9 +264,14 @@ impl Transaction {
     }
 
     fn text(&mut self, what: &str, text: &str) {
-        if self.error.is_none()
-            && (text.trim().is_empty() || text.bytes().any(|b| matches!(b, b'\n' | b';' | b'#')))
-        {
+        // Most text starts with a visible ASCII character: no need to trim.
+        let blank =
+            !text.as_bytes().first().is_some_and(u8::is_ascii_graphic) && text.trim().is_empty();
+        // Without early exit, the compiler checks many bytes at once.
+        let separator = text.bytes().fold(false, |seen, b| {
+            seen | (b == b'\n') | (b == b';') | (b == b'#')
+        });
+        if self.error.is_none() && (blank || separator) {
             self.error = Some(Error::InvalidName {
                 what: what.to_owned(),
                 name: text.to_owned(),
@@ -377,8 +383,30 @@ impl Transaction {
         self.ops.push(Op::AddElement {
             family,
             set,
-            key: key.to_owned(),
-            value: value.map(str::to_owned),
+            key: key.into(),
+            value: value.map(Arc::from),
+        });
+    }
+
+    /// `add element` of text that is shared, not copied (a full sync
+    /// writes hundreds of thousands of elements).
+    pub fn add_shared_element(
+        &mut self,
+        family: Family,
+        set: &'static str,
+        key: &Arc<str>,
+        value: Option<&Arc<str>>,
+    ) {
+        self.name("set", set);
+        self.text("element key", key);
+        if let Some(v) = value {
+            self.text("element value", v);
+        }
+        self.ops.push(Op::AddElement {
+            family,
+            set,
+            key: Arc::clone(key),
+            value: value.map(Arc::clone),
         });
     }
 
@@ -389,7 +417,7 @@ impl Transaction {
         self.ops.push(Op::DeleteElement {
             family,
             set,
-            key: key.to_owned(),
+            key: key.into(),
         });
     }
 }
