@@ -56,9 +56,18 @@ impl Netns {
     }
 
     /// Runs portico in the namespace.
+    /// Runs portico in the namespace; a run that does not end within a
+    /// minute is killed (exit status 124), so a hang fails the test.
     fn portico(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, env!("CARGO_BIN_EXE_portico")])
+        Command::new("timeout")
+            .args([
+                "60",
+                "ip",
+                "netns",
+                "exec",
+                &self.0,
+                env!("CARGO_BIN_EXE_portico"),
+            ])
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
