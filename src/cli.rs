@@ -257,12 +257,27 @@ pub struct L2Args {
 }
 
 impl L2Args {
-    /// The gossip key of `--gossip-key-file`, read now.
-    pub fn gossip_key(&self) -> anyhow::Result<Option<crate::gossip::GossipKey>> {
-        self.gossip_key_file
-            .as_deref()
-            .map(crate::gossip::GossipKey::from_file)
-            .transpose()
+    /// The gossip settings of these flags for `node` listening on
+    /// `listen` (the key file is read now).
+    pub fn gossip_settings(
+        &self,
+        node: &str,
+        listen: SocketAddr,
+    ) -> anyhow::Result<crate::gossip::Settings> {
+        Ok(crate::gossip::Settings {
+            node: node.to_owned(),
+            listen,
+            advertise: None,
+            join: crate::gossip::parse_join(&self.gossip_join)?,
+            probe_period: self.gossip_probe_period,
+            probe_timeout: self.gossip_probe_timeout,
+            suspect_timeout: self.gossip_suspect_timeout,
+            key: self
+                .gossip_key_file
+                .as_deref()
+                .map(crate::gossip::GossipKey::from_file)
+                .transpose()?,
+        })
     }
 }
 

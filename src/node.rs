@@ -527,16 +527,7 @@ impl NodeL2 {
     fn new(args: &crate::cli::L2Args, node: &str, writer: ApiWriter) -> anyhow::Result<Self> {
         let listen = gossip::parse_listen(args.gossip_listen.as_deref().unwrap_or("0.0.0.0:7946"))?;
         let gossip_settings = match listen {
-            Some(listen) => Some(gossip::Settings {
-                node: node.to_owned(),
-                listen,
-                advertise: None,
-                join: gossip::parse_join(&args.gossip_join)?,
-                probe_period: args.gossip_probe_period,
-                probe_timeout: args.gossip_probe_timeout,
-                suspect_timeout: args.gossip_suspect_timeout,
-                key: args.gossip_key()?,
-            }),
+            Some(listen) => Some(args.gossip_settings(node, listen)?),
             None => None,
         };
         Ok(NodeL2 {

@@ -79,17 +79,7 @@ impl LocalDataplane {
         } else {
             let gossip = match l2.gossip_listen.as_deref().map(gossip::parse_listen) {
                 Some(Ok(Some(listen))) => {
-                    let g = Gossip::start(gossip::Settings {
-                        node: node_name.to_owned(),
-                        listen,
-                        advertise: None,
-                        join: gossip::parse_join(&l2.gossip_join)?,
-                        probe_period: l2.gossip_probe_period,
-                        probe_timeout: l2.gossip_probe_timeout,
-                        suspect_timeout: l2.gossip_suspect_timeout,
-                        key: l2.gossip_key()?,
-                    })
-                    .await?;
+                    let g = Gossip::start(l2.gossip_settings(node_name, listen)?).await?;
                     // Hear from the others before claiming anything.
                     tokio::time::sleep(l2.gossip_probe_period * 3).await;
                     Some(g)
