@@ -87,6 +87,17 @@ pub struct NetworkArgs {
     pub cluster_cidr: String,
 }
 
+impl NetworkArgs {
+    /// The parsed networks (a CIDR that does not parse, or overlapping
+    /// networks, are errors).
+    pub fn config(&self) -> anyhow::Result<portico_controllers::NetworkConfig> {
+        Ok(portico_controllers::NetworkConfig::parse(
+            &self.service_cluster_ip_range,
+            &self.cluster_cidr,
+        )?)
+    }
+}
+
 /// Cluster DNS settings, shared by `dns` and `local`.
 #[derive(Clone, Debug, Args)]
 pub struct DnsSettings {

@@ -32,7 +32,7 @@ use portico_controllers::endpointslices::{self, EndpointSliceController};
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_controllers::lbipam::{self, LbIpamController};
 use portico_controllers::metrics::{ClusterIpMetrics, EndpointSliceMetrics, LbIpamMetrics};
-use portico_controllers::{ApiWriter, NetworkConfig, Object, TargetKind, Write, Written};
+use portico_controllers::{ApiWriter, Object, TargetKind, Write, Written};
 use portico_crds::names::{CONTROLLER_LEASE, ENDPOINTSLICE_MANAGER, FIELD_MANAGER, labels};
 use portico_crds::{ClusterIPRange, IPPool};
 use prometheus_client::metrics::gauge::Gauge;
@@ -138,13 +138,8 @@ fn from_meta<K: kube::Resource + Default>(
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let net = NetworkConfig::parse(
-        &args.network.service_cluster_ip_range,
-        &args.network.cluster_cidr,
-    )?;
-    let client = Client::try_default().await.context(
-        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
-    )?;
+    let net = args.network.config()?;
+    let client = connect().await?;
 
     let mut registry = Registry::default();
     let clusterip_metrics = ClusterIpMetrics::default();
@@ -549,6 +544,14 @@ async fn sleep_until(due: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// A client from KUBECONFIG, ~/.kube/config or the in-cluster service
+/// account, for every component that talks to the API.
+pub async fn connect() -> anyhow::Result<Client> {
+    Client::try_default().await.context(
+        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

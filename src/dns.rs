@@ -11,8 +11,8 @@ use crate::cluster::{Fed, Relist, shutdown_signal, watch};
 use crate::http::Health;
 use anyhow::Context as _;
 use futures::TryStreamExt;
+use kube::Api;
 use kube::runtime::watcher;
-use kube::{Api, Client};
 use portico_catalog::Catalog;
 use portico_controllers::k8s::{EndpointSlice, Pod, Service};
 use portico_dns::{Dns, PodsMode};
@@ -28,9 +28,7 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let config = args.dns.config(args.listen)?;
     let pods_needed = config.pods == PodsMode::Verified;
     let dns = Dns::new(config).context("configuring the DNS server")?;
-    let client = Client::try_default().await.context(
-        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
-    )?;
+    let client = crate::cluster::connect().await?;
     let mut registry = Registry::default();
     dns.register(&mut registry);
     let health = Health::new(registry);

@@ -847,12 +847,7 @@ mod tests {
             name,
             IPPoolSpec {
                 addresses: addresses.iter().map(|s| (*s).into()).collect(),
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                disabled: false,
-                service_selector: None,
-                namespace_selector: None,
-                priority: 0,
+                ..Default::default()
             },
         )
     }

@@ -27,8 +27,8 @@ use crate::l2::{L2Agent, L2Index, L2Metrics};
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
+use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
 use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
 use portico_controllers::NetworkConfig;
 use portico_controllers::k8s::{EndpointSlice, Node, Service};
@@ -301,13 +301,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
              or in the chart's DaemonSet)"
         );
     }
-    let net = NetworkConfig::parse(
-        &args.network.service_cluster_ip_range,
-        &args.network.cluster_cidr,
-    )?;
-    let client = Client::try_default().await.context(
-        "connecting to the Kubernetes API (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
-    )?;
+    let net = args.network.config()?;
+    let client = crate::cluster::connect().await?;
 
     let mut registry = Registry::default();
     let metrics = DataplaneMetrics::default();
@@ -1230,12 +1225,7 @@ mod tests {
             "lab",
             IPPoolSpec {
                 addresses: vec!["192.168.56.60-192.168.56.70".into()],
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                disabled: false,
-                service_selector: None,
-                namespace_selector: None,
-                priority: 0,
+                ..Default::default()
             },
         );
         let announcement = L2Announcement::new("lab", L2AnnouncementSpec::default());
@@ -1278,60 +1268,64 @@ mod tests {
         l2.step(&st, &metrics).await;
         assert_eq!(metrics.takeovers.get(), 1);
 
+        // Each write: its method and path checked, its body echoed back as
+        // the API server would store it, and returned.
+        async fn answer(
+            handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+            what: &str,
+            method: Method,
+            path_and_query: &str,
+        ) -> serde_json::Value {
+            let (request, send) =
+                tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+                    .await
+                    .unwrap_or_else(|_| panic!("the agent wrote no {what}"))
+                    .unwrap();
+            assert_eq!(request.method(), method, "{what}");
+            assert_eq!(request.uri().to_string(), path_and_query, "{what}");
+            let body: serde_json::Value =
+                serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap())
+                    .unwrap();
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+            body
+        }
+
         // n1 is the only live node, so it writes the L2Announcement's status.
-        let (status, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
-            .await
-            .expect("the agent wrote no status")
-            .unwrap();
-        assert_eq!(status.method(), Method::PATCH);
-        assert_eq!(
-            status.uri().to_string(),
-            "/apis/portico.dev/v1alpha1/l2announcements/lab/status?&force=true&fieldManager=portico-node"
-        );
-        let body: serde_json::Value =
-            serde_json::from_slice(&status.into_body().collect_bytes().await.unwrap()).unwrap();
+        let body = answer(
+            &mut handle,
+            "status",
+            Method::PATCH,
+            "/apis/portico.dev/v1alpha1/l2announcements/lab/status?&force=true&fieldManager=portico-node",
+        )
+        .await;
         assert_eq!(body["status"]["announced"], 1);
         assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
         assert_eq!(body["status"]["conditions"][0]["status"], "True");
         let mut stored = L2Announcement::new("lab", L2AnnouncementSpec::default());
         stored.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
-        send.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
 
-        let (event, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
-            .await
-            .expect("the agent wrote nothing")
-            .unwrap();
-        assert_eq!(event.method(), Method::POST);
-        assert_eq!(
-            event.uri().to_string(),
-            "/apis/events.k8s.io/v1/namespaces/default/events?"
-        );
-        let body: serde_json::Value =
-            serde_json::from_slice(&event.into_body().collect_bytes().await.unwrap()).unwrap();
+        let body = answer(
+            &mut handle,
+            "Event",
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events?",
+        )
+        .await;
         assert_eq!(body["reason"], "L2Announcing");
         assert_eq!(body["note"], "192.168.56.60 announced by n1 (was none)");
         assert_eq!(body["reportingInstance"], "n1");
-        send.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
 
-        let (apply, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
-            .await
-            .expect("the agent wrote no annotation")
-            .unwrap();
-        assert_eq!(apply.method(), Method::PATCH);
-        assert_eq!(
-            apply.uri().to_string(),
-            "/api/v1/namespaces/default/services/web?&force=true&fieldManager=portico-node"
-        );
-        let body: serde_json::Value =
-            serde_json::from_slice(&apply.into_body().collect_bytes().await.unwrap()).unwrap();
+        let body = answer(
+            &mut handle,
+            "annotation",
+            Method::PATCH,
+            "/api/v1/namespaces/default/services/web?&force=true&fieldManager=portico-node",
+        )
+        .await;
         assert_eq!(
             body["metadata"],
             serde_json::json!({
@@ -1339,11 +1333,6 @@ mod tests {
                 "namespace": "default",
                 "annotations": { "portico.dev/announced-by": "n1" }
             })
-        );
-        send.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
         );
 
         // The watch brings the status back; nothing changed, so nothing

@@ -368,7 +368,7 @@ pub async fn serve(
 
 /// The merge patch that puts the leader label on this replica's pod (or
 /// takes it off).
-pub fn leader_label_patch(leader: bool) -> Value {
+fn leader_label_patch(leader: bool) -> Value {
     let value = if leader {
         Value::String("true".to_owned())
     } else {

@@ -28,12 +28,8 @@ fn pool(i: usize) -> IPPool {
         &format!("pool-{i}"),
         IPPoolSpec {
             addresses: vec![format!("172.{}.{}.0/22", 16 + i / 64, (i % 64) * 4)],
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_selector: None,
-            namespace_selector: None,
             priority: i as i32,
+            ..Default::default()
         },
     )
 }

@@ -311,12 +311,7 @@ fn lab_writes() -> Vec<Write> {
         "lab",
         portico_crds::IPPoolSpec {
             addresses: vec!["192.168.56.60-192.168.56.70".into()],
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_selector: None,
-            namespace_selector: None,
-            priority: 0,
+            ..Default::default()
         },
     );
     let mut svc = mk_svc("default", "api-tester-lb");

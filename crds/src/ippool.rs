@@ -56,6 +56,22 @@ pub struct IPPoolSpec {
     pub priority: i32,
 }
 
+/// What a manifest with empty `spec` fields means: no addresses, auto
+/// assignment on (the schema's default), everything else off.
+impl Default for IPPoolSpec {
+    fn default() -> Self {
+        IPPoolSpec {
+            addresses: Vec::new(),
+            auto_assign: default_true(),
+            avoid_buggy_ips: false,
+            disabled: false,
+            service_selector: None,
+            namespace_selector: None,
+            priority: 0,
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }

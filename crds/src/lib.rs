@@ -56,6 +56,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_ippool_spec_by_default_is_what_a_manifest_with_only_addresses_means() {
+        let read: IPPoolSpec = serde_json::from_value(serde_json::json!({ "addresses": [] }))
+            .expect("a spec with only addresses");
+        assert_eq!(read, IPPoolSpec::default());
+    }
+
+    #[test]
     fn the_ippool_crd_is_cluster_scoped_with_a_status_subresource_and_columns() {
         let crd = IPPool::crd();
         assert_eq!(crd.spec.scope, "Cluster");

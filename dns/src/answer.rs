@@ -408,7 +408,7 @@ fn chase(
     for _ in 0..MAX_CHASE {
         let in_zone = target.len() >= zone.apex.len()
             && target.ends_with(&zone.apex)
-            && (target.len() == zone.apex.len() || label_boundary(target, zone.apex.len()));
+            && (target.len() == zone.apex.len() || wire::label_boundary(target, zone.apex.len()));
         if !in_zone {
             return Outcome::Forward(Forward::Chase {
                 target: target.to_vec(),
@@ -435,16 +435,6 @@ fn chase(
         }
     }
     reply(metrics, w, rcode::SERVFAIL, false, p)
-}
-
-/// Whether `name` has a label boundary `suffix_len` bytes from its end.
-fn label_boundary(name: &[u8], suffix_len: usize) -> bool {
-    let want = name.len() - suffix_len;
-    let mut i = 0;
-    while i < want {
-        i += 1 + name[i] as usize;
-    }
-    i == want
 }
 
 /// Pod names: `<ip>.<ns>.pod.<zone>`, `<ns>.pod.<zone>`, `pod.<zone>`.

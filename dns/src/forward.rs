@@ -95,7 +95,7 @@ impl Forwarder {
         for s in &self.stubs {
             if labels >= s.labels
                 && name.ends_with(&s.suffix)
-                && label_boundary(name, s.suffix.len())
+                && wire::label_boundary(name, s.suffix.len())
             {
                 return &s.servers;
             }
@@ -227,15 +227,6 @@ impl Forwarder {
             .await
             .map_err(|_| Failure::Timeout)?
     }
-}
-
-fn label_boundary(name: &[u8], suffix_len: usize) -> bool {
-    let want = name.len() - suffix_len;
-    let mut i = 0;
-    while i < want {
-        i += 1 + name[i] as usize;
-    }
-    i == want
 }
 
 /// Whether `resp` answers `query` (same ID, a response, same question).

@@ -38,6 +38,18 @@ pub(crate) const CLASS_IN: u16 = 1;
 pub(crate) const CLASS_ANY: u16 = 255;
 /// Length of the DNS header.
 pub(crate) const HEADER_LEN: usize = 12;
+
+/// Whether the wire-format name `name` has a label
+/// boundary `suffix_len` bytes from its end, i.e. ends in a whole-label
+/// suffix of that length.
+pub(crate) fn label_boundary(name: &[u8], suffix_len: usize) -> bool {
+    let want = name.len() - suffix_len;
+    let mut i = 0;
+    while i < want {
+        i += 1 + name[i] as usize;
+    }
+    i == want
+}
 /// A compression pointer to the question name (offset 12).
 pub(crate) const QNAME_POINTER: [u8; 2] = [0xC0, 0x0C];
 /// The longest name in wire form.

@@ -38,10 +38,7 @@ use world::World;
 const MAX_ROUNDS: usize = 20;
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    let net = NetworkConfig::parse(
-        &args.network.service_cluster_ip_range,
-        &args.network.cluster_cidr,
-    )?;
+    let net = args.network.config()?;
     let mut previous: Option<World> = None;
     // The ClusterIP index lives across --watch reloads, so that Services
     // removed from the files go through the reuse quarantine and come back

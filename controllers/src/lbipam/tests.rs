@@ -21,12 +21,7 @@ fn mk_pool(name: &str, addresses: &[&str], age: i64) -> IPPool {
         name,
         IPPoolSpec {
             addresses: addresses.iter().map(|s| s.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_selector: None,
-            namespace_selector: None,
-            priority: 0,
+            ..Default::default()
         },
     );
     p.metadata.creation_timestamp =
