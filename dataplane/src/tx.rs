@@ -375,17 +375,8 @@ impl Transaction {
         key: &str,
         value: Option<&str>,
     ) {
-        self.name("set", set);
-        self.text("element key", key);
-        if let Some(v) = value {
-            self.text("element value", v);
-        }
-        self.ops.push(Op::AddElement {
-            family,
-            set,
-            key: key.into(),
-            value: value.map(Arc::from),
-        });
+        let value: Option<Arc<str>> = value.map(Arc::from);
+        self.add_shared_element(family, set, &Arc::from(key), value.as_ref());
     }
 
     /// `add element` of text that is shared, not copied (a full sync
