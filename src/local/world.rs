@@ -13,7 +13,7 @@ use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write};
 use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// One kind's store and the writer that feeds it.
@@ -257,11 +257,74 @@ pub struct World {
 /// What a round of writes changed.
 #[derive(Default)]
 pub struct Changed {
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub services: Latest<Service>,
+    pub slices: Latest<EndpointSlice>,
     pub deleted_slices: Vec<Arc<EndpointSlice>>,
-    pub pools: Vec<Arc<IPPool>>,
-    pub ranges: Vec<Arc<ClusterIPRange>>,
+    pub pools: Latest<IPPool>,
+    pub ranges: Latest<ClusterIPRange>,
+}
+
+/// The latest version of each object changed in a round, in the order of
+/// their first change: a write costs the same however many came before.
+pub struct Latest<K> {
+    objects: Vec<Option<Arc<K>>>,
+    at: HashMap<(Option<String>, Option<String>), usize>,
+}
+
+impl<K> Default for Latest<K> {
+    fn default() -> Self {
+        Latest {
+            objects: Vec::new(),
+            at: HashMap::new(),
+        }
+    }
+}
+
+impl<K: kube::Resource> Latest<K> {
+    /// Records a new version of an object, replacing an earlier one.
+    fn push(&mut self, obj: Arc<K>) {
+        let key = (obj.meta().namespace.clone(), obj.meta().name.clone());
+        match self.at.get(&key) {
+            Some(&i) => self.objects[i] = Some(obj),
+            None => {
+                self.at.insert(key, self.objects.len());
+                self.objects.push(Some(obj));
+            }
+        }
+    }
+
+    /// Forgets an object (it was deleted).
+    fn remove(&mut self, namespace: Option<&String>, name: Option<&String>) {
+        if let Some(i) = self.at.remove(&(namespace.cloned(), name.cloned())) {
+            self.objects[i] = None;
+        }
+    }
+
+    /// The objects, each in its latest version.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<K>> {
+        self.objects.iter().flatten()
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+}
+
+impl<K> IntoIterator for Latest<K> {
+    type Item = Arc<K>;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Option<Arc<K>>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.objects.into_iter().flatten()
+    }
+}
+
+impl<'a, K: kube::Resource> IntoIterator for &'a Latest<K> {
+    type Item = &'a Arc<K>;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Option<Arc<K>>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.objects.iter().flatten()
+    }
 }
 
 impl World {
@@ -328,17 +391,17 @@ impl World {
                             self.services
                                 .merge(&target.namespace, &target.name, &patch)?
                         {
-                            push_latest(&mut changed.services, svc);
+                            changed.services.push(svc);
                         }
                     }
                     TargetKind::IPPool => {
                         if let Some(pool) = self.set_pool_status(&target.name, &patch)? {
-                            push_latest(&mut changed.pools, pool);
+                            changed.pools.push(pool);
                         }
                     }
                     TargetKind::ClusterIPRange => {
                         if let Some(range) = self.set_range_status(&target.name, &patch)? {
-                            push_latest(&mut changed.ranges, range);
+                            changed.ranges.push(range);
                         }
                     }
                     TargetKind::L2Announcement => {
@@ -357,7 +420,7 @@ impl World {
                             self.endpoint_slices
                                 .merge(&target.namespace, &target.name, &patch)?
                         {
-                            push_latest(&mut changed.slices, slice);
+                            changed.slices.push(slice);
                         }
                     }
                 },
@@ -381,7 +444,7 @@ impl World {
                     }
                     let version = self.next_version();
                     if let Some(slice) = self.endpoint_slices.put(slice, version) {
-                        push_latest(&mut changed.slices, slice);
+                        changed.slices.push(slice);
                     }
                 }
                 Write::Replace(Object::EndpointSlice(slice)) => {
@@ -390,7 +453,7 @@ impl World {
                     check_version(&target, slice.metadata.resource_version.as_deref(), current)?;
                     let version = self.next_version();
                     if let Some(slice) = self.endpoint_slices.put(*slice, version) {
-                        push_latest(&mut changed.slices, slice);
+                        changed.slices.push(slice);
                     }
                 }
                 Write::Create(Object::Service(_)) | Write::Replace(Object::Service(_)) => {
@@ -401,9 +464,10 @@ impl World {
                         if let Some(old) =
                             self.endpoint_slices.remove(&target.namespace, &target.name)
                         {
-                            changed
-                                .slices
-                                .retain(|s| s.metadata.name != old.metadata.name);
+                            changed.slices.remove(
+                                old.metadata.namespace.as_ref(),
+                                old.metadata.name.as_ref(),
+                            );
                             changed.deleted_slices.push(old);
                         }
                     }
@@ -444,12 +508,6 @@ where
     }
     *status(&mut next) = Some(new);
     Ok(objs.put(next, version))
-}
-
-/// Keeps only the latest version of each object in a change list.
-fn push_latest<K: kube::Resource>(list: &mut Vec<Arc<K>>, obj: Arc<K>) {
-    list.retain(|o| o.meta().name != obj.meta().name || o.meta().namespace != obj.meta().namespace);
-    list.push(obj);
 }
 
 /// An update must carry the `resourceVersion` it replaces, as in the API.
