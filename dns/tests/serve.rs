@@ -351,6 +351,16 @@ async fn every_record_kind_and_negative_answer_over_udp_and_tcp() {
             if answers.is_empty() {
                 assert!(has_zone_soa(&m), "{name} {t} over {via:?}: SOA");
             }
+            if *t == RecordType::SRV && name.starts_with("_http") {
+                assert_eq!(
+                    rrs(&m.additionals),
+                    vec![
+                        "web.default.svc.cluster.local A 10.96.0.10",
+                        "web.default.svc.cluster.local AAAA fd00:96::10"
+                    ],
+                    "over {via:?}"
+                );
+            }
             if *t == RecordType::SRV && name.starts_with("_pg") {
                 assert_eq!(
                     rrs(&m.additionals),

@@ -205,6 +205,40 @@ fn named_ports_of_a_cluster_ip_service_have_srv_records() {
     );
 }
 
+#[test]
+fn cluster_ip_srv_answers_carry_the_service_addresses_in_additional() {
+    let mut c = web();
+    c.svc(mk_svc(
+        "default",
+        "v4",
+        "10.96.0.20",
+        &[("http", "TCP", 80)],
+    ));
+    let m = c.ask("_http._tcp.v4.default.svc.cluster.local.", RecordType::SRV);
+    assert_answer(
+        &m,
+        &["_http._tcp.v4.default.svc.cluster.local SRV 0 100 80 v4.default.svc.cluster.local"],
+    );
+    assert_eq!(
+        rrs(&m.additionals),
+        ["v4.default.svc.cluster.local A 10.96.0.20"]
+    );
+    // Dual-stack: both families.
+    let m = c.ask("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+    assert_answer(
+        &m,
+        &["_http._tcp.web.default.svc.cluster.local SRV 0 100 80 web.default.svc.cluster.local"],
+    );
+    assert_eq!(
+        rrs(&m.additionals),
+        [
+            "web.default.svc.cluster.local A 10.96.0.10",
+            "web.default.svc.cluster.local AAAA fd00:96::10",
+        ]
+    );
+    assert_eq!(m.additionals[0].ttl, 5);
+}
+
 /// The SOA's MNAME.
 #[track_caller]
 fn mname(c: &Cluster) -> String {
