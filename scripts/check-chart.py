@@ -8,8 +8,9 @@ usage: check-chart.py KUBE_VERSION CRD_DIR RENDERED.yaml [--expect-defaults] [--
 - Portico's own objects (IPPool, ...) against the openAPIV3Schema of the
   CRDs in CRD_DIR;
 - the chart's promises: least privilege for the node agent, probes on every
-  component, the webhook's safety settings, and (with --expect-defaults) the
-  defaults the documentation states;
+  component, the webhook's safety settings, the DNS server told its own
+  Service's address, and (with --expect-defaults) the defaults the
+  documentation states;
 - with --portico=BIN, that the portico binary accepts every container's
   arguments and environment (the command line is parsed up to `--help`).
 
@@ -134,6 +135,15 @@ def check_promises(objects, expect_defaults):
             cc = w["clientConfig"]
             if "caBundle" not in cc and "cert-manager.io/inject-ca-from" not in hook["metadata"].get("annotations", {}):
                 fail(f"{name_of(hook)}: no caBundle and no cert-manager injection")
+
+    # The DNS server answers ns.dns.<zone> with its own Service's address.
+    dns_ips = {s["spec"]["clusterIP"] for s in by_kind.get("Service", []) if s["metadata"]["labels"].get("app.kubernetes.io/component") == "dns" and s["spec"].get("clusterIP") not in (None, "None")}
+    for dep in by_kind.get("Deployment", []):
+        if dep["metadata"]["labels"]["app.kubernetes.io/component"] != "dns":
+            continue
+        given = {a.split("=", 1)[1] for a in containers(dep)[0]["args"] if a.startswith("--dns-service-ip=")}
+        if given != dns_ips:
+            fail(f"{name_of(dep)}: --dns-service-ip {sorted(given)} is not the DNS Service's clusterIP {sorted(dns_ips)}")
 
     if expect_defaults:
         dns = [s for s in by_kind.get("Service", []) if s["metadata"]["labels"].get("app.kubernetes.io/component") == "dns" and s["spec"].get("clusterIP") != "None"]

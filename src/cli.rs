@@ -2,7 +2,7 @@
 //! flag says what it does, its default and its environment variable.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,6 +125,18 @@ pub struct DnsSettings {
     /// e.g. `corp.example=192.168.56.50` for the company's DNS server.
     #[arg(long = "stub-domain")]
     pub stub_domains: Vec<portico_dns::StubDomain>,
+    /// The ClusterIP of this DNS server's own Service (e.g. `10.96.0.10`),
+    /// one per family, comma-separated or repeated. The zone's name server
+    /// `ns.dns.<zone>` (the target of the apex NS record and the SOA's
+    /// MNAME) answers with it, and the apex NS answer carries it as glue.
+    /// Unset: `ns.dns.<zone>` has no addresses (NODATA).
+    #[arg(
+        long = "dns-service-ip",
+        value_name = "IP",
+        value_delimiter = ',',
+        env = "PORTICO_DNS_SERVICE_IPS"
+    )]
+    pub service_ips: Vec<IpAddr>,
 }
 
 impl DnsSettings {
@@ -147,6 +159,7 @@ impl DnsSettings {
                 .to_ascii_lowercase(),
             ttl: u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX),
             pods: self.pods,
+            service_ips: self.service_ips.clone(),
             listen,
             upstreams,
             stub_domains: self.stub_domains.clone(),
@@ -477,6 +490,26 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dns_service_ips_are_comma_separated_or_repeated() {
+        let cli = Cli::try_parse_from([
+            "portico",
+            "dns",
+            "--upstream=192.168.56.1",
+            "--dns-service-ip=10.96.0.10,fd00:96::a",
+            "--dns-service-ip",
+            "10.96.0.11",
+        ])
+        .unwrap();
+        let Command::Dns(args) = cli.command else {
+            panic!("not dns");
+        };
+        let config = args.dns.config(args.listen).unwrap();
+        let ips: Vec<String> = config.service_ips.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(ips, ["10.96.0.10", "fd00:96::a", "10.96.0.11"]);
+        assert!(Cli::try_parse_from(["portico", "dns", "--dns-service-ip=None"]).is_err());
     }
 
     #[test]

@@ -417,6 +417,8 @@ fn local_serves_cluster_dns_for_the_lab() {
         &listen,
         "--upstream",
         "127.0.0.1:1",
+        "--dns-service-ip",
+        "10.96.0.10",
     ]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(&args)
@@ -425,22 +427,16 @@ fn local_serves_cluster_dns_for_the_lab() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let dig = |name: &str, kind: &str| -> String {
+    let dig_with = |opts: &[&str], name: &str, kind: &str| -> String {
         let out = Command::new("dig")
-            .args([
-                "+short",
-                "+time=1",
-                "+tries=1",
-                "-p",
-                &port.to_string(),
-                "@127.0.0.1",
-                name,
-                kind,
-            ])
+            .args(["+time=1", "+tries=1", "-p", &port.to_string(), "@127.0.0.1"])
+            .args(opts)
+            .args([name, kind])
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
+    let dig = |name: &str, kind: &str| dig_with(&["+short"], name, kind);
     let deadline = Instant::now() + Duration::from_secs(20);
     while dig("db-0.db.default.svc.cluster.local", "A").is_empty() {
         assert!(
@@ -453,6 +449,16 @@ fn local_serves_cluster_dns_for_the_lab() {
     let headless = dig("db.default.svc.cluster.local", "A");
     let srv = dig("_postgres._tcp.db.default.svc.cluster.local", "SRV");
     let cname = dig("ext-github.default.svc.cluster.local", "CNAME");
+    // The apex NS with its glue, over UDP and TCP; the name server itself.
+    let ns = ["+notcp", "+tcp"].map(|t| {
+        dig_with(
+            &[t, "+noall", "+answer", "+additional", "+nottlid"],
+            "cluster.local",
+            "NS",
+        )
+    });
+    let ns_a = dig("ns.dns.cluster.local", "A");
+    let ns_aaaa = dig_with(&["+noall", "+comments"], "ns.dns.cluster.local", "AAAA");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(in_service_range(&api), "{api}");
@@ -468,6 +474,21 @@ fn local_serves_cluster_dns_for_the_lab() {
         ]
     );
     assert_eq!(cname, "github.com.");
+    for ns in ns {
+        let lines: Vec<Vec<&str>> = ns.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            lines,
+            [
+                ["cluster.local.", "IN", "NS", "ns.dns.cluster.local."],
+                ["ns.dns.cluster.local.", "IN", "A", "10.96.0.10"]
+            ],
+            "{ns}"
+        );
+    }
+    assert_eq!(ns_a, "10.96.0.10");
+    // No IPv6 address given: NODATA, not NXDOMAIN.
+    assert!(ns_aaaa.contains("status: NOERROR"), "{ns_aaaa}");
+    assert!(ns_aaaa.contains("ANSWER: 0"), "{ns_aaaa}");
 }
 
 #[test]

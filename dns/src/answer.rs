@@ -316,20 +316,12 @@ fn zone_answer(
     rel: usize,
     out: &mut Vec<u8>,
 ) -> Outcome {
-    let zone = &snap.zone;
     let mut w = Writer::start(out, req, p);
     if !snap.synced {
         return reply(metrics, w, rcode::SERVFAIL, false, p);
     }
     if matches!(p.qtype, rtype::AXFR | rtype::IXFR) {
         return reply(metrics, w, rcode::REFUSED, false, p);
-    }
-    if rel == 0 {
-        if matches!(p.qtype, rtype::SOA | rtype::ANY) {
-            w.push(0, &zone.soa_answer, 1);
-            return reply(metrics, w, rcode::NOERROR, true, p);
-        }
-        return negative(metrics, w, snap, rcode::NOERROR, p);
     }
     if let Some(entry) = snap.names.get(p.qname.wire()) {
         return node_answer(snap, metrics, w, p, entry.node());
@@ -440,7 +432,7 @@ fn chase(
 /// Pod names: `<ip>.<ns>.pod.<zone>`, `<ns>.pod.<zone>`, `pod.<zone>`.
 /// `None` when the name is not under `pod.<zone>`.
 fn pod_answer(snap: &Snapshot, w: &mut Writer<'_>, p: &Parsed, rel: usize) -> Option<u16> {
-    if p.qname.label(rel - 1) != b"pod" {
+    if rel == 0 || p.qname.label(rel - 1) != b"pod" {
         return None;
     }
     let mode = snap.zone.pods;

@@ -1,5 +1,5 @@
-//! What the server is told: zone, TTL, pod records, listen address,
-//! upstreams and stub domains.
+//! What the server is told: zone, TTL, pod records, its own Service's
+//! addresses, listen address, upstreams and stub domains.
 
 use crate::error::{Error, Result};
 use crate::wire;
@@ -118,6 +118,11 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Pod records (`--pods`), default verified.
     pub pods: PodsMode,
+    /// The addresses of the DNS server's own Service (`--dns-service-ip`),
+    /// one per family: the A/AAAA of `ns.dns.<zone>`, the name server of the
+    /// zone's SOA and NS records, and the glue of the apex NS answer. Empty:
+    /// `ns.dns.<zone>` exists without addresses (NODATA).
+    pub service_ips: Vec<IpAddr>,
     /// UDP and TCP listen address (`--listen`), default `0.0.0.0:53`.
     pub listen: SocketAddr,
     /// Servers for names outside the zone (`--upstream`), tried in order.
@@ -154,6 +159,7 @@ impl Default for DnsConfig {
             zone: "cluster.local".into(),
             ttl: 5,
             pods: PodsMode::Verified,
+            service_ips: Vec::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 53)),
             upstreams: Vec::new(),
             stub_domains: Vec::new(),

@@ -246,7 +246,8 @@ impl<'a> NodeRef<'a> {
     }
 }
 
-/// What every snapshot of one server shares: the zone and its SOA.
+/// What every snapshot of one server shares: the zone, its SOA and its
+/// name server.
 #[derive(Debug)]
 pub(crate) struct Zone {
     /// The apex in wire form.
@@ -260,20 +261,26 @@ pub(crate) struct Zone {
     /// The SOA record owned by the apex (authority section of negative
     /// answers).
     pub(crate) soa_authority: Vec<u8>,
-    /// The SOA record owned by the question (an SOA query at the apex).
+    /// The SOA record owned by the question (the apex's SOA set).
     pub(crate) soa_answer: Vec<u8>,
+    /// The zone's name server `ns.dns.<zone>` (wire): the SOA's MNAME and
+    /// the apex NS record's target.
+    pub(crate) ns_name: Vec<u8>,
+    /// The name server's addresses (the DNS Service's), without duplicates.
+    pub(crate) ns_ips: Vec<IpAddr>,
 }
 
 impl Zone {
-    /// The zone `apex` (text) with `ttl` and pod mode.
-    pub(crate) fn new(apex: &str, ttl: u32, pods: PodsMode) -> Option<Zone> {
+    /// The zone `apex` (text) with `ttl`, pod mode and the addresses of
+    /// its name server.
+    pub(crate) fn new(apex: &str, ttl: u32, pods: PodsMode, ns_ips: &[IpAddr]) -> Option<Zone> {
         let apex = wire::name_from_text(apex)?;
-        let mname = wire::name_under(&["ns", "dns"], &apex)?;
+        let ns_name = wire::name_under(&["ns", "dns"], &apex)?;
         let rname = wire::name_under(&["hostmaster"], &apex)?;
         let serial = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        let rdata = wire::soa_rdata(&mname, &rname, serial, ttl);
+        let rdata = wire::soa_rdata(&ns_name, &rname, serial, ttl);
         let mut soa_authority = Vec::new();
         wire::push_rr(
             &mut soa_authority,
@@ -284,6 +291,12 @@ impl Zone {
         );
         let mut soa_answer = Vec::new();
         wire::push_rr(&mut soa_answer, Owner::Question, rtype::SOA, ttl, &rdata);
+        let mut unique = Vec::with_capacity(ns_ips.len());
+        for ip in ns_ips {
+            if !unique.contains(ip) {
+                unique.push(*ip);
+            }
+        }
         Some(Zone {
             apex_labels: wire::count_labels(&apex),
             apex,
@@ -291,7 +304,24 @@ impl Zone {
             pods,
             soa_authority,
             soa_answer,
+            ns_name,
+            ns_ips: unique,
         })
+    }
+
+    /// The name server's address records of type `t` (A or AAAA), owned by
+    /// the question, and their count.
+    fn ns_addresses(&self, t: u16) -> (Vec<u8>, u16) {
+        let mut records = Vec::new();
+        let mut count = 0;
+        for ip in &self.ns_ips {
+            let (rt, rdata) = wire::address_rdata(*ip);
+            if rt == t && count < u16::MAX {
+                wire::push_rr(&mut records, Owner::Question, rt, self.ttl, &rdata);
+                count += 1;
+            }
+        }
+        (records, count)
     }
 }
 
@@ -359,23 +389,51 @@ impl IndexWriter {
         w
     }
 
+    /// The names every zone has: the apex (SOA, NS), its name server,
+    /// `dns-version` and `svc`.
     fn insert_static(&mut self) {
-        let apex = self.zone.apex.clone();
+        let zone = self.zone.clone();
+        let ttl = zone.ttl;
+        // ns.dns.<zone>: the DNS Service's addresses (NODATA for a family
+        // without one, so the NS target always exists).
+        let (a, a_count) = zone.ns_addresses(rtype::A);
+        let (aaaa, aaaa_count) = zone.ns_addresses(rtype::AAAA);
+        let mut ns_sets = Vec::new();
+        if a_count > 0 {
+            ns_sets.push(Rrset::new(rtype::A, a_count, &a, 0, &[]));
+        }
+        if aaaa_count > 0 {
+            ns_sets.push(Rrset::new(rtype::AAAA, aaaa_count, &aaaa, 0, &[]));
+        }
+        self.insert_name(Entry::new(&zone.ns_name, &Node::new(&ns_sets)));
+        // The apex: SOA, and NS -> ns.dns.<zone> with its addresses as glue
+        // (RFC 1034 4.2.1: a zone's apex has NS records).
+        let mut ns = Vec::new();
+        wire::push_rr(&mut ns, Owner::Question, rtype::NS, ttl, &zone.ns_name);
+        let mut glue = Vec::new();
+        wire::reown(&a, &zone.ns_name, &mut glue);
+        wire::reown(&aaaa, &zone.ns_name, &mut glue);
+        let glue_count = a_count.saturating_add(aaaa_count);
+        let apex = Node::new(&[
+            Rrset::new(rtype::SOA, 1, &zone.soa_answer, 0, &[]),
+            Rrset::new(rtype::NS, 1, &ns, glue_count, &glue),
+        ]);
+        self.insert_name(Entry::new(&zone.apex, &apex));
         // dns-version.<zone> TXT "1.1.0" (schema version of the specification).
-        if let Some(name) = wire::name_under(&["dns-version"], &apex) {
+        if let Some(name) = wire::name_under(&["dns-version"], &zone.apex) {
             let mut records = Vec::new();
             wire::push_rr(
                 &mut records,
                 Owner::Question,
                 rtype::TXT,
-                self.zone.ttl,
+                ttl,
                 &wire::txt_rdata("1.1.0"),
             );
             let node = Node::new(&[Rrset::new(rtype::TXT, 1, &records, 0, &[])]);
             self.insert_name(Entry::new(&name, &node));
         }
         // svc.<zone> always exists.
-        if let Some(svc) = wire::name_under(&["svc"], &apex) {
+        if let Some(svc) = wire::name_under(&["svc"], &zone.apex) {
             let svc = Entry::new(&svc, &Node::default());
             self.refs.insert(svc.clone(), 1);
             self.names.insert(svc);

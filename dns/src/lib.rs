@@ -50,7 +50,9 @@
 //! SRV for named ports (targets' addresses in the additional section), PTR
 //! for ClusterIPs and headless endpoints, CNAME for ExternalName Services
 //! (followed, also outside the zone), `dns-version` TXT, pod records
-//! (`disabled`/`insecure`/`verified`). Missing names get NXDOMAIN, names
+//! (`disabled`/`insecure`/`verified`), and at the apex SOA and NS
+//! `ns.dns.<zone>`, whose A/AAAA are [`DnsConfig::service_ips`] (glue in the
+//! additional section of the NS answer). Missing names get NXDOMAIN, names
 //! without the type NODATA, both with the zone's SOA; answers are
 //! authoritative and names case-insensitive. Answers larger than the
 //! client's UDP size are sent with TC set and no records; over TCP in full.
@@ -140,7 +142,7 @@ impl Dns {
     /// [`Dns::serve`]; the zone answers SERVFAIL until [`Dns::mark_synced`].
     pub fn new(config: DnsConfig) -> Result<Self> {
         config.validate()?;
-        let zone = Zone::new(&config.zone, config.ttl, config.pods)
+        let zone = Zone::new(&config.zone, config.ttl, config.pods, &config.service_ips)
             .ok_or_else(|| Error::Config(format!("zone {:?} is not a domain", config.zone)))?;
         let writer = IndexWriter::new(Arc::new(zone));
         let metrics = DnsMetrics::default();

@@ -4,7 +4,7 @@
 //! | Service | name | records |
 //! | --- | --- | --- |
 //! | ClusterIP (any type with ClusterIPs) | `<svc>.<ns>.svc.<zone>` | A/AAAA: the ClusterIPs |
-//! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for each named port → `<svc>.<ns>.svc.<zone>` |
+//! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for each named port → `<svc>.<ns>.svc.<zone>`, the ClusterIPs in additional |
 //! | | reverse of each ClusterIP | PTR → `<svc>.<ns>.svc.<zone>` |
 //! | headless | `<svc>.<ns>.svc.<zone>` | A/AAAA: ready endpoints (no name at all when none) |
 //! | | `<host>.<svc>.<ns>.svc.<zone>` | A/AAAA of that endpoint; `<host>` is its hostname, else its dashed address |
@@ -141,11 +141,13 @@ pub(crate) fn service_records(zone: &Zone, svc: &ServiceInfo, endpoints: &[Endpo
             let Some(srv) = srv_name(&port.name, port.protocol, &svc_name) else {
                 continue;
             };
-            b.add(
-                &srv,
-                rtype::SRV,
-                wire::srv_rdata(0, weight(1), port.port, &svc_name),
-            );
+            let ttl = zone.ttl;
+            let rdata = wire::srv_rdata(0, weight(1), port.port, &svc_name);
+            if let Some(set) = b.add(&srv, rtype::SRV, rdata) {
+                for ip in &svc.cluster_ips {
+                    add_extra(set, &svc_name, *ip, ttl);
+                }
+            }
         }
         return b.finish();
     }

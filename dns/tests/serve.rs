@@ -351,6 +351,16 @@ async fn every_record_kind_and_negative_answer_over_udp_and_tcp() {
             if answers.is_empty() {
                 assert!(has_zone_soa(&m), "{name} {t} over {via:?}: SOA");
             }
+            if *t == RecordType::SRV && name.starts_with("_http") {
+                assert_eq!(
+                    rrs(&m.additionals),
+                    vec![
+                        "web.default.svc.cluster.local A 10.96.0.10",
+                        "web.default.svc.cluster.local AAAA fd00:96::10"
+                    ],
+                    "over {via:?}"
+                );
+            }
             if *t == RecordType::SRV && name.starts_with("_pg") {
                 assert_eq!(
                     rrs(&m.additionals),
@@ -632,12 +642,37 @@ async fn a_failing_upstream_gives_servfail_quickly() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_real_resolver_resolves_cluster_names() {
+/// A hickory resolver that asks only `addr`, over the transports in `via`.
+fn resolver(
+    addr: SocketAddr,
+    via: &[Via],
+) -> hickory_resolver::Resolver<hickory_resolver::net::runtime::TokioRuntimeProvider> {
     use hickory_resolver::Resolver;
     use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
     use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
+    let connections = via
+        .iter()
+        .map(|v| {
+            let mut c = match v {
+                Via::Udp => ConnectionConfig::udp(),
+                Via::Tcp => ConnectionConfig::tcp(),
+            };
+            c.port = addr.port();
+            c
+        })
+        .collect();
+    let ns = NameServerConfig::new(addr.ip(), true, connections);
+    Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_real_resolver_resolves_cluster_names() {
     let server = Server::start(
         DnsConfig {
             pods: PodsMode::Verified,
@@ -647,17 +682,7 @@ async fn a_real_resolver_resolves_cluster_names() {
         true,
     )
     .await;
-    let mut udp = ConnectionConfig::udp();
-    udp.port = server.addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = server.addr.port();
-    let ns = NameServerConfig::new(server.addr.ip(), true, vec![udp, tcp]);
-    let resolver = Resolver::builder_with_config(
-        ResolverConfig::from_name_servers(vec![ns]),
-        TokioRuntimeProvider::default(),
-    )
-    .build()
-    .unwrap();
+    let resolver = resolver(server.addr, &[Via::Udp, Via::Tcp]);
     let ips: Vec<String> = resolver
         .lookup_ip("web.default.svc.cluster.local.")
         .await
@@ -672,6 +697,56 @@ async fn a_real_resolver_resolves_cluster_names() {
         .await
         .unwrap();
     assert_eq!(big.iter().filter(|ip| ip.is_ipv4()).count(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_real_resolver_gets_the_apex_ns_and_its_glue_over_udp_and_tcp() {
+    let server = Server::start(
+        DnsConfig {
+            service_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
+            ..DnsConfig::default()
+        },
+        &cluster(),
+        true,
+    )
+    .await;
+    for via in [Via::Udp, Via::Tcp] {
+        let resolver = resolver(server.addr, &[via]);
+        let ns = resolver
+            .lookup("cluster.local.", RecordType::NS)
+            .await
+            .unwrap_or_else(|e| panic!("NS over {via:?}: {e}"));
+        assert_eq!(
+            rrs(ns.answers()),
+            ["cluster.local NS ns.dns.cluster.local"],
+            "over {via:?}"
+        );
+        assert!(ns.message().metadata.authoritative, "over {via:?}");
+        assert_eq!(
+            rrs(ns.additionals()),
+            [
+                "ns.dns.cluster.local A 10.96.0.10",
+                "ns.dns.cluster.local AAAA fd00:96::a"
+            ],
+            "over {via:?}"
+        );
+        let ips: Vec<String> = resolver
+            .lookup_ip("ns.dns.cluster.local.")
+            .await
+            .unwrap_or_else(|e| panic!("ns.dns over {via:?}: {e}"))
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        assert!(
+            ips.contains(&"10.96.0.10".to_owned()),
+            "{ips:?} over {via:?}"
+        );
+        assert!(
+            ips.contains(&"fd00:96::a".to_owned()),
+            "{ips:?} over {via:?}"
+        );
+    }
     server.stop().await;
 }
 

@@ -17,7 +17,17 @@ struct Cluster {
 
 impl Cluster {
     fn new(pods: PodsMode) -> Self {
-        let zone = Zone::new("cluster.local", 5, pods).unwrap();
+        Cluster::with_ns(pods, "")
+    }
+
+    /// A cluster whose DNS Service has `ns_ips` (comma-separated).
+    fn with_ns(pods: PodsMode, ns_ips: &str) -> Self {
+        let ips: Vec<std::net::IpAddr> = ns_ips
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let zone = Zone::new("cluster.local", 5, pods, &ips).unwrap();
         let mut writer = IndexWriter::new(Arc::new(zone));
         writer.set_synced(true);
         Cluster {
@@ -193,6 +203,140 @@ fn named_ports_of_a_cluster_ip_service_have_srv_records() {
         &c.ask("_dns._tcp.web.default.svc.cluster.local.", RecordType::SRV),
         ResponseCode::NXDomain,
     );
+}
+
+#[test]
+fn cluster_ip_srv_answers_carry_the_service_addresses_in_additional() {
+    let mut c = web();
+    c.svc(mk_svc(
+        "default",
+        "v4",
+        "10.96.0.20",
+        &[("http", "TCP", 80)],
+    ));
+    let m = c.ask("_http._tcp.v4.default.svc.cluster.local.", RecordType::SRV);
+    assert_answer(
+        &m,
+        &["_http._tcp.v4.default.svc.cluster.local SRV 0 100 80 v4.default.svc.cluster.local"],
+    );
+    assert_eq!(
+        rrs(&m.additionals),
+        ["v4.default.svc.cluster.local A 10.96.0.20"]
+    );
+    // Dual-stack: both families.
+    let m = c.ask("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+    assert_answer(
+        &m,
+        &["_http._tcp.web.default.svc.cluster.local SRV 0 100 80 web.default.svc.cluster.local"],
+    );
+    assert_eq!(
+        rrs(&m.additionals),
+        [
+            "web.default.svc.cluster.local A 10.96.0.10",
+            "web.default.svc.cluster.local AAAA fd00:96::10",
+        ]
+    );
+    assert_eq!(m.additionals[0].ttl, 5);
+}
+
+/// The SOA's MNAME.
+#[track_caller]
+fn mname(c: &Cluster) -> String {
+    let m = c.ask("cluster.local.", RecordType::SOA);
+    let hickory_proto::rr::RData::SOA(soa) = &m.answers[0].data else {
+        panic!("not an SOA: {:?}", rrs(&m.answers));
+    };
+    soa.mname.to_string()
+}
+
+#[test]
+fn the_apex_ns_names_the_soa_name_server_with_the_dns_service_addresses_as_glue() {
+    let c = Cluster::with_ns(PodsMode::Verified, "10.96.0.10,fd00:96::a");
+    let m = c.ask("Cluster.Local.", RecordType::NS);
+    assert_answer(&m, &["cluster.local NS ns.dns.cluster.local"]);
+    assert_eq!(m.answers[0].ttl, 5);
+    assert!(m.authorities.is_empty());
+    assert_eq!(
+        rrs(&m.additionals),
+        [
+            "ns.dns.cluster.local A 10.96.0.10",
+            "ns.dns.cluster.local AAAA fd00:96::a",
+        ]
+    );
+    assert_eq!(mname(&c), "ns.dns.cluster.local.");
+}
+
+#[test]
+fn without_a_dns_service_address_the_apex_ns_has_no_glue() {
+    let c = Cluster::new(PodsMode::Verified);
+    let m = c.ask("cluster.local.", RecordType::NS);
+    assert_answer(&m, &["cluster.local NS ns.dns.cluster.local"]);
+    assert!(m.additionals.is_empty(), "{:?}", rrs(&m.additionals));
+    // The NS target still exists: NODATA, not NXDOMAIN.
+    for t in [RecordType::A, RecordType::AAAA] {
+        assert_negative(&c.ask("ns.dns.cluster.local.", t), ResponseCode::NoError);
+    }
+    assert_negative(
+        &c.ask("dns.cluster.local.", RecordType::A),
+        ResponseCode::NoError,
+    );
+    assert_negative(
+        &c.ask("other.dns.cluster.local.", RecordType::A),
+        ResponseCode::NXDomain,
+    );
+}
+
+#[test]
+fn the_name_server_answers_with_the_dns_service_addresses() {
+    let c = Cluster::with_ns(PodsMode::Verified, "10.96.0.10,fd00:96::a");
+    assert_answer(
+        &c.ask("ns.dns.cluster.local.", RecordType::A),
+        &["ns.dns.cluster.local A 10.96.0.10"],
+    );
+    assert_answer(
+        &c.ask("NS.dns.cluster.local.", RecordType::AAAA),
+        &["ns.dns.cluster.local AAAA fd00:96::a"],
+    );
+    assert_negative(
+        &c.ask("ns.dns.cluster.local.", RecordType::TXT),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn the_name_server_is_nodata_for_a_family_without_an_address() {
+    let c = Cluster::with_ns(PodsMode::Verified, "10.96.0.10");
+    assert_answer(
+        &c.ask("ns.dns.cluster.local.", RecordType::A),
+        &["ns.dns.cluster.local A 10.96.0.10"],
+    );
+    assert_negative(
+        &c.ask("ns.dns.cluster.local.", RecordType::AAAA),
+        ResponseCode::NoError,
+    );
+    let m = c.ask("cluster.local.", RecordType::NS);
+    assert_eq!(rrs(&m.additionals), ["ns.dns.cluster.local A 10.96.0.10"]);
+    // And the other way round.
+    let c = Cluster::with_ns(PodsMode::Verified, "fd00:96::a");
+    assert_negative(
+        &c.ask("ns.dns.cluster.local.", RecordType::A),
+        ResponseCode::NoError,
+    );
+    assert_answer(
+        &c.ask("ns.dns.cluster.local.", RecordType::AAAA),
+        &["ns.dns.cluster.local AAAA fd00:96::a"],
+    );
+}
+
+#[test]
+fn any_at_the_apex_has_the_soa_and_the_ns() {
+    let c = Cluster::with_ns(PodsMode::Verified, "10.96.0.10");
+    let m = c.ask("cluster.local.", RecordType::ANY);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.metadata.authoritative);
+    let types: Vec<RecordType> = m.answers.iter().map(Record::record_type).collect();
+    assert_eq!(types, [RecordType::SOA, RecordType::NS]);
+    assert_eq!(rrs(&m.additionals), ["ns.dns.cluster.local A 10.96.0.10"]);
 }
 
 fn db() -> Cluster {
