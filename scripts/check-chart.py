@@ -7,7 +7,8 @@ usage: check-chart.py KUBE_VERSION CRD_DIR RENDERED.yaml [--expect-defaults] [--
   (kubernetes-validate, strict: unknown fields are errors);
 - Portico's own objects (IPPool, ...) against the openAPIV3Schema of the
   CRDs in CRD_DIR;
-- the chart's promises: least privilege for the node agent, probes on every
+- the chart's promises: least privilege for the node agent (no host path
+  but /proc/sys/net, for --conntrack-tcp-be-liberal), probes on every
   component, the webhook's safety settings, the DNS server told its own
   Service's address, and (with --expect-defaults) the defaults the
   documentation states;
@@ -105,11 +106,25 @@ def check_promises(objects, expect_defaults):
             fail(f"{name_of(ds)}: capabilities must be exactly NET_ADMIN and NET_RAW, got {caps}")
         if containers(ds)[0]["securityContext"].get("privileged"):
             fail(f"{name_of(ds)}: must not be privileged")
+        # The one host path: the node's network sysctls, for
+        # --conntrack-tcp-be-liberal, mounted where --proc-sys-net says.
+        args = containers(ds)[0]["args"]
+        host_paths = {v["name"]: v["hostPath"]["path"] for v in spec.get("volumes", []) if "hostPath" in v}
+        if set(host_paths.values()) - {"/proc/sys/net"}:
+            fail(f"{name_of(ds)}: the only host path may be /proc/sys/net, got {host_paths}")
+        mounts = {m["name"]: m["mountPath"] for m in containers(ds)[0].get("volumeMounts", [])}
+        for name in host_paths:
+            if f"--proc-sys-net={mounts.get(name)}" not in args:
+                fail(f"{name_of(ds)}: /proc/sys/net is mounted at {mounts.get(name)}, but the args say {args}")
+        if ("--conntrack-tcp-be-liberal" in args) != bool(host_paths):
+            fail(f"{name_of(ds)}: --conntrack-tcp-be-liberal needs the host's /proc/sys/net, and only it")
         if expect_defaults:
             if spec.get("priorityClassName") != "system-node-critical":
                 fail(f"{name_of(ds)}: priorityClassName must be system-node-critical")
             if {"operator": "Exists"} not in spec.get("tolerations", []):
                 fail(f"{name_of(ds)}: must tolerate every taint")
+            if "--conntrack-tcp-be-liberal" not in args:
+                fail(f"{name_of(ds)}: nf_conntrack_tcp_be_liberal must be on by default, as in upstream CI")
 
     for dep in by_kind.get("Deployment", []):
         component = dep["metadata"]["labels"]["app.kubernetes.io/component"]

@@ -305,6 +305,40 @@ impl L2Args {
     }
 }
 
+/// Conntrack settings of the node's network namespace, shared by `node`
+/// and `local --dataplane`; applied at start, before the first sync.
+#[derive(Clone, Debug, Args)]
+pub struct ConntrackArgs {
+    /// Set `net.netfilter.nf_conntrack_tcp_be_liberal=1` at start, as
+    /// kube-proxy's flag of the same name: conntrack stops marking
+    /// out-of-window TCP segments INVALID, so a stray segment from an
+    /// endpoint is translated back to the Service address instead of
+    /// reaching the client untranslated, where the client's reset would
+    /// kill the connection. It loosens TCP window checks for every flow of
+    /// the node's network namespace. Off: the sysctl is left as it is.
+    #[arg(long, env = "PORTICO_CONNTRACK_TCP_BE_LIBERAL")]
+    pub conntrack_tcp_be_liberal: bool,
+    /// Where the node's network sysctls are written: `/proc/sys/net`, or
+    /// the host's `/proc/sys/net` mounted elsewhere when `/proc/sys` is
+    /// read-only, as in a container (the chart mounts it at
+    /// `/host/proc/sys/net`).
+    #[arg(long, default_value = portico_dataplane::conntrack::PROC_SYS_NET, env = "PORTICO_PROC_SYS_NET")]
+    pub proc_sys_net: PathBuf,
+}
+
+impl ConntrackArgs {
+    /// Sets the sysctls these flags ask for. A sysctl that cannot be set
+    /// stops the start, as in kube-proxy.
+    pub fn apply(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        if self.conntrack_tcp_be_liberal {
+            portico_dataplane::conntrack::set_tcp_be_liberal(&self.proc_sys_net)
+                .context("--conntrack-tcp-be-liberal (see --proc-sys-net)")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     #[command(flatten)]
@@ -372,6 +406,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub cleanup: bool,
     #[command(flatten)]
+    pub conntrack: ConntrackArgs,
+    #[command(flatten)]
     pub l2: L2Args,
 }
 
@@ -429,6 +465,9 @@ pub struct LocalArgs {
     /// (default: the node's primary addresses in the manifests).
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+    /// With `--dataplane`, conntrack settings as on a node.
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
     /// With `--dataplane`, L2 announcement as on `--node-name`: liveness
     /// from the manifests' Node Ready conditions (and gossip, when
     /// `--gossip-listen` is given).
@@ -510,6 +549,42 @@ mod tests {
         let ips: Vec<String> = config.service_ips.iter().map(|ip| ip.to_string()).collect();
         assert_eq!(ips, ["10.96.0.10", "fd00:96::a", "10.96.0.11"]);
         assert!(Cli::try_parse_from(["portico", "dns", "--dns-service-ip=None"]).is_err());
+    }
+
+    #[test]
+    fn tcp_be_liberal_is_off_unless_asked_for_on_node_and_local() {
+        let node = |extra: &[&str]| {
+            let args = ["portico", "node", "--node-name", "n1"].iter().chain(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Node(a) => a.conntrack,
+                other => panic!("{other:?}"),
+            }
+        };
+        let off = node(&[]);
+        assert!(!off.conntrack_tcp_be_liberal);
+        assert_eq!(off.proc_sys_net, PathBuf::from("/proc/sys/net"));
+        let on = node(&[
+            "--conntrack-tcp-be-liberal",
+            "--proc-sys-net=/host/proc/sys/net",
+        ]);
+        assert!(on.conntrack_tcp_be_liberal);
+        assert_eq!(on.proc_sys_net, PathBuf::from("/host/proc/sys/net"));
+
+        let local = Cli::try_parse_from([
+            "portico",
+            "local",
+            "-f",
+            "lab.yaml",
+            "--dataplane",
+            "--node-name",
+            "n1",
+            "--conntrack-tcp-be-liberal",
+        ])
+        .unwrap();
+        match local.command {
+            Command::Local(a) => assert!(a.conntrack.conntrack_tcp_be_liberal),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -301,6 +301,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
              or in the chart's DaemonSet)"
         );
     }
+    args.conntrack.apply()?;
     let net = args.network.config()?;
     let client = crate::cluster::connect().await?;
 

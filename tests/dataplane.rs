@@ -55,10 +55,14 @@ impl Netns {
         None
     }
 
-    /// Runs portico in the namespace.
     /// Runs portico in the namespace; a run that does not end within a
     /// minute is killed (exit status 124), so a hang fails the test.
     fn portico(&self, args: &[&str]) -> Output {
+        self.portico_with(&[], args)
+    }
+
+    /// The same, with more environment variables.
+    fn portico_with(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new("timeout")
             .args([
                 "60",
@@ -69,9 +73,21 @@ impl Netns {
                 env!("CARGO_BIN_EXE_portico"),
             ])
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap()
+    }
+
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal` in the namespace.
+    fn tcp_be_liberal(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "cat"])
+            .arg("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
     }
 }
 
@@ -163,4 +179,71 @@ fn dataplane_needs_a_node_name() {
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--node-name"), "{}", stderr(&out));
+}
+
+#[test]
+fn node_and_local_dataplane_set_tcp_be_liberal_in_their_namespace_when_asked() {
+    let Some(asked) = Netns::new() else { return };
+    let host =
+        || std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal").unwrap();
+    let host_before = host();
+    let mut args = LAB.to_vec();
+    args.extend(["--dataplane", "--node-name", "k8s-worker1"]);
+
+    let not_asked = Netns::new().unwrap();
+    let out = not_asked.portico(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(not_asked.tcp_be_liberal(), "0", "left as it is");
+
+    args.push("--conntrack-tcp-be-liberal");
+    assert_eq!(asked.tcp_be_liberal(), "0");
+    let out = asked.portico(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(asked.tcp_be_liberal(), "1");
+    assert!(
+        stderr(&out).contains("nf_conntrack_tcp_be_liberal"),
+        "what was set is logged: {}",
+        stderr(&out)
+    );
+
+    // `portico node` sets it before it connects to the cluster (there is
+    // none here, so it stops there).
+    let node = Netns::new().unwrap();
+    let out = node.portico_with(
+        &[
+            ("KUBECONFIG", "/nonexistent"),
+            ("PORTICO_CONNTRACK_TCP_BE_LIBERAL", "true"),
+        ],
+        &["node", "--node-name", "k8s-worker1"],
+    );
+    assert!(!out.status.success());
+    assert_eq!(node.tcp_be_liberal(), "1", "{}", stderr(&out));
+
+    assert_eq!(host(), host_before, "other namespaces keep theirs");
+}
+
+#[test]
+fn a_tcp_be_liberal_that_cannot_be_set_stops_the_start_and_says_why() {
+    let Some(ns) = Netns::new() else { return };
+    for args in [
+        &["node", "--node-name", "k8s-worker1"][..],
+        &[LAB, &["--dataplane", "--node-name", "k8s-worker1"]].concat(),
+    ] {
+        let args = [
+            args,
+            &["--conntrack-tcp-be-liberal", "--proc-sys-net=/nonexistent"],
+        ]
+        .concat();
+        let out = ns.portico_with(&[("KUBECONFIG", "/nonexistent")], &args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("--conntrack-tcp-be-liberal"), "{err}");
+        assert!(
+            err.contains("/nonexistent/netfilter/nf_conntrack_tcp_be_liberal"),
+            "{err}"
+        );
+        assert!(err.contains("nf_conntrack module"), "{err}");
+    }
+    let dump = ns.portico(&["node", "--dump"]);
+    assert_eq!(stdout(&dump), "", "nothing was programmed");
 }

@@ -1,11 +1,16 @@
-//! Forgetting UDP flows whose endpoint went away. UDP has no connection
-//! to reset: without this, a client keeps sending to a dead endpoint as
-//! long as its conntrack entry lives.
+//! Conntrack beyond the rules: forgetting UDP flows whose endpoint went
+//! away (UDP has no connection to reset: without this, a client keeps
+//! sending to a dead endpoint as long as its conntrack entry lives), and
+//! the one conntrack sysctl the agent may set at start,
+//! `nf_conntrack_tcp_be_liberal` (see the README's "Out-of-window TCP
+//! segments").
 
 use crate::names::Family;
 use crate::render::ConntrackTarget;
 use crate::{Error, Result};
+use std::io::ErrorKind;
 use std::net::IpAddr;
+use std::path::Path;
 use std::process::Command;
 
 /// Deletes conntrack entries.
@@ -108,9 +113,104 @@ impl Conntrack for RecordingConntrack {
     }
 }
 
+/// Where a process finds the network sysctls of its own network
+/// namespace.
+pub const PROC_SYS_NET: &str = "/proc/sys/net";
+
+/// `net.netfilter.nf_conntrack_tcp_be_liberal`, relative to
+/// [`PROC_SYS_NET`].
+pub const TCP_BE_LIBERAL: &str = "netfilter/nf_conntrack_tcp_be_liberal";
+
+/// Turns on `net.netfilter.nf_conntrack_tcp_be_liberal` (kube-proxy's
+/// `--conntrack-tcp-be-liberal`): conntrack stops marking out-of-window TCP
+/// segments INVALID, so NAT keeps translating them. Writes only when the
+/// value is not already 1, logs what it found and did, and returns the
+/// value it found.
+///
+/// `proc_sys_net` is [`PROC_SYS_NET`], or the host's `/proc/sys/net`
+/// mounted elsewhere where `/proc/sys` is read-only (a container's). The
+/// kernel resolves the file in the network namespace of the calling
+/// thread, whichever mount it is opened through.
+pub fn set_tcp_be_liberal(proc_sys_net: &Path) -> Result<String> {
+    let path = proc_sys_net.join(TCP_BE_LIBERAL);
+    let error = |e: std::io::Error| {
+        let hint = match e.kind() {
+            ErrorKind::NotFound => " (no such sysctl: is the nf_conntrack module loaded?)",
+            ErrorKind::ReadOnlyFilesystem => {
+                " (read-only, as /proc/sys is in a container: mount the host's /proc/sys/net \
+                 elsewhere and write there)"
+            }
+            ErrorKind::PermissionDenied => " (needs CAP_NET_ADMIN)",
+            _ => "",
+        };
+        Error::Sysctl {
+            path: path.display().to_string(),
+            message: format!("{e}{hint}"),
+        }
+    };
+    let previous = std::fs::read_to_string(&path).map_err(error)?;
+    let previous = previous.trim().to_owned();
+    if previous == "1" {
+        tracing::info!(
+            sysctl = "net.netfilter.nf_conntrack_tcp_be_liberal",
+            value = 1,
+            "conntrack sysctl already set"
+        );
+    } else {
+        std::fs::write(&path, "1\n").map_err(error)?;
+        tracing::info!(
+            sysctl = "net.netfilter.nf_conntrack_tcp_be_liberal",
+            value = 1,
+            previous = %previous,
+            "set conntrack sysctl"
+        );
+    }
+    Ok(previous)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for `/proc/sys/net` with the sysctl at `value` (`None`:
+    /// without it).
+    fn proc_sys_net(test: &str, value: Option<&str>) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("portico-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("netfilter")).unwrap();
+        if let Some(v) = value {
+            std::fs::write(dir.join(TCP_BE_LIBERAL), v).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn tcp_be_liberal_is_written_only_when_it_is_off() {
+        let dir = proc_sys_net("liberal-off", Some("0\n"));
+        assert_eq!(set_tcp_be_liberal(&dir).unwrap(), "0");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(TCP_BE_LIBERAL)).unwrap(),
+            "1\n"
+        );
+
+        // Already on: left alone (a write would end the file with a newline).
+        let dir = proc_sys_net("liberal-on", Some("1"));
+        assert_eq!(set_tcp_be_liberal(&dir).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(TCP_BE_LIBERAL)).unwrap(),
+            "1"
+        );
+    }
+
+    #[test]
+    fn a_missing_tcp_be_liberal_sysctl_is_an_error_that_says_why() {
+        let dir = proc_sys_net("liberal-missing", None);
+        let err = set_tcp_be_liberal(&dir).unwrap_err();
+        assert_eq!(err.metric_label(), "sysctl");
+        let msg = err.to_string();
+        assert!(msg.contains("nf_conntrack_tcp_be_liberal"), "{msg}");
+        assert!(msg.contains("nf_conntrack module"), "{msg}");
+    }
 
     #[test]
     fn deletions_name_the_service_address_or_node_port() {

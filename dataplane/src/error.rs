@@ -28,6 +28,14 @@ pub enum Error {
     /// The in-memory backend refused a transaction (as nft would).
     #[error("fake nft: {0}")]
     Fake(String),
+    /// A sysctl could not be read or written.
+    #[error("sysctl {path}: {message}")]
+    Sysctl {
+        /// The file under `/proc/sys`.
+        path: String,
+        /// Why.
+        message: String,
+    },
 }
 
 impl Error {
@@ -39,6 +47,7 @@ impl Error {
             Error::Spawn { .. } => "spawn",
             Error::Parse(_) => "parse",
             Error::Fake(_) => "fake",
+            Error::Sysctl { .. } => "sysctl",
         }
     }
 }

@@ -12,11 +12,15 @@
 mod support;
 
 use portico_catalog::Catalog;
+use portico_dataplane::conntrack::{self, PROC_SYS_NET, TCP_BE_LIBERAL};
 use portico_dataplane::{ConntrackTool, Nft, Proxier};
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
-use support::lab::{From, Lab};
+use support::lab::{From, Lab, TIMEOUT, in_netns};
+use support::rawtcp::{ACK, IP_HEADER, Injector, PSH, RST, SYN, Segment, Sniffer, checksum};
 use support::*;
 
 const PORT: u16 = 8080;
@@ -482,4 +486,244 @@ fn an_ipv6_cluster_ip_reaches_a_pod() {
     );
     let err = lab.tcp(From::Client, "[fd96::60]:80").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err:?}");
+}
+
+/// How far beyond the client's receive window the forged segment starts:
+/// a quarter of the sequence space, more than any window can be.
+const OUT_OF_WINDOW: u32 = 1 << 30;
+
+/// How the client answered the forged segment.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// A reset: the segment reached it untranslated, from the endpoint's
+    /// address, which it has no connection with.
+    Reset,
+    /// An acknowledgement: the segment reached its socket, translated,
+    /// and the socket asked again for the data it expects.
+    Ack,
+}
+
+/// What became of one connection after the forged segment.
+#[derive(Debug, PartialEq, Eq)]
+struct Fate {
+    answer: Answer,
+    /// What the server read next from the client (or why it could not).
+    server_read: Result<String, ErrorKind>,
+    /// What the client read next from the server.
+    client_read: Result<String, ErrorKind>,
+}
+
+impl Fate {
+    fn survived() -> Fate {
+        Fate {
+            answer: Answer::Ack,
+            server_read: Ok("again".into()),
+            client_read: Ok("still".into()),
+        }
+    }
+
+    fn reset() -> Fate {
+        Fate {
+            answer: Answer::Reset,
+            server_read: Err(ErrorKind::ConnectionReset),
+            client_read: Err(ErrorKind::ConnectionReset),
+        }
+    }
+}
+
+/// Upstream's e2e test "Conntrack should drop INVALID conntrack entries":
+/// pod 1 (on this node) talks through the ClusterIP 10.96.0.10:80 to pod
+/// 2 (on another node, routed through this one, not masqueraded), whose
+/// side then sends one segment far outside pod 1's receive window. The
+/// node's conntrack sees it in the reply direction of the connection.
+struct OutOfWindow {
+    lab: Lab,
+    listener: std::net::TcpListener,
+    /// What reaches pod 2: the client's segments, after DNAT.
+    sniffer: Sniffer,
+    /// Forges segments from pod 2.
+    injector: Injector,
+}
+
+impl OutOfWindow {
+    fn new(test: &str) -> Option<OutOfWindow> {
+        if !root_or_skip(test) {
+            return None;
+        }
+        let lab = Lab::new(2);
+        let c = catalog(
+            &[svc("default", "web", "10.96.0.10").port("http", "TCP", 80)],
+            &[slice(
+                "default",
+                "web-1",
+                "web",
+                &HTTP,
+                &[ep("10.244.2.2").on(OTHER_NODE)],
+            )],
+        );
+        proxier(&lab).full_sync(&c).unwrap();
+        let (listener, sniffer, injector) = in_netns(&lab.pods[1], || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", PORT)).unwrap();
+            // A guard: accept gives up instead of waiting forever.
+            socket2::SockRef::from(&listener)
+                .set_read_timeout(Some(TIMEOUT))
+                .unwrap();
+            (
+                listener,
+                Sniffer::new(TIMEOUT).unwrap(),
+                Injector::new().unwrap(),
+            )
+        });
+        Some(OutOfWindow {
+            lab,
+            listener,
+            sniffer,
+            injector,
+        })
+    }
+
+    /// `nf_conntrack_tcp_be_liberal` in the node namespace.
+    fn tcp_be_liberal(&self) -> String {
+        let path = Path::new(PROC_SYS_NET).join(TCP_BE_LIBERAL);
+        in_netns(&self.lab.node, move || std::fs::read_to_string(path))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// One connection: data both ways, the forged segment, data both
+    /// ways again.
+    fn connection(&mut self) -> Fate {
+        let service: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let mut client = in_netns(&self.lab.pods[0], move || {
+            TcpStream::connect_timeout(&service, TIMEOUT)
+        })
+        .unwrap();
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (mut server, peer) = self.listener.accept().unwrap();
+        server.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let SocketAddr::V4(peer) = peer else {
+            panic!("{peer}")
+        };
+        assert_eq!(*peer.ip(), Ipv4Addr::new(10, 244, 1, 2), "not masqueraded");
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), PORT);
+
+        client.write_all(b"ping\n").unwrap();
+        assert_eq!(read(&mut server, 5), Ok("ping".into()));
+        server.write_all(b"pong\n").unwrap();
+        assert_eq!(read(&mut client, 5), Ok("pong".into()));
+
+        // The sequence numbers, from what reached the server: the
+        // client's SYN carries its initial one, its first ACK the
+        // server's plus one; each side has sent 5 bytes since.
+        let from_client = move |s: &Segment| s.src == peer && s.dst == local;
+        let syn = self.sniffer.next(|s| from_client(s) && s.has(SYN)).unwrap();
+        let first_ack = self.sniffer.next(|s| from_client(s) && s.has(ACK)).unwrap();
+        let client_next = syn.seq.wrapping_add(1 + 5);
+        let server_next = first_ack.ack.wrapping_add(5);
+        // Once the client has acknowledged all the server sent, its next
+        // segment is its answer to the forged one.
+        self.sniffer
+            .next(|s| from_client(s) && s.ack == server_next)
+            .unwrap();
+
+        // A valid ACK (everything the client sent), a sequence number far
+        // beyond the client's window, and data, so that a socket that gets
+        // it answers at once (duplicate ACKs for data are not rate-limited).
+        self.injector
+            .send(&Segment {
+                src: local,
+                dst: peer,
+                seq: server_next.wrapping_add(OUT_OF_WINDOW),
+                ack: client_next,
+                flags: ACK | PSH,
+                window: 502,
+                payload: b"out of window\n".to_vec(),
+            })
+            .unwrap();
+        // Waiting for the answer orders it before the data below: a reset
+        // that arrived after the server had read more would fall outside
+        // its window and be ignored.
+        let answer = self.sniffer.next(from_client).unwrap();
+        let answer = if answer.has(RST) {
+            assert_eq!(answer.seq, client_next, "{answer:?}");
+            Answer::Reset
+        } else {
+            Answer::Ack
+        };
+
+        client.write_all(b"again\n").unwrap();
+        let server_read = read(&mut server, 6);
+        if server_read.is_ok() {
+            server.write_all(b"still\n").unwrap();
+        }
+        let client_read = read(&mut client, 6);
+        Fate {
+            answer,
+            server_read,
+            client_read,
+        }
+    }
+}
+
+/// Exactly `n` bytes from `s`, without the trailing newline.
+fn read(s: &mut TcpStream, n: usize) -> Result<String, ErrorKind> {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).map_err(|e| e.kind())?;
+    Ok(String::from_utf8_lossy(&buf).trim_end().to_owned())
+}
+
+#[test]
+fn with_tcp_be_liberal_an_out_of_window_segment_from_an_endpoint_spares_the_connection() {
+    let Some(mut oow) = OutOfWindow::new(
+        "with_tcp_be_liberal_an_out_of_window_segment_from_an_endpoint_spares_the_connection",
+    ) else {
+        return;
+    };
+    // What `--conntrack-tcp-be-liberal` does at start, in the node namespace.
+    let before = in_netns(&oow.lab.node, || {
+        conntrack::set_tcp_be_liberal(Path::new(PROC_SYS_NET))
+    })
+    .unwrap();
+    assert_eq!(before, "0", "a new namespace starts strict");
+    assert_eq!(oow.tcp_be_liberal(), "1");
+    let fates: Vec<Fate> = (0..3).map(|_| oow.connection()).collect();
+    assert_eq!(
+        fates,
+        [Fate::survived(), Fate::survived(), Fate::survived()]
+    );
+}
+
+#[test]
+fn without_tcp_be_liberal_an_out_of_window_segment_from_an_endpoint_resets_the_connection() {
+    let Some(mut oow) = OutOfWindow::new(
+        "without_tcp_be_liberal_an_out_of_window_segment_from_an_endpoint_resets_the_connection",
+    ) else {
+        return;
+    };
+    assert_eq!(oow.tcp_be_liberal(), "0");
+    let fates: Vec<Fate> = (0..3).map(|_| oow.connection()).collect();
+    assert_eq!(fates, [Fate::reset(), Fate::reset(), Fate::reset()]);
+}
+
+#[test]
+fn a_forged_segment_parses_back_with_correct_checksums() {
+    let seg = Segment {
+        src: "10.244.2.2:8080".parse().unwrap(),
+        dst: "10.244.1.2:40000".parse().unwrap(),
+        seq: 0xdead_beef,
+        ack: 7,
+        flags: ACK | PSH,
+        window: 512,
+        payload: b"odd".to_vec(),
+    };
+    let packet = seg.to_packet();
+    assert_eq!(Segment::parse(&packet), Some(seg));
+    // Data with a correct checksum sums to zero: the IPv4 header, and the
+    // TCP segment with its pseudo-header.
+    assert_eq!(checksum(&[&packet[..IP_HEADER]]), 0);
+    let tcp = &packet[IP_HEADER..];
+    let len = u16::try_from(tcp.len()).unwrap().to_be_bytes();
+    let pseudo = [&packet[12..20], &[0, 6], &len[..]].concat();
+    assert_eq!(checksum(&[&pseudo, tcp]), 0);
 }

@@ -7,7 +7,7 @@
 //! ```
 
 use super::world::World;
-use crate::cli::L2Args;
+use crate::cli::{ConntrackArgs, L2Args};
 use crate::gossip::{self, Gossip};
 use crate::l2::{self, L2Agent, Takeover};
 use portico_catalog::Catalog;
@@ -64,6 +64,7 @@ impl LocalDataplane {
         net: &NetworkConfig,
         node_name: &str,
         nodeport_addresses: &[String],
+        conntrack: &ConntrackArgs,
         l2: &L2Args,
     ) -> anyhow::Result<Self> {
         if !can_program_nftables() {
@@ -73,6 +74,7 @@ impl LocalDataplane {
                  (sudo ip netns add lab && sudo ip netns exec lab portico local … --dataplane)"
             );
         }
+        conntrack.apply()?;
         let config = crate::node::dataplane_config(net, node_name, nodeport_addresses, None)?;
         let l2 = if l2.disable_l2_announcements {
             None

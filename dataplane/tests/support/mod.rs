@@ -1,5 +1,6 @@
 //! Test fixtures: small builders of Services and EndpointSlices, the
-//! root-test gate, and (in `lab`) network namespaces with real packets.
+//! root-test gate, (in `lab`) network namespaces with real packets, and
+//! (in `rawtcp`) TCP segments sniffed and forged by hand.
 //!
 //! Address conventions: ClusterIPs in 10.96.0.0/16 (fd96::/112), pods in
 //! 10.244.0.0/16 (fd44::/32), the client network 192.168.77.0/24
@@ -9,6 +10,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod lab;
+pub mod rawtcp;
 
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
