@@ -326,6 +326,15 @@ pub struct ConntrackArgs {
     pub proc_sys_net: PathBuf,
 }
 
+impl Default for ConntrackArgs {
+    fn default() -> Self {
+        ConntrackArgs {
+            conntrack_tcp_be_liberal: false,
+            proc_sys_net: portico_dataplane::conntrack::PROC_SYS_NET.into(),
+        }
+    }
+}
+
 impl ConntrackArgs {
     /// Sets the sysctls these flags ask for. A sysctl that cannot be set
     /// stops the start, as in kube-proxy.
@@ -374,6 +383,27 @@ pub struct ControllerArgs {
     pub lease_duration: Duration,
 }
 
+/// What the node dataplane programs, on `portico node` and with
+/// `portico local --dataplane`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct DataplaneArgs {
+    /// Where NodePorts answer: CIDRs, comma-separated (e.g.
+    /// `192.168.56.0/24`). Default: the node's primary addresses (the first
+    /// InternalIP of each family of its Node object).
+    #[arg(long, value_delimiter = ',', env = "PORTICO_NODEPORT_ADDRESSES")]
+    pub nodeport_addresses: Vec<String>,
+    /// Program only the Services labelled
+    /// `service.kubernetes.io/service-proxy-name: NAME`. Without it, Portico
+    /// programs the Services without that label, as kube-proxy does, and
+    /// leaves the labelled ones to the proxy they name. Services labelled
+    /// `service.kubernetes.io/headless` are never programmed; DNS serves
+    /// every Service either way.
+    #[arg(long, value_name = "NAME", env = "PORTICO_SERVICE_PROXY_NAME")]
+    pub service_proxy_name: Option<String>,
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     #[command(flatten)]
@@ -382,11 +412,8 @@ pub struct NodeArgs {
     /// Node object gives the NodePort addresses.
     #[arg(long, env = "NODE_NAME", required_unless_present_any = ["dump", "cleanup"])]
     pub node_name: Option<String>,
-    /// Where NodePorts answer: CIDRs, comma-separated (e.g.
-    /// `192.168.56.0/24`). Default: the node's primary addresses (its first
-    /// InternalIP of each family).
-    #[arg(long, value_delimiter = ',', env = "PORTICO_NODEPORT_ADDRESSES")]
-    pub nodeport_addresses: Vec<String>,
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
     /// A full sync (every rule rewritten) this often; partial syncs of the
     /// changed Services happen in between.
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "PORTICO_SYNC_PERIOD")]
@@ -405,8 +432,6 @@ pub struct NodeArgs {
     /// Remove everything Portico installed (its nftables tables) and exit.
     #[arg(long)]
     pub cleanup: bool,
-    #[command(flatten)]
-    pub conntrack: ConntrackArgs,
     #[command(flatten)]
     pub l2: L2Args,
 }
@@ -461,13 +486,9 @@ pub struct LocalArgs {
     /// The node of the manifests whose rules `--dataplane` programs.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Where NodePorts answer with `--dataplane`: CIDRs, comma-separated
-    /// (default: the node's primary addresses in the manifests).
-    #[arg(long, value_delimiter = ',')]
-    pub nodeport_addresses: Vec<String>,
-    /// With `--dataplane`, conntrack settings as on a node.
+    /// With `--dataplane`: the node dataplane's settings, as on `portico node`.
     #[command(flatten)]
-    pub conntrack: ConntrackArgs,
+    pub dataplane_settings: DataplaneArgs,
     /// With `--dataplane`, L2 announcement as on `--node-name`: liveness
     /// from the manifests' Node Ready conditions (and gossip, when
     /// `--gossip-listen` is given).
@@ -556,7 +577,7 @@ mod tests {
         let node = |extra: &[&str]| {
             let args = ["portico", "node", "--node-name", "n1"].iter().chain(extra);
             match Cli::try_parse_from(args).unwrap().command {
-                Command::Node(a) => a.conntrack,
+                Command::Node(a) => a.dataplane.conntrack,
                 other => panic!("{other:?}"),
             }
         };
@@ -582,7 +603,7 @@ mod tests {
         ])
         .unwrap();
         match local.command {
-            Command::Local(a) => assert!(a.conntrack.conntrack_tcp_be_liberal),
+            Command::Local(a) => assert!(a.dataplane_settings.conntrack.conntrack_tcp_be_liberal),
             other => panic!("{other:?}"),
         }
     }

@@ -19,7 +19,7 @@
 //! succeed (like kube-proxy's :10256/healthz); `/readyz` once the first
 //! sync is done.
 
-use crate::cli::NodeArgs;
+use crate::cli::{DataplaneArgs, NodeArgs};
 use crate::cluster::{Fed, Relist, watch};
 use crate::gossip::{self, Gossip};
 use crate::http::Health;
@@ -75,13 +75,14 @@ pub fn primary_addresses(node: &Node) -> Vec<IpNet> {
 pub fn dataplane_config(
     net: &NetworkConfig,
     node_name: &str,
-    nodeport_addresses: &[String],
+    settings: &DataplaneArgs,
     node: Option<&Node>,
 ) -> anyhow::Result<Config> {
-    let nodeport_addresses = if nodeport_addresses.is_empty() {
+    let nodeport_addresses = if settings.nodeport_addresses.is_empty() {
         node.map(primary_addresses).unwrap_or_default()
     } else {
-        nodeport_addresses
+        settings
+            .nodeport_addresses
             .iter()
             .map(|s| {
                 let s = s.trim();
@@ -97,6 +98,7 @@ pub fn dataplane_config(
         cluster_cidrs: net.cluster_cidrs.clone(),
         service_cidrs: net.service_ranges.clone(),
         nodeport_addresses,
+        service_proxy_name: settings.service_proxy_name.clone(),
     })
 }
 
@@ -172,7 +174,7 @@ pub struct NodeState<B: Backend, C: Conntrack> {
     nodes: Relist<Node>,
     net: NetworkConfig,
     node_name: String,
-    nodeport_addresses: Vec<String>,
+    settings: DataplaneArgs,
     /// Something changed since the last successful sync.
     pub dirty: bool,
 }
@@ -182,11 +184,11 @@ impl<B: Backend, C: Conntrack> NodeState<B, C> {
     pub fn new(
         net: &NetworkConfig,
         node_name: &str,
-        nodeport_addresses: &[String],
+        settings: &DataplaneArgs,
         backend: B,
         conntrack: C,
     ) -> anyhow::Result<Self> {
-        let config = dataplane_config(net, node_name, nodeport_addresses, None)?;
+        let config = dataplane_config(net, node_name, settings, None)?;
         Ok(NodeState {
             catalog: Catalog::new(),
             node: None,
@@ -196,7 +198,7 @@ impl<B: Backend, C: Conntrack> NodeState<B, C> {
             nodes: Relist::default(),
             net: net.clone(),
             node_name: node_name.to_owned(),
-            nodeport_addresses: nodeport_addresses.to_vec(),
+            settings: settings.clone(),
             dirty: true,
         })
     }
@@ -242,7 +244,7 @@ impl<B: Backend, C: Conntrack> NodeState<B, C> {
                 let config = dataplane_config(
                     &self.net,
                     &self.node_name,
-                    &self.nodeport_addresses,
+                    &self.settings,
                     self.node.as_ref(),
                 )?;
                 if &config != self.proxier.config() {
@@ -301,7 +303,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
              or in the chart's DaemonSet)"
         );
     }
-    args.conntrack.apply()?;
+    args.dataplane.conntrack.apply()?;
     let net = args.network.config()?;
     let client = crate::cluster::connect().await?;
 
@@ -376,7 +378,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut state = NodeState::new(
         &net,
         &node_name,
-        &args.nodeport_addresses,
+        &args.dataplane,
         Nft::new(),
         ConntrackTool::new(),
     )?;
@@ -907,12 +909,16 @@ mod tests {
             ]
         );
         let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
-        let c = dataplane_config(&net, "n1", &[], Some(&n)).unwrap();
+        let c = dataplane_config(&net, "n1", &DataplaneArgs::default(), Some(&n)).unwrap();
         assert_eq!(c.nodeport_addresses.len(), 2);
+        let addresses = |a: &[&str]| DataplaneArgs {
+            nodeport_addresses: a.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
         let c = dataplane_config(
             &net,
             "n1",
-            &["10.0.0.0/8".into(), "192.168.1.1".into()],
+            &addresses(&["10.0.0.0/8", "192.168.1.1"]),
             Some(&n),
         )
         .unwrap();
@@ -923,7 +929,7 @@ mod tests {
                 "192.168.1.1/32".parse().unwrap()
             ]
         );
-        assert!(dataplane_config(&net, "n1", &["nope".into()], None).is_err());
+        assert!(dataplane_config(&net, "n1", &addresses(&["nope"]), None).is_err());
     }
 
     #[test]
@@ -1053,7 +1059,7 @@ mod tests {
         let mut st = NodeState::new(
             &net,
             "n1",
-            &[],
+            &DataplaneArgs::default(),
             FakeNft::new(),
             RecordingConntrack::default(),
         )
@@ -1183,7 +1189,7 @@ mod tests {
         let mut st = NodeState::new(
             &net,
             "n1",
-            &[],
+            &DataplaneArgs::default(),
             FakeNft::new(),
             RecordingConntrack::default(),
         )

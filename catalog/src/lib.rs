@@ -32,8 +32,8 @@
 mod model;
 
 pub use model::{
-    DEFAULT_AFFINITY_TIMEOUT, Endpoint, EndpointPort, Protocol, ServiceInfo, ServiceKey,
-    ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT, Endpoint, EndpointPort, Protocol, ProxyLabel, Seniority, ServiceInfo,
+    ServiceKey, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
 
 use k8s_openapi::api::core::v1::{Pod, Service};

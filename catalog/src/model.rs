@@ -35,6 +35,16 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+/// The order in which Services win a contested address and port: older
+/// first (without a creation time: last), then by key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seniority {
+    /// `creationTimestamp` in nanoseconds since the epoch.
+    created: i128,
+    /// The Service.
+    pub key: ServiceKey,
+}
+
 /// `spec.type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum ServiceType {
@@ -186,12 +196,69 @@ pub struct ServiceInfo {
     pub health_check_node_port: Option<u16>,
     /// `spec.publishNotReadyAddresses`.
     pub publish_not_ready_addresses: bool,
+    /// `metadata.creationTimestamp`: of two Services that claim one
+    /// address and port, the older keeps it.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Which service proxy may program the Service: kube-proxy's labels
+    /// `service.kubernetes.io/service-proxy-name` and
+    /// `service.kubernetes.io/headless`.
+    pub proxy: ProxyLabel,
+}
+
+/// What a Service's labels say about which service proxy programs it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ProxyLabel {
+    /// Neither label: the default proxy (kube-proxy, Portico) programs it.
+    #[default]
+    Default,
+    /// `service.kubernetes.io/service-proxy-name: <name>`.
+    Named(String),
+    /// `service.kubernetes.io/headless`: no proxy programs it.
+    Headless,
+}
+
+impl ProxyLabel {
+    fn of(service_labels: Option<&std::collections::BTreeMap<String, String>>) -> Self {
+        let Some(l) = service_labels else {
+            return ProxyLabel::Default;
+        };
+        if l.contains_key(labels::HEADLESS) {
+            ProxyLabel::Headless
+        } else if let Some(name) = l.get(labels::SERVICE_PROXY_NAME) {
+            ProxyLabel::Named(name.clone())
+        } else {
+            ProxyLabel::Default
+        }
+    }
+
+    /// Whether a proxy that answers to `name` (`None`: the default proxy,
+    /// as kube-proxy) programs the Service. kube-proxy's watch selector is
+    /// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`.
+    pub fn programmed_by(&self, name: Option<&str>) -> bool {
+        match (self, name) {
+            (ProxyLabel::Headless, _) => false,
+            (ProxyLabel::Default, None) => true,
+            (ProxyLabel::Named(label), Some(name)) => label == name,
+            _ => false,
+        }
+    }
 }
 
 impl ServiceInfo {
     /// The key of this Service.
     pub fn key(&self) -> ServiceKey {
         ServiceKey::new(self.namespace.clone(), self.name.clone())
+    }
+
+    /// Where the Service stands among Services that claim the same
+    /// address and port: the oldest first, then by namespace and name
+    /// (what the API server's allocators and kube-proxy users expect: a
+    /// newcomer never takes traffic from a Service that had it).
+    pub fn seniority(&self) -> Seniority {
+        Seniority {
+            created: self.created.map_or(i128::MAX, |t| t.as_nanosecond()),
+            key: self.key(),
+        }
     }
 
     /// The projection of a Service. Values that do not parse (an address
@@ -262,6 +329,8 @@ impl ServiceInfo {
                 .health_check_node_port
                 .and_then(|n| u16::try_from(n).ok()),
             publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+            created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            proxy: ProxyLabel::of(svc.metadata.labels.as_ref()),
         }
     }
 }

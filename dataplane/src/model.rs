@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  per Service: Rendered ──┐
-//!                          ├─> entries  (owners per entry point; the first in key order wins)
+//!                          ├─> entries  (owners per entry point; the oldest Service wins)
 //!                          ├─> shared   (reference-counted set elements)
 //!                          └─> chains, sets, pick chains
 //! ```
@@ -14,7 +14,7 @@ use crate::render::{
     Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
 };
 use crate::tx::{SetKind, Transaction};
-use portico_catalog::{Catalog, Endpoint, ServiceInfo, ServiceKey};
+use portico_catalog::{Catalog, Endpoint, Seniority, ServiceInfo, ServiceKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,7 +78,8 @@ pub struct Model {
     services: HashMap<ServiceKey, Installed>,
     /// The configuration of the last full sync's rendering.
     rendered_with: Option<Config>,
-    owners: HashMap<Entry, BTreeSet<ServiceKey>>,
+    /// Who claims each entry point, the winner first.
+    owners: HashMap<Entry, BTreeSet<Seniority>>,
     shared: HashMap<Element, u32>,
     picks: BTreeSet<(Family, Pick)>,
     elements: usize,
@@ -116,6 +117,19 @@ impl Inputs {
                 _ => false,
             }
     }
+}
+
+/// How a Service ranks among the claimants of an entry point (rules
+/// rendered without a Service rank last, by key).
+fn seniority(key: &ServiceKey, rules: &Rendered) -> Seniority {
+    rules.seniority.clone().unwrap_or_else(|| {
+        ServiceInfo {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            ..ServiceInfo::default()
+        }
+        .seniority()
+    })
 }
 
 /// The UDP flows to forget after a sync: (original destination, endpoint).
@@ -164,7 +178,7 @@ impl Model {
             .owners
             .iter()
             .filter(|(_, o)| o.len() > 1)
-            .map(|(e, o)| (*e, o.iter().cloned().collect()))
+            .map(|(e, o)| (*e, o.iter().map(|s| s.key.clone()).collect()))
             .collect();
         out.sort();
         out
@@ -210,8 +224,12 @@ impl Model {
 
     fn insert(&mut self, key: ServiceKey, installed: Installed) {
         let r = &installed.rules;
+        let claimant = seniority(&key, r);
         for (entry, _) in &r.entries {
-            self.owners.entry(*entry).or_default().insert(key.clone());
+            self.owners
+                .entry(*entry)
+                .or_default()
+                .insert(claimant.clone());
         }
         for el in &r.shared {
             match self.shared.get_mut(el) {
@@ -232,7 +250,7 @@ impl Model {
         self.owners
             .get(entry)
             .and_then(|o| o.first())
-            .and_then(|k| self.services.get(k))
+            .and_then(|s| self.services.get(&s.key))
             .and_then(|s| s.rules.entry(entry))
             .unwrap_or(&[])
     }
@@ -462,9 +480,10 @@ impl Model {
         // Apply the updates to the model.
         for (key, new) in updates {
             if let Some(old) = self.services.remove(&key) {
+                let claimant = seniority(&key, &old.rules);
                 for (entry, _) in &old.rules.entries {
                     if let Some(o) = self.owners.get_mut(entry) {
-                        o.remove(&key);
+                        o.remove(&claimant);
                         if o.is_empty() {
                             self.owners.remove(entry);
                         }
@@ -472,8 +491,12 @@ impl Model {
                 }
             }
             if let Some(r) = new {
+                let claimant = seniority(&key, &r);
                 for (entry, _) in &r.entries {
-                    self.owners.entry(*entry).or_default().insert(key.clone());
+                    self.owners
+                        .entry(*entry)
+                        .or_default()
+                        .insert(claimant.clone());
                 }
                 // Rendered outside a full sync: not reused by the next one.
                 self.services.insert(

@@ -15,7 +15,8 @@ use crate::names::{self, *};
 use crate::tx::SetDecl;
 use ipnet::IpNet;
 use portico_catalog::{
-    Endpoint, Protocol, ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    Endpoint, Protocol, Seniority, ServiceInfo, ServicePort, ServiceType, SessionAffinity,
+    TrafficPolicy,
 };
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -38,6 +39,12 @@ pub struct Config {
     /// Where NodePorts answer (`--nodeport-addresses`, or the node's
     /// primary addresses as host routes).
     pub nodeport_addresses: Vec<IpNet>,
+    /// `--service-proxy-name`: program only the Services labelled
+    /// `service.kubernetes.io/service-proxy-name: <this>`. Unset, Portico
+    /// programs the Services without that label, as kube-proxy does.
+    /// Services labelled `service.kubernetes.io/headless` are never
+    /// programmed.
+    pub service_proxy_name: Option<String>,
 }
 
 impl Config {
@@ -138,6 +145,9 @@ pub enum ConntrackTarget {
 /// What one Service contributes to the ruleset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
+    /// Whose rules these are, and how it ranks when another Service claims
+    /// one of its entry points.
+    pub seniority: Option<Seniority>,
     /// Map elements per entry point (dispatch, endpoint slots, firewall).
     pub entries: Vec<(Entry, Vec<Element>)>,
     /// Set elements other Services may add too (ClusterIPs, hairpin).
@@ -562,8 +572,14 @@ impl PortCtx<'_> {
 /// What a Service adds to the ruleset. Headless and ExternalName Services
 /// add nothing.
 pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -> Rendered {
-    let mut r = Rendered::default();
-    if svc.type_ == ServiceType::ExternalName || svc.headless {
+    let mut r = Rendered {
+        seniority: Some(svc.seniority()),
+        ..Rendered::default()
+    };
+    if svc.type_ == ServiceType::ExternalName
+        || svc.headless
+        || !svc.proxy.programmed_by(cfg.service_proxy_name.as_deref())
+    {
         return r;
     }
     for family in Family::ALL {

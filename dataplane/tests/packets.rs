@@ -727,3 +727,52 @@ fn a_forged_segment_parses_back_with_correct_checksums() {
     let pseudo = [&packet[12..20], &[0, 6], &len[..]].concat();
     assert_eq!(checksum(&[&pseudo, tcp]), 0);
 }
+
+/// kube-proxy's contract: a Service labelled
+/// `service.kubernetes.io/service-proxy-name` belongs to another proxy. Its
+/// address is then an unheld one of the service range (dropped) until the
+/// label goes.
+#[test]
+fn a_service_another_proxy_owns_gets_no_rules_until_the_label_goes() {
+    let Some(lab) = lab(
+        "a_service_another_proxy_owns_gets_no_rules_until_the_label_goes",
+        2,
+    ) else {
+        return;
+    };
+    let owned = svc("default", "other", "10.96.0.11")
+        .port("http", "TCP", 80)
+        .label("service.kubernetes.io/service-proxy-name", "other-proxy");
+    let mut c = catalog(
+        &[
+            svc("default", "web", "10.96.0.10").port("http", "TCP", 80),
+            owned.clone(),
+        ],
+        &[
+            slice("default", "web-1", "web", &HTTP, &[ep("10.244.1.2")]),
+            slice("default", "other-1", "other", &HTTP, &[ep("10.244.2.2")]),
+        ],
+    );
+    let mut p = proxier(&lab);
+    p.full_sync(&c).unwrap();
+    assert_eq!(
+        lab.tcp(From::Client, "10.96.0.10:80").unwrap(),
+        "pod1 10.244.1.1"
+    );
+    let refused = lab.tcp(From::Client, "10.96.0.11:80");
+    assert!(refused.is_err(), "another proxy's Service: {refused:?}");
+
+    let mut unlabelled = owned.0.clone();
+    unlabelled.metadata.labels = None;
+    c.apply_service(&unlabelled);
+    sync(&mut p, &mut c);
+    assert_eq!(
+        lab.tcp(From::Client, "10.96.0.11:80").unwrap(),
+        "pod2 10.244.2.1"
+    );
+
+    c.apply_service(&owned.0);
+    sync(&mut p, &mut c);
+    let refused = lab.tcp(From::Client, "10.96.0.11:80");
+    assert!(refused.is_err(), "labelled again: {refused:?}");
+}

@@ -7,7 +7,7 @@
 //! ```
 
 use super::world::World;
-use crate::cli::{ConntrackArgs, L2Args};
+use crate::cli::{DataplaneArgs, L2Args};
 use crate::gossip::{self, Gossip};
 use crate::l2::{self, L2Agent, Takeover};
 use portico_catalog::Catalog;
@@ -41,7 +41,7 @@ pub struct LocalDataplane {
     catalog: Catalog,
     proxier: Proxier<Nft, ConntrackTool>,
     node_name: String,
-    nodeport_addresses: Vec<String>,
+    settings: DataplaneArgs,
     net: NetworkConfig,
     l2: Option<LocalL2>,
 }
@@ -63,8 +63,7 @@ impl LocalDataplane {
     pub async fn new(
         net: &NetworkConfig,
         node_name: &str,
-        nodeport_addresses: &[String],
-        conntrack: &ConntrackArgs,
+        settings: &DataplaneArgs,
         l2: &L2Args,
     ) -> anyhow::Result<Self> {
         if !can_program_nftables() {
@@ -74,8 +73,8 @@ impl LocalDataplane {
                  (sudo ip netns add lab && sudo ip netns exec lab portico local … --dataplane)"
             );
         }
-        conntrack.apply()?;
-        let config = crate::node::dataplane_config(net, node_name, nodeport_addresses, None)?;
+        settings.conntrack.apply()?;
+        let config = crate::node::dataplane_config(net, node_name, settings, None)?;
         let l2 = if l2.disable_l2_announcements {
             None
         } else {
@@ -104,7 +103,7 @@ impl LocalDataplane {
             catalog: Catalog::new(),
             proxier: Proxier::new(config, Nft::new(), ConntrackTool::new()),
             node_name: node_name.to_owned(),
-            nodeport_addresses: nodeport_addresses.to_vec(),
+            settings: settings.clone(),
             net: net.clone(),
             l2,
         })
@@ -205,7 +204,7 @@ impl LocalDataplane {
         let config = crate::node::dataplane_config(
             &self.net,
             &self.node_name,
-            &self.nodeport_addresses,
+            &self.settings,
             node.as_deref(),
         )?;
         self.proxier.set_config(config);

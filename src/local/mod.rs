@@ -67,14 +67,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     };
     let mut node_dataplane = match (&args.node_name, args.dataplane) {
         (Some(node), true) => Some(
-            dataplane::LocalDataplane::new(
-                &net,
-                node,
-                &args.nodeport_addresses,
-                &args.conntrack,
-                &args.l2,
-            )
-            .await?,
+            dataplane::LocalDataplane::new(&net, node, &args.dataplane_settings, &args.l2).await?,
         ),
         _ => None,
     };

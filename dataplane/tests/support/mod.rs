@@ -41,6 +41,7 @@ pub fn config() -> Config {
             "192.168.77.1/32".parse().unwrap(),
             "fd77::1/128".parse().unwrap(),
         ],
+        service_proxy_name: None,
     }
 }
 
@@ -157,6 +158,25 @@ impl Svc {
     pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
         self.spec().load_balancer_source_ranges =
             Some(ranges.iter().map(|r| (*r).to_owned()).collect());
+        self
+    }
+
+    /// A label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// `creationTimestamp`, in seconds since the epoch.
+    pub fn created(mut self, secs: i64) -> Self {
+        self.0.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+            ));
         self
     }
 
