@@ -393,58 +393,80 @@ fn pools_show_usage_and_conflicts_and_services_say_why_they_wait() {
     assert!(err.contains("warning: ippool clash: PoolConflict"), "{err}");
 }
 
-#[test]
-fn local_serves_cluster_dns_for_the_lab() {
-    use std::time::{Duration, Instant};
-    if Command::new("dig").arg("-v").output().is_err() {
-        assert!(
-            std::env::var_os("PORTICO_REQUIRE_ROOT_TESTS").is_none(),
-            "dig is required here (make deps installs bind9-dnsutils)"
-        );
-        eprintln!("skipping: dig is not installed (make deps installs bind9-dnsutils)");
-        return;
+/// Whether `dig` is there (in CI it must be).
+fn have_dig() -> bool {
+    if Command::new("dig").arg("-v").output().is_ok() {
+        return true;
     }
+    assert!(
+        std::env::var_os("PORTICO_REQUIRE_ROOT_TESTS").is_none(),
+        "dig is required here (make deps installs bind9-dnsutils)"
+    );
+    eprintln!("skipping: dig is not installed (make deps installs bind9-dnsutils)");
+    false
+}
+
+/// Starts `portico <args> --dns` on a free loopback port and returns once
+/// it says it answers (its first answers are in place by then).
+fn serve_dns(args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead as _;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = LAB.to_vec();
-    args.extend([
-        "--dns",
-        "--dns-listen",
-        &listen,
-        "--upstream",
-        "127.0.0.1:1",
-        "--dns-service-ip",
-        "10.96.0.10",
-    ]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(&args)
+        .args(args)
+        .args([
+            "--dns",
+            "--dns-listen",
+            &listen,
+            "--upstream",
+            "127.0.0.1:1",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let dig_with = |opts: &[&str], name: &str, kind: &str| -> String {
-        let out = Command::new("dig")
-            .args(["+time=1", "+tries=1", "-p", &port.to_string(), "@127.0.0.1"])
-            .args(opts)
-            .args([name, kind])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let dig = |name: &str, kind: &str| dig_with(&["+short"], name, kind);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while dig("db-0.db.default.svc.cluster.local", "A").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "portico local --dns never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("serving DNS on") => break,
+            Some(Ok(_)) => {}
+            other => {
+                let _ = child.kill();
+                panic!("portico local --dns stopped before answering: {other:?}");
+            }
+        }
     }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
+fn dig_at(port: u16, opts: &[&str], name: &str, kind: &str) -> String {
+    let out = Command::new("dig")
+        .args(["+time=1", "+tries=1", "-p", &port.to_string(), "@127.0.0.1"])
+        .args(opts)
+        .args([name, kind])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn local_serves_cluster_dns_for_the_lab() {
+    if !have_dig() {
+        return;
+    }
+    let mut args = LAB.to_vec();
+    args.extend(["--dns-service-ip", "10.96.0.10"]);
+    let (mut child, port) = serve_dns(&args);
+    let dig_with = |opts: &[&str], name: &str, kind: &str| dig_at(port, opts, name, kind);
+    let dig = |name: &str, kind: &str| dig_with(&["+short"], name, kind);
     let api = dig("api-tester.default.svc.cluster.local", "A");
     let headless = dig("db.default.svc.cluster.local", "A");
     let srv = dig("_postgres._tcp.db.default.svc.cluster.local", "SRV");
@@ -534,4 +556,80 @@ fn a_cluster_ip_range_gives_its_namespaces_their_block() {
         ),
         "{text}"
     );
+}
+
+const REFUSED: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {clusterIP: 10.96.0.20, selector: {app: a}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {clusterIP: 10.96.0.20, selector: {app: b}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c}
+spec: {clusterIP: 172.16.0.5, ports: [{port: 80}]}
+";
+
+/// A Service refused the address it asked for (held by another, or in no
+/// range) holds it nowhere: not in the output, not in DNS, not after a
+/// restart from that output.
+#[test]
+fn a_refused_cluster_ip_is_shown_answered_and_kept_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refused.yaml");
+    std::fs::write(&path, REFUSED).unwrap();
+    let file = path.to_str().unwrap();
+    let net = ["--service-cluster-ip-range", "10.96.0.0/12"];
+    let o = portico(&[&["local", "-f", file, "-o", "yaml"][..], &net].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let yaml = stdout(&o);
+    assert_eq!(
+        yaml.matches("- \"10.96.0.20\"").count()
+            + yaml.matches("clusterIP: \"10.96.0.20\"").count(),
+        2,
+        "only a shows 10.96.0.20 (clusterIP and clusterIPs):\n{yaml}"
+    );
+    assert!(!yaml.contains("clusterIP: \"172.16.0.5\""), "{yaml}");
+
+    // A restart from the output: the same holder, the same refusals.
+    let restart = dir.path().join("restart.yaml");
+    std::fs::write(&restart, &yaml).unwrap();
+    let o = portico(&[&["local", "-f", restart.to_str().unwrap()][..], &net].concat());
+    let table = rows(&stdout(&o));
+    let ip_of = |name: &str| {
+        table
+            .iter()
+            .find(|r| r[1] == name)
+            .map(|r| r[3].clone())
+            .unwrap()
+    };
+    assert_eq!(ip_of("a"), "10.96.0.20");
+    assert_eq!(ip_of("b"), "<none>");
+    assert_eq!(ip_of("c"), "<none>");
+    let warnings = stderr(&o);
+    assert!(warnings.contains("DuplicateClusterIP"), "{warnings}");
+    assert!(warnings.contains("ClusterIPOutOfRange"), "{warnings}");
+
+    if !have_dig() {
+        return;
+    }
+    let (mut child, port) = serve_dns(&[&["local", "-f", file][..], &net].concat());
+    let dig = |name: &str| dig_at(port, &["+short"], name, "A");
+    let (a, b, c) = (
+        dig("a.default.svc.cluster.local"),
+        dig("b.default.svc.cluster.local"),
+        dig("c.default.svc.cluster.local"),
+    );
+    let ptr = dig_at(port, &["+short"], "20.0.96.10.in-addr.arpa", "PTR");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(a, "10.96.0.20");
+    assert_eq!(b, "", "b holds no address");
+    assert_eq!(c, "", "c holds no address");
+    assert_eq!(ptr, "a.default.svc.cluster.local.");
 }

@@ -39,7 +39,9 @@ use crate::{Error, Result};
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::IPAddress;
 use portico_crds::ClusterIPRange;
-use portico_crds::names::{CONDITION_CLUSTER_IP_ALLOCATED, KUBERNETES_SERVICE, reasons};
+use portico_crds::names::{
+    CONDITION_CLUSTER_IP_ALLOCATED, KUBERNETES_SERVICE, annotations, reasons,
+};
 use portico_ipam::{AllocError, Family, Pool, PoolOptions, Usage};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -296,12 +298,12 @@ impl ClusterIpController {
         let mut ordered: Vec<&Service> = services.into_iter().collect();
         ordered.sort_by_cached_key(|s| {
             (
-                stated_cluster_ips(s).is_empty(),
+                requested_cluster_ips(s).is_empty(),
                 s.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 Key::of(*s),
             )
         });
-        let adopting = ordered.partition_point(|s| !stated_cluster_ips(s).is_empty());
+        let adopting = ordered.partition_point(|s| !requested_cluster_ips(s).is_empty());
         let mut writes = Vec::new();
         for (i, svc) in ordered.into_iter().enumerate() {
             if i == adopting {
@@ -812,7 +814,7 @@ impl ClusterIpController {
         key: &Key,
         previous: &[IpAddr],
     ) -> Result<Vec<IpAddr>, Problem> {
-        let mut stated = stated_cluster_ips(svc)
+        let mut stated = requested_cluster_ips(svc)
             .iter()
             .map(|s| parse_ip(s))
             .collect::<Result<Vec<_>, _>>()?;
@@ -1078,7 +1080,26 @@ impl ClusterIpController {
         was_blocked: bool,
     ) -> Vec<Write> {
         if problem.is_some() {
-            return condition_writes(svc, problem, was_blocked);
+            let mut writes = condition_writes(svc, problem, was_blocked);
+            let stated = stated_cluster_ips(svc);
+            if !stated.is_empty() {
+                // The Service holds none of what it asked for: no address
+                // is shown (so none is answered in DNS or programmed), and
+                // the request is kept aside.
+                writes.push(Write::annotate_service(
+                    &Key::of(svc).namespace,
+                    &Key::of(svc).name,
+                    &BTreeMap::from([(
+                        annotations::REQUESTED_CLUSTER_IPS.to_owned(),
+                        stated.join(","),
+                    )]),
+                ));
+                writes.push(Write::apply_service(
+                    svc,
+                    json!({ "clusterIP": "", "clusterIPs": [] }),
+                ));
+            }
+            return writes;
         }
         let mut writes = Vec::new();
         let spec = svc.spec.clone().unwrap_or_default();
@@ -1258,6 +1279,27 @@ fn recorded_service(object: &IPAddress) -> Option<(IpAddr, Key)> {
             ),
         )
     })
+}
+
+/// The ClusterIPs a Service asks for: those it states, else those it was
+/// refused before (kept in `portico.dev/requested-cluster-ips`).
+fn requested_cluster_ips(svc: &Service) -> Vec<String> {
+    let stated = stated_cluster_ips(svc);
+    if !stated.is_empty() {
+        return stated;
+    }
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::REQUESTED_CLUSTER_IPS))
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, Problem> {

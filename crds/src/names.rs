@@ -78,6 +78,12 @@ pub mod annotations {
     /// addresses on layer 2: `<node>` (or `<address>=<node>,…` when the
     /// Service's addresses are announced by different nodes).
     pub const ANNOUNCED_BY: &str = "portico.dev/announced-by";
+    /// Where Portico is the allocator (`portico local`): the ClusterIPs a
+    /// Service asked for and was refused, comma-separated. The refused
+    /// addresses leave `spec.clusterIPs` (the Service holds none), and this
+    /// keeps the request, so that it is asked again after a restart and
+    /// granted once the address is free.
+    pub const REQUESTED_CLUSTER_IPS: &str = "portico.dev/requested-cluster-ips";
 }
 
 /// Node label that keeps a node from announcing LoadBalancer addresses
@@ -130,4 +136,7 @@ pub mod lb_reasons {
     pub const ADDRESS_NOT_KEPT: &str = "AddressNotKept";
     /// A pool's addresses overlap something.
     pub const POOL_CONFLICT: &str = "PoolConflict";
+    /// An external IP or LoadBalancer address and port the Service claims
+    /// is an older Service's: the older one gets the traffic.
+    pub const ADDRESS_CLAIMED: &str = "ExternalAddressConflict";
 }

@@ -45,6 +45,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     // with their addresses.
     let mut clusterip: Option<ClusterIpController> = None;
     let mut seen = load::fingerprint(&args.files);
+    // Said once the first answers are in place.
+    let mut dns_announcement = None;
     let dns = if args.dns {
         let dns = portico_dns::Dns::new(args.dns_settings.config(args.dns_listen)?)
             .context("configuring the DNS server")?;
@@ -52,10 +54,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             .bind()
             .await
             .with_context(|| format!("binding DNS to {}", args.dns_listen))?;
-        eprintln!(
+        dns_announcement = Some(format!(
             "serving DNS on {} (UDP and TCP); Ctrl-C to stop",
             listener.local_addr()
-        );
+        ));
         tokio::spawn(async move {
             if let Err(e) = listener.run(crate::cluster::shutdown_signal()).await {
                 eprintln!("error: DNS server: {e}");
@@ -98,6 +100,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         if let Some(dns) = &dns {
             dns.reset(&catalog(&world));
             dns.mark_synced();
+            if let Some(line) = dns_announcement.take() {
+                eprintln!("{line}");
+            }
         }
         if let Some(dp) = node_dataplane.as_mut() {
             let r = dp.sync(&world)?;
@@ -611,6 +616,105 @@ mod tests {
             second.events.is_empty(),
             "nothing new to say: {:?}",
             second.events
+        );
+    }
+
+    /// The node dataplane's model of a world, as `--dataplane` renders it.
+    fn rules(world: &World) -> portico_dataplane::model::Model {
+        let cfg = portico_dataplane::Config {
+            node_name: "node-a".into(),
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            ..Default::default()
+        };
+        portico_dataplane::model::Model::build(&cfg, &catalog(world))
+    }
+
+    const REFUSED: &str = "\
+apiVersion: portico.dev/v1alpha1
+kind: IPPool
+metadata: {name: lab}
+spec: {addresses: [192.168.56.60-192.168.56.70]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {clusterIP: 10.96.0.20, externalIPs: [203.0.113.5], ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c}
+spec: {clusterIP: 172.16.0.5, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, annotations: {portico.dev/load-balancer-ips: 192.168.99.1}}
+spec: {type: LoadBalancer, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {externalIPs: [203.0.113.5], ports: [{port: 80}]}
+";
+
+    #[test]
+    fn a_refused_address_is_held_nowhere_and_a_claimed_one_goes_to_the_oldest() {
+        let world = reconcile(
+            manifests(REFUSED),
+            &net(),
+            &Settings::default(),
+            None,
+            &mut index(),
+        )
+        .unwrap();
+        assert_eq!(cluster_ips(&world, "default", "a"), ["10.96.0.20"]);
+        assert!(cluster_ips(&world, "default", "b").is_empty());
+        assert!(cluster_ips(&world, "default", "c").is_empty());
+        let c = catalog(&world);
+        for name in ["b", "c"] {
+            let svc = c
+                .service(&portico_catalog::ServiceKey::new("default", name))
+                .unwrap();
+            assert!(svc.cluster_ips.is_empty(), "{name}: {svc:?}");
+        }
+        let lb = c
+            .service(&portico_catalog::ServiceKey::new("default", "lb"))
+            .unwrap();
+        assert!(
+            lb.load_balancer_ips.is_empty(),
+            "refused LB request: {lb:?}"
+        );
+
+        let model = rules(&world);
+        for name in ["b", "c"] {
+            let r = model
+                .service(&portico_catalog::ServiceKey::new("default", name))
+                .unwrap();
+            assert!(r.entries.is_empty(), "{name} has no rules");
+        }
+        // a and ext both claim 203.0.113.5:80; a is older (first in the
+        // files) and keeps it; ext is told.
+        let conflicts = model.conflicts();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].1[0].name, "a");
+        let told: Vec<(&str, &str)> = world
+            .events
+            .iter()
+            .filter(|e| e.warning)
+            .map(|e| (e.regarding.name.as_deref().unwrap(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("b", "DuplicateClusterIP"),
+                ("c", "ClusterIPOutOfRange"),
+                ("lb", "RequestedIPNotInPool"),
+                ("ext", "ExternalAddressConflict"),
+            ]
         );
     }
 }

@@ -614,15 +614,20 @@ fn namespaces_selected_by_a_range_get_addresses_from_it_and_others_never_do() {
             "team-b got {got:?} from team-a's range"
         );
     }
-    // Asking by name for an address of another team's range is refused.
-    let thief = requesting(mk_svc("team-b", "thief"), &["10.96.0.190"]);
+    // Asking by name for a free address of another team's range is
+    // refused; the team itself may.
+    let free = (128..192)
+        .map(|i| format!("10.96.0.{i}"))
+        .find(|a| c.holder(ip(a)).is_none())
+        .unwrap();
+    let thief = requesting(mk_svc("team-b", "thief"), &[free.as_str()]);
     assert_condition(
         &merged(&thief, &c.apply(&thief)),
         "False",
         "ClusterIPRange team-a (10.96.0.128/26), which does not select namespace team-b",
     );
-    let own = requesting(mk_svc("team-a", "own"), &["10.96.0.190"]);
-    assert_eq!(ips(&merged(&own, &c.apply(&own))), ["10.96.0.190"]);
+    let own = requesting(mk_svc("team-a", "own"), &[free.as_str()]);
+    assert_eq!(ips(&merged(&own, &c.apply(&own))), [free.as_str()]);
 }
 
 #[test]

@@ -27,6 +27,7 @@ use crate::k8s::{Key, Namespace, Service, condition_summaries, service_condition
 use crate::metrics::LbIpamMetrics;
 use crate::network::NetworkConfig;
 use crate::write::{Apply, Target, TargetKind, Write};
+use claims::Claims;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use portico_crds::names::{CONDITION_IP_ALLOCATED, LOAD_BALANCER_CLASS, annotations, lb_reasons};
@@ -128,6 +129,8 @@ pub struct LbIpamController {
     dirty: BTreeSet<Key>,
     rebuild: bool,
     metrics: LbIpamMetrics,
+    /// External addresses and ports two Services claim.
+    claims: Claims,
 }
 
 impl LbIpamController {
@@ -156,6 +159,7 @@ impl LbIpamController {
             dirty: BTreeSet::new(),
             rebuild: true,
             metrics,
+            claims: Claims::default(),
         }
     }
 
@@ -272,11 +276,13 @@ impl LbIpamController {
             .into_iter()
             .map(|s| (Key::of(s), Arc::new(s.clone())))
             .collect();
+        self.claims.reset(self.services.values().map(AsRef::as_ref));
         self.rebuild = true;
     }
 
     /// A Service was added or changed.
     pub fn apply_service(&mut self, svc: &Service) {
+        self.claims.apply(svc);
         let key = Key::of(svc);
         self.services.insert(key.clone(), Arc::new(svc.clone()));
         self.dirty.insert(key);
@@ -285,6 +291,7 @@ impl LbIpamController {
     /// A Service was deleted: its addresses are free (or one fewer holder
     /// shares them), and Services waiting for addresses are served.
     pub fn delete_service(&mut self, svc: &Service) {
+        self.claims.delete(svc);
         let key = Key::of(svc);
         self.services.remove(&key);
         self.problems.remove(&key);
@@ -322,6 +329,12 @@ impl LbIpamController {
         self.problems.get(key)
     }
 
+    /// External addresses and ports that more than one Service claims,
+    /// each with its claimants, the one that keeps it first.
+    pub fn conflicts(&self) -> BTreeMap<(IpAddr, portico_catalog::Protocol, u16), Vec<Key>> {
+        self.claims.conflicts()
+    }
+
     /// Every assignment: `(service, address, pool)`.
     pub fn assignments(&self) -> impl Iterator<Item = (&Key, IpAddr, &str)> {
         self.held
@@ -351,6 +364,7 @@ impl LbIpamController {
         for key in due {
             writes.extend(self.sync_service(&key));
         }
+        writes.extend(self.claims.flush());
         writes.extend(self.pool_writes());
         self.publish_metrics();
         writes
@@ -561,6 +575,8 @@ impl LbIpamController {
                 self.problems.remove(key);
             }
         }
+        let ips: Vec<IpAddr> = got.iter().map(|(ip, _)| *ip).collect();
+        self.claims.assigned(&svc, &ips);
         if !got.is_empty() {
             self.held.insert(key.clone(), got);
         }
@@ -1291,5 +1307,6 @@ fn sat(n: u128) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+mod claims;
 #[cfg(test)]
 mod tests;
