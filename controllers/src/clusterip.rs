@@ -29,9 +29,8 @@
 //! of two Services holding the same address keeps it, and nothing new is
 //! handed out before every existing address is known.
 
-use crate::k8s::{
-    Key, Namespace, Service, is_headless, service_condition, service_type, stated_cluster_ips,
-};
+use crate::conditions::{Wanted, service_condition_writes};
+use crate::k8s::{Key, Namespace, Service, is_headless, service_type, stated_cluster_ips};
 use crate::metrics::{ClusterIpMetrics, ProblemReason, RangeState};
 use crate::network::{NetworkConfig, family_of_net};
 use crate::write::Write;
@@ -1246,23 +1245,15 @@ impl ClusterIpController {
 /// with the problem, or back to `True` once a problem is gone. Nothing is
 /// written for Services that never had a problem.
 fn condition_writes(svc: &Service, problem: Option<&Problem>, was_blocked: bool) -> Vec<Write> {
-    let condition = service_condition(svc, CONDITION_CLUSTER_IP_ALLOCATED);
-    let (status, reason, message) = match problem {
-        Some(p) => ("False", p.reason(), p.to_string()),
-        None if was_blocked || condition.is_some_and(|c| c.status != "True") => (
-            "True",
-            "Allocated",
-            "the Service holds its ClusterIPs".to_owned(),
-        ),
-        None => return Vec::new(),
-    };
-    if condition.is_some_and(|c| c.status == status && c.message == message) {
-        return Vec::new();
-    }
-    vec![Write::apply_service_status(
+    service_condition_writes(
         svc,
-        json!({ "conditions": [condition_json(svc, status, reason, &message)] }),
-    )]
+        Wanted {
+            type_: CONDITION_CLUSTER_IP_ALLOCATED,
+            problem: problem.map(|p| (p.reason(), p.to_string())),
+            ok: ("Allocated", "the Service holds its ClusterIPs"),
+            was_blocked,
+        },
+    )
 }
 
 /// The address and Service an IPAddress object records (its name is the
@@ -1305,17 +1296,6 @@ fn requested_cluster_ips(svc: &Service) -> Vec<String> {
 fn parse_ip(s: &str) -> Result<IpAddr, Problem> {
     s.parse().map_err(|_| Problem::InvalidSpec {
         message: format!("clusterIP {s:?} is not an IP address"),
-    })
-}
-
-fn condition_json(svc: &Service, status: &str, reason: &str, message: &str) -> serde_json::Value {
-    json!({
-        "type": CONDITION_CLUSTER_IP_ALLOCATED,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": svc.metadata.generation,
-        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now(),
     })
 }
 

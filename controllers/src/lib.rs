@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clusterip;
+pub mod conditions;
 pub mod endpointslices;
 pub mod error;
 pub mod k8s;

@@ -1,5 +1,6 @@
 //! The address allocation engine of Portico: ClusterIP service ranges and
-//! LoadBalancer IP pools, IPv4 and IPv6, with no Kubernetes types.
+//! LoadBalancer IP pools, IPv4 and IPv6, and NodePort ranges ([`PortPool`]),
+//! with no Kubernetes types.
 //!
 //! A [`Pool`] is made of disjoint [`Block`]s, each a CIDR
 //! (`10.96.0.0/12`, `fd00::/64`), an inclusive range
@@ -81,10 +82,12 @@ mod bitmap;
 mod block;
 mod error;
 mod pool;
+mod ports;
 mod segment;
 mod sparse;
 
 pub use block::{Block, Family, blocks_overlap};
 pub use error::{AllocError, BlockError, PoolError};
 pub use pool::{Duplicate, Pool, PoolOptions, RebuildReport, Usage};
+pub use ports::{PortError, PortPool, PortRange, PortRangeError};
 pub use segment::{DENSE_MAX_ADDRESSES, static_band_size};

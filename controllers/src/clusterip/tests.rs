@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::k8s::service_condition;
 use crate::write::{Apply, TargetKind};
 use k8s_openapi::DeepMerge;
 use k8s_openapi::api::core::v1::ServiceSpec;
