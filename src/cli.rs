@@ -478,6 +478,17 @@ pub struct LocalArgs {
     pub endpointslices: EndpointSliceArgs,
     #[command(flatten)]
     pub lb: LoadBalancerArgs,
+    /// Node ports for NodePort and LoadBalancer Services (and health check
+    /// ports), as kube-apiserver's flag of the same name: `FIRST-LAST` or
+    /// `FIRST+SIZE`. Ports asked for by number must be in it; random ones
+    /// avoid its lowest ports (KEP-3668's static band) while others are free.
+    #[arg(
+        long,
+        default_value = "30000-32767",
+        value_name = "RANGE",
+        env = "PORTICO_SERVICE_NODE_PORT_RANGE"
+    )]
+    pub service_node_port_range: portico_ipam::PortRange,
     /// Also program the node dataplane (nftables NAT) of `--node-name` in
     /// the current network namespace, as `portico node` would on that node
     /// (root only).

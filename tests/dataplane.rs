@@ -247,3 +247,105 @@ fn a_tcp_be_liberal_that_cannot_be_set_stops_the_start_and_says_why() {
     let dump = ns.portico(&["node", "--dump"]);
     assert_eq!(stdout(&dump), "", "nothing was programmed");
 }
+
+const HEALTH_CHECKS: &str = "\
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {conditions: [{type: Ready, status: 'True'}], addresses: [{type: InternalIP, address: 192.168.56.31}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ready}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32001
+  selector: {app: ready}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: draining}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32002
+  selector: {app: draining}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ready-1, labels: {app: ready}}
+spec: {nodeName: node-a, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 20.96.1.10, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: draining-1, labels: {app: draining}, deletionTimestamp: '2026-01-01T00:00:00Z'}
+spec: {nodeName: node-a, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 20.96.1.11, conditions: [{type: Ready, status: 'True'}]}
+";
+
+/// `portico local --dataplane` serves the `healthCheckNodePort`s as `portico
+/// node` does. Upstream's "should fail health check node port if there are
+/// only terminating endpoints": a node whose only local endpoint is
+/// terminating answers 503, one with a ready endpoint 200.
+#[test]
+fn local_dataplane_health_check_node_ports_fail_with_only_terminating_endpoints() {
+    use std::io::BufRead as _;
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let up = Command::new("ip")
+        .args(["-n", &ns.0, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hc.yaml");
+    std::fs::write(&file, HEALTH_CHECKS).unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_portico")])
+        .args(["local", "-f", file.to_str().unwrap()])
+        .args(["--service-cluster-ip-range", "10.96.0.0/12"])
+        .args(["--cluster-cidr", "20.96.0.0/12"])
+        .args(["--dataplane", "--node-name", "node-a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("serving healthCheckNodePorts") => break line,
+            Some(Ok(_)) => {}
+            other => {
+                let _ = child.kill();
+                panic!("portico local --dataplane stopped before serving: {other:?}");
+            }
+        }
+    };
+    assert!(
+        serving.contains("32001") && serving.contains("32002"),
+        "{serving}"
+    );
+    let get = |port: u16| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "bash", "-c"])
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ready = get(32001);
+    let draining = get(32002);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
+    assert!(ready.contains("\"localEndpoints\":1"), "{ready}");
+    assert!(draining.starts_with("HTTP/1.0 503"), "{draining}");
+    assert!(draining.contains("\"localEndpoints\":0"), "{draining}");
+}

@@ -305,7 +305,11 @@ impl ServiceInfo {
                         name: p.name.clone().unwrap_or_default(),
                         protocol: Protocol::parse(p.protocol.as_deref())?,
                         port: u16::try_from(p.port).ok()?,
-                        node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                        // 0 is "none" in the API.
+                        node_port: p
+                            .node_port
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|n| *n != 0),
                     })
                 })
                 .collect(),
@@ -327,7 +331,8 @@ impl ServiceInfo {
             internal_traffic_policy: TrafficPolicy::parse(spec.internal_traffic_policy.as_deref()),
             health_check_node_port: spec
                 .health_check_node_port
-                .and_then(|n| u16::try_from(n).ok()),
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0),
             publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
             created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
             proxy: ProxyLabel::of(svc.metadata.labels.as_ref()),

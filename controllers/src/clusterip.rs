@@ -295,8 +295,11 @@ impl ClusterIpController {
             .collect();
 
         let mut ordered: Vec<&Service> = services.into_iter().collect();
+        // Addresses the specs show first (what Services held before a
+        // restart), then requests refused before, then the rest.
         ordered.sort_by_cached_key(|s| {
             (
+                stated_cluster_ips(s).is_empty(),
                 requested_cluster_ips(s).is_empty(),
                 s.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 Key::of(*s),

@@ -107,3 +107,31 @@ pub fn condition_summaries(conditions: &[Condition]) -> Vec<ConditionSummary> {
         })
         .collect()
 }
+
+/// Merges a server-side apply patch into a Service as the API server does:
+/// with k8s-openapi's `DeepMerge`, except `spec.ports`, which the API keys
+/// by `port` *and* `protocol` (DeepMerge by `port` alone would fold
+/// `53/TCP` and `53/UDP` into one entry).
+pub fn merge_service(current: &mut Service, mut patch: Service) {
+    use k8s_openapi::DeepMerge;
+    let ports = patch.spec.as_mut().and_then(|s| s.ports.take());
+    current.merge_from(patch);
+    let Some(ports) = ports else {
+        return;
+    };
+    let list = current
+        .spec
+        .get_or_insert_with(Default::default)
+        .ports
+        .get_or_insert_with(Vec::new);
+    let protocol = |p: &ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+    for port in ports {
+        match list
+            .iter_mut()
+            .find(|p| p.port == port.port && protocol(p) == protocol(&port))
+        {
+            Some(existing) => existing.merge_from(port),
+            None => list.push(port),
+        }
+    }
+}

@@ -29,6 +29,7 @@ pub mod k8s;
 pub mod lbipam;
 pub mod metrics;
 pub mod network;
+pub mod nodeport;
 pub mod write;
 
 pub use error::{Error, Result};

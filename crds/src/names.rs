@@ -16,6 +16,11 @@ pub const CONTROLLER_LEASE: &str = "portico-controller";
 /// `False` with a reason when a Service could not get the addresses it asked for.
 pub const CONDITION_CLUSTER_IP_ALLOCATED: &str = "portico.dev/ClusterIPAllocated";
 
+/// Service condition written where Portico allocates NodePorts (`portico
+/// local`): `False` with a reason when a Service could not get the node
+/// ports it asked for (or needs).
+pub const CONDITION_NODE_PORT_ALLOCATED: &str = "portico.dev/NodePortAllocated";
+
 /// Namespace and name of the Service that owns the first address of the
 /// service range, as in every Kubernetes cluster.
 pub const KUBERNETES_SERVICE: (&str, &str) = ("default", "kubernetes");
@@ -32,6 +37,14 @@ pub mod reasons {
     pub const CLUSTER_IP_NOT_ALLOCATED: &str = "ClusterIPNotAllocated";
     /// A Service holds ClusterIPs Portico did not hand out, now adopted.
     pub const CLUSTER_IP_ADOPTED: &str = "ClusterIPAdopted";
+    /// A Service was given node ports (Portico is the allocator).
+    pub const NODE_PORT_ALLOCATED: &str = "NodePortAllocated";
+    /// A Service asked for a node port another Service holds.
+    pub const DUPLICATE_NODE_PORT: &str = "DuplicateNodePort";
+    /// A Service asked for a node port outside `--service-node-port-range`.
+    pub const NODE_PORT_OUT_OF_RANGE: &str = "NodePortOutOfRange";
+    /// A Service could not be given the node ports it needs.
+    pub const NODE_PORT_NOT_ALLOCATED: &str = "NodePortNotAllocated";
 }
 
 /// `endpointslice.kubernetes.io/managed-by` value of the slices Portico manages.
@@ -84,6 +97,8 @@ pub mod annotations {
     /// keeps the request, so that it is asked again after a restart and
     /// granted once the address is free.
     pub const REQUESTED_CLUSTER_IPS: &str = "portico.dev/requested-cluster-ips";
+    /// The same for node ports: `80/TCP=30080,healthCheckNodePort=32000`.
+    pub const REQUESTED_NODE_PORTS: &str = "portico.dev/requested-node-ports";
 }
 
 /// Node label that keeps a node from announcing LoadBalancer addresses

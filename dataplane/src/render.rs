@@ -242,14 +242,19 @@ fn usable(
     pick(&|e| e.serving && e.terminating)
 }
 
-/// The number of node-local endpoints of a Service (distinct addresses
-/// over its ports), as its `healthCheckNodePort` reports it.
+/// The number of ready node-local endpoints of a Service (distinct
+/// addresses), as its `healthCheckNodePort` reports it. As in kube-proxy,
+/// terminating endpoints do not count, even while they still serve (the
+/// rules use them as a last resort): a load balancer then drains the node.
 pub fn local_endpoint_count(svc: &ServiceInfo, endpoints: &[Endpoint], node: &str) -> usize {
     let mut addrs: Vec<IpAddr> = Vec::new();
     for port in &svc.ports {
         for family in Family::ALL {
             for b in usable(endpoints, port, family, Some(node), node) {
-                if !addrs.contains(&b.addr) {
+                let ready = endpoints
+                    .iter()
+                    .any(|e| e.address == b.addr && e.ready && !e.terminating);
+                if ready && !addrs.contains(&b.addr) {
                     addrs.push(b.addr);
                 }
             }

@@ -40,6 +40,8 @@ pub fn update_catalog(catalog: &mut Catalog, world: &World) {
 pub struct LocalDataplane {
     catalog: Catalog,
     proxier: Proxier<Nft, ConntrackTool>,
+    /// The `healthCheckNodePort` servers, as on a node.
+    health_checks: crate::node::HealthChecks,
     node_name: String,
     settings: DataplaneArgs,
     net: NetworkConfig,
@@ -102,6 +104,7 @@ impl LocalDataplane {
         Ok(LocalDataplane {
             catalog: Catalog::new(),
             proxier: Proxier::new(config, Nft::new(), ConntrackTool::new()),
+            health_checks: crate::node::HealthChecks::default(),
             node_name: node_name.to_owned(),
             settings: settings.clone(),
             net: net.clone(),
@@ -126,6 +129,15 @@ impl LocalDataplane {
         if let Some(g) = self.l2.as_mut().and_then(|l| l.gossip.take()) {
             g.leave().await;
         }
+    }
+
+    /// Serves the `healthCheckNodePort`s of the last sync's catalog, as
+    /// `portico node` does; returns the ports served.
+    pub async fn serve_health_checks(&mut self) -> Vec<u16> {
+        self.health_checks
+            .update(&self.catalog, &self.node_name)
+            .await;
+        self.health_checks.ports()
     }
 
     /// Whether this node takes part in L2 announcement (the manifests

@@ -28,6 +28,7 @@ use portico_controllers::k8s::{
 use portico_controllers::lbipam::{self, LbIpamController};
 use portico_controllers::metrics::ClusterIpMetrics;
 use portico_controllers::metrics::{EndpointSliceMetrics, LbIpamMetrics};
+use portico_controllers::nodeport::NodePortAllocator;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -40,10 +41,10 @@ const MAX_ROUNDS: usize = 20;
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let net = args.network.config()?;
     let mut previous: Option<World> = None;
-    // The ClusterIP index lives across --watch reloads, so that Services
+    // The allocators live across --watch reloads, so that Services
     // removed from the files go through the reuse quarantine and come back
-    // with their addresses.
-    let mut clusterip: Option<ClusterIpController> = None;
+    // with their addresses, and problems are not reported again.
+    let mut allocators: Option<Allocators> = None;
     let mut seen = load::fingerprint(&args.files);
     // Said once the first answers are in place.
     let mut dns_announcement = None;
@@ -73,6 +74,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let mut health_ports: Vec<u16> = Vec::new();
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
@@ -80,15 +82,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
             clusterip_reuse_delay: args.clusterip.clusterip_reuse_delay,
             default_load_balancer_class: args.lb.default_load_balancer_class,
+            node_port_range: args.service_node_port_range,
         };
-        let clusterip = match clusterip.as_mut() {
-            Some(c) => c,
-            None => clusterip.insert(
-                ClusterIpController::new(&net, Mode::Allocate, ClusterIpMetrics::default())?
-                    .with_reuse_delay(settings.clusterip_reuse_delay),
-            ),
+        let allocators = match allocators.as_mut() {
+            Some(a) => a,
+            None => allocators.insert(Allocators::new(&net, &settings)?),
         };
-        let mut world = reconcile(manifests, &net, &settings, previous.as_ref(), clusterip)?;
+        let mut world = reconcile(manifests, &net, &settings, previous.as_ref(), allocators)?;
         l2_statuses(&mut world)?;
         let mut out = std::io::stdout().lock();
         match args.output {
@@ -122,12 +122,19 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                     dp.announced().join(", ")
                 );
             }
+            health_ports = dp.serve_health_checks().await;
+            if !health_ports.is_empty() {
+                eprintln!(
+                    "serving healthCheckNodePorts {:?} (Ctrl-C to stop)",
+                    health_ports
+                );
+            }
         }
         let announcing = node_dataplane
             .as_ref()
             .is_some_and(dataplane::LocalDataplane::announcing);
         if !args.watch {
-            if dns.is_some() || announcing {
+            if dns.is_some() || announcing || !health_ports.is_empty() {
                 // Serve until stopped; the gossip's live set may still move
                 // addresses.
                 let shutdown = crate::cluster::shutdown_signal();
@@ -245,6 +252,8 @@ pub struct Settings {
     pub clusterip_reuse_delay: Duration,
     /// Portico serves LoadBalancer Services without a class.
     pub default_load_balancer_class: bool,
+    /// `--service-node-port-range`.
+    pub node_port_range: portico_ipam::PortRange,
 }
 
 impl Default for Settings {
@@ -253,7 +262,31 @@ impl Default for Settings {
             max_endpoints_per_slice: endpointslices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             clusterip_reuse_delay: Duration::from_secs(300),
             default_load_balancer_class: true,
+            node_port_range: portico_ipam::PortRange {
+                base: 30000,
+                size: 2768,
+            },
         }
+    }
+}
+
+/// What Portico allocates where it plays the API server, kept across
+/// `--watch` reloads.
+pub struct Allocators {
+    /// ClusterIPs (`--service-cluster-ip-range`).
+    pub clusterip: ClusterIpController,
+    /// Node ports (`--service-node-port-range`).
+    pub node_ports: NodePortAllocator,
+}
+
+impl Allocators {
+    /// Empty allocators.
+    pub fn new(net: &NetworkConfig, settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Allocators {
+            clusterip: ClusterIpController::new(net, Mode::Allocate, ClusterIpMetrics::default())?
+                .with_reuse_delay(settings.clusterip_reuse_delay),
+            node_ports: NodePortAllocator::new(settings.node_port_range),
+        })
     }
 }
 
@@ -270,8 +303,12 @@ pub fn reconcile(
     net: &NetworkConfig,
     settings: &Settings,
     previous: Option<&World>,
-    clusterip: &mut ClusterIpController,
+    allocators: &mut Allocators,
 ) -> anyhow::Result<World> {
+    let Allocators {
+        clusterip,
+        node_ports,
+    } = allocators;
     add_cluster_defaults(&mut m, net);
     if let Some(prev) = previous {
         keep_assigned_fields(&mut m.services, prev);
@@ -302,6 +339,7 @@ pub fn reconcile(
         for old in prev.services.store.state() {
             if !now.contains(&Key::of(old.as_ref())) {
                 clusterip.delete(&old);
+                node_ports.delete(&old);
             }
         }
     }
@@ -315,6 +353,7 @@ pub fn reconcile(
             .map(AsRef::as_ref),
     );
     writes.extend(clusterip.reset(services.iter().map(AsRef::as_ref)));
+    writes.extend(node_ports.reset(services.iter().map(AsRef::as_ref)));
     slices.reset_services(services.iter().map(AsRef::as_ref), now);
     slices.reset_pods(world.pods.iter(), now);
     slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
@@ -330,6 +369,7 @@ pub fn reconcile(
         let changed = world.write(std::mem::take(&mut writes))?;
         for svc in &changed.services {
             writes.extend(clusterip.apply(svc));
+            writes.extend(node_ports.apply(svc));
             slices.apply_service(svc, now);
             lb.apply_service(svc);
         }
@@ -426,7 +466,8 @@ fn add_cluster_defaults(m: &mut Manifests, net: &NetworkConfig) {
 }
 
 /// Under `--watch`: a Service that the files still define without
-/// ClusterIPs keeps the ones it was given in the previous run.
+/// ClusterIPs (or node ports) keeps the ones it was given in the previous
+/// run.
 fn keep_assigned_fields(services: &mut [Service], prev: &World) {
     let before: BTreeMap<Key, std::sync::Arc<Service>> = prev
         .services
@@ -439,6 +480,7 @@ fn keep_assigned_fields(services: &mut [Service], prev: &World) {
         let Some(old) = before.get(&Key::of(&*svc)) else {
             continue;
         };
+        keep_node_ports(svc, old);
         if !stated_cluster_ips(svc).is_empty() || portico_controllers::k8s::is_headless(svc) {
             continue;
         }
@@ -453,6 +495,38 @@ fn keep_assigned_fields(services: &mut [Service], prev: &World) {
         if spec.ip_family_policy.is_none() {
             spec.ip_family_policy = old_spec.ip_family_policy.clone();
         }
+    }
+}
+
+/// Under `--watch`: the node ports (and health check port) Portico gave a
+/// Service stay, while the files still ask for a type that has them.
+fn keep_node_ports(svc: &mut Service, old: &Service) {
+    let Some(spec) = svc.spec.as_mut() else {
+        return;
+    };
+    if !matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+        return;
+    }
+    let Some(old_spec) = old.spec.as_ref() else {
+        return;
+    };
+    let protocol = |p: &ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+    for port in spec.ports.iter_mut().flatten() {
+        if port.node_port.is_some_and(|n| n != 0) {
+            continue;
+        }
+        port.node_port = old_spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|o| o.port == port.port && protocol(o) == protocol(port))
+            .and_then(|o| o.node_port)
+            .filter(|n| *n != 0);
+    }
+    if spec.health_check_node_port.is_none_or(|h| h == 0)
+        && spec.external_traffic_policy.as_deref() == Some("Local")
+    {
+        spec.health_check_node_port = old_spec.health_check_node_port.filter(|h| *h != 0);
     }
 }
 
@@ -495,10 +569,8 @@ mod tests {
         NetworkConfig::parse("10.96.0.0/12", "20.96.0.0/12").unwrap()
     }
 
-    fn index() -> ClusterIpController {
-        ClusterIpController::new(&net(), Mode::Allocate, ClusterIpMetrics::default())
-            .unwrap()
-            .with_reuse_delay(Duration::from_secs(300))
+    fn index() -> Allocators {
+        Allocators::new(&net(), &Settings::default()).unwrap()
     }
 
     #[test]
@@ -521,7 +593,11 @@ mod tests {
             &mut clusterip,
         )
         .unwrap();
-        assert_eq!(clusterip.quarantined(), 1, "a's address is in quarantine");
+        assert_eq!(
+            clusterip.clusterip.quarantined(),
+            1,
+            "a's address is in quarantine"
+        );
         let third = reconcile(
             manifests(TWO),
             &net(),
@@ -716,5 +792,114 @@ spec: {externalIPs: [203.0.113.5], ports: [{port: 80}]}
                 ("ext", "ExternalAddressConflict"),
             ]
         );
+    }
+
+    const NODE_PORTS: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: fixed}
+spec: {type: NodePort, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np}
+spec: {type: NodePort, ports: [{port: 80}, {port: 53, protocol: UDP}, {port: 53, protocol: TCP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dup}
+spec: {type: NodePort, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
+";
+
+    /// (nodePorts, healthCheckNodePort) of a Service.
+    fn ports_of(world: &World, name: &str) -> (Vec<i32>, i32) {
+        let svc = world
+            .services
+            .sorted()
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap();
+        let spec = svc.spec.clone().unwrap();
+        (
+            spec.ports
+                .iter()
+                .flatten()
+                .map(|p| p.node_port.unwrap_or(0))
+                .collect(),
+            spec.health_check_node_port.unwrap_or(0),
+        )
+    }
+
+    #[test]
+    fn node_ports_are_allocated_refused_and_kept_across_reloads_and_restarts() {
+        let mut clusterip = index();
+        let settings = Settings::default();
+        let first = reconcile(
+            manifests(NODE_PORTS),
+            &net(),
+            &settings,
+            None,
+            &mut clusterip,
+        )
+        .unwrap();
+        assert_eq!(ports_of(&first, "fixed"), (vec![30080], 0));
+        let (np, _) = ports_of(&first, "np");
+        assert!(np.iter().all(|p| (30086..=32767).contains(p)), "{np:?}");
+        assert_eq!(np[1], np[2], "53/UDP and 53/TCP share one: {np:?}");
+        assert_ne!(np[0], np[1]);
+        assert_eq!(ports_of(&first, "dup"), (vec![0], 0), "refused: none");
+        let (lb, health) = ports_of(&first, "lb");
+        assert!(lb[0] != 0 && health != 0 && lb[0] != health);
+        assert!(
+            first.events.iter().any(|e| e.warning
+                && e.reason == "DuplicateNodePort"
+                && e.regarding.name.as_deref() == Some("dup")),
+            "{:?}",
+            first.events
+        );
+        let c = catalog(&first);
+        let dup = c
+            .service(&portico_catalog::ServiceKey::new("default", "dup"))
+            .unwrap();
+        assert!(dup.ports.iter().all(|p| p.node_port.is_none()), "{dup:?}");
+
+        // --watch: the files again, with the last world.
+        let second = reconcile(
+            manifests(NODE_PORTS),
+            &net(),
+            &settings,
+            Some(&first),
+            &mut clusterip,
+        )
+        .unwrap();
+        for name in ["fixed", "np", "dup", "lb"] {
+            assert_eq!(ports_of(&second, name), ports_of(&first, name), "{name}");
+        }
+        let node_port_events: Vec<_> = second
+            .events
+            .iter()
+            .filter(|e| e.reason.contains("NodePort"))
+            .collect();
+        assert!(node_port_events.is_empty(), "nothing new: {node_port_events:?}");
+
+        // A restart from `-o yaml`.
+        let mut yaml = Vec::new();
+        print::yaml(&mut yaml, &second).unwrap();
+        let third = reconcile(
+            manifests(std::str::from_utf8(&yaml).unwrap()),
+            &net(),
+            &settings,
+            None,
+            &mut index(),
+        )
+        .unwrap();
+        for name in ["fixed", "np", "dup", "lb"] {
+            assert_eq!(ports_of(&third, name), ports_of(&first, name), "{name}");
+        }
     }
 }

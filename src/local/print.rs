@@ -347,7 +347,7 @@ fn ports_column(svc: &Service) -> String {
         .iter()
         .map(|p| {
             let proto = p.protocol.as_deref().unwrap_or("TCP");
-            match p.node_port {
+            match p.node_port.filter(|np| *np != 0) {
                 Some(np) => format!("{}:{np}/{proto}", p.port),
                 None => format!("{}/{proto}", p.port),
             }

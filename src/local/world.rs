@@ -71,6 +71,7 @@ where
         namespace: &str,
         name: &str,
         patch: &serde_json::Value,
+        merge: impl FnOnce(&mut K, K),
     ) -> anyhow::Result<Option<Arc<K>>> {
         let key = object_ref::<K>(namespace, name);
         let Some(current) = self.store.get(&key) else {
@@ -78,7 +79,7 @@ where
         };
         let patch: K = serde_json::from_value(patch.clone())?;
         let mut next = (*current).clone();
-        next.merge_from(patch);
+        merge(&mut next, patch);
         if next == *current {
             return Ok(None);
         }
@@ -387,10 +388,12 @@ impl World {
             match write {
                 Write::Apply(Apply { target, patch, .. }) => match target.kind {
                     TargetKind::Service => {
-                        if let Some(svc) =
-                            self.services
-                                .merge(&target.namespace, &target.name, &patch)?
-                        {
+                        if let Some(svc) = self.services.merge(
+                            &target.namespace,
+                            &target.name,
+                            &patch,
+                            portico_controllers::k8s::merge_service,
+                        )? {
                             changed.services.push(svc);
                         }
                     }
@@ -416,10 +419,12 @@ impl World {
                         self.version += u64::from(out.is_some());
                     }
                     TargetKind::EndpointSlice => {
-                        if let Some(slice) =
-                            self.endpoint_slices
-                                .merge(&target.namespace, &target.name, &patch)?
-                        {
+                        if let Some(slice) = self.endpoint_slices.merge(
+                            &target.namespace,
+                            &target.name,
+                            &patch,
+                            DeepMerge::merge_from,
+                        )? {
                             changed.slices.push(slice);
                         }
                     }
