@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/debug/portico
 APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd arping ndisc6
 
-.PHONY: all deps build test test-only lint fmt demo bench bench-dns crds check-generated check-chart image e2e clean
+.PHONY: all deps build test test-only lint fmt demo bench bench-dns bench-local crds check-generated check-chart image e2e clean
 
 all: build
 
@@ -58,7 +58,14 @@ bench:
 	$(CARGO) bench -p portico-controllers --bench lbipam
 	$(CARGO) bench -p portico-dataplane --bench dataplane
 	$(CARGO) test --test l2 -- --ignored failover_benchmark --nocapture
+	$(CARGO) build --release --bin portico
+	scripts/bench-local.py target/release/portico 5000 50000
 	scripts/bench-dns.sh
+
+## bench-local: the whole portico local pipeline at 5,000 and 50,000 Services (time, memory; --dataplane as root)
+bench-local:
+	$(CARGO) build --release --bin portico
+	scripts/bench-local.py target/release/portico 5000 50000
 
 ## bench-dns: dnsperf against Portico's DNS server and NSD on the same zone (servers on CPU 0, dnsperf on CPU 1)
 bench-dns: deps

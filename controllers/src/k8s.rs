@@ -135,3 +135,28 @@ pub fn merge_service(current: &mut Service, mut patch: Service) {
         }
     }
 }
+
+/// An object a reconciler keeps: a borrowed one is copied once, a shared
+/// one (`Arc`, as reflector stores hand them out) is kept as it is.
+pub trait Shared<T> {
+    /// The object, shared.
+    fn shared(self) -> std::sync::Arc<T>;
+}
+
+impl<T: Clone> Shared<T> for &T {
+    fn shared(self) -> std::sync::Arc<T> {
+        std::sync::Arc::new(self.clone())
+    }
+}
+
+impl<T> Shared<T> for std::sync::Arc<T> {
+    fn shared(self) -> std::sync::Arc<T> {
+        self
+    }
+}
+
+impl<T> Shared<T> for &std::sync::Arc<T> {
+    fn shared(self) -> std::sync::Arc<T> {
+        std::sync::Arc::clone(self)
+    }
+}

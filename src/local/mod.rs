@@ -354,7 +354,7 @@ pub fn reconcile(
     );
     writes.extend(clusterip.reset(services.iter().map(AsRef::as_ref)));
     writes.extend(node_ports.reset(services.iter().map(AsRef::as_ref)));
-    slices.reset_services(services.iter().map(AsRef::as_ref), now);
+    slices.reset_services(services.iter(), now);
     slices.reset_pods(world.pods.iter(), now);
     slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
     slices.reset_slices(world.endpoint_slices.store.state(), now);
@@ -885,7 +885,10 @@ spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
             .iter()
             .filter(|e| e.reason.contains("NodePort"))
             .collect();
-        assert!(node_port_events.is_empty(), "nothing new: {node_port_events:?}");
+        assert!(
+            node_port_events.is_empty(),
+            "nothing new: {node_port_events:?}"
+        );
 
         // A restart from `-o yaml`.
         let mut yaml = Vec::new();

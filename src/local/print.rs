@@ -217,36 +217,39 @@ pub fn events_table(out: &mut impl Write, world: &World) -> io::Result<()> {
 /// Every object, as multi-document YAML (namespaces, nodes, services,
 /// endpoint slices, IP pools, pods).
 pub fn yaml(out: &mut impl Write, world: &World) -> anyhow::Result<()> {
-    let mut docs = Vec::new();
-    for o in world.namespaces.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.nodes.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.services.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.endpoint_slices.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.ippools.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.clusteripranges.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.l2announcements.sorted() {
-        docs.push(serde_saphyr::to_string(o.as_ref())?);
-    }
-    for o in world.pods.iter() {
-        docs.push(serde_saphyr::to_string(&o)?);
-    }
-    for doc in docs {
+    // Each document is written as it is made: the whole output of a large
+    // world is never held at once.
+    fn doc(out: &mut impl Write, obj: &impl serde::Serialize) -> anyhow::Result<()> {
+        let doc = serde_saphyr::to_string(obj)?;
         write!(out, "---\n{doc}")?;
         if !doc.ends_with('\n') {
             writeln!(out)?;
         }
+        Ok(())
+    }
+    for o in world.namespaces.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.nodes.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.services.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.endpoint_slices.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.ippools.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.clusteripranges.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.l2announcements.sorted() {
+        doc(out, o.as_ref())?;
+    }
+    for o in world.pods.iter() {
+        doc(out, &o)?;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ mod plan;
 pub use desired::{AddressType, Desired, PodInfo, address_types, desired};
 pub use plan::{Plan, plan};
 
-use crate::k8s::{EndpointSlice, Key, Node, Pod, Service, service_type};
+use crate::k8s::{EndpointSlice, Key, Node, Pod, Service, Shared, service_type};
 use crate::metrics::EndpointSliceMetrics;
 use crate::write::{Object, Target, TargetKind, Write};
 use portico_crds::names::{ENDPOINTSLICE_MANAGER, labels};
@@ -93,9 +93,9 @@ impl EndpointSliceController {
     // ---- Services ------------------------------------------------------
 
     /// Replaces every Service (a relist); all are synced.
-    pub fn reset_services<'a>(
+    pub fn reset_services<S: Shared<Service>>(
         &mut self,
-        services: impl IntoIterator<Item = &'a Service>,
+        services: impl IntoIterator<Item = S>,
         now: Instant,
     ) {
         self.services.clear();
@@ -107,7 +107,7 @@ impl EndpointSliceController {
     }
 
     /// A Service was added or changed: it is synced at once.
-    pub fn apply_service(&mut self, svc: &Service, now: Instant) {
+    pub fn apply_service(&mut self, svc: impl Shared<Service>, now: Instant) {
         let key = self.insert_service(svc);
         self.mark(key, now);
     }
@@ -125,16 +125,17 @@ impl EndpointSliceController {
         }
     }
 
-    fn insert_service(&mut self, svc: &Service) -> Key {
-        let key = Key::of(svc);
+    fn insert_service(&mut self, svc: impl Shared<Service>) -> Key {
+        let svc = svc.shared();
+        let key = Key::of(svc.as_ref());
         self.remove_service(&key);
-        for (k, v) in selector(svc).into_iter().flatten() {
+        for (k, v) in selector(&svc).into_iter().flatten() {
             self.services_by_label
                 .entry((key.namespace.clone(), k.clone(), v.clone()))
                 .or_default()
                 .insert(key.name.clone());
         }
-        self.services.insert(key.clone(), Arc::new(svc.clone()));
+        self.services.insert(key.clone(), svc);
         key
     }
 

@@ -272,11 +272,13 @@ impl LbIpamController {
     /// Replaces every Service (a relist): addresses are re-adopted from
     /// their statuses.
     pub fn reset_services<'a>(&mut self, services: impl IntoIterator<Item = &'a Service>) {
+        let services: Vec<&Service> = services.into_iter().collect();
+        self.claims.reset(services.iter().copied());
         self.services = services
             .into_iter()
+            .filter(|s| self.concerns(s))
             .map(|s| (Key::of(s), Arc::new(s.clone())))
             .collect();
-        self.claims.reset(self.services.values().map(AsRef::as_ref));
         self.rebuild = true;
     }
 
@@ -284,8 +286,21 @@ impl LbIpamController {
     pub fn apply_service(&mut self, svc: &Service) {
         self.claims.apply(svc);
         let key = Key::of(svc);
+        if !self.concerns(svc) && !self.services.contains_key(&key) {
+            return;
+        }
         self.services.insert(key.clone(), Arc::new(svc.clone()));
         self.dirty.insert(key);
+    }
+
+    /// Whether LoadBalancer IPAM has anything to do with a Service: it is
+    /// of type LoadBalancer, or shows what Portico wrote (to be cleared).
+    /// The others are not kept: a cluster has many more of them.
+    fn concerns(&self, svc: &Service) -> bool {
+        service_type(svc) == "LoadBalancer"
+            || !status_ips(svc).is_empty()
+            || service_condition(svc, CONDITION_IP_ALLOCATED).is_some()
+            || self.held.contains_key(&Key::of(svc))
     }
 
     /// A Service was deleted: its addresses are free (or one fewer holder
