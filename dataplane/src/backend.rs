@@ -366,11 +366,14 @@ pub fn parse_listing(json: &str) -> Result<Existing> {
             }
             ex.chains.insert(n);
         }
-        if let Some(n) = name("set") {
-            ex.sets.insert(n, SetKind::Set);
-        }
-        if let Some(n) = name("map") {
-            ex.sets.insert(n, SetKind::Map);
+        for (key, kind) in [("set", SetKind::Set), ("map", SetKind::Map)] {
+            if let Some(n) = name(key) {
+                let size = item[key].get("size").and_then(serde_json::Value::as_u64);
+                if let Some(size) = size.and_then(|s| u32::try_from(s).ok()) {
+                    ex.sizes.insert(n.clone(), size);
+                }
+                ex.sets.insert(n, kind);
+            }
         }
     }
     Ok(ex)
@@ -388,6 +391,9 @@ struct FakeChain {
 struct FakeSet {
     decl: SetDecl,
     elements: BTreeMap<String, Option<String>>,
+    /// A size declared again in the transaction: it holds from the commit
+    /// on (until then, the old size limits the elements).
+    next_size: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -559,17 +565,30 @@ impl FakeNft {
             }
             Op::AddSet { family, name, decl } => {
                 let t = get(tables, *family)?;
-                match t.sets.get(name) {
-                    Some(s) if &s.decl != decl => {
+                match t.sets.get_mut(name) {
+                    // nft takes a new size (at the commit) and ignores
+                    // another comment; anything else is refused.
+                    Some(s)
+                        if SetDecl {
+                            size: s.decl.size,
+                            comment: s.decl.comment,
+                            ..decl.clone()
+                        } != s.decl =>
+                    {
                         return Err(format!("set {name} exists with another declaration"));
                     }
-                    Some(_) => {}
+                    Some(s) => {
+                        if decl.size.is_some() && decl.size != s.decl.size {
+                            s.next_size = decl.size;
+                        }
+                    }
                     None => {
                         t.sets.insert(
                             name.clone(),
                             FakeSet {
                                 decl: decl.clone(),
                                 elements: BTreeMap::new(),
+                                next_size: None,
                             },
                         );
                     }
@@ -617,6 +636,14 @@ impl FakeNft {
                     .ok_or_else(|| format!("add element: no set {set}"))?;
                 if (s.decl.kind == SetKind::Map) != value.is_some() {
                     return Err(format!("add element {key}: wrong shape for {set}"));
+                }
+                if let Some(size) = s.decl.size
+                    && !s.elements.contains_key(&**key)
+                    && s.elements.len() >= size as usize
+                {
+                    return Err(format!(
+                        "add element {key}: {set} is full (Too many open files in system)"
+                    ));
                 }
                 match s.elements.get(&**key) {
                     Some(v) if v.as_deref() != value.as_deref() => {
@@ -712,6 +739,11 @@ impl Backend for FakeNft {
         for op in tx.ops() {
             FakeNft::apply_op(&mut next, op).map_err(Error::Fake)?;
         }
+        for set in next.values_mut().flat_map(|t| t.sets.values_mut()) {
+            if let Some(size) = set.next_size.take() {
+                set.decl.size = Some(size);
+            }
+        }
         self.tables = next;
         self.applied += 1;
         Ok(())
@@ -735,6 +767,11 @@ impl Backend for FakeNft {
                     .iter()
                     .map(|(n, s)| (n.clone(), s.decl.kind))
                     .collect(),
+                sizes: t
+                    .sets
+                    .iter()
+                    .filter_map(|(n, s)| Some((n.clone(), s.decl.size?)))
+                    .collect(),
             })
             .unwrap_or_default())
     }
@@ -752,7 +789,7 @@ mod tests {
             {"chain": {"family": "ip", "table": "portico", "name": "nat-output", "handle": 3, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}]}
             {"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"set": {"family": "ip", "name": "affinity-X-a/b/tcp/80__10.0.0.1/80", "table": "portico", "type": "ipv4_addr"}},
-            {"map": {"family": "ip", "name": "service-ips", "table": "portico", "type": "ipv4_addr", "map": "verdict"}},
+            {"map": {"family": "ip", "name": "service-ips", "table": "portico", "type": "ipv4_addr", "map": "verdict", "size": 65536}},
             {"rule": {"family": "ip", "table": "portico", "chain": "services", "handle": 4, "expr": []}}]}"#;
         let ex = parse_listing(json).unwrap();
         assert_eq!(
@@ -776,6 +813,10 @@ mod tests {
                 ),
                 ("service-ips".to_owned(), SetKind::Map)
             ]
+        );
+        assert_eq!(
+            ex.sizes.into_iter().collect::<Vec<_>>(),
+            vec![("service-ips".to_owned(), 65536)]
         );
         assert!(parse_listing("nonsense").is_err());
     }
