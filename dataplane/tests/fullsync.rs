@@ -1,7 +1,9 @@
 //! A full sync must never break traffic: datagrams to a NodePort and a
 //! ClusterIP, each the first of its flow, all come back while full syncs
-//! rewrite 20,000 Services (growing the sets, then keeping them). Needs
-//! root (see `support/lab.rs` for the addresses).
+//! rewrite 20,000 Services (growing the sets, then keeping them), and an
+//! agent killed while it hands a script to nft leaves the old ruleset or
+//! the new one, never a part. Needs root (see `support/lab.rs` for the
+//! addresses).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,8 +11,12 @@ mod support;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_catalog::Catalog;
-use portico_dataplane::{ConntrackTool, Nft, Proxier};
+use portico_dataplane::{ConntrackTool, Nft, Proxier, RecordingConntrack};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -213,4 +219,204 @@ fn full_syncs_of_20000_services_lose_no_nodeport_or_cluster_ip_datagram() {
         during.iter().all(|&n| n >= 100) && sent < MAX_PROBES,
         "the probe must run through every sync: {during:?} datagrams during them, {sent} in all"
     );
+}
+
+// ---- a killed agent ---------------------------------------------------------
+
+/// The Services of the ruleset installed before, and of the one the killed
+/// agent hands over (a script of about 300 KB).
+const OLD: usize = 500;
+const NEW: usize = 2_000;
+/// The agent is killed once nft has read this much of the script.
+const CUT: usize = 100_000;
+const AGENT: &str = "an_agent_hands_a_full_sync_to_nft_here_and_is_killed";
+
+/// Chain count and the element count of every set and map of the IPv4
+/// table, as the kernel lists them.
+fn ruleset(lab: &Lab) -> BTreeMap<String, usize> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &lab.node, "nft", "-j", "list", "table", "ip", "portico",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut counts = BTreeMap::new();
+    for item in json["nftables"].as_array().unwrap() {
+        if item.get("chain").is_some() {
+            *counts.entry("chains".to_owned()).or_default() += 1;
+        }
+        for kind in ["set", "map"] {
+            if let Some(set) = item.get(kind) {
+                let n = set
+                    .get("elem")
+                    .and_then(|e| e.as_array())
+                    .map_or(0, Vec::len);
+                counts.insert(format!("{kind} {}", set["name"].as_str().unwrap()), n);
+            }
+        }
+    }
+    counts
+}
+
+/// nft, but for a script on standard input (`-f -`) it reads `CUT` bytes,
+/// kills the agent that started it (only the one this test started), reads
+/// what is left, and runs all of that up to its last whole line: what nft
+/// would commit if the agent died right after writing a line.
+fn write_nft_wrapper(dir: &Path) {
+    let script = format!(
+        r#"#!/bin/sh
+[ "$1" = "-f" ] || exec nft "$@"
+agent=$PPID
+if [ "$(cut -d' ' -f4 /proc/$agent/stat)" != "$PORTICO_TEST_PARENT" ]; then
+    echo "not the agent of the test" > "$PORTICO_TEST_DIR/done"
+    exit 1
+fi
+dd bs={CUT} count=1 iflag=fullblock status=none > "$PORTICO_TEST_DIR/read"
+kill -9 $agent
+cat >> "$PORTICO_TEST_DIR/read"
+[ -z "$(tail -c 1 "$PORTICO_TEST_DIR/read")" ] || sed -i '$d' "$PORTICO_TEST_DIR/read"
+nft "$@" < "$PORTICO_TEST_DIR/read" 2> "$PORTICO_TEST_DIR/stderr"
+echo "nft read $(wc -c < "$PORTICO_TEST_DIR/read") bytes and exited with $?" > "$PORTICO_TEST_DIR/done"
+"#
+    );
+    let path = dir.join("nft");
+    std::fs::write(&path, script).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&path)
+        .status()
+        .unwrap();
+    let fifo = Command::new("mkfifo")
+        .arg(dir.join("done"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+}
+
+/// Not a test of its own: the agent that `an_agent_killed_…` starts, a
+/// full sync by the real backend with the nft of `write_nft_wrapper`.
+#[test]
+#[ignore = "the agent process of an_agent_killed_while_it_hands_a_full_sync_to_nft_leaves_a_whole_ruleset"]
+fn an_agent_hands_a_full_sync_to_nft_here_and_is_killed() {
+    let (Ok(netns), Ok(dir)) = (
+        std::env::var("PORTICO_TEST_NETNS"),
+        std::env::var("PORTICO_TEST_DIR"),
+    ) else {
+        return;
+    };
+    let nft = Nft::in_netns(&netns).with_program(Path::new(&dir).join("nft"));
+    let mut p = Proxier::new(config(), nft, RecordingConntrack::default());
+    let r = p.full_sync(&catalog_of(NEW));
+    panic!("the agent was not killed: {r:?}");
+}
+
+#[test]
+fn an_agent_killed_while_it_hands_a_full_sync_to_nft_leaves_a_whole_ruleset() {
+    if !root_or_skip("an_agent_killed_while_it_hands_a_full_sync_to_nft_leaves_a_whole_ruleset") {
+        return;
+    }
+    let lab = Lab::new(0);
+    let mut p = Proxier::new(config(), lab.nft(), RecordingConntrack::default());
+    p.full_sync(&catalog_of(OLD)).unwrap();
+    let old = ruleset(&lab);
+
+    let dir = tempfile::tempdir().unwrap();
+    write_nft_wrapper(dir.path());
+    let agent = Command::new(std::env::current_exe().unwrap())
+        .args([AGENT, "--exact", "--ignored", "--nocapture"])
+        .env("PORTICO_TEST_NETNS", &lab.node)
+        .env("PORTICO_TEST_DIR", dir.path())
+        .env("PORTICO_TEST_PARENT", std::process::id().to_string())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    // nft goes on alone; it says when it is done.
+    let (done, done_rx) = mpsc::channel();
+    let fifo = dir.path().join("done");
+    std::thread::spawn(move || done.send(std::fs::read_to_string(fifo)));
+    let nft = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the nft wrapper never finished")
+        .unwrap();
+    assert_eq!(
+        agent.status.signal(),
+        Some(9),
+        "the agent was to be killed while nft read its script: {}; {}",
+        nft.trim(),
+        String::from_utf8_lossy(&agent.stderr)
+    );
+    let after = ruleset(&lab);
+    p.full_sync(&catalog_of(NEW)).unwrap();
+    let new = ruleset(&lab);
+    assert_ne!(old, new);
+    let differs = |other: &BTreeMap<String, usize>| -> Vec<String> {
+        after
+            .iter()
+            .filter(|(k, v)| other.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v} (old {:?}, new {:?})", old.get(k), new.get(k)))
+            .collect()
+    };
+    assert!(
+        after == old || after == new,
+        "a part of the new ruleset was committed ({}): {:?}",
+        nft.trim(),
+        differs(&new)
+    );
+}
+
+/// What the `nft -i` session relies on (`backend/session.rs`): a line
+/// that includes a script runs it whole, and any part of that line runs
+/// nothing, even at the end of the input (where nft runs what it has).
+#[test]
+fn nft_runs_an_include_line_whole_or_not_at_all_wherever_it_is_cut() {
+    if !root_or_skip("nft_runs_an_include_line_whole_or_not_at_all_wherever_it_is_cut") {
+        return;
+    }
+    let lab = Lab::new(0);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tx.nft");
+    std::fs::write(
+        &script,
+        "add table ip cut\nadd chain ip cut a\nadd chain ip cut b\n",
+    )
+    .unwrap();
+    let line = format!("include \"{}\"\n", script.display());
+    let nft = |args: &[&str], stdin: &str| {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.node, "nft"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut pipe, stdin.as_bytes()).unwrap();
+        drop(pipe);
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    for cut in 0..=line.len() {
+        nft(&["-i"], &line[..cut]);
+        let chains = nft(&["list", "chains", "ip"], "");
+        let whole = chains.contains("chain a") && chains.contains("chain b");
+        let nothing = !chains.contains("table ip cut");
+        assert!(
+            if cut + 1 >= line.len() {
+                whole
+            } else {
+                nothing
+            },
+            "{:?}: {chains}",
+            &line[..cut]
+        );
+        if whole {
+            nft(&["delete", "table", "ip", "cut"], "");
+        }
+    }
 }

@@ -3,13 +3,14 @@
 //! dumps its state as sorted text for golden tests.
 //!
 //! ```text
-//!  Transaction ──> Nft ──> nft -f - (full syncs, listings)
-//!                     └──> Session: nft -i (small transactions)
+//!  Transaction ──> Nft ── Script (memfd, complete) ──> nft -f -   (full syncs)
+//!             │                                 └──> nft -i     (small ones, `include`)
 //!             └──> FakeNft (tests)
 //! ```
 
 mod fake;
 mod nft;
+mod script;
 mod session;
 
 pub use fake::FakeNft;

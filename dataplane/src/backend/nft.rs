@@ -1,13 +1,13 @@
 //! The `nft` binary.
 
 use super::Backend;
+use super::script::Script;
 use super::session::{SESSION_MAX_BYTES, SESSION_MAX_FAILURES, Session, SessionState};
 use crate::model::Existing;
 use crate::names::{Family, TABLE};
 use crate::tx::{SetKind, Transaction};
 use crate::{Error, Result};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 /// starting nft costs about 5 ms, and a process that closes its netlink
 /// socket after deleting set elements waits for an RCU grace period
 /// (10 ms or more), which a session never closes. Large ones (full syncs)
-/// and listings run a fresh `nft -f -`. Each line sent to the session is
-/// one atomic batch; a failing marker command after it tells where its
-/// errors end.
+/// and listings run a fresh `nft -f -`. Either way nft gets the whole
+/// script or nothing (`script.rs`, `session.rs`).
 #[derive(Clone, Debug)]
 pub struct Nft {
     program: PathBuf,
@@ -78,23 +77,19 @@ impl Nft {
             program: self.program.display().to_string(),
             message: e.to_string(),
         };
-        let mut child = self
+        // The whole script first, then nft (see `script.rs`).
+        let stdin = match stdin {
+            Some(text) => Script::new(text).map_err(spawn_error)?.into_stdin(),
+            None => Stdio::null(),
+        };
+        let out = self
             .command()
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
+            .output()
             .map_err(spawn_error)?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A write error shows up as nft's own failure below.
-            let _ = pipe.write_all(input.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(spawn_error)?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
