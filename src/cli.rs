@@ -419,7 +419,8 @@ pub struct NodeArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "PORTICO_SYNC_PERIOD")]
     pub sync_period: Duration,
     /// At most one sync this often: changes in between are coalesced into
-    /// one transaction.
+    /// one transaction. A failed sync is retried (as a full sync) after this
+    /// pause, doubled for each further failure in a row, up to 30s.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PORTICO_MIN_SYNC_PERIOD")]
     pub min_sync_period: Duration,
     /// Address of the HTTP server for /metrics, /healthz (200 while syncs

@@ -539,7 +539,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sleep_until(due: Option<Instant>) {
+/// Sleeps until `due`, or forever without one.
+pub async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

@@ -15,12 +15,14 @@
 //!
 //! Syncs are coalesced: at most one per `--min-sync-period`; a full sync at
 //! start, every `--sync-period` and after any failure, partial syncs of the
-//! changed Services in between. `/healthz` answers 200 only while syncs
+//! changed Services in between. A failed sync is retried after a pause
+//! that doubles with each failure in a row (`portico_dataplane::schedule`,
+//! shared with `portico local`). `/healthz` answers 200 only while syncs
 //! succeed (like kube-proxy's :10256/healthz); `/readyz` once the first
 //! sync is done.
 
 use crate::cli::{DataplaneArgs, NodeArgs};
-use crate::cluster::{Fed, Relist, watch};
+use crate::cluster::{Fed, Relist, sleep_until, watch};
 use crate::gossip::{self, Gossip};
 use crate::http::Health;
 use crate::l2::{L2Agent, L2Index, L2Metrics};
@@ -37,7 +39,7 @@ use portico_crds::names::{annotations, l2_reasons};
 use portico_crds::{IPPool, L2Announcement};
 use portico_dataplane::{
     Backend, Config, Conntrack, ConntrackTool, DataplaneMetrics, Nft, Proxier, SyncKind,
-    SyncReport, can_program_nftables, local_endpoint_count,
+    SyncReport, SyncSchedule, can_program_nftables, local_endpoint_count,
 };
 use prometheus_client::registry::Registry;
 use std::collections::BTreeSet;
@@ -383,8 +385,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         ConntrackTool::new(),
     )?;
     let mut health_checks = HealthChecks::default();
-    let mut last_attempt: Option<Instant> = None;
-    let mut next_full = Instant::now();
+    let mut schedule =
+        SyncSchedule::new(Instant::now(), args.min_sync_period, Some(args.sync_period));
     let mut conflicts: Vec<(portico_dataplane::render::Entry, Vec<ServiceKey>)> = Vec::new();
 
     let shutdown = crate::cluster::shutdown_signal();
@@ -393,17 +395,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(l2) = l2.as_mut() {
             l2.step(&state, &l2_metrics).await;
         }
-        let due = state.synced().then(|| {
-            let wanted = if state.dirty {
-                Instant::now()
-            } else {
-                next_full
-            };
-            match last_attempt {
-                Some(t) => wanted.max(t + args.min_sync_period),
-                None => wanted,
-            }
-        });
+        let due = if state.synced() {
+            schedule.due(Instant::now(), state.dirty)
+        } else {
+            None
+        };
         tokio::select! {
             () = &mut shutdown => break,
             () = sleep_until(due) => {}
@@ -435,12 +431,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         if due.is_none_or(|d| d > now) {
             continue;
         }
-        let full = now >= next_full;
-        if full {
-            next_full = now + args.sync_period;
-        }
-        last_attempt = Some(now);
-        match tokio::task::block_in_place(|| state.sync(full)) {
+        let full = schedule.start(now);
+        let result = tokio::task::block_in_place(|| state.sync(full));
+        schedule.finished(result.is_ok());
+        match result {
             Ok(report) => {
                 metrics.observe(&report, state.proxier().model().service_count());
                 if let Ok(mut l) = liveness.lock() {
@@ -486,7 +480,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
             Err((kind, e)) => {
                 metrics.error(kind, &e);
-                tracing::warn!(error = %e, kind = kind.label(), "sync failed; the next sync is full");
+                tracing::warn!(
+                    error = %e,
+                    kind = kind.label(),
+                    retry_in_ms = schedule.pause().as_millis() as u64,
+                    "sync failed; retrying with a full sync"
+                );
             }
         }
     }
@@ -716,13 +715,6 @@ async fn l2_wakeup(l2: &mut Option<NodeL2>) {
             }
             l2.dirty = true;
         }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }

@@ -4,7 +4,8 @@
 //! for real when they can and must when `PORTICO_REQUIRE_ROOT_TESTS=1`.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const LAB: &[&str] = &[
@@ -348,4 +349,82 @@ fn local_dataplane_health_check_node_ports_fail_with_only_terminating_endpoints(
     assert!(ready.contains("\"localEndpoints\":1"), "{ready}");
     assert!(draining.starts_with("HTTP/1.0 503"), "{draining}");
     assert!(draining.contains("\"localEndpoints\":0"), "{draining}");
+}
+
+#[test]
+fn local_watch_retries_a_failed_sync_as_a_full_one_and_keeps_running() {
+    let Some(ns) = Netns::new() else { return };
+    // An nft without its interactive mode (so every transaction runs in
+    // `nft -f -`) that refuses the first one.
+    let dir = tempfile::tempdir().unwrap();
+    let nft = dir.path().join("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = \"-i\" ] && exit 1\n\
+             if [ \"$1\" = \"-f\" ] && [ ! -e {0}/failed ]; then\n\
+             touch {0}/failed; echo 'Error: injected' >&2; exit 1\n\
+             fi\n\
+             exec {1} \"$@\"\n",
+            dir.path().display(),
+            String::from_utf8(
+                Command::new("sh")
+                    .args(["-c", "command -v nft"])
+                    .output()
+                    .unwrap()
+                    .stdout
+            )
+            .unwrap()
+            .trim()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").arg("755").arg(&nft).status().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut args = LAB.to_vec();
+    args.extend(["--dataplane", "--node-name", "k8s-worker1", "--watch"]);
+    let mut child = Command::new("timeout")
+        .args([
+            "60",
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            env!("CARGO_BIN_EXE_portico"),
+        ])
+        .args(&args)
+        .env("PATH", path)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("dataplane: full sync");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let failed = seen
+        .iter()
+        .position(|l| l.starts_with("dataplane: sync failed (1 in a row)"));
+    assert!(
+        failed.is_some()
+            && seen
+                .last()
+                .is_some_and(|l| l.starts_with("dataplane: full sync")),
+        "{seen:#?}"
+    );
+    assert!(running, "the watch goes on: {seen:#?}");
 }

@@ -19,7 +19,7 @@ mod support;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_catalog::Catalog;
-use portico_dataplane::model::{Existing, Model};
+use portico_dataplane::model::{Existing, Model, StaticSets};
 use portico_dataplane::names::Family;
 use portico_dataplane::{ConntrackTool, Nft, Proxier, SyncKind};
 use std::collections::BTreeMap;
@@ -113,7 +113,7 @@ fn measure(n: usize) {
     let start = Instant::now();
     let mut model = Model::build(&config(), &catalog);
     let existing: BTreeMap<Family, Existing> = BTreeMap::new();
-    let tx = model.full_transaction(&config(), &existing);
+    let tx = model.full_transaction(&config(), &existing, StaticSets::Keep);
     let script = tx.to_string();
     let render = start.elapsed();
 

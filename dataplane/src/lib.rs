@@ -25,6 +25,7 @@ pub mod model;
 pub mod names;
 pub mod proxier;
 pub mod render;
+pub mod schedule;
 pub mod trace;
 pub mod tx;
 
@@ -34,4 +35,5 @@ pub use error::{Error, Result};
 pub use metrics::DataplaneMetrics;
 pub use proxier::{Proxier, SyncKind, SyncReport, can_program_nftables};
 pub use render::{Config, local_endpoint_count};
+pub use schedule::SyncSchedule;
 pub use tx::Transaction;

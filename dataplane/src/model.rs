@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// What exists in one family's table, as listed from the kernel (names
-/// only: listing elements costs as much as writing them).
+/// What exists in one family's table, as listed from the kernel (no
+/// elements: listing them costs as much as writing them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Existing {
     /// Chain names.
@@ -30,6 +30,24 @@ pub struct Existing {
     pub hooks: BTreeMap<String, String>,
     /// Set and map names.
     pub sets: BTreeMap<String, SetKind>,
+    /// The declared sizes of the sets and maps that have one.
+    pub sizes: BTreeMap<String, u32>,
+}
+
+/// What a full sync does with the static sets and maps that exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaticSets {
+    /// Flush each and refill it in the same transaction, so lookups answer
+    /// throughout; only a hash set whose elements no longer fit its size
+    /// (or that is far larger than they need) is deleted and recreated,
+    /// which its lookups survive too (an interval set's would not: a new
+    /// one misses until its transaction is committed, measured in
+    /// `README.md`). Pick chains that exist are kept as they are.
+    Keep,
+    /// Delete and recreate every one, and write the pick chains again:
+    /// after a failed full sync, in case the kernel holds a set under the
+    /// same name with another declaration (which it refuses to redeclare).
+    Recreate,
 }
 
 /// Pick chains for up to this many endpoints exist from the first full
@@ -47,13 +65,24 @@ pub const PRECREATED_PICKS: usize = 16;
 pub const MIN_SET_SIZE: u32 = 1024;
 
 /// The size a static set is declared with when a full sync writes `count`
-/// elements into it.
+/// elements into it (unless it keeps the size it has, see
+/// [`keeps_size`]).
 pub fn set_size(count: usize) -> u32 {
     u32::try_from(count.saturating_mul(2))
         .unwrap_or(u32::MAX)
         .max(MIN_SET_SIZE)
         .checked_next_power_of_two()
         .unwrap_or(u32::MAX)
+}
+
+/// Whether a hash set declared with `size` keeps that size when a full
+/// sync writes `count` elements into it: they fit, and the set is no more
+/// than four times the size [`set_size`] would give it. So it grows when
+/// they no longer fit and shrinks when they are a sixteenth of its size
+/// or less; a set just grown or shrunk keeps its size until its elements
+/// double, or fall to a quarter.
+pub fn keeps_size(size: u32, count: usize) -> bool {
+    count <= size as usize && u64::from(size) <= 4 * u64::from(set_size(count))
 }
 
 /// The pick chains every table has.
@@ -255,15 +284,15 @@ impl Model {
             .unwrap_or(&[])
     }
 
-    /// A full sync: rewrites every chain, recreates the static sets and
-    /// maps (deleting a set is one operation, flushing one is one per
-    /// element; and rules bind to them again while they are empty, which
-    /// the kernel checks element by element otherwise), keeps affinity
-    /// sets and their clients, and deletes what is no longer wanted.
+    /// A full sync: rewrites every chain (but pick chains that exist),
+    /// replaces the elements of the static sets and maps (see
+    /// [`StaticSets`]), keeps affinity sets and their clients, and deletes
+    /// what is no longer wanted.
     pub fn full_transaction(
         &mut self,
         cfg: &Config,
         existing: &BTreeMap<Family, Existing>,
+        static_sets: StaticSets,
     ) -> Transaction {
         let mut tx = Transaction::new();
         let mut chains: Vec<Chain> = Vec::new();
@@ -285,6 +314,7 @@ impl Model {
         }
         self.static_chains = chains.len();
         self.picks.extend(precreated_picks());
+        let first_pick = chains.len();
         for &(family, pick) in &self.picks {
             chains.push(Chain {
                 family,
@@ -293,6 +323,7 @@ impl Model {
                 rules: pick.rules(family),
             });
         }
+        let picks = first_pick..chains.len();
         let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
         keys.sort();
         for k in &keys {
@@ -317,36 +348,74 @@ impl Model {
         for el in elements {
             by_set.entry((el.family, el.set)).or_default().push(el);
         }
+        let no_existing = Existing::default();
+        let exists = |f: Family| existing.get(&f).unwrap_or(&no_existing);
+        // Static sets that exist are kept (flushed and refilled) unless
+        // they are to be recreated: all of them, or those of another kind,
+        // or hash sets whose size does not suit what they will hold.
         // Hash sets get a size; interval sets are trees, left as they are.
         let mut sizes = HashMap::new();
-        for ((family, name, decl, _), static_name) in sets.iter_mut().zip(&static_names) {
-            if decl.flags.contains(&"interval") {
-                continue;
+        let mut recreate: BTreeSet<(Family, &str)> = BTreeSet::new();
+        for ((family, _, decl, _), &(_, name)) in sets.iter_mut().zip(&static_names) {
+            let ex = exists(*family);
+            let kind = ex.sets.get(name);
+            let mut keep = static_sets == StaticSets::Keep && kind == Some(&decl.kind);
+            if !decl.flags.contains(&"interval") {
+                let count = by_set.get(&(*family, name)).map_or(0, Vec::len);
+                let size = match ex.sizes.get(name) {
+                    Some(&size) if keep && keeps_size(size, count) => size,
+                    _ => {
+                        keep = false;
+                        set_size(count)
+                    }
+                };
+                decl.size = Some(size);
+                sizes.insert((*family, name), (count, size));
             }
-            let count = by_set.get(&(*family, name.as_str())).map_or(0, Vec::len);
-            let size = set_size(count);
-            decl.size = Some(size);
-            sizes.insert(*static_name, (count, size));
+            if kind.is_some() && !keep {
+                recreate.insert((*family, name));
+            }
         }
         let elements: Vec<&Element> = by_set.into_values().flatten().collect();
 
+        // A pick chain's rules follow from its name: one that exists is
+        // kept as it is (when it reads no set that is recreated). Writing
+        // its rules again would make the kernel check every element of
+        // the maps they read, the old ones too while a kept map is
+        // refilled: about 150 ms of a full sync at 100,000 endpoints.
+        let kept_picks: BTreeSet<(Family, &str)> = chains[picks]
+            .iter()
+            .filter(|c| {
+                let ex = exists(c.family);
+                static_sets == StaticSets::Keep
+                    && ex.chains.contains(&c.name)
+                    && !ex.hooks.contains_key(&c.name)
+                    && !c.rules.iter().any(|r| {
+                        r.split_whitespace()
+                            .filter_map(|w| w.strip_prefix('@'))
+                            .any(|set| recreate.contains(&(c.family, set)))
+                    })
+            })
+            .map(|c| (c.family, c.name.as_str()))
+            .collect();
         let wanted: BTreeSet<(Family, &str)> =
             chains.iter().map(|c| (c.family, c.name.as_str())).collect();
         let wanted_sets: BTreeSet<(Family, &str)> =
             sets.iter().map(|(f, n, _, _)| (*f, n.as_str())).collect();
-        let no_existing = Existing::default();
-        let exists = |f: Family| existing.get(&f).unwrap_or(&no_existing);
 
         let rules: usize = chains.iter().map(|c| c.rules.len()).sum();
         tx.reserve(elements.len() + rules + 3 * chains.len() + 2 * sets.len());
         for family in Family::ALL {
             tx.add_table(family);
         }
-        // Nothing may refer to a set that is deleted: every chain is
-        // flushed first (and refilled, or deleted when stale).
+        // Nothing may refer to a set that is deleted: every chain but the
+        // kept pick chains is flushed first (and refilled, or deleted when
+        // stale).
         for family in Family::ALL {
             for name in &exists(family).chains {
-                tx.flush_chain(family, name);
+                if !kept_picks.contains(&(family, name.as_str())) {
+                    tx.flush_chain(family, name);
+                }
             }
         }
         // A chain whose hook differs from what is wanted (an earlier
@@ -358,18 +427,29 @@ impl Model {
                 tx.delete_chain(c.family, &c.name);
             }
         }
-        for (family, name, decl, is_static) in &sets {
-            if *is_static && exists(*family).sets.contains_key(name) {
-                tx.delete_set(*family, name, decl.kind);
+        for &(family, name) in &recreate {
+            if let Some(&kind) = exists(family).sets.get(name) {
+                tx.delete_set(family, name, kind);
             }
         }
-        for (family, name, decl, _) in &sets {
+        for (family, name, decl, is_static) in &sets {
             tx.add_set(*family, name, decl.clone());
+            // A kept static set loses its elements in the transaction that
+            // adds them again: lookups see the old ones until it commits.
+            if *is_static
+                && exists(*family).sets.contains_key(name)
+                && !recreate.contains(&(*family, name.as_str()))
+            {
+                tx.flush_set(*family, name, decl.kind);
+            }
         }
         for c in &chains {
             tx.add_chain(c.family, &c.name, c.base.clone());
         }
         for c in &chains {
+            if kept_picks.contains(&(c.family, c.name.as_str())) {
+                continue;
+            }
             for rule in &c.rules {
                 tx.add_rule(c.family, &c.name, rule.as_str());
             }
@@ -610,5 +690,26 @@ impl Model {
                 .values()
                 .map(|s| s.rules.chains.len())
                 .sum::<usize>();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_set_keeps_its_size_until_it_is_too_small_or_sixteen_times_too_large() {
+        assert_eq!(set_size(0), MIN_SET_SIZE);
+        assert_eq!(set_size(513), 2048);
+        assert!(keeps_size(1024, 0));
+        assert!(keeps_size(1024, 1024));
+        assert!(!keeps_size(1024, 1025));
+        // Grown to 4,096 for 1,025 elements, it keeps that size for any
+        // number up to 4,096.
+        assert!(keeps_size(4096, 1));
+        assert!(keeps_size(4096, 4096));
+        assert!(keeps_size(16384, 1025));
+        assert!(!keeps_size(16384, 1024));
+        assert!(!keeps_size(16384, 0));
     }
 }

@@ -11,7 +11,7 @@
 use crate::Result;
 use crate::backend::Backend;
 use crate::conntrack::Conntrack;
-use crate::model::{Existing, Model, StaleFlows};
+use crate::model::{Existing, Model, StaleFlows, StaticSets};
 use crate::names::Family;
 use crate::render::{Config, ConntrackTarget, render_service};
 use crate::tx::Transaction;
@@ -68,6 +68,8 @@ pub struct Proxier<B: Backend, C: Conntrack> {
     conntrack: C,
     model: Model,
     needs_full: bool,
+    /// The last full sync failed: the next one recreates the static sets.
+    full_failed: bool,
 }
 
 impl<B: Backend, C: Conntrack> Proxier<B, C> {
@@ -79,6 +81,7 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
             conntrack,
             model: Model::default(),
             needs_full: true,
+            full_failed: false,
         }
     }
 
@@ -150,10 +153,19 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
             existing.insert(family, self.backend.list(family)?);
         }
         let mut model = Model::rebuild(&self.config, catalog, &self.model);
-        let tx = model.full_transaction(&self.config, &existing);
-        self.backend.apply(&tx)?;
+        let sets = if self.full_failed {
+            StaticSets::Recreate
+        } else {
+            StaticSets::Keep
+        };
+        let tx = model.full_transaction(&self.config, &existing, sets);
+        if let Err(e) = self.backend.apply(&tx) {
+            self.full_failed = true;
+            return Err(e);
+        }
         let old = std::mem::replace(&mut self.model, model);
         self.needs_full = false;
+        self.full_failed = false;
         let now: HashSet<(ConntrackTarget, IpAddr)> = udp_flows(&self.model);
         let mut stale: StaleFlows = stale.into_iter().filter(|f| !now.contains(f)).collect();
         stale.extend(udp_flows(&old).into_iter().filter(|f| !now.contains(f)));

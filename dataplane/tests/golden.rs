@@ -91,14 +91,75 @@ fn a_second_full_sync_changes_nothing() {
     let first = p.backend().dump();
     p.full_sync(&catalog).unwrap();
     assert_eq!(p.backend().dump(), first);
-    // Static sets are recreated; nothing else is deleted.
-    let deleted: Vec<String> = script(&p)
-        .into_iter()
-        .filter(|l| {
-            l.starts_with("delete chain") || l.contains("affinity-") && l.starts_with("delete")
-        })
-        .collect();
+    // Nothing is deleted: static sets are flushed and refilled.
+    let s = script(&p);
+    let deleted: Vec<&String> = s.iter().filter(|l| l.starts_with("delete")).collect();
     assert!(deleted.is_empty(), "nothing is stale: {deleted:?}");
+    for kept in [
+        "flush set ip portico cluster-ips",
+        "flush set ip portico nodeport-ips",
+        "flush map ip6 portico service-ips",
+        "flush set ip portico firewall-allow",
+        "flush map ip portico service-backends-udp",
+    ] {
+        assert!(s.iter().any(|l| l == kept), "{kept}");
+    }
+    // Pick chains, whose rules follow from their names, are kept as they
+    // are; the other chains are written again.
+    assert!(s.contains(&"flush chain ip portico services".to_owned()));
+    assert!(
+        !s.iter()
+            .any(|l| l.starts_with("flush chain ip portico pick-")
+                || l.starts_with("add rule ip portico pick-"))
+    );
+}
+
+#[test]
+fn after_a_failed_full_sync_the_next_one_recreates_the_static_sets() {
+    let (services, slices) = showcase();
+    let catalog = catalog(&services, &slices);
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    let first = p.backend().dump();
+    p.backend_mut().fail_next("injected");
+    assert!(p.full_sync(&catalog).is_err());
+    p.full_sync(&catalog).unwrap();
+    assert_eq!(p.backend().dump(), first);
+    let s = script(&p);
+    for recreated in [
+        "delete set ip portico nodeport-ips",
+        "delete map ip6 portico service-ips",
+    ] {
+        assert!(s.iter().any(|l| l == recreated), "{recreated}");
+    }
+    assert!(!s.iter().any(|l| l.starts_with("flush set")), "{s:?}");
+    assert!(s.contains(&"flush chain ip portico pick-2".to_owned()));
+    // Then they are kept again.
+    p.full_sync(&catalog).unwrap();
+    assert!(!script(&p).iter().any(|l| l.starts_with("delete")));
+}
+
+#[test]
+fn a_set_of_another_declaration_fails_one_full_sync_and_is_recreated_by_the_next() {
+    use portico_dataplane::names::Family;
+    use portico_dataplane::tx::{SetDecl, Transaction};
+    // Left by another version: the same name, another type.
+    let mut fake = FakeNft::new();
+    let mut tx = Transaction::new();
+    tx.add_table(Family::Ipv4);
+    tx.add_set(
+        Family::Ipv4,
+        "cluster-ips",
+        SetDecl::set("type ipv6_addr").size(1024),
+    );
+    portico_dataplane::Backend::apply(&mut fake, &tx).unwrap();
+    let mut p = Proxier::new(config(), fake, RecordingConntrack::default());
+    let (services, slices) = showcase();
+    let catalog = catalog(&services, &slices);
+    let e = p.full_sync(&catalog).unwrap_err();
+    assert!(e.to_string().contains("another declaration"), "{e}");
+    p.full_sync(&catalog).unwrap();
+    assert_partial_equals_full(&p, &catalog);
 }
 
 /// Partial syncs of a catalog that changes step by step end where a full
@@ -665,6 +726,19 @@ fn a_partial_sync_that_would_outgrow_a_set_is_done_as_a_full_one() {
             .dump()
             .contains(&format!("size {} ;", set_size(n)))
     );
+    // Only the set that outgrew its size is recreated (larger); the
+    // others keep theirs and are refilled.
+    let s = script(&p);
+    let deleted: Vec<&String> = s.iter().filter(|l| l.starts_with("delete")).collect();
+    assert_eq!(
+        deleted,
+        ["delete map ip portico service-backends-tcp"],
+        "{s:?}"
+    );
+    assert!(s.contains(&"flush set ip portico cluster-ips".to_owned()));
+    // The pick chains that read it are written again; the others kept.
+    assert!(s.contains(&"flush chain ip portico pick-1".to_owned()));
+    assert!(!s.contains(&"flush chain ip portico nodeport-pick-1".to_owned()));
 
     // Room again: the next change is partial.
     catalog.apply_slice(&slice("default", "big-1", "big", &HTTP, &eps[1..]));

@@ -5,6 +5,10 @@
 //!  World (after the reconcilers) ──> Catalog (Services + EndpointSlices) ──> Proxier ──> nft
 //!        └─ L2Announcements, IPPools, Nodes (Ready = live; gossip too) ──> l2::plan ──> L2Agent (ARP/NDP)
 //! ```
+//!
+//! Syncs are paced as in `portico node` (`SyncSchedule`): a failed one is
+//! reported and retried, as a full sync, after a pause that doubles with
+//! each failure in a row.
 
 use super::world::World;
 use crate::cli::{DataplaneArgs, L2Args};
@@ -14,9 +18,15 @@ use portico_catalog::Catalog;
 use portico_controllers::NetworkConfig;
 use portico_controllers::k8s::{Node, Service};
 use portico_crds::{IPPool, L2Announcement};
-use portico_dataplane::{ConntrackTool, Nft, Proxier, SyncReport, can_program_nftables};
+use portico_dataplane::{
+    Backend, Conntrack, ConntrackTool, Nft, Proxier, SyncReport, SyncSchedule, can_program_nftables,
+};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shortest pause between syncs, and the first between failed ones.
+const MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 
 /// The catalog of a world: its Services and EndpointSlices.
 pub fn catalog(world: &World) -> Catalog {
@@ -36,10 +46,14 @@ pub fn update_catalog(catalog: &mut Catalog, world: &World) {
 }
 
 /// The dataplane of one node of the manifests, kept across `--watch`
-/// reloads so that a reload is a partial sync.
-pub struct LocalDataplane {
+/// reloads so that a reload is a partial sync. Generic over the backend,
+/// so tests drive it with the in-memory one.
+pub struct LocalDataplane<B: Backend = Nft, C: Conntrack = ConntrackTool> {
     catalog: Catalog,
-    proxier: Proxier<Nft, ConntrackTool>,
+    proxier: Proxier<B, C>,
+    schedule: SyncSchedule,
+    /// The world changed since the last sync started.
+    changed: bool,
     /// The `healthCheckNodePort` servers, as on a node.
     health_checks: crate::node::HealthChecks,
     node_name: String,
@@ -76,7 +90,6 @@ impl LocalDataplane {
             );
         }
         settings.conntrack.apply()?;
-        let config = crate::node::dataplane_config(net, node_name, settings, None)?;
         let l2 = if l2.disable_l2_announcements {
             None
         } else {
@@ -101,14 +114,38 @@ impl LocalDataplane {
                 rings: l2::Rings::default(),
             })
         };
+        let mut dp = LocalDataplane::with_backend(
+            net,
+            node_name,
+            settings,
+            Nft::new(),
+            ConntrackTool::new(),
+        )?;
+        dp.l2 = l2;
+        Ok(dp)
+    }
+}
+
+impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
+    /// The rules of a node through any backend, without L2 announcement.
+    pub fn with_backend(
+        net: &NetworkConfig,
+        node_name: &str,
+        settings: &DataplaneArgs,
+        backend: B,
+        conntrack: C,
+    ) -> anyhow::Result<Self> {
+        let config = crate::node::dataplane_config(net, node_name, settings, None)?;
         Ok(LocalDataplane {
             catalog: Catalog::new(),
-            proxier: Proxier::new(config, Nft::new(), ConntrackTool::new()),
+            proxier: Proxier::new(config, backend, conntrack),
+            schedule: SyncSchedule::new(Instant::now(), MIN_SYNC_PERIOD, None),
+            changed: false,
             health_checks: crate::node::HealthChecks::default(),
             node_name: node_name.to_owned(),
             settings: settings.clone(),
             net: net.clone(),
-            l2,
+            l2: None,
         })
     }
 
@@ -202,9 +239,8 @@ impl LocalDataplane {
             .unwrap_or_default()
     }
 
-    /// Programs the rules for the world: a full sync the first time, then
-    /// a partial sync of what changed.
-    pub fn sync(&mut self, world: &World) -> anyhow::Result<SyncReport> {
+    /// Takes in the world (after a reload): a sync is due.
+    pub fn update(&mut self, world: &World) -> anyhow::Result<()> {
         let node = world
             .nodes
             .sorted()
@@ -221,15 +257,116 @@ impl LocalDataplane {
         )?;
         self.proxier.set_config(config);
         update_catalog(&mut self.catalog, world);
-        let changes = self.catalog.take_changes();
-        let report = self.proxier.sync(&self.catalog, &changes)?;
         if let Some(l) = self.l2.as_mut() {
             l.announcements = world.l2announcements.sorted();
             l.pools = world.ippools.sorted();
             l.services = world.services.sorted();
             l.nodes = world.nodes.sorted();
         }
-        self.announce();
-        Ok(report)
+        self.changed = true;
+        Ok(())
+    }
+
+    /// When the next sync is due: after a change or a failure, paced.
+    pub fn due(&self, now: Instant) -> Option<Instant> {
+        self.schedule.due(now, self.changed)
+    }
+
+    /// Programs the rules for the world: a full sync the first time and
+    /// after a failure, else a partial sync of what changed. Announces
+    /// what L2 announcement plans once the rules are there.
+    pub fn sync(&mut self, now: Instant) -> Result<SyncReport, portico_dataplane::Error> {
+        self.schedule.start(now);
+        self.changed = false;
+        let changes = self.catalog.take_changes();
+        let result = self.proxier.sync(&self.catalog, &changes);
+        self.schedule.finished(result.is_ok());
+        if result.is_ok() {
+            self.announce();
+        }
+        result
+    }
+
+    /// The node the rules are for.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Failed syncs in a row.
+    pub fn failures(&self) -> u32 {
+        self.schedule.failures()
+    }
+
+    /// The pause before the next sync may start.
+    pub fn pause(&self) -> Duration {
+        self.schedule.pause()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::local::{Allocators, Settings, load, reconcile};
+    use portico_dataplane::{FakeNft, RecordingConntrack, SyncKind};
+
+    const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
+    const DNS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec: {clusterIP: 10.96.0.53, ports: [{port: 53, protocol: UDP}]}\n";
+
+    fn net() -> NetworkConfig {
+        NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap()
+    }
+
+    fn world(yaml: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut allocators = Allocators::new(&net(), &Settings::default()).unwrap();
+        reconcile(
+            load::load(&[path]).unwrap(),
+            &net(),
+            &Settings::default(),
+            None,
+            &mut allocators,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_sync_is_retried_as_a_full_sync_after_a_growing_pause_and_the_watch_goes_on() {
+        let mut dp = LocalDataplane::with_backend(
+            &net(),
+            "n1",
+            &DataplaneArgs::default(),
+            FakeNft::new(),
+            RecordingConntrack::default(),
+        )
+        .unwrap();
+        dp.update(&world(WEB)).unwrap();
+        let start = Instant::now();
+        assert!(dp.due(start).is_some_and(|t| t <= start));
+        // What the watch loop runs: it reports a failure, returns nothing.
+        dp.proxier.backend_mut().fail_next("injected");
+        crate::local::sync_dataplane(&mut dp);
+        assert_eq!(dp.failures(), 1);
+        // Due again with nothing changed, after the pause, which doubles
+        // with the next failure.
+        let now = Instant::now();
+        assert!(
+            dp.due(now)
+                .is_some_and(|t| t > now && t <= now + MIN_SYNC_PERIOD)
+        );
+        dp.proxier.backend_mut().fail_next("injected again");
+        crate::local::sync_dataplane(&mut dp);
+        assert_eq!(dp.pause(), 2 * MIN_SYNC_PERIOD);
+        let report = dp.sync(Instant::now()).unwrap();
+        assert_eq!(report.kind, SyncKind::Full);
+        assert_eq!(dp.failures(), 0);
+        assert_eq!(dp.due(Instant::now()), None, "nothing to do");
+        // A reload after that is a partial sync.
+        dp.update(&world(&format!("{WEB}---\n{DNS}"))).unwrap();
+        let report = dp.sync(Instant::now()).unwrap();
+        assert_eq!(report.kind, SyncKind::Partial);
+        assert_eq!(dp.proxier.backend().applied(), 2);
     }
 }

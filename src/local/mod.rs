@@ -105,23 +105,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             }
         }
         if let Some(dp) = node_dataplane.as_mut() {
-            let r = dp.sync(&world)?;
-            eprintln!(
-                "dataplane: {} sync in {} ms: {} operations, {} chains, {} elements \
-                 (`portico node --dump` shows them)",
-                r.kind.label(),
-                r.duration.as_millis(),
-                r.operations,
-                r.chains,
-                r.elements
-            );
-            if dp.announcing() {
-                eprintln!(
-                    "l2: {} announces [{}] (Ctrl-C to stop)",
-                    args.node_name.as_deref().unwrap_or_default(),
-                    dp.announced().join(", ")
-                );
-            }
+            dp.update(&world)?;
+            sync_dataplane(dp);
             health_ports = dp.serve_health_checks().await;
             if !health_ports.is_empty() {
                 eprintln!(
@@ -136,16 +121,22 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         if !args.watch {
             if dns.is_some() || announcing || !health_ports.is_empty() {
                 // Serve until stopped; the gossip's live set may still move
-                // addresses.
+                // addresses, and a failed sync is retried.
                 let shutdown = crate::cluster::shutdown_signal();
                 tokio::pin!(shutdown);
                 loop {
+                    let due = sync_due(&node_dataplane);
                     tokio::select! {
                         () = &mut shutdown => {
                             if let Some(dp) = node_dataplane.as_mut() {
                                 dp.leave().await;
                             }
                             break;
+                        }
+                        () = crate::cluster::sleep_until(due) => {
+                            if let Some(dp) = node_dataplane.as_mut() {
+                                sync_dataplane(dp);
+                            }
                         }
                         () = liveness_changed(&mut node_dataplane) => {
                             if let Some(dp) = node_dataplane.as_mut() {
@@ -154,12 +145,16 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
+            } else if node_dataplane.as_ref().is_some_and(|dp| dp.failures() > 0) {
+                anyhow::bail!("the dataplane sync failed");
             }
             return Ok(());
         }
         previous = Some(world);
-        // Wait for a change of the files (or Ctrl-C / SIGTERM).
+        // Wait for a change of the files (or Ctrl-C / SIGTERM); a failed
+        // sync is retried meanwhile, and never ends the watch.
         loop {
+            let due = sync_due(&node_dataplane);
             tokio::select! {
                 () = crate::cluster::shutdown_signal() => {
                     if let Some(dp) = node_dataplane.as_mut() {
@@ -168,6 +163,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 () = tokio::time::sleep(args.watch_interval) => {}
+                () = crate::cluster::sleep_until(due) => {
+                    if let Some(dp) = node_dataplane.as_mut() {
+                        sync_dataplane(dp);
+                    }
+                }
                 () = liveness_changed(&mut node_dataplane) => {
                     if let Some(dp) = node_dataplane.as_mut() {
                         dp.announce();
@@ -212,6 +212,46 @@ fn l2_statuses(world: &mut World) -> anyhow::Result<()> {
     let writes = crate::l2::status_writes(&plan, announcements.iter().map(AsRef::as_ref));
     world.write(writes)?;
     Ok(())
+}
+
+/// When the node's rules are due for a sync (after a failure; a reload
+/// syncs at once).
+fn sync_due(dp: &Option<dataplane::LocalDataplane>) -> Option<Instant> {
+    dp.as_ref().and_then(|dp| dp.due(Instant::now()))
+}
+
+/// Syncs the node's rules and says how it went; a failure is retried
+/// later, as a full sync.
+fn sync_dataplane<B, C>(dp: &mut dataplane::LocalDataplane<B, C>)
+where
+    B: portico_dataplane::Backend,
+    C: portico_dataplane::Conntrack,
+{
+    match dp.sync(Instant::now()) {
+        Ok(r) => {
+            eprintln!(
+                "dataplane: {} sync in {} ms: {} operations, {} chains, {} elements \
+                 (`portico node --dump` shows them)",
+                r.kind.label(),
+                r.duration.as_millis(),
+                r.operations,
+                r.chains,
+                r.elements
+            );
+            if dp.announcing() {
+                eprintln!(
+                    "l2: {} announces [{}] (Ctrl-C to stop)",
+                    dp.node_name(),
+                    dp.announced().join(", ")
+                );
+            }
+        }
+        Err(e) => eprintln!(
+            "dataplane: sync failed ({} in a row): {e}; retrying in {:.0}s with a full sync",
+            dp.failures(),
+            dp.pause().as_secs_f64()
+        ),
+    }
 }
 
 async fn liveness_changed(dp: &mut Option<dataplane::LocalDataplane>) {

@@ -241,6 +241,24 @@ impl Lab {
         }
     }
 
+    /// Starts a UDP server on `port` (both families) in pod `i` that
+    /// sends every datagram back as it came.
+    pub fn echo(&mut self, i: usize, port: u16) {
+        let ns = self.pods[i - 1].clone();
+        let udp = in_netns(&ns, move || UdpSocket::bind(("::", port)).unwrap());
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = self.stop.clone();
+        self.servers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], peer);
+                }
+            }
+        }));
+    }
+
     /// Connects over TCP from a namespace; returns the server's line.
     pub fn tcp(&self, from: From, dst: &str) -> io::Result<String> {
         let dst: SocketAddr = dst.parse().unwrap();
