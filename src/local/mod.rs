@@ -398,6 +398,8 @@ pub fn reconcile(
     slices.reset_pods(world.pods.iter(), now);
     slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
     slices.reset_slices(world.endpoint_slices.store.state(), now);
+    // The first versions of the Services go as soon as they are replaced.
+    drop(services);
     for _ in 0..MAX_ROUNDS {
         if writes.is_empty() {
             writes = slices.flush(now);
