@@ -211,9 +211,84 @@ fn one_change(services: usize, changes: usize) {
     );
 }
 
+/// The cluster path: after the relist, Services arrive one watch event at
+/// a time. Each event goes through the three reconcilers as `portico
+/// controller` feeds them (ClusterIP audit, EndpointSlices with a flush,
+/// LoadBalancer IPAM with a flush). The cost of an event must not grow
+/// with the number of Services already known.
+fn watch_events(services: usize) -> Duration {
+    let net = NetworkConfig::parse("10.96.0.0/12", "10.128.0.0/9").expect("valid networks");
+    let mut clusterip = portico_controllers::clusterip::ClusterIpController::new(
+        &net,
+        portico_controllers::clusterip::Mode::Audit,
+        Default::default(),
+    )
+    .expect("index");
+    let cfg = Config {
+        batch_period: Duration::ZERO,
+        ..Config::default()
+    };
+    let mut slices = EndpointSliceController::new(cfg, EndpointSliceMetrics::default());
+    let mut lb = portico_controllers::lbipam::LbIpamController::new(
+        Default::default(),
+        &net,
+        Default::default(),
+    );
+    let now = Instant::now();
+    clusterip.reset(std::iter::empty());
+    slices.reset_services(std::iter::empty::<&Service>(), now);
+    slices.reset_pods(std::iter::empty::<&Pod>(), now);
+    slices.reset_nodes((0..100).map(node).collect::<Vec<_>>().iter(), now);
+    slices.reset_slices(std::iter::empty(), now);
+    lb.reset_pools(std::iter::empty());
+    lb.reset_namespaces(std::iter::empty());
+    lb.reset_services(std::iter::empty());
+    let svcs: Vec<Arc<Service>> = (0..services)
+        .map(|i| {
+            let mut s = service(i);
+            let ip = format!(
+                "10.{}.{}.{}",
+                96 + (i + 2) / 65536,
+                ((i + 2) / 256) % 256,
+                (i + 2) % 256
+            );
+            if let Some(spec) = s.spec.as_mut() {
+                spec.cluster_ip = Some(ip.clone());
+                spec.cluster_ips = Some(vec![ip]);
+            }
+            Arc::new(s)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut writes = 0;
+    for svc in &svcs {
+        writes += clusterip.apply(svc).len();
+        slices.apply_service(svc, now);
+        writes += slices.flush(now).len();
+        lb.apply_service(svc);
+        writes += lb.flush().len();
+    }
+    let took = started.elapsed();
+    assert_eq!(writes, services, "one (empty) slice created per Service");
+    println!(
+        "watch events at {services} Services: {:.2} s, {:.1} us per Service event",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1e6 / services as f64
+    );
+    took
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let (services, changes) = if bench { (10_000, 1_000) } else { (100, 20) };
     initial_sync(services);
     one_change(services, changes);
+    let (small, large) = if bench { (5_000, 50_000) } else { (100, 1_000) };
+    let a = watch_events(small);
+    let b = watch_events(large);
+    println!(
+        "watch events: {large} / {small} Services cost {:.1}x ({}x the events)",
+        b.as_secs_f64() / a.as_secs_f64(),
+        large / small
+    );
 }

@@ -480,6 +480,10 @@ pub struct L2Agent {
     last: Plan,
     /// Frames sent by responders since closed.
     retired: (u64, u64, u64),
+    /// The node's links (the system's; tests give their own).
+    links: fn() -> Vec<Link>,
+    /// Opens a responder on a link (raw sockets; tests give their own).
+    open: fn(&Link, Duration) -> std::io::Result<Responder>,
 }
 
 impl L2Agent {
@@ -491,7 +495,20 @@ impl L2Agent {
             responders: BTreeMap::new(),
             last: Plan::default(),
             retired: (0, 0, 0),
+            links,
+            open: Responder::open,
         }
+    }
+
+    /// The same agent over other links and responders (tests).
+    pub fn with_io(
+        mut self,
+        links: fn() -> Vec<Link>,
+        open: fn(&Link, Duration) -> std::io::Result<Responder>,
+    ) -> Self {
+        self.links = links;
+        self.open = open;
+        self
     }
 
     /// The addresses announced now.
@@ -518,7 +535,8 @@ impl L2Agent {
     /// Brings the responders to the plan; returns the addresses this node
     /// took over.
     pub fn apply(&mut self, plan: Plan) -> Vec<Takeover> {
-        let links = links();
+        let links = (self.links)();
+        let announced_before = self.announced();
         let wanted = per_interface(&plan, &self.node, &links);
         let gone: Vec<String> = self
             .responders
@@ -541,7 +559,7 @@ impl L2Agent {
                 continue;
             };
             if !self.responders.contains_key(name) {
-                match Responder::open(link, self.garp_interval) {
+                match (self.open)(link, self.garp_interval) {
                     Ok(r) => {
                         tracing::info!(interface = %name, "announcing on layer 2");
                         self.responders.insert(name.clone(), r);
@@ -556,6 +574,10 @@ impl L2Agent {
                 r.set(addresses, index_of(name));
             }
         }
+        // A takeover is an address this node answers for now and did not
+        // before: one planned here whose responder could not be opened is
+        // not answered, so it is no takeover (and nobody is told it is).
+        let announced = self.announced();
         let mut takeovers = Vec::new();
         for p in plan.owned_by(&self.node) {
             let before = self
@@ -563,7 +585,7 @@ impl L2Agent {
                 .addresses
                 .get(&p.address)
                 .and_then(|b| b.owner.clone());
-            if before.as_deref() != Some(self.node.as_str()) {
+            if announced.contains(&p.address) && !announced_before.contains(&p.address) {
                 tracing::info!(address = %p.address, service = %p.service, from = ?before, "taking over the announcement");
                 takeovers.push(Takeover {
                     address: p.address,
@@ -1272,5 +1294,48 @@ mod tests {
             plan.announced_by(&key).as_deref(),
             Some("192.168.56.60=n1,fd00:56::60=n2")
         );
+    }
+
+    fn one_link() -> Vec<Link> {
+        vec![Link {
+            name: "eth9".into(),
+            mac: [2, 0, 0, 0, 0, 9],
+            networks: vec!["192.168.56.31/24".parse().unwrap()],
+            usable: true,
+        }]
+    }
+
+    fn cannot_open(_: &Link, _: Duration) -> std::io::Result<Responder> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "no CAP_NET_RAW",
+        ))
+    }
+
+    /// An address planned on this node whose responder cannot be opened is
+    /// not answered: it is no takeover, so no `announced-by` annotation or
+    /// Event names a node that does not answer ARP.
+    #[test]
+    fn a_responder_that_cannot_open_makes_no_takeover() {
+        let address: IpAddr = "192.168.56.60".parse().unwrap();
+        let plan = Plan {
+            addresses: BTreeMap::from([(
+                address,
+                Planned {
+                    address,
+                    service: ServiceKey::new("default", "web"),
+                    owner: Some("n1".into()),
+                    interfaces: Interfaces {
+                        patterns: BTreeSet::new(),
+                        auto: true,
+                    },
+                },
+            )]),
+            announcements: BTreeMap::new(),
+        };
+        let mut agent = L2Agent::new("n1", Duration::ZERO).with_io(one_link, cannot_open);
+        assert_eq!(agent.apply(plan.clone()), Vec::new());
+        assert!(agent.announced().is_empty());
+        assert_eq!(agent.apply(plan), Vec::new(), "nor the next time");
     }
 }
