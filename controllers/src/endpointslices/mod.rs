@@ -69,6 +69,9 @@ pub struct EndpointSliceController {
     zones: HashMap<String, String>,
     slices: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
     endpoints: HashMap<Key, usize>,
+    /// The sum of `endpoints` (a metric), kept as it changes: summing at
+    /// every flush made a watch event cost more with every Service known.
+    endpoint_total: usize,
     dirty: HashMap<Key, Instant>,
     metrics: EndpointSliceMetrics,
 }
@@ -85,6 +88,7 @@ impl EndpointSliceController {
             zones: HashMap::new(),
             slices: HashMap::new(),
             endpoints: HashMap::new(),
+            endpoint_total: 0,
             dirty: HashMap::new(),
             metrics,
         }
@@ -121,7 +125,7 @@ impl EndpointSliceController {
             self.mark(key, now);
         } else {
             self.dirty.remove(&key);
-            self.endpoints.remove(&key);
+            self.forget_endpoints(&key);
         }
     }
 
@@ -448,8 +452,20 @@ impl EndpointSliceController {
         }
         self.metrics
             .endpoints
-            .set(self.endpoints.values().sum::<usize>() as i64);
+            .set(i64::try_from(self.endpoint_total).unwrap_or(i64::MAX));
         writes
+    }
+
+    /// Records how many endpoints a Service's slices hold.
+    fn set_endpoints(&mut self, key: &Key, count: usize) {
+        let old = self.endpoints.insert(key.clone(), count).unwrap_or(0);
+        self.endpoint_total = self.endpoint_total + count - old;
+    }
+
+    /// Forgets a Service's endpoint count.
+    fn forget_endpoints(&mut self, key: &Key) {
+        let old = self.endpoints.remove(key).unwrap_or(0);
+        self.endpoint_total -= old;
     }
 
     /// A write for `svc` failed: sync it again after `delay`.
@@ -481,6 +497,8 @@ impl EndpointSliceController {
             .get(key)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
+        let mut counted = None;
+        let mut forget = false;
         let plan = match self.services.get(key) {
             Some(svc) if selector(svc).is_some() && service_type(svc) != "ExternalName" => {
                 let desired = desired(svc, self.pods_selected(svc), |node| {
@@ -491,21 +509,21 @@ impl EndpointSliceController {
                     .flat_map(|g| g.values())
                     .map(|g| g.endpoints.len())
                     .sum();
-                self.endpoints.insert(key.clone(), count);
+                counted = Some(count);
                 plan(svc, &desired, &existing, self.cfg.max_endpoints_per_slice)
             }
             // No selector, ExternalName, or (in delete_orphans mode) deleted:
             // the slices Portico made are no longer wanted. Others' slices
             // were never in `existing`.
             Some(_) => {
-                self.endpoints.remove(key);
+                forget = true;
                 Plan {
                     delete: existing,
                     ..Plan::default()
                 }
             }
             None if self.cfg.delete_orphans => {
-                self.endpoints.remove(key);
+                forget = true;
                 Plan {
                     delete: existing,
                     ..Plan::default()
@@ -513,6 +531,11 @@ impl EndpointSliceController {
             }
             None => Plan::default(),
         };
+        match counted {
+            Some(count) => self.set_endpoints(key, count),
+            None if forget => self.forget_endpoints(key),
+            None => {}
+        }
         self.metrics.sync("success");
         self.metrics
             .duration
