@@ -1176,7 +1176,28 @@ mod tests {
             gossip_suspect_timeout: Duration::from_millis(800),
             gossip_key_file: None,
         };
+        // The agent takes an address over only when a responder answers
+        // ARP for it: one on `lo`, standing for the lab's network, needs a
+        // raw socket (root).
+        if !portico_dataplane::can_program_nftables() {
+            assert!(
+                std::env::var_os("PORTICO_REQUIRE_ROOT_TESTS").is_none(),
+                "this test needs root (a raw socket)"
+            );
+            eprintln!("skipping: this test needs root (a raw socket)");
+            return;
+        }
+        fn lab_link() -> Vec<portico_dataplane::l2::Link> {
+            vec![portico_dataplane::l2::Link {
+                name: "lo".into(),
+                mac: [2, 0, 0, 0, 0, 31],
+                networks: vec!["192.168.56.31/24".parse().unwrap()],
+                usable: true,
+            }]
+        }
         let mut l2 = NodeL2::new(&args, "n1", writer).unwrap();
+        let agent = std::mem::replace(&mut l2.agent, L2Agent::new("n1", Duration::ZERO));
+        l2.agent = agent.with_io(lab_link, portico_dataplane::l2::Responder::open);
         let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
         let mut st = NodeState::new(
             &net,
