@@ -510,7 +510,9 @@ struct NodeL2 {
     index: L2Index,
     agent: L2Agent,
     node: String,
-    writer: ApiWriter,
+    /// Annotation and Event writes, carried out in order and retried until
+    /// they land (`write_in_order`).
+    writes: tokio::sync::mpsc::UnboundedSender<Write>,
     gossip: Option<Gossip>,
     live: Option<tokio::sync::watch::Receiver<BTreeSet<String>>>,
     /// `None`: gossip off. Otherwise where to listen, and the settings.
@@ -527,11 +529,17 @@ impl NodeL2 {
             Some(listen) => Some(args.gossip_settings(node, listen)?),
             None => None,
         };
+        let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(portico_controllers::write_in_order(
+            writer,
+            queue,
+            Duration::from_millis(500),
+        ));
         Ok(NodeL2 {
             index: L2Index::default(),
             agent: L2Agent::new(node, args.garp_interval),
             node: node.to_owned(),
-            writer,
+            writes,
             gossip: None,
             live: None,
             gossip_settings,
@@ -680,15 +688,9 @@ impl NodeL2 {
                 ));
             }
         }
-        if !writes.is_empty() {
-            let writer = self.writer.clone();
-            tokio::spawn(async move {
-                for w in writes {
-                    if let Err(e) = writer.write(&w).await {
-                        tracing::warn!(error = %e, ?w, "write failed");
-                    }
-                }
-            });
+        for w in writes {
+            // The writer task lives as long as this agent.
+            let _ = self.writes.send(w);
         }
     }
 }

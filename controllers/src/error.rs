@@ -30,6 +30,25 @@ impl Error {
             Error::Serialize(_) => "serialize",
         }
     }
+
+    /// Whether the same write may succeed later: the API server was busy,
+    /// failing or unreachable (5xx, 429, 409, a transport error). A 4xx
+    /// that says the write itself is wrong (or its object gone), or an
+    /// answer that does not parse, is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => {
+                matches!(status.code, 409 | 429) || status.code >= 500 || status.code == 0
+            }
+            // The connection, not the write: a timeout, a reset, no route.
+            Error::Kube(
+                kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_),
+            ) => true,
+            // An answer that does not parse, a request that cannot be
+            // built, ...: the same write fails the same way again.
+            Error::Kube(_) | Error::Config { .. } | Error::Serialize(_) => false,
+        }
+    }
 }
 
 /// Result with the controllers' [`Error`].

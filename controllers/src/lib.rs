@@ -34,4 +34,6 @@ pub mod write;
 
 pub use error::{Error, Result};
 pub use network::NetworkConfig;
-pub use write::{ApiWriter, Apply, EventRecord, Object, Target, TargetKind, Write, Written};
+pub use write::{
+    ApiWriter, Apply, EventRecord, Object, Target, TargetKind, Write, Written, write_in_order,
+};

@@ -406,3 +406,34 @@ fn post_params() -> PostParams {
         ..Default::default()
     }
 }
+
+/// Carries writes out one after another, in the order given, retrying a
+/// write that fails for a passing reason (see [`crate::Error::is_transient`])
+/// after a pause that doubles from `first_pause` up to 30 s, so that a
+/// failed write is not lost and a newer write never lands before an older
+/// one. A write the API refuses for good is logged and dropped. Ends when
+/// every sender is gone and the queue is empty.
+pub async fn write_in_order(
+    writer: ApiWriter,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Write>,
+    first_pause: std::time::Duration,
+) {
+    const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+    while let Some(w) = queue.recv().await {
+        let mut pause = first_pause;
+        loop {
+            match writer.write(&w).await {
+                Ok(_) => break,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, ?pause, "write failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?w, "write refused; dropped");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -489,3 +489,83 @@ async fn a_node_agent_announcing_an_address_applies_announced_by_with_its_own_ma
     assert_eq!(event["reportingController"], "portico.dev/node");
     assert_eq!(event["reportingInstance"], "n2");
 }
+
+/// Answers the next request with `code` (a Kubernetes Status body when it
+/// is an error); returns its method, path and body.
+async fn answer_with(handle: &mut ApiHandle, code: u16) -> (Method, String, Value) {
+    let (request, send) = handle
+        .next_request()
+        .await
+        .expect("the writer sent no request");
+    let method = request.method().clone();
+    let path = request.uri().to_string();
+    let body: Value =
+        serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+    let reply = if code == 200 {
+        body.clone()
+    } else {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "injected", "reason": "InternalError", "code": code
+        })
+    };
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    (method, path, body)
+}
+
+/// The node agent's annotation and Event writes go through
+/// `write_in_order`: a write the API server fails (500) is sent again after
+/// a pause, before the next one, so it is not lost and a newer write never
+/// lands first; one it refuses for good (404) is dropped.
+#[tokio::test(start_paused = true)]
+async fn writes_in_order_retry_a_failed_write_before_the_next_and_drop_a_refused_one() {
+    let (writer, mut handle) = writer();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(portico_controllers::write_in_order(
+        writer,
+        rx,
+        Duration::from_millis(500),
+    ));
+    let annotate = |value: &str| {
+        Write::annotate_service(
+            "default",
+            "web",
+            &[("portico.dev/announced-by".to_owned(), value.to_owned())].into(),
+        )
+    };
+    tx.send(annotate("n1")).unwrap();
+    tx.send(annotate("n2")).unwrap();
+    tx.send(annotate("n3")).unwrap();
+    drop(tx);
+
+    let path = "/api/v1/namespaces/default/services/web?&force=true&fieldManager=portico";
+    let announced = |b: &Value| b["metadata"]["annotations"]["portico.dev/announced-by"].clone();
+    let (m, p, first) = answer_with(&mut handle, 500).await;
+    assert_eq!((m, p.as_str()), (Method::PATCH, path));
+    assert_eq!(announced(&first), "n1");
+    let (_, _, again) = answer_with(&mut handle, 503).await;
+    assert_eq!(
+        announced(&again),
+        "n1",
+        "the failed write again, not the next"
+    );
+    let (_, _, third) = answer_with(&mut handle, 200).await;
+    assert_eq!(announced(&third), "n1");
+    let (_, _, next) = answer_with(&mut handle, 404).await;
+    assert_eq!(announced(&next), "n2");
+    let (_, _, last) = answer_with(&mut handle, 200).await;
+    assert_eq!(
+        announced(&last),
+        "n3",
+        "a refused write is dropped, not retried"
+    );
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the writer ends when the queue does")
+        .unwrap();
+}
