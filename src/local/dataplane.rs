@@ -28,23 +28,6 @@ use std::time::{Duration, Instant};
 /// The shortest pause between syncs, and the first between failed ones.
 const MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 
-/// The catalog of a world: its Services and EndpointSlices.
-pub fn catalog(world: &World) -> Catalog {
-    let mut c = Catalog::new();
-    update_catalog(&mut c, world);
-    c.take_changes();
-    c
-}
-
-/// Brings a catalog to a (reloaded) world; the catalog records what
-/// changed.
-pub fn update_catalog(catalog: &mut Catalog, world: &World) {
-    let services = world.services.store.state();
-    catalog.reset_services(services.iter().map(AsRef::as_ref));
-    let slices = world.endpoint_slices.store.state();
-    catalog.reset_slices(slices.iter().map(AsRef::as_ref));
-}
-
 /// The dataplane of one node of the manifests, kept across `--watch`
 /// reloads so that a reload is a partial sync. Generic over the backend,
 /// so tests drive it with the in-memory one.
@@ -256,7 +239,7 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
             node.as_deref(),
         )?;
         self.proxier.set_config(config);
-        update_catalog(&mut self.catalog, world);
+        super::update_catalog(&mut self.catalog, world);
         if let Some(l) = self.l2.as_mut() {
             l.announcements = world.l2announcements.sorted();
             l.pools = world.ippools.sorted();

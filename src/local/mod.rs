@@ -89,7 +89,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             None => allocators.insert(Allocators::new(&net, &settings)?),
         };
         let mut world = reconcile(manifests, &net, &settings, previous.as_ref(), allocators)?;
-        l2_statuses(&mut world)?;
+        // One catalog a round for DNS and the L2 statuses (the dataplane
+        // keeps its own, which records what changed between rounds).
+        let shared =
+            (dns.is_some() || !world.l2announcements.store.is_empty()).then(|| catalog(&world));
+        if let Some(shared) = &shared {
+            l2_statuses(&mut world, shared)?;
+        }
         let mut out = std::io::stdout().lock();
         match args.output {
             Output::Table => print::tables(&mut out, &world, &args.show)?,
@@ -97,8 +103,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
         print::warnings(&world);
-        if let Some(dns) = &dns {
-            dns.reset(&catalog(&world));
+        if let (Some(dns), Some(shared)) = (&dns, &shared) {
+            dns.reset(shared);
             dns.mark_synced();
             if let Some(line) = dns_announcement.take() {
                 eprintln!("{line}");
@@ -187,18 +193,17 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
 /// Writes the L2Announcements' statuses as `portico node` would, with the
 /// Nodes' Ready conditions as liveness; reports the ones that cannot be used.
-fn l2_statuses(world: &mut World) -> anyhow::Result<()> {
+fn l2_statuses(world: &mut World, catalog: &portico_catalog::Catalog) -> anyhow::Result<()> {
     let announcements = world.l2announcements.sorted();
     if announcements.is_empty() {
         return Ok(());
     }
-    let catalog = catalog(world);
     let plan = crate::l2::plan(
         announcements.iter().map(AsRef::as_ref),
         world.ippools.sorted().iter().map(AsRef::as_ref),
         world.services.sorted().iter().map(AsRef::as_ref),
         world.nodes.sorted().iter().map(AsRef::as_ref),
-        &catalog,
+        catalog,
         &crate::l2::node_ready,
     );
     for (name, st) in &plan.announcements {
@@ -270,6 +275,20 @@ fn report(diagnostics: &[Diagnostic]) {
 /// The service catalog of the world: what DNS (and the dataplane) read.
 pub fn catalog(world: &World) -> portico_catalog::Catalog {
     let mut catalog = portico_catalog::Catalog::new();
+    update_catalog(&mut catalog, world);
+    // Pod addresses (DNS pod records), one decoded pod at a time.
+    catalog.begin_pod_relist();
+    for pod in world.pods.iter() {
+        catalog.apply_pod(&pod);
+    }
+    catalog.finish_pod_relist();
+    catalog.take_changes();
+    catalog
+}
+
+/// Brings a catalog's Services and EndpointSlices to a (reloaded) world;
+/// the catalog records what changed.
+pub fn update_catalog(catalog: &mut portico_catalog::Catalog, world: &World) {
     catalog.reset_services(world.services.store.state().iter().map(AsRef::as_ref));
     catalog.reset_slices(
         world
@@ -279,10 +298,6 @@ pub fn catalog(world: &World) -> portico_catalog::Catalog {
             .iter()
             .map(AsRef::as_ref),
     );
-    let pods: Vec<portico_controllers::k8s::Pod> = world.pods.iter().collect();
-    catalog.reset_pods(pods.iter());
-    catalog.take_changes();
-    catalog
 }
 
 /// Reconciler settings of `portico local`.
