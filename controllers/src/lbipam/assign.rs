@@ -1,0 +1,272 @@
+//! How a Service gets its addresses: kept, requested, shared under a
+//! sharing key, or the lowest free one of the best pool.
+
+use super::*;
+
+impl LbIpamController {
+    /// Works out the Service's addresses, family by family. `before` is what
+    /// it held (none of it released yet).
+    pub(super) fn assign(
+        &mut self,
+        svc: &Service,
+        key: &Key,
+        before: Held,
+    ) -> (Held, Option<Problem>) {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let requested = match requested_ips(svc) {
+            Ok(r) => r,
+            Err(p) => {
+                for (ip, _) in &before {
+                    self.release(*ip, key);
+                }
+                return (Vec::new(), Some(p));
+            }
+        };
+        let mut families: Vec<Family> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(Family::V4),
+                "IPv6" => Some(Family::V6),
+                _ => None,
+            })
+            .collect();
+        if families.is_empty() {
+            families = requested.iter().map(|ip| Family::of(*ip)).collect();
+        }
+        if families.is_empty() {
+            families.push(Family::V4);
+        }
+        let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
+        let required = |i: usize| i == 0 || policy == "RequireDualStack";
+        for ip in &requested {
+            if !families.contains(&Family::of(*ip)) {
+                for (h, _) in &before {
+                    self.release(*h, key);
+                }
+                return (
+                    Vec::new(),
+                    Some(Problem::new(
+                        lb_reasons::INVALID_REQUEST,
+                        format!(
+                            "requested {ip} is {}, which the Service's ipFamilies do not include",
+                            Family::of(*ip)
+                        ),
+                    )),
+                );
+            }
+        }
+
+        let mut got: Held = Vec::new();
+        let mut problem = None;
+        let mut kept: Vec<IpAddr> = Vec::new();
+        for (i, family) in families.iter().copied().enumerate() {
+            let wanted = requested
+                .iter()
+                .copied()
+                .find(|ip| Family::of(*ip) == family);
+            if let Some((ip, pool)) = before.iter().find(|(ip, _)| Family::of(*ip) == family)
+                && wanted.is_none_or(|w| w == *ip)
+                && self.may_keep(svc, *ip, pool)
+                && self.compatible(svc, key, *ip).is_ok()
+            {
+                got.push((*ip, pool.clone()));
+                kept.push(*ip);
+                continue;
+            }
+            let result = match wanted {
+                Some(ip) => self.claim(svc, key, ip),
+                None => self.share_or_allocate(svc, key, family),
+            };
+            match result {
+                Ok(pool) => got.push(pool),
+                Err(p) if required(i) => {
+                    problem.get_or_insert(p);
+                }
+                Err(_) => {}
+            }
+        }
+        // Release what is not kept (what was just claimed is already held).
+        for (ip, _) in &before {
+            if !kept.contains(ip) && !got.iter().any(|(g, _)| g == ip) {
+                self.release(*ip, key);
+            }
+        }
+        if problem.is_some() && policy == "RequireDualStack" {
+            for (ip, _) in got.drain(..) {
+                self.release(ip, key);
+            }
+        }
+        (got, problem)
+    }
+
+    /// Takes a requested address.
+    pub(super) fn claim(
+        &mut self,
+        svc: &Service,
+        key: &Key,
+        ip: IpAddr,
+    ) -> Result<(IpAddr, String), Problem> {
+        let Some(pool) = self.pools.values().find(|p| p.contains(ip)) else {
+            return Err(Problem::new(
+                lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                format!("requested {ip} is in no pool"),
+            ));
+        };
+        let name = pool.name();
+        if !self.may_use(svc, pool, Some(ip)) {
+            return Err(Problem::new(
+                lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                format!("requested {ip} is in pool {name}, which does not serve this Service"),
+            ));
+        }
+        if let Some(c) = &pool.conflict {
+            return Err(Problem::new(
+                lb_reasons::POOL_IN_CONFLICT,
+                format!("requested {ip} is in pool {name}, which is in conflict: {c}"),
+            ));
+        }
+        let shared = self.holders.get(&ip).is_some_and(|h| !h.is_empty());
+        if shared {
+            self.compatible(svc, key, ip).map_err(|(holder, why)| {
+                Problem::new(
+                    lb_reasons::REQUESTED_IP_IN_USE,
+                    format!("requested {ip} is held by Service {holder}, and {why}"),
+                )
+            })?;
+        } else {
+            if pool.spec().disabled {
+                return Err(Problem::new(
+                    lb_reasons::POOL_EXHAUSTED,
+                    format!(
+                        "requested {ip} is in pool {name}, which is disabled for new assignments"
+                    ),
+                ));
+            }
+            let result = self
+                .pools
+                .get_mut(&name)
+                .and_then(|p| p.pool.as_mut())
+                .map(|p| p.allocate_ip(ip));
+            match result {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    return Err(Problem::new(
+                        lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                        format!("requested {ip}: {e}"),
+                    ));
+                }
+                None => {
+                    return Err(Problem::new(
+                        lb_reasons::REQUESTED_IP_NOT_IN_POOL,
+                        format!("requested {ip} is in no pool"),
+                    ));
+                }
+            }
+        }
+        self.add_holder(ip, key);
+        Ok((ip, name))
+    }
+
+    /// Shares an address under the Service's sharing key, or takes the
+    /// lowest free address of the best pool.
+    pub(super) fn share_or_allocate(
+        &mut self,
+        svc: &Service,
+        key: &Key,
+        family: Family,
+    ) -> Result<(IpAddr, String), Problem> {
+        if let Some(sharing) = annotation(svc, annotations::SHARING_KEY) {
+            let mut partners: Vec<(IpAddr, String)> = self
+                .held
+                .iter()
+                .filter(|(k, _)| k.namespace == key.namespace && *k != key)
+                .filter(|(k, _)| {
+                    self.services
+                        .get(*k)
+                        .and_then(|s| annotation(s, annotations::SHARING_KEY))
+                        == Some(sharing)
+                })
+                .flat_map(|(_, h)| h.iter().cloned())
+                .filter(|(ip, _)| Family::of(*ip) == family)
+                .collect();
+            partners.sort();
+            partners.dedup();
+            for (ip, pool) in partners {
+                let usable = self
+                    .pools
+                    .get(&pool)
+                    .is_some_and(|p| self.may_use(svc, p, None));
+                if usable && self.compatible(svc, key, ip).is_ok() {
+                    self.add_holder(ip, key);
+                    return Ok((ip, pool));
+                }
+            }
+        }
+        let mut candidates: Vec<&PoolState> = self
+            .pools
+            .values()
+            .filter(|p| {
+                p.pool
+                    .as_ref()
+                    .is_some_and(|pool| pool.families().any(|f| f == family))
+            })
+            .filter(|p| self.may_use(svc, p, None))
+            .collect();
+        if candidates.is_empty() {
+            return Err(Problem::new(
+                lb_reasons::NO_MATCHING_POOL,
+                format!(
+                    "no pool serves {family} addresses to this Service{}",
+                    self.why_no_pool(svc)
+                ),
+            ));
+        }
+        candidates.sort_by_key(|p| (p.spec().priority, p.name()));
+        let (usable, blocked): (Vec<&PoolState>, Vec<&PoolState>) =
+            candidates.into_iter().partition(|p| p.assigns());
+        let names: Vec<String> = usable.iter().map(|p| p.name()).collect();
+        let blocked: Vec<(String, Option<String>)> = blocked
+            .iter()
+            .map(|p| (p.name(), p.conflict.clone()))
+            .collect();
+        for name in &names {
+            let ip = self
+                .pools
+                .get_mut(name)
+                .and_then(|p| p.pool.as_mut())
+                .and_then(|p| p.allocate(family).ok());
+            if let Some(ip) = ip {
+                self.add_holder(ip, key);
+                return Ok((ip, name.clone()));
+            }
+        }
+        if names.is_empty() {
+            let why: Vec<String> = blocked
+                .iter()
+                .map(|(name, conflict)| match conflict {
+                    Some(c) => format!("pool {name} is in conflict ({c})"),
+                    None => format!("pool {name} is disabled"),
+                })
+                .collect();
+            let reason = if blocked.iter().any(|(_, c)| c.is_some()) {
+                lb_reasons::POOL_IN_CONFLICT
+            } else {
+                lb_reasons::POOL_EXHAUSTED
+            };
+            return Err(Problem::new(
+                reason,
+                format!("no pool can assign an {family} address: {}", why.join("; ")),
+            ));
+        }
+        Err(Problem::new(
+            lb_reasons::POOL_EXHAUSTED,
+            format!(
+                "no free {family} address left in pool{} {}",
+                if names.len() > 1 { "s" } else { "" },
+                names.join(", ")
+            ),
+        ))
+    }
+}
