@@ -30,38 +30,15 @@ use support::*;
 
 const ENDPOINTS: usize = 10;
 
-fn cluster_ip(i: usize) -> String {
-    let n = i + 1;
-    format!("10.96.{}.{}", n >> 8, n & 255)
-}
-
-fn endpoint(i: usize, j: usize) -> String {
-    let k = i * ENDPOINTS + j;
-    format!("10.{}.{}.{}", 128 + (k >> 16), (k >> 8) & 255, k & 255)
-}
-
 fn bench_slice(i: usize, endpoints: usize) -> EndpointSlice {
-    let eps: Vec<Ep> = (0..endpoints)
-        .map(|j| ep(&endpoint(i, j)).on(OTHER_NODE))
-        .collect();
-    slice(
-        "bench",
-        &format!("svc-{i}-1"),
-        &format!("svc-{i}"),
-        &[("http", "TCP", 8080)],
-        &eps,
-    )
+    bulk_slice("bench", i, endpoints, ENDPOINTS)
 }
 
 /// `n` Services with 10 endpoints each.
 fn bench_catalog(n: usize) -> Catalog {
     let mut c = Catalog::new();
     for i in 0..n {
-        c.apply_service(
-            &svc("bench", &format!("svc-{i}"), &cluster_ip(i))
-                .port("http", "TCP", 80)
-                .0,
-        );
+        c.apply_service(&bulk_service("bench", i).0);
         c.apply_slice(&bench_slice(i, ENDPOINTS));
     }
     c.take_changes();

@@ -9,7 +9,6 @@
 
 mod support;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_catalog::Catalog;
 use portico_dataplane::{ConntrackTool, Nft, Proxier, RecordingConntrack};
 use std::collections::BTreeMap;
@@ -43,41 +42,13 @@ const RATE: u32 = 4_000;
 const MAX_PROBES: usize = 40_000;
 const FIRST_SOURCE_PORT: usize = 10_000;
 
-fn bulk_slice(i: usize) -> EndpointSlice {
-    let eps: Vec<Ep> = (0..2)
-        .map(|j| {
-            let k = i * 2 + j;
-            ep(&format!(
-                "10.{}.{}.{}",
-                128 + (k >> 16),
-                (k >> 8) & 255,
-                k & 255
-            ))
-            .on(OTHER_NODE)
-        })
-        .collect();
-    slice(
-        "bulk",
-        &format!("svc-{i}-1"),
-        &format!("svc-{i}"),
-        &[("http", "TCP", 8080)],
-        &eps,
-    )
-}
-
 /// `bulk` ClusterIP Services with two endpoints elsewhere, and the probed
 /// one, served by pod 1.
 fn catalog_of(bulk: usize) -> Catalog {
     let mut c = Catalog::new();
     for i in 0..bulk {
-        let n = i + 1;
-        let ip = format!("10.96.{}.{}", n >> 8, n & 255);
-        c.apply_service(
-            &svc("bulk", &format!("svc-{i}"), &ip)
-                .port("http", "TCP", 80)
-                .0,
-        );
-        c.apply_slice(&bulk_slice(i));
+        c.apply_service(&bulk_service("bulk", i).0);
+        c.apply_slice(&bulk_slice("bulk", i, 2, 2));
     }
     c.apply_service(
         &svc("default", "probe", "10.96.250.1")

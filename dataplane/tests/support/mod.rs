@@ -271,6 +271,45 @@ pub fn slice(
     }
 }
 
+/// The `i`th of many ClusterIP Services in `ns` (scale tests and
+/// benchmarks): `svc-{i}` on 10.96.x.y (counting from 10.96.0.1), one TCP
+/// port 80.
+pub fn bulk_service(ns: &str, i: usize) -> Svc {
+    let n = i + 1;
+    svc(
+        ns,
+        &format!("svc-{i}"),
+        &format!("10.96.{}.{}", n >> 8, n & 255),
+    )
+    .port("http", "TCP", 80)
+}
+
+/// The slice of [`bulk_service`]`(ns, i)`: `endpoints` ready endpoints on
+/// another node serving 8080, at addresses 10.128.0.0/9 numbered from
+/// `i * stride` (a stride at least the largest endpoint count keeps every
+/// Service's addresses apart).
+pub fn bulk_slice(ns: &str, i: usize, endpoints: usize, stride: usize) -> EndpointSlice {
+    let eps: Vec<Ep> = (0..endpoints)
+        .map(|j| {
+            let k = i * stride + j;
+            ep(&format!(
+                "10.{}.{}.{}",
+                128 + (k >> 16),
+                (k >> 8) & 255,
+                k & 255
+            ))
+            .on(OTHER_NODE)
+        })
+        .collect();
+    slice(
+        ns,
+        &format!("svc-{i}-1"),
+        &format!("svc-{i}"),
+        &[("http", "TCP", 8080)],
+        &eps,
+    )
+}
+
 /// A catalog of Services and slices, with its changes taken.
 pub fn catalog(services: &[Svc], slices: &[EndpointSlice]) -> Catalog {
     let mut c = Catalog::new();
