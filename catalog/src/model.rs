@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `namespace/name` of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     /// Namespace (`default` when the object has none).
     pub namespace: String,
@@ -37,7 +37,7 @@ impl fmt::Display for ServiceKey {
 
 /// The order in which Services win a contested address and port: older
 /// first (without a creation time: last), then by key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Seniority {
     /// `creationTimestamp` in nanoseconds since the epoch.
     created: i128,

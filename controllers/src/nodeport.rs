@@ -362,29 +362,24 @@ impl NodePortAllocator {
     }
 }
 
-/// What a Service asks for, as kube-apiserver reads it.
+/// What a Service asks for, as kube-apiserver reads it: what its spec
+/// names, else what it was refused before (the annotation).
 fn request(svc: &Service) -> Result<Request, Problem> {
-    let spec = svc.spec.clone().unwrap_or_default();
+    let spec = svc.spec.as_ref();
     let type_ = service_type(svc);
     let annotated = requested_annotation(svc);
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
-        let mut asked = p.node_port.unwrap_or(0);
-        if asked == 0 {
-            asked = annotated
-                .get(&format!("{}/{protocol}", p.port))
+    let Request { mut ports, health } = stated(svc)?;
+    for (port, protocol, asked) in &mut ports {
+        if *asked == 0 {
+            *asked = annotated
+                .get(&format!("{port}/{protocol}"))
                 .copied()
                 .unwrap_or(0);
         }
-        let asked = u16::try_from(asked).map_err(|_| Problem::Invalid {
-            message: format!("spec.ports[{i}].nodePort {asked} is not a port"),
-        })?;
-        ports.push((p.port, protocol, asked));
     }
     let node_ports = match type_ {
         "NodePort" => true,
-        "LoadBalancer" => spec.allocate_load_balancer_node_ports != Some(false),
+        "LoadBalancer" => spec.and_then(|s| s.allocate_load_balancer_node_ports) != Some(false),
         _ => false,
     };
     if !node_ports {
@@ -402,26 +397,17 @@ fn request(svc: &Service) -> Result<Request, Problem> {
         // for, and gets no others.
         ports.retain(|p| p.2 != 0);
     }
-    let needs_health =
-        type_ == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local");
-    let mut health_asked = spec.health_check_node_port.unwrap_or(0);
-    if health_asked == 0 {
-        health_asked = annotated.get(HEALTH).copied().unwrap_or(0);
-    }
-    if health_asked != 0 && !needs_health {
+    let needs_health = type_ == "LoadBalancer"
+        && spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
+    let health_asked = health.or_else(|| annotated.get(HEALTH).copied());
+    if let Some(h) = health_asked.filter(|_| !needs_health) {
         return Err(Problem::Invalid {
             message: format!(
-                "healthCheckNodePort {health_asked}: may only be set when type is LoadBalancer and externalTrafficPolicy is Local"
+                "healthCheckNodePort {h}: may only be set when type is LoadBalancer and externalTrafficPolicy is Local"
             ),
         });
     }
-    let health = if needs_health {
-        Some(u16::try_from(health_asked).map_err(|_| Problem::Invalid {
-            message: format!("healthCheckNodePort {health_asked} is not a port"),
-        })?)
-    } else {
-        None
-    };
+    let health = needs_health.then(|| health_asked.unwrap_or(0));
     Ok(Request { ports, health })
 }
 
@@ -429,7 +415,7 @@ const HEALTH: &str = "healthCheckNodePort";
 
 /// The ports kept in `portico.dev/requested-node-ports`:
 /// `80/TCP=30080,healthCheckNodePort=32000`.
-fn requested_annotation(svc: &Service) -> HashMap<String, i32> {
+fn requested_annotation(svc: &Service) -> HashMap<String, u16> {
     svc.metadata
         .annotations
         .as_ref()
@@ -516,25 +502,32 @@ fn shows(svc: &Service, got: &Request) -> bool {
         })
 }
 
-/// The ports the spec itself names (not the annotation), whatever the type.
-fn stated(svc: &Service) -> Result<Request, ()> {
-    let spec = svc.spec.clone().unwrap_or_default();
+/// The ports the spec itself names (not the annotation), whatever the
+/// type: a node port per port (0: none) and the health check port.
+fn stated(svc: &Service) -> Result<Request, Problem> {
+    let spec = svc.spec.as_ref();
     let ports = spec
-        .ports
-        .iter()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
         .flatten()
-        .map(|p| {
-            Ok((
-                p.port,
-                p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
-                u16::try_from(p.node_port.unwrap_or(0)).map_err(|_| ())?,
-            ))
+        .enumerate()
+        .map(|(i, p)| {
+            let asked = p.node_port.unwrap_or(0);
+            let asked = u16::try_from(asked).map_err(|_| Problem::Invalid {
+                message: format!("spec.ports[{i}].nodePort {asked} is not a port"),
+            })?;
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+            Ok((p.port, protocol, asked))
         })
-        .collect::<Result<Vec<_>, ()>>()?;
+        .collect::<Result<Vec<_>, Problem>>()?;
     let health = spec
-        .health_check_node_port
+        .and_then(|s| s.health_check_node_port)
         .filter(|h| *h != 0)
-        .map(|h| u16::try_from(h).map_err(|_| ()))
+        .map(|h| {
+            u16::try_from(h).map_err(|_| Problem::Invalid {
+                message: format!("healthCheckNodePort {h} is not a port"),
+            })
+        })
         .transpose()?;
     Ok(Request { ports, health })
 }

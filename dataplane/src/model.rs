@@ -148,19 +148,6 @@ impl Inputs {
     }
 }
 
-/// How a Service ranks among the claimants of an entry point (rules
-/// rendered without a Service rank last, by key).
-fn seniority(key: &ServiceKey, rules: &Rendered) -> Seniority {
-    rules.seniority.clone().unwrap_or_else(|| {
-        ServiceInfo {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            ..ServiceInfo::default()
-        }
-        .seniority()
-    })
-}
-
 /// The UDP flows to forget after a sync: (original destination, endpoint).
 pub type StaleFlows = Vec<(ConntrackTarget, IpAddr)>;
 
@@ -253,7 +240,7 @@ impl Model {
 
     fn insert(&mut self, key: ServiceKey, installed: Installed) {
         let r = &installed.rules;
-        let claimant = seniority(&key, r);
+        let claimant = r.seniority.clone();
         for (entry, _) in &r.entries {
             self.owners
                 .entry(*entry)
@@ -560,7 +547,7 @@ impl Model {
         // Apply the updates to the model.
         for (key, new) in updates {
             if let Some(old) = self.services.remove(&key) {
-                let claimant = seniority(&key, &old.rules);
+                let claimant = old.rules.seniority.clone();
                 for (entry, _) in &old.rules.entries {
                     if let Some(o) = self.owners.get_mut(entry) {
                         o.remove(&claimant);
@@ -571,7 +558,7 @@ impl Model {
                 }
             }
             if let Some(r) = new {
-                let claimant = seniority(&key, &r);
+                let claimant = r.seniority.clone();
                 for (entry, _) in &r.entries {
                     self.owners
                         .entry(*entry)

@@ -147,7 +147,7 @@ pub enum ConntrackTarget {
 pub struct Rendered {
     /// Whose rules these are, and how it ranks when another Service claims
     /// one of its entry points.
-    pub seniority: Option<Seniority>,
+    pub seniority: Seniority,
     /// Map elements per entry point (dispatch, endpoint slots, firewall).
     pub entries: Vec<(Entry, Vec<Element>)>,
     /// Set elements other Services may add too (ClusterIPs, hairpin).
@@ -393,7 +393,7 @@ impl PortCtx<'_> {
 /// add nothing.
 pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -> Rendered {
     let mut r = Rendered {
-        seniority: Some(svc.seniority()),
+        seniority: svc.seniority(),
         ..Rendered::default()
     };
     if svc.type_ == ServiceType::ExternalName

@@ -300,16 +300,6 @@ impl<K: kube::Resource> Latest<K> {
             self.objects[i] = None;
         }
     }
-
-    /// The objects, each in its latest version.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<K>> {
-        self.objects.iter().flatten()
-    }
-
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.at.is_empty()
-    }
 }
 
 impl<K> IntoIterator for Latest<K> {

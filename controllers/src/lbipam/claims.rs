@@ -131,6 +131,25 @@ impl Claims {
     }
 
     fn insert(&mut self, svc: &Service, ingress: Option<&[IpAddr]>) {
+        // Most Services have no external address: they claim nothing, and
+        // are not worth a full projection on every event.
+        let external_ips = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_ips.as_ref())
+            .is_some_and(|ips| !ips.is_empty());
+        let ingress_ips = match ingress {
+            Some(ips) => !ips.is_empty(),
+            None => svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|i| !i.is_empty()),
+        };
+        if !external_ips && !ingress_ips {
+            return;
+        }
         let mut info = ServiceInfo::from_service(svc);
         if let Some(ips) = ingress {
             info.load_balancer_ips = ips.to_vec();
