@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico::local::world::StoredPod;
-use portico::local::{Allocators, Settings, load::Manifests, reconcile};
+use portico::local::{load::Manifests, reconcile_once};
 use portico_controllers::NetworkConfig;
 use portico_controllers::endpointslices::{Config, EndpointSliceController};
 use portico_controllers::metrics::EndpointSliceMetrics;
@@ -134,8 +134,7 @@ fn initial_sync(services: usize) {
     let m = manifests(services);
     let (_, before) = memory_kib();
     let started = Instant::now();
-    let mut allocators = Allocators::new(&net, &Settings::default()).expect("allocators");
-    let world = reconcile(m, &net, &Settings::default(), None, &mut allocators).expect("reconcile");
+    let world = reconcile_once(m, &net).expect("reconcile");
     let took = started.elapsed();
     let (peak, after) = memory_kib();
     let slices = world.endpoint_slices.store.state();

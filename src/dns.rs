@@ -7,7 +7,7 @@
 //! ```
 
 use crate::cli::DnsArgs;
-use crate::cluster::{Fed, Relist, shutdown_signal, watch};
+use crate::cluster::shutdown_signal;
 use crate::http::Health;
 use anyhow::Context as _;
 use futures::TryStreamExt;
@@ -15,6 +15,7 @@ use kube::Api;
 use kube::runtime::watcher;
 use portico_catalog::Catalog;
 use portico_controllers::k8s::{EndpointSlice, Pod, Service};
+use portico_controllers::watch::{Relist, watch};
 use portico_dns::{Dns, PodsMode};
 use prometheus_client::registry::Registry;
 
@@ -75,18 +76,16 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
             change = changes.try_next() => change,
         };
         match change {
-            Ok(Some(Change::Service(ev))) => match services.feed(*ev) {
-                Some(Fed::Reset(all)) => catalog.reset_services(all.iter()),
-                Some(Fed::Apply(o)) => catalog.apply_service(&o),
-                Some(Fed::Delete(o)) => catalog.delete_service(&o),
-                None => {}
-            },
-            Ok(Some(Change::Slice(ev))) => match slices.feed(*ev) {
-                Some(Fed::Reset(all)) => catalog.reset_slices(all.iter()),
-                Some(Fed::Apply(o)) => catalog.apply_slice(&o),
-                Some(Fed::Delete(o)) => catalog.delete_slice(&o),
-                None => {}
-            },
+            Ok(Some(Change::Service(ev))) => {
+                if let Some(ev) = services.feed(*ev) {
+                    ev.into_index(&mut catalog);
+                }
+            }
+            Ok(Some(Change::Slice(ev))) => {
+                if let Some(ev) = slices.feed(*ev) {
+                    ev.into_index(&mut catalog);
+                }
+            }
             // Pods stream straight into the catalog, even during a relist:
             // buffering 100,000 Pod objects would cost more than the whole
             // DNS server.
@@ -102,7 +101,7 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
             Ok(None) => anyhow::bail!("a watch ended"),
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
         }
-        if !(services.synced && slices.synced && pods_synced) {
+        if !(services.synced() && slices.synced() && pods_synced) {
             continue;
         }
         let changes = catalog.take_changes();

@@ -695,14 +695,14 @@ pub struct L2Index {
 
 /// Objects of one kind by `namespace/name`, rebuilt on every relist.
 struct Indexed<K> {
-    relist: crate::cluster::Relist<K>,
+    relist: portico_controllers::watch::Relist<K>,
     objects: BTreeMap<String, K>,
 }
 
 impl<K> Default for Indexed<K> {
     fn default() -> Self {
         Indexed {
-            relist: crate::cluster::Relist::default(),
+            relist: portico_controllers::watch::Relist::default(),
             objects: BTreeMap::new(),
         }
     }
@@ -718,7 +718,7 @@ impl<K: kube::Resource> Indexed<K> {
 
     /// Feeds an event; whether anything changed.
     fn feed(&mut self, ev: kube::runtime::watcher::Event<K>) -> bool {
-        use crate::cluster::Fed;
+        use portico_controllers::watch::Event as Fed;
         match self.relist.feed(ev) {
             Some(Fed::Reset(all)) => {
                 self.objects = all.into_iter().map(|o| (Self::key(&o), o)).collect();
@@ -758,10 +758,10 @@ impl L2Index {
 
     /// Every watch has listed once.
     pub fn synced(&self) -> bool {
-        self.announcements.relist.synced
-            && self.pools.relist.synced
-            && self.nodes.relist.synced
-            && self.services.relist.synced
+        self.announcements.relist.synced()
+            && self.pools.relist.synced()
+            && self.nodes.relist.synced()
+            && self.services.relist.synced()
     }
 
     /// A Node by name.

@@ -22,7 +22,6 @@
 //! sync is done.
 
 use crate::cli::{DataplaneArgs, NodeArgs};
-use crate::cluster::{Fed, Relist, sleep_until, watch};
 use crate::gossip::{self, Gossip};
 use crate::http::Health;
 use crate::l2::{L2Agent, L2Index, L2Metrics};
@@ -34,6 +33,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
 use portico_controllers::NetworkConfig;
 use portico_controllers::k8s::{EndpointSlice, Node, Service};
+use portico_controllers::watch::{Event, Relist, sleep_until, watch};
 use portico_controllers::{ApiWriter, Write};
 use portico_crds::names::{annotations, l2_reasons};
 use portico_crds::{IPPool, L2Announcement};
@@ -207,7 +207,7 @@ impl<B: Backend, C: Conntrack> NodeState<B, C> {
 
     /// Every watch has listed once.
     pub fn synced(&self) -> bool {
-        self.services.synced && self.slices.synced && self.nodes.synced
+        self.services.synced() && self.slices.synced() && self.nodes.synced()
     }
 
     /// The catalog.
@@ -224,23 +224,21 @@ impl<B: Backend, C: Conntrack> NodeState<B, C> {
     /// the configuration (and makes the next sync full).
     pub fn feed(&mut self, change: Change) -> anyhow::Result<()> {
         match change {
-            Change::Service(ev) => match self.services.feed(*ev) {
-                Some(Fed::Reset(all)) => self.catalog.reset_services(all.iter()),
-                Some(Fed::Apply(s)) => self.catalog.apply_service(&s),
-                Some(Fed::Delete(s)) => self.catalog.delete_service(&s),
-                None => {}
-            },
-            Change::Slice(ev) => match self.slices.feed(*ev) {
-                Some(Fed::Reset(all)) => self.catalog.reset_slices(all.iter()),
-                Some(Fed::Apply(s)) => self.catalog.apply_slice(&s),
-                Some(Fed::Delete(s)) => self.catalog.delete_slice(&s),
-                None => {}
-            },
+            Change::Service(ev) => {
+                if let Some(ev) = self.services.feed(*ev) {
+                    ev.into_index(&mut self.catalog);
+                }
+            }
+            Change::Slice(ev) => {
+                if let Some(ev) = self.slices.feed(*ev) {
+                    ev.into_index(&mut self.catalog);
+                }
+            }
             Change::Node(ev) => {
                 match self.nodes.feed(*ev) {
-                    Some(Fed::Reset(all)) => self.node = all.into_iter().next(),
-                    Some(Fed::Apply(n)) => self.node = Some(n),
-                    Some(Fed::Delete(_)) => self.node = None,
+                    Some(Event::Reset(all)) => self.node = all.into_iter().next(),
+                    Some(Event::Apply(n)) => self.node = Some(n),
+                    Some(Event::Delete(_)) => self.node = None,
                     None => {}
                 }
                 let config = dataplane_config(

@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use portico_controllers::clusterip::{Admission, ClusterIpController};
+use portico_controllers::clusterip::Admission;
 use portico_controllers::k8s::{Service, service_type, stated_cluster_ips};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -38,18 +38,11 @@ use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 
-/// The ClusterIP index, shared by the reconciler loop and the webhook.
-pub type SharedIndex = Arc<Mutex<ClusterIpController>>;
-
-/// Locks the index. A panic while it was held (a bug) leaves it usable:
-/// every method keeps it consistent between calls.
-pub fn lock(index: &SharedIndex) -> MutexGuard<'_, ClusterIpController> {
-    index.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use portico_controllers::reconcilers::{SharedIndex, lock};
 
 /// Labels `result` of `portico_webhook_admissions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]

@@ -328,6 +328,14 @@ impl ClusterIpController {
         writes
     }
 
+    /// Forgets which problems were reported, so that the next
+    /// [`reset`](Self::reset) reports every current one again (a replica
+    /// that becomes the writer says what it sees).
+    pub fn report_afresh(&mut self) {
+        self.blocked.clear();
+        self.sub.forget_reports();
+    }
+
     /// A Service was added or changed.
     pub fn apply(&mut self, svc: &Service) -> Vec<Write> {
         self.expire();

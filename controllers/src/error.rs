@@ -16,6 +16,10 @@ pub enum Error {
     /// The Kubernetes API refused or failed a write.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A writer other than the API refused the write (`portico local`'s
+    /// world: a reconciler asked for something the API server would refuse).
+    #[error("write refused: {0}")]
+    Refused(String),
     /// A patch body could not be built.
     #[error("serializing a patch: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -28,6 +32,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Kube(_) => "kube",
             Error::Serialize(_) => "serialize",
+            Error::Refused(_) => "refused",
         }
     }
 
@@ -46,7 +51,9 @@ impl Error {
             ) => true,
             // An answer that does not parse, a request that cannot be
             // built, ...: the same write fails the same way again.
-            Error::Kube(_) | Error::Config { .. } | Error::Serialize(_) => false,
+            Error::Kube(_) | Error::Config { .. } | Error::Serialize(_) | Error::Refused(_) => {
+                false
+            }
         }
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod clusterip;
 pub mod conditions;
+pub mod driver;
 pub mod endpointslices;
 pub mod error;
 pub mod k8s;
@@ -30,10 +31,14 @@ pub mod lbipam;
 pub mod metrics;
 pub mod network;
 pub mod nodeport;
+pub mod reconcilers;
+pub mod watch;
 pub mod write;
 
 pub use error::{Error, Result};
 pub use network::NetworkConfig;
+pub use reconcilers::{Change, Reconcilers, Role};
 pub use write::{
-    ApiWriter, Apply, EventRecord, Object, Target, TargetKind, Write, Written, write_in_order,
+    ApiWriter, Apply, EventRecord, Object, Target, TargetKind, Write, Writer, Written,
+    write_in_order,
 };

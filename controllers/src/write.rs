@@ -56,21 +56,32 @@ pub enum Object {
     Service(Box<Service>),
     /// An EndpointSlice.
     EndpointSlice(Box<EndpointSlice>),
+    /// An IPPool (as stored after a status write).
+    IPPool(Box<IPPool>),
+    /// A ClusterIPRange (as stored after a status write).
+    ClusterIPRange(Box<ClusterIPRange>),
+    /// An L2Announcement (as stored after a status write).
+    L2Announcement(Box<L2Announcement>),
 }
 
 impl Object {
     /// The target this object is (its name is empty when generated).
     pub fn target(&self) -> Target {
-        let (kind, meta) = match self {
-            Object::Service(o) => (TargetKind::Service, &o.metadata),
-            Object::EndpointSlice(o) => (TargetKind::EndpointSlice, &o.metadata),
+        let (kind, meta, namespaced) = match self {
+            Object::Service(o) => (TargetKind::Service, &o.metadata, true),
+            Object::EndpointSlice(o) => (TargetKind::EndpointSlice, &o.metadata, true),
+            Object::IPPool(o) => (TargetKind::IPPool, &o.metadata, false),
+            Object::ClusterIPRange(o) => (TargetKind::ClusterIPRange, &o.metadata, false),
+            Object::L2Announcement(o) => (TargetKind::L2Announcement, &o.metadata, false),
+        };
+        let namespace = match (namespaced, &meta.namespace) {
+            (false, _) => String::new(),
+            (true, Some(ns)) => ns.clone(),
+            (true, None) => "default".to_owned(),
         };
         Target {
             kind,
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned()),
+            namespace,
             name: meta.name.clone().unwrap_or_default(),
         }
     }
@@ -208,6 +219,21 @@ fn service_patch(svc: &Service, field: &str, value: Value) -> Value {
     })
 }
 
+/// Carries [`Write`]s out and says what each did. Two implementations:
+/// [`ApiWriter`] (the Kubernetes API) and `portico local`'s world (its
+/// in-memory stores). Drivers feed every result back to
+/// [`Reconcilers::written`](crate::Reconcilers::written).
+pub trait Writer {
+    /// Carries out one write.
+    fn write(&mut self, write: &Write) -> impl Future<Output = Result<Written>> + Send;
+}
+
+impl Writer for ApiWriter {
+    fn write(&mut self, write: &Write) -> impl Future<Output = Result<Written>> + Send {
+        ApiWriter::write(self, write)
+    }
+}
+
 /// Carries [`Write`]s out against the Kubernetes API.
 #[derive(Clone)]
 pub struct ApiWriter {
@@ -259,49 +285,22 @@ impl ApiWriter {
                     .apply::<EndpointSlice>(apply)
                     .await
                     .map(|o| Object::EndpointSlice(Box::new(o))),
-                TargetKind::IPPool => {
-                    self.apply_cluster_scoped::<IPPool>(apply).await?;
-                    return Ok(Written::Nothing);
-                }
-                TargetKind::ClusterIPRange => {
-                    self.apply_cluster_scoped::<ClusterIPRange>(apply).await?;
-                    return Ok(Written::Nothing);
-                }
-                TargetKind::L2Announcement => {
-                    self.apply_cluster_scoped::<L2Announcement>(apply).await?;
-                    return Ok(Written::Nothing);
-                }
+                TargetKind::IPPool => self
+                    .apply_cluster_scoped::<IPPool>(apply)
+                    .await
+                    .map(|o| Object::IPPool(Box::new(o))),
+                TargetKind::ClusterIPRange => self
+                    .apply_cluster_scoped::<ClusterIPRange>(apply)
+                    .await
+                    .map(|o| Object::ClusterIPRange(Box::new(o))),
+                TargetKind::L2Announcement => self
+                    .apply_cluster_scoped::<L2Announcement>(apply)
+                    .await
+                    .map(|o| Object::L2Announcement(Box::new(o))),
             }
             .map(Written::Object),
-            Write::Create(object) => {
-                let params = post_params();
-                let stored = match object {
-                    Object::Service(o) => Object::Service(Box::new(
-                        self.api(&object.target())
-                            .create(&params, o.as_ref())
-                            .await?,
-                    )),
-                    Object::EndpointSlice(o) => Object::EndpointSlice(Box::new(
-                        self.api(&object.target())
-                            .create(&params, o.as_ref())
-                            .await?,
-                    )),
-                };
-                Ok(Written::Object(stored))
-            }
-            Write::Replace(object) => {
-                let params = post_params();
-                let t = object.target();
-                let stored = match object {
-                    Object::Service(o) => Object::Service(Box::new(
-                        self.api(&t).replace(&t.name, &params, o.as_ref()).await?,
-                    )),
-                    Object::EndpointSlice(o) => Object::EndpointSlice(Box::new(
-                        self.api(&t).replace(&t.name, &params, o.as_ref()).await?,
-                    )),
-                };
-                Ok(Written::Object(stored))
-            }
+            Write::Create(object) => self.create(object).await.map(Written::Object),
+            Write::Replace(object) => self.replace(object).await.map(Written::Object),
             Write::Delete { target } => {
                 let params = DeleteParams::default();
                 match target.kind {
@@ -316,17 +315,15 @@ impl ApiWriter {
                             .await?;
                     }
                     TargetKind::IPPool => {
-                        Api::<IPPool>::all(self.client.clone())
-                            .delete(&target.name, &params)
-                            .await?;
+                        self.all::<IPPool>().delete(&target.name, &params).await?;
                     }
                     TargetKind::ClusterIPRange => {
-                        Api::<ClusterIPRange>::all(self.client.clone())
+                        self.all::<ClusterIPRange>()
                             .delete(&target.name, &params)
                             .await?;
                     }
                     TargetKind::L2Announcement => {
-                        Api::<L2Announcement>::all(self.client.clone())
+                        self.all::<L2Announcement>()
                             .delete(&target.name, &params)
                             .await?;
                     }
@@ -352,7 +349,7 @@ impl ApiWriter {
     }
 
     /// Server-side apply to a cluster-scoped object (or its status).
-    async fn apply_cluster_scoped<K>(&self, apply: &Apply) -> Result<()>
+    async fn apply_cluster_scoped<K>(&self, apply: &Apply) -> Result<K>
     where
         K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
             + Clone
@@ -362,13 +359,67 @@ impl ApiWriter {
         let api: Api<K> = Api::all(self.client.clone());
         let params = PatchParams::apply(self.field_manager).force();
         let patch = Patch::Apply(&apply.patch);
-        if apply.status {
+        Ok(if apply.status {
             api.patch_status(&apply.target.name, &params, &patch)
-                .await?;
+                .await?
         } else {
-            api.patch(&apply.target.name, &params, &patch).await?;
-        }
-        Ok(())
+            api.patch(&apply.target.name, &params, &patch).await?
+        })
+    }
+
+    /// Creates a whole object; returns it as stored.
+    async fn create(&self, object: &Object) -> Result<Object> {
+        let params = post_params();
+        let t = object.target();
+        Ok(match object {
+            Object::Service(o) => {
+                Object::Service(Box::new(self.api(&t).create(&params, o.as_ref()).await?))
+            }
+            Object::EndpointSlice(o) => {
+                Object::EndpointSlice(Box::new(self.api(&t).create(&params, o.as_ref()).await?))
+            }
+            Object::IPPool(o) => {
+                Object::IPPool(Box::new(self.all().create(&params, o.as_ref()).await?))
+            }
+            Object::ClusterIPRange(o) => {
+                Object::ClusterIPRange(Box::new(self.all().create(&params, o.as_ref()).await?))
+            }
+            Object::L2Announcement(o) => {
+                Object::L2Announcement(Box::new(self.all().create(&params, o.as_ref()).await?))
+            }
+        })
+    }
+
+    /// Replaces a whole object (guarded by its `resourceVersion`); returns
+    /// it as stored.
+    async fn replace(&self, object: &Object) -> Result<Object> {
+        let params = post_params();
+        let t = object.target();
+        let n = t.name.as_str();
+        Ok(match object {
+            Object::Service(o) => Object::Service(Box::new(
+                self.api(&t).replace(n, &params, o.as_ref()).await?,
+            )),
+            Object::EndpointSlice(o) => Object::EndpointSlice(Box::new(
+                self.api(&t).replace(n, &params, o.as_ref()).await?,
+            )),
+            Object::IPPool(o) => {
+                Object::IPPool(Box::new(self.all().replace(n, &params, o.as_ref()).await?))
+            }
+            Object::ClusterIPRange(o) => {
+                Object::ClusterIPRange(Box::new(self.all().replace(n, &params, o.as_ref()).await?))
+            }
+            Object::L2Announcement(o) => {
+                Object::L2Announcement(Box::new(self.all().replace(n, &params, o.as_ref()).await?))
+            }
+        })
+    }
+
+    fn all<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>,
+    {
+        Api::all(self.client.clone())
     }
 
     fn api<K>(&self, target: &Target) -> Api<K>

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
     plural = "ippools",
     singular = "ippool",
     status = "IPPoolStatus",
+    derive = "PartialEq",
     printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#,
     printcolumn = r#"{"name":"Used","type":"integer","jsonPath":".status.used"}"#,
     printcolumn = r#"{"name":"Free","type":"integer","jsonPath":".status.free"}"#,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     plural = "l2announcements",
     singular = "l2announcement",
     status = "L2AnnouncementStatus",
+    derive = "PartialEq",
     printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipPools"}"#,
     printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
     printcolumn = r#"{"name":"Announced","type":"integer","jsonPath":".status.announced"}"#,

@@ -28,6 +28,16 @@ pub struct PortRange {
     pub size: u32,
 }
 
+impl Default for PortRange {
+    /// kube-apiserver's default `--service-node-port-range`, 30000-32767.
+    fn default() -> Self {
+        PortRange {
+            base: 30000,
+            size: 2768,
+        }
+    }
+}
+
 impl PortRange {
     /// The range `first..=last`.
     pub fn new(first: u16, last: u16) -> Result<Self, PortRangeError> {

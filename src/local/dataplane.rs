@@ -290,7 +290,7 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::local::{Allocators, Settings, load, reconcile};
+    use crate::local::{load, reconcile_once};
     use portico_dataplane::{FakeNft, RecordingConntrack, SyncKind};
 
     const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
@@ -304,15 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let mut allocators = Allocators::new(&net(), &Settings::default()).unwrap();
-        reconcile(
-            load::load(&[path]).unwrap(),
-            &net(),
-            &Settings::default(),
-            None,
-            &mut allocators,
-        )
-        .unwrap()
+        reconcile_once(load::load(&[path]).unwrap(), &net()).unwrap()
     }
 
     #[test]

@@ -19,19 +19,15 @@ pub mod world;
 use crate::cli::{LocalArgs, Output};
 use anyhow::Context as _;
 use load::{Diagnostic, Manifests};
-use portico_controllers::NetworkConfig;
-use portico_controllers::clusterip::{ClusterIpController, Mode};
-use portico_controllers::endpointslices::{self, EndpointSliceController};
 use portico_controllers::k8s::{
     Key, Namespace, ObjectMeta, Service, ServicePort, ServiceSpec, Time, stated_cluster_ips,
 };
-use portico_controllers::lbipam::{self, LbIpamController};
-use portico_controllers::metrics::ClusterIpMetrics;
-use portico_controllers::metrics::{EndpointSliceMetrics, LbIpamMetrics};
-use portico_controllers::nodeport::NodePortAllocator;
+use portico_controllers::reconcilers::{Config, Metrics};
+use portico_controllers::watch::Event;
+use portico_controllers::{Change, NetworkConfig, Reconcilers, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use world::World;
 
 /// A fixpoint takes a few rounds (allocate, then confirm); more means two
@@ -41,10 +37,10 @@ const MAX_ROUNDS: usize = 20;
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let net = args.network.config()?;
     let mut previous: Option<World> = None;
-    // The allocators live across --watch reloads, so that Services
+    // The reconcilers live across --watch reloads, so that Services
     // removed from the files go through the reuse quarantine and come back
     // with their addresses, and problems are not reported again.
-    let mut allocators: Option<Allocators> = None;
+    let mut reconcilers = Reconcilers::new(config(&args, net.clone()), Metrics::default())?;
     let mut seen = load::fingerprint(&args.files);
     // Said once the first answers are in place.
     let mut dns_announcement = None;
@@ -78,17 +74,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
-        let settings = Settings {
-            max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
-            clusterip_reuse_delay: args.clusterip.clusterip_reuse_delay,
-            default_load_balancer_class: args.lb.default_load_balancer_class,
-            node_port_range: args.service_node_port_range,
-        };
-        let allocators = match allocators.as_mut() {
-            Some(a) => a,
-            None => allocators.insert(Allocators::new(&net, &settings)?),
-        };
-        let mut world = reconcile(manifests, &net, &settings, previous.as_ref(), allocators)?;
+        let mut world = reconcile(manifests, &net, previous.as_ref(), &mut reconcilers).await?;
         // One catalog a round for DNS and the L2 statuses (the dataplane
         // keeps its own, which records what changed between rounds).
         let shared =
@@ -139,7 +125,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                             }
                             break;
                         }
-                        () = crate::cluster::sleep_until(due) => {
+                        () = portico_controllers::watch::sleep_until(due) => {
                             if let Some(dp) = node_dataplane.as_mut() {
                                 sync_dataplane(dp);
                             }
@@ -169,7 +155,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 () = tokio::time::sleep(args.watch_interval) => {}
-                () = crate::cluster::sleep_until(due) => {
+                () = portico_controllers::watch::sleep_until(due) => {
                     if let Some(dp) = node_dataplane.as_mut() {
                         sync_dataplane(dp);
                     }
@@ -300,49 +286,31 @@ pub fn update_catalog(catalog: &mut portico_catalog::Catalog, world: &World) {
     );
 }
 
-/// Reconciler settings of `portico local`.
-pub struct Settings {
-    pub max_endpoints_per_slice: usize,
-    /// `--clusterip-reuse-delay`.
-    pub clusterip_reuse_delay: Duration,
-    /// Portico serves LoadBalancer Services without a class.
-    pub default_load_balancer_class: bool,
-    /// `--service-node-port-range`.
-    pub node_port_range: portico_ipam::PortRange,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            max_endpoints_per_slice: endpointslices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
-            clusterip_reuse_delay: Duration::from_secs(300),
-            default_load_balancer_class: true,
-            node_port_range: portico_ipam::PortRange {
-                base: 30000,
-                size: 2768,
+/// The reconcilers of `portico local`: Portico plays the API server, so it
+/// allocates ClusterIPs and node ports.
+pub fn config(args: &LocalArgs, net: NetworkConfig) -> Config {
+    Config {
+        max_endpoints_per_slice: usize::from(args.endpointslices.max_endpoints_per_slice),
+        clusterip_reuse_delay: args.clusterip.clusterip_reuse_delay,
+        default_load_balancer_class: args.lb.default_load_balancer_class,
+        ..Config::new(
+            net,
+            Role::ApiServer {
+                node_ports: args.service_node_port_range,
             },
-        }
+        )
     }
 }
 
-/// What Portico allocates where it plays the API server, kept across
-/// `--watch` reloads.
-pub struct Allocators {
-    /// ClusterIPs (`--service-cluster-ip-range`).
-    pub clusterip: ClusterIpController,
-    /// Node ports (`--service-node-port-range`).
-    pub node_ports: NodePortAllocator,
-}
-
-impl Allocators {
-    /// Empty allocators.
-    pub fn new(net: &NetworkConfig, settings: &Settings) -> anyhow::Result<Self> {
-        Ok(Allocators {
-            clusterip: ClusterIpController::new(net, Mode::Allocate, ClusterIpMetrics::default())?
-                .with_reuse_delay(settings.clusterip_reuse_delay),
-            node_ports: NodePortAllocator::new(settings.node_port_range),
-        })
-    }
+/// Reconciles manifests once, with the default settings (tests and
+/// benchmarks).
+pub fn reconcile_once(m: Manifests, net: &NetworkConfig) -> anyhow::Result<World> {
+    let role = Role::ApiServer {
+        node_ports: portico_ipam::PortRange::default(),
+    };
+    let mut reconcilers = Reconcilers::new(Config::new(net.clone(), role), Metrics::default())?;
+    // The local world answers every write at once: nothing here waits.
+    futures::executor::block_on(reconcile(m, net, None, &mut reconcilers))
 }
 
 /// Builds the world from the manifests and runs the reconcilers to a fixpoint.
@@ -353,97 +321,65 @@ impl Allocators {
 /// Each round first settles ClusterIP allocation (which also decides the
 /// Services' families), then syncs EndpointSlices, then feeds every changed
 /// object back to the reconcilers.
-pub fn reconcile(
+pub async fn reconcile(
     mut m: Manifests,
     net: &NetworkConfig,
-    settings: &Settings,
     previous: Option<&World>,
-    allocators: &mut Allocators,
+    reconcilers: &mut Reconcilers,
 ) -> anyhow::Result<World> {
-    let Allocators {
-        clusterip,
-        node_ports,
-    } = allocators;
     add_cluster_defaults(&mut m, net);
     if let Some(prev) = previous {
         keep_assigned_fields(&mut m.services, prev);
         keep_endpoint_slices(&mut m.endpoint_slices, prev);
     }
     let mut world = World::new(m);
-    let cfg = endpointslices::Config {
-        max_endpoints_per_slice: settings.max_endpoints_per_slice,
-        batch_period: Duration::ZERO,
-        delete_orphans: true,
-    };
-    let mut slices = EndpointSliceController::new(cfg, EndpointSliceMetrics::default());
-    let mut lb = LbIpamController::new(
-        lbipam::Config {
-            default_class: settings.default_load_balancer_class,
-        },
-        net,
-        LbIpamMetrics::default(),
-    );
-    lb.reset_pools(world.ippools.store.state().iter().map(AsRef::as_ref));
-    lb.reset_namespaces(world.namespaces.store.state().iter().map(AsRef::as_ref));
-    lb.reset_services(world.services.store.state().iter().map(AsRef::as_ref));
     let now = Instant::now();
     let services = world.services.store.state();
     if let Some(prev) = previous {
-        // Services gone from the files are deleted, as from the API.
-        let now: BTreeSet<Key> = services.iter().map(|s| Key::of(s.as_ref())).collect();
+        // Services gone from the files are deleted, as from the API (the
+        // relist below says what follows from it).
+        let kept: BTreeSet<Key> = services.iter().map(|s| Key::of(s.as_ref())).collect();
         for old in prev.services.store.state() {
-            if !now.contains(&Key::of(old.as_ref())) {
-                clusterip.delete(&old);
-                node_ports.delete(&old);
+            if !kept.contains(&Key::of(old.as_ref())) {
+                reconcilers.on(Change::Services(Event::Delete(old)), now);
             }
         }
     }
-    clusterip.reset_namespaces(world.namespaces.store.state().iter().map(AsRef::as_ref));
-    let mut writes = clusterip.reset_ranges(
-        world
-            .clusteripranges
-            .store
-            .state()
-            .iter()
-            .map(AsRef::as_ref),
-    );
-    writes.extend(clusterip.reset(services.iter().map(AsRef::as_ref)));
-    writes.extend(node_ports.reset(services.iter().map(AsRef::as_ref)));
-    slices.reset_services(services.iter(), now);
-    slices.reset_pods(world.pods.iter(), now);
-    slices.reset_nodes(world.nodes.store.state().iter().map(AsRef::as_ref), now);
-    slices.reset_slices(world.endpoint_slices.store.state(), now);
-    // The first versions of the Services go as soon as they are replaced.
-    drop(services);
+    let mut writes = Vec::new();
+    for change in [
+        Change::Namespaces(Event::Reset(owned(&world.namespaces))),
+        Change::Nodes(Event::Reset(owned(&world.nodes))),
+        Change::Pools(Event::Reset(owned(&world.ippools))),
+        Change::Ranges(Event::Reset(owned(&world.clusteripranges))),
+        Change::Services(Event::Reset(services)),
+        Change::Slices(Event::Reset(world.endpoint_slices.store.state())),
+    ] {
+        writes.extend(reconcilers.on(change, now));
+    }
+    reconcilers.reset_pods(world.pods.iter(), now);
     for _ in 0..MAX_ROUNDS {
         if writes.is_empty() {
-            writes = slices.flush(now);
-            writes.extend(lb.flush());
+            writes = reconcilers.flush(Instant::now());
             if writes.is_empty() {
                 return Ok(world);
             }
         }
-        let changed = world.write(std::mem::take(&mut writes))?;
-        for svc in &changed.services {
-            writes.extend(clusterip.apply(svc));
-            writes.extend(node_ports.apply(svc));
-            slices.apply_service(svc, now);
-            lb.apply_service(svc);
-        }
-        for pool in &changed.pools {
-            lb.apply_pool(pool);
-        }
-        for range in &changed.ranges {
-            writes.extend(clusterip.apply_range(range));
-        }
-        for slice in changed.slices {
-            slices.apply_slice(slice, now);
-        }
-        for slice in &changed.deleted_slices {
-            slices.delete_slice(slice, now);
+        writes = reconcilers.send(&mut world, writes).await;
+        if let Some(refused) = world.refused.first() {
+            anyhow::bail!("a reconciler's write was refused (a bug): {refused}");
         }
     }
     anyhow::bail!("the reconcilers did not settle after {MAX_ROUNDS} rounds; this is a bug")
+}
+
+/// Copies of the objects of one kind (the few kinds that are not shared).
+fn owned<K: kube::Resource<DynamicType = ()> + Clone>(objects: &world::Objects<K>) -> Vec<K> {
+    objects
+        .store
+        .state()
+        .iter()
+        .map(|o| (**o).clone())
+        .collect()
 }
 
 /// What every cluster has: the `default` and `kube-system` namespaces (and
@@ -626,43 +562,31 @@ mod tests {
         NetworkConfig::parse("10.96.0.0/12", "20.96.0.0/12").unwrap()
     }
 
-    fn index() -> Allocators {
-        Allocators::new(&net(), &Settings::default()).unwrap()
+    fn index() -> Reconcilers {
+        let role = Role::ApiServer {
+            node_ports: portico_ipam::PortRange::default(),
+        };
+        Reconcilers::new(Config::new(net(), role), Metrics::default()).unwrap()
     }
 
-    #[test]
-    fn a_service_removed_and_put_back_under_watch_gets_its_address_back() {
+    #[tokio::test]
+    async fn a_service_removed_and_put_back_under_watch_gets_its_address_back() {
         let mut clusterip = index();
-        let first = reconcile(
-            manifests(TWO),
-            &net(),
-            &Settings::default(),
-            None,
-            &mut clusterip,
-        )
-        .unwrap();
+        let first = reconcile(manifests(TWO), &net(), None, &mut clusterip)
+            .await
+            .unwrap();
         let only_b = TWO.split("---").nth(1).unwrap();
-        let second = reconcile(
-            manifests(only_b),
-            &net(),
-            &Settings::default(),
-            Some(&first),
-            &mut clusterip,
-        )
-        .unwrap();
+        let second = reconcile(manifests(only_b), &net(), Some(&first), &mut clusterip)
+            .await
+            .unwrap();
         assert_eq!(
-            clusterip.clusterip.quarantined(),
+            portico_controllers::reconcilers::lock(clusterip.clusterip()).quarantined(),
             1,
             "a's address is in quarantine"
         );
-        let third = reconcile(
-            manifests(TWO),
-            &net(),
-            &Settings::default(),
-            Some(&second),
-            &mut clusterip,
-        )
-        .unwrap();
+        let third = reconcile(manifests(TWO), &net(), Some(&second), &mut clusterip)
+            .await
+            .unwrap();
         assert_eq!(
             cluster_ips(&third, "default", "a"),
             cluster_ips(&first, "default", "a")
@@ -685,16 +609,11 @@ mod tests {
     const TWO: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {selector: {app: a}, ports: [{port: 80}]}\n---\n\
                        apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: team}\nspec: {clusterIP: 10.96.0.53, ports: [{port: 53, protocol: UDP}]}\n";
 
-    #[test]
-    fn the_reconcilers_run_to_a_fixpoint_and_the_cluster_defaults_exist() {
-        let world = reconcile(
-            manifests(TWO),
-            &net(),
-            &Settings::default(),
-            None,
-            &mut index(),
-        )
-        .unwrap();
+    #[tokio::test]
+    async fn the_reconcilers_run_to_a_fixpoint_and_the_cluster_defaults_exist() {
+        let world = reconcile(manifests(TWO), &net(), None, &mut index())
+            .await
+            .unwrap();
         assert_eq!(
             cluster_ips(&world, "default", "kubernetes"),
             vec!["10.96.0.1"]
@@ -722,25 +641,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reload_keeps_the_addresses_assigned_before() {
+    #[tokio::test]
+    async fn a_reload_keeps_the_addresses_assigned_before() {
         let mut clusterip = index();
-        let first = reconcile(
-            manifests(TWO),
-            &net(),
-            &Settings::default(),
-            None,
-            &mut clusterip,
-        )
-        .unwrap();
-        let second = reconcile(
-            manifests(TWO),
-            &net(),
-            &Settings::default(),
-            Some(&first),
-            &mut clusterip,
-        )
-        .unwrap();
+        let first = reconcile(manifests(TWO), &net(), None, &mut clusterip)
+            .await
+            .unwrap();
+        let second = reconcile(manifests(TWO), &net(), Some(&first), &mut clusterip)
+            .await
+            .unwrap();
         assert_eq!(
             cluster_ips(&first, "default", "a"),
             cluster_ips(&second, "default", "a")
@@ -794,16 +703,11 @@ metadata: {name: ext}
 spec: {externalIPs: [203.0.113.5], ports: [{port: 80}]}
 ";
 
-    #[test]
-    fn a_refused_address_is_held_nowhere_and_a_claimed_one_goes_to_the_oldest() {
-        let world = reconcile(
-            manifests(REFUSED),
-            &net(),
-            &Settings::default(),
-            None,
-            &mut index(),
-        )
-        .unwrap();
+    #[tokio::test]
+    async fn a_refused_address_is_held_nowhere_and_a_claimed_one_goes_to_the_oldest() {
+        let world = reconcile(manifests(REFUSED), &net(), None, &mut index())
+            .await
+            .unwrap();
         assert_eq!(cluster_ips(&world, "default", "a"), ["10.96.0.20"]);
         assert!(cluster_ips(&world, "default", "b").is_empty());
         assert!(cluster_ips(&world, "default", "c").is_empty());
@@ -892,18 +796,12 @@ spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
         )
     }
 
-    #[test]
-    fn node_ports_are_allocated_refused_and_kept_across_reloads_and_restarts() {
+    #[tokio::test]
+    async fn node_ports_are_allocated_refused_and_kept_across_reloads_and_restarts() {
         let mut clusterip = index();
-        let settings = Settings::default();
-        let first = reconcile(
-            manifests(NODE_PORTS),
-            &net(),
-            &settings,
-            None,
-            &mut clusterip,
-        )
-        .unwrap();
+        let first = reconcile(manifests(NODE_PORTS), &net(), None, &mut clusterip)
+            .await
+            .unwrap();
         assert_eq!(ports_of(&first, "fixed"), (vec![30080], 0));
         let (np, _) = ports_of(&first, "np");
         assert!(np.iter().all(|p| (30086..=32767).contains(p)), "{np:?}");
@@ -926,14 +824,9 @@ spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
         assert!(dup.ports.iter().all(|p| p.node_port.is_none()), "{dup:?}");
 
         // --watch: the files again, with the last world.
-        let second = reconcile(
-            manifests(NODE_PORTS),
-            &net(),
-            &settings,
-            Some(&first),
-            &mut clusterip,
-        )
-        .unwrap();
+        let second = reconcile(manifests(NODE_PORTS), &net(), Some(&first), &mut clusterip)
+            .await
+            .unwrap();
         for name in ["fixed", "np", "dup", "lb"] {
             assert_eq!(ports_of(&second, name), ports_of(&first, name), "{name}");
         }
@@ -953,10 +846,10 @@ spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
         let third = reconcile(
             manifests(std::str::from_utf8(&yaml).unwrap()),
             &net(),
-            &settings,
             None,
             &mut index(),
         )
+        .await
         .unwrap();
         for name in ["fixed", "np", "dup", "lb"] {
             assert_eq!(ports_of(&third, name), ports_of(&first, name), "{name}");

@@ -7,18 +7,18 @@
 
 use super::load::Manifests;
 use k8s_openapi::DeepMerge;
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer as StoreWriter};
 use kube::runtime::watcher;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
-use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write};
+use portico_controllers::{Apply, EventRecord, Object, Target, TargetKind, Write, Writer, Written};
 use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One kind's store and the writer that feeds it.
 pub struct Objects<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
-    writer: Writer<K>,
+    writer: StoreWriter<K>,
     pub store: Store<K>,
 }
 
@@ -251,73 +251,13 @@ pub struct World {
     pub clusteripranges: Objects<ClusterIPRange>,
     pub l2announcements: Objects<L2Announcement>,
     pub events: Vec<EventRecord>,
+    /// Writes the world refused (a reconciler's bug), with the reason.
+    pub refused: Vec<String>,
     /// The last `resourceVersion` handed out.
     version: u64,
 }
 
 /// What a round of writes changed.
-#[derive(Default)]
-pub struct Changed {
-    pub services: Latest<Service>,
-    pub slices: Latest<EndpointSlice>,
-    pub deleted_slices: Vec<Arc<EndpointSlice>>,
-    pub pools: Latest<IPPool>,
-    pub ranges: Latest<ClusterIPRange>,
-}
-
-/// The latest version of each object changed in a round, in the order of
-/// their first change: a write costs the same however many came before.
-pub struct Latest<K> {
-    objects: Vec<Option<Arc<K>>>,
-    at: HashMap<(Option<String>, Option<String>), usize>,
-}
-
-impl<K> Default for Latest<K> {
-    fn default() -> Self {
-        Latest {
-            objects: Vec::new(),
-            at: HashMap::new(),
-        }
-    }
-}
-
-impl<K: kube::Resource> Latest<K> {
-    /// Records a new version of an object, replacing an earlier one.
-    fn push(&mut self, obj: Arc<K>) {
-        let key = (obj.meta().namespace.clone(), obj.meta().name.clone());
-        match self.at.get(&key) {
-            Some(&i) => self.objects[i] = Some(obj),
-            None => {
-                self.at.insert(key, self.objects.len());
-                self.objects.push(Some(obj));
-            }
-        }
-    }
-
-    /// Forgets an object (it was deleted).
-    fn remove(&mut self, namespace: Option<&String>, name: Option<&String>) {
-        if let Some(i) = self.at.remove(&(namespace.cloned(), name.cloned())) {
-            self.objects[i] = None;
-        }
-    }
-}
-
-impl<K> IntoIterator for Latest<K> {
-    type Item = Arc<K>;
-    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Option<Arc<K>>>>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.objects.into_iter().flatten()
-    }
-}
-
-impl<'a, K: kube::Resource> IntoIterator for &'a Latest<K> {
-    type Item = &'a Arc<K>;
-    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Option<Arc<K>>>>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.objects.iter().flatten()
-    }
-}
-
 impl World {
     pub fn new(m: Manifests) -> Self {
         World {
@@ -330,40 +270,9 @@ impl World {
             clusteripranges: Objects::new(m.clusteripranges),
             l2announcements: Objects::new(m.l2announcements),
             events: Vec::new(),
+            refused: Vec::new(),
             version: 0,
         }
-    }
-
-    /// An IPPool's status is Portico's alone: the applied status replaces it.
-    fn set_pool_status(
-        &mut self,
-        name: &str,
-        patch: &serde_json::Value,
-    ) -> anyhow::Result<Option<Arc<IPPool>>> {
-        let version = self.version + 1;
-        let out = set_status(&mut self.ippools, name, patch, version, |p: &mut IPPool| {
-            &mut p.status
-        })?;
-        self.version += u64::from(out.is_some());
-        Ok(out)
-    }
-
-    /// A ClusterIPRange's status is Portico's alone, as a pool's.
-    fn set_range_status(
-        &mut self,
-        name: &str,
-        patch: &serde_json::Value,
-    ) -> anyhow::Result<Option<Arc<ClusterIPRange>>> {
-        let version = self.version + 1;
-        let out = set_status(
-            &mut self.clusteripranges,
-            name,
-            patch,
-            version,
-            |r: &mut ClusterIPRange| &mut r.status,
-        )?;
-        self.version += u64::from(out.is_some());
-        Ok(out)
     }
 
     fn next_version(&mut self) -> u64 {
@@ -371,112 +280,151 @@ impl World {
         self.version
     }
 
-    /// Carries out writes, as the API server would; returns what changed.
-    pub fn write(&mut self, writes: Vec<Write>) -> anyhow::Result<Changed> {
-        let mut changed = Changed::default();
-        for write in writes {
-            match write {
-                Write::Apply(Apply { target, patch, .. }) => match target.kind {
-                    TargetKind::Service => {
-                        if let Some(svc) = self.services.merge(
-                            &target.namespace,
-                            &target.name,
-                            &patch,
-                            portico_controllers::k8s::merge_service,
-                        )? {
-                            changed.services.push(svc);
-                        }
-                    }
-                    TargetKind::IPPool => {
-                        if let Some(pool) = self.set_pool_status(&target.name, &patch)? {
-                            changed.pools.push(pool);
-                        }
-                    }
-                    TargetKind::ClusterIPRange => {
-                        if let Some(range) = self.set_range_status(&target.name, &patch)? {
-                            changed.ranges.push(range);
-                        }
-                    }
-                    TargetKind::L2Announcement => {
-                        let version = self.version + 1;
-                        let out = set_status(
-                            &mut self.l2announcements,
-                            &target.name,
-                            &patch,
-                            version,
-                            |a: &mut L2Announcement| &mut a.status,
-                        )?;
-                        self.version += u64::from(out.is_some());
-                    }
-                    TargetKind::EndpointSlice => {
-                        if let Some(slice) = self.endpoint_slices.merge(
-                            &target.namespace,
-                            &target.name,
-                            &patch,
-                            DeepMerge::merge_from,
-                        )? {
-                            changed.slices.push(slice);
-                        }
-                    }
-                },
-                Write::Create(Object::EndpointSlice(slice)) => {
-                    let mut slice = *slice;
-                    let namespace = slice
-                        .metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".to_owned());
-                    if slice.metadata.name.is_none() {
-                        let prefix = slice.metadata.generate_name.clone().unwrap_or_default();
-                        let name = loop {
-                            let n = self.next_version();
-                            let candidate = format!("{prefix}{}", generated_suffix(n));
-                            if self.endpoint_slices.get(&namespace, &candidate).is_none() {
-                                break candidate;
-                            }
-                        };
-                        slice.metadata.name = Some(name);
-                    }
-                    let version = self.next_version();
-                    if let Some(slice) = self.endpoint_slices.put(slice, version) {
-                        changed.slices.push(slice);
-                    }
-                }
-                Write::Replace(Object::EndpointSlice(slice)) => {
-                    let target = Object::EndpointSlice(slice.clone()).target();
-                    let current = self.endpoint_slices.get(&target.namespace, &target.name);
-                    check_version(&target, slice.metadata.resource_version.as_deref(), current)?;
-                    let version = self.next_version();
-                    if let Some(slice) = self.endpoint_slices.put(*slice, version) {
-                        changed.slices.push(slice);
-                    }
-                }
-                Write::Create(Object::Service(_)) | Write::Replace(Object::Service(_)) => {
-                    anyhow::bail!("portico local does not create or replace Services")
-                }
-                Write::Delete { target } => match target.kind {
-                    TargetKind::EndpointSlice => {
-                        if let Some(old) =
-                            self.endpoint_slices.remove(&target.namespace, &target.name)
-                        {
-                            changed.slices.remove(
-                                old.metadata.namespace.as_ref(),
-                                old.metadata.name.as_ref(),
-                            );
-                            changed.deleted_slices.push(old);
-                        }
-                    }
-                    TargetKind::Service
-                    | TargetKind::IPPool
-                    | TargetKind::ClusterIPRange
-                    | TargetKind::L2Announcement => {
-                        anyhow::bail!("portico local does not delete {:?}s", target.kind)
-                    }
-                },
-                Write::Event(event) => self.events.push(event),
-            }
+    /// Carries out writes, as the API server would.
+    pub fn write(&mut self, writes: Vec<Write>) -> anyhow::Result<()> {
+        for w in &writes {
+            self.write_one(w)?;
         }
-        Ok(changed)
+        Ok(())
+    }
+
+    /// Carries out one write, as the API server would; returns the object
+    /// as stored, or `Written::Nothing` when nothing changed.
+    pub fn write_one(&mut self, write: &Write) -> anyhow::Result<Written> {
+        let stored = match write {
+            Write::Apply(Apply { target, patch, .. }) => match target.kind {
+                TargetKind::Service => self
+                    .services
+                    .merge(
+                        &target.namespace,
+                        &target.name,
+                        patch,
+                        portico_controllers::k8s::merge_service,
+                    )?
+                    .map(|o| Object::Service(Box::new((*o).clone()))),
+                TargetKind::IPPool => {
+                    let version = self.version + 1;
+                    let out = set_status(
+                        &mut self.ippools,
+                        &target.name,
+                        patch,
+                        version,
+                        |p: &mut IPPool| &mut p.status,
+                    )?;
+                    self.version += u64::from(out.is_some());
+                    out.map(|o| Object::IPPool(Box::new((*o).clone())))
+                }
+                TargetKind::ClusterIPRange => {
+                    let version = self.version + 1;
+                    let out = set_status(
+                        &mut self.clusteripranges,
+                        &target.name,
+                        patch,
+                        version,
+                        |r: &mut ClusterIPRange| &mut r.status,
+                    )?;
+                    self.version += u64::from(out.is_some());
+                    out.map(|o| Object::ClusterIPRange(Box::new((*o).clone())))
+                }
+                TargetKind::L2Announcement => {
+                    let version = self.version + 1;
+                    let out = set_status(
+                        &mut self.l2announcements,
+                        &target.name,
+                        patch,
+                        version,
+                        |a: &mut L2Announcement| &mut a.status,
+                    )?;
+                    self.version += u64::from(out.is_some());
+                    out.map(|o| Object::L2Announcement(Box::new((*o).clone())))
+                }
+                TargetKind::EndpointSlice => self
+                    .endpoint_slices
+                    .merge(
+                        &target.namespace,
+                        &target.name,
+                        patch,
+                        DeepMerge::merge_from,
+                    )?
+                    .map(|o| Object::EndpointSlice(Box::new((*o).clone()))),
+            },
+            Write::Create(Object::EndpointSlice(slice)) => {
+                let mut slice = (**slice).clone();
+                let namespace = slice
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned());
+                if slice.metadata.name.is_none() {
+                    let prefix = slice.metadata.generate_name.clone().unwrap_or_default();
+                    let name = loop {
+                        let n = self.next_version();
+                        let candidate = format!("{prefix}{}", generated_suffix(n));
+                        if self.endpoint_slices.get(&namespace, &candidate).is_none() {
+                            break candidate;
+                        }
+                    };
+                    slice.metadata.name = Some(name);
+                }
+                let version = self.next_version();
+                self.endpoint_slices
+                    .put(slice, version)
+                    .map(|o| Object::EndpointSlice(Box::new((*o).clone())))
+            }
+            Write::Replace(Object::EndpointSlice(slice)) => {
+                let target = Object::EndpointSlice(slice.clone()).target();
+                let current = self.endpoint_slices.get(&target.namespace, &target.name);
+                check_version(&target, slice.metadata.resource_version.as_deref(), current)?;
+                let version = self.next_version();
+                self.endpoint_slices
+                    .put((**slice).clone(), version)
+                    .map(|o| Object::EndpointSlice(Box::new((*o).clone())))
+            }
+            Write::Create(o) | Write::Replace(o) => {
+                anyhow::bail!(
+                    "portico local does not create or replace {:?}s",
+                    o.target().kind
+                )
+            }
+            Write::Delete { target } => match target.kind {
+                TargetKind::EndpointSlice => {
+                    return Ok(
+                        match self.endpoint_slices.remove(&target.namespace, &target.name) {
+                            Some(_) => Written::Deleted(target.clone()),
+                            None => Written::Nothing,
+                        },
+                    );
+                }
+                TargetKind::Service
+                | TargetKind::IPPool
+                | TargetKind::ClusterIPRange
+                | TargetKind::L2Announcement => {
+                    anyhow::bail!("portico local does not delete {:?}s", target.kind)
+                }
+            },
+            Write::Event(event) => {
+                self.events.push(event.clone());
+                None
+            }
+        };
+        Ok(stored.map_or(Written::Nothing, Written::Object))
+    }
+}
+
+/// The local world is the API server of `portico local`: the reconcilers
+/// write into it through the same trait as into a cluster. A write it
+/// refuses is a bug of a reconciler; it is kept in `refused`.
+impl Writer for World {
+    fn write(
+        &mut self,
+        write: &Write,
+    ) -> impl Future<Output = portico_controllers::Result<Written>> + Send {
+        let result = self.write_one(write).map_err(|e| {
+            let message = format!("{e:#}");
+            self.refused.push(message.clone());
+            portico_controllers::Error::Refused(message)
+        });
+        std::future::ready(result)
     }
 }
 

@@ -52,6 +52,11 @@ pub(super) struct SubRanges {
 }
 
 impl SubRanges {
+    /// Forgets which rejected ranges were reported.
+    pub(super) fn forget_reports(&mut self) {
+        self.reported.clear();
+    }
+
     /// Replaces every range; returns whether anything changed.
     pub(super) fn reset(&mut self, ranges: impl IntoIterator<Item = Arc<ClusterIPRange>>) -> bool {
         let new: BTreeMap<String, Arc<ClusterIPRange>> = ranges

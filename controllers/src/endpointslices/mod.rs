@@ -413,6 +413,11 @@ impl EndpointSliceController {
         self.mark_all(now);
     }
 
+    /// Every Service known.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
     /// Forgets a slice the writer just deleted, before the watch says so.
     pub fn forget_slice(&mut self, namespace: &str, name: &str, now: Instant) {
         let owner = self
