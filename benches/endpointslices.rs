@@ -171,7 +171,7 @@ fn one_change(services: usize, changes: usize) {
     // Carry out the initial creates as the API would.
     for (n, w) in ctrl.flush(now).into_iter().enumerate() {
         if let Write::Create(Object::EndpointSlice(s)) = w {
-            let mut s = *s;
+            let mut s = std::sync::Arc::unwrap_or_clone(s);
             s.metadata.name = Some(format!(
                 "{}{n:05}",
                 s.metadata.generate_name.clone().unwrap_or_default()

@@ -416,10 +416,10 @@ impl Reconcilers {
     pub fn written(&mut self, write: Write, result: Result<Written>, now: Instant) -> Vec<Write> {
         match result {
             Ok(Written::Object(Object::Service(svc))) => {
-                self.on(Change::Services(Event::Apply(Arc::new(*svc))), now)
+                self.on(Change::Services(Event::Apply(svc)), now)
             }
             Ok(Written::Object(Object::EndpointSlice(slice))) => {
-                self.slices.apply_slice(Arc::new(*slice), now);
+                self.slices.apply_slice(slice, now);
                 Vec::new()
             }
             Ok(Written::Object(Object::IPPool(pool))) => {

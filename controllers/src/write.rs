@@ -13,6 +13,7 @@ use kube::{Client, Resource};
 use portico_crds::names::{EVENT_REPORTER, FIELD_MANAGER, NODE_EVENT_REPORTER, NODE_FIELD_MANAGER};
 use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A write that a reconciler decided on.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,20 +49,22 @@ pub enum TargetKind {
     L2Announcement,
 }
 
-/// A whole object that reconcilers create or replace. Typed, not JSON: a
-/// sync of a large cluster creates thousands of them.
+/// A whole object that reconcilers create or replace, or that a writer
+/// stored. Typed, not JSON: a sync of a large cluster creates thousands of
+/// them; shared, so a stored object fed back to the reconcilers is not
+/// copied.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// A Service.
-    Service(Box<Service>),
+    Service(Arc<Service>),
     /// An EndpointSlice.
-    EndpointSlice(Box<EndpointSlice>),
+    EndpointSlice(Arc<EndpointSlice>),
     /// An IPPool (as stored after a status write).
-    IPPool(Box<IPPool>),
+    IPPool(Arc<IPPool>),
     /// A ClusterIPRange (as stored after a status write).
-    ClusterIPRange(Box<ClusterIPRange>),
+    ClusterIPRange(Arc<ClusterIPRange>),
     /// An L2Announcement (as stored after a status write).
-    L2Announcement(Box<L2Announcement>),
+    L2Announcement(Arc<L2Announcement>),
 }
 
 impl Object {
@@ -280,23 +283,23 @@ impl ApiWriter {
                 TargetKind::Service => self
                     .apply::<Service>(apply)
                     .await
-                    .map(|o| Object::Service(Box::new(o))),
+                    .map(|o| Object::Service(Arc::new(o))),
                 TargetKind::EndpointSlice => self
                     .apply::<EndpointSlice>(apply)
                     .await
-                    .map(|o| Object::EndpointSlice(Box::new(o))),
+                    .map(|o| Object::EndpointSlice(Arc::new(o))),
                 TargetKind::IPPool => self
                     .apply_cluster_scoped::<IPPool>(apply)
                     .await
-                    .map(|o| Object::IPPool(Box::new(o))),
+                    .map(|o| Object::IPPool(Arc::new(o))),
                 TargetKind::ClusterIPRange => self
                     .apply_cluster_scoped::<ClusterIPRange>(apply)
                     .await
-                    .map(|o| Object::ClusterIPRange(Box::new(o))),
+                    .map(|o| Object::ClusterIPRange(Arc::new(o))),
                 TargetKind::L2Announcement => self
                     .apply_cluster_scoped::<L2Announcement>(apply)
                     .await
-                    .map(|o| Object::L2Announcement(Box::new(o))),
+                    .map(|o| Object::L2Announcement(Arc::new(o))),
             }
             .map(Written::Object),
             Write::Create(object) => self.create(object).await.map(Written::Object),
@@ -373,19 +376,19 @@ impl ApiWriter {
         let t = object.target();
         Ok(match object {
             Object::Service(o) => {
-                Object::Service(Box::new(self.api(&t).create(&params, o.as_ref()).await?))
+                Object::Service(Arc::new(self.api(&t).create(&params, o.as_ref()).await?))
             }
             Object::EndpointSlice(o) => {
-                Object::EndpointSlice(Box::new(self.api(&t).create(&params, o.as_ref()).await?))
+                Object::EndpointSlice(Arc::new(self.api(&t).create(&params, o.as_ref()).await?))
             }
             Object::IPPool(o) => {
-                Object::IPPool(Box::new(self.all().create(&params, o.as_ref()).await?))
+                Object::IPPool(Arc::new(self.all().create(&params, o.as_ref()).await?))
             }
             Object::ClusterIPRange(o) => {
-                Object::ClusterIPRange(Box::new(self.all().create(&params, o.as_ref()).await?))
+                Object::ClusterIPRange(Arc::new(self.all().create(&params, o.as_ref()).await?))
             }
             Object::L2Announcement(o) => {
-                Object::L2Announcement(Box::new(self.all().create(&params, o.as_ref()).await?))
+                Object::L2Announcement(Arc::new(self.all().create(&params, o.as_ref()).await?))
             }
         })
     }
@@ -397,20 +400,20 @@ impl ApiWriter {
         let t = object.target();
         let n = t.name.as_str();
         Ok(match object {
-            Object::Service(o) => Object::Service(Box::new(
+            Object::Service(o) => Object::Service(Arc::new(
                 self.api(&t).replace(n, &params, o.as_ref()).await?,
             )),
-            Object::EndpointSlice(o) => Object::EndpointSlice(Box::new(
+            Object::EndpointSlice(o) => Object::EndpointSlice(Arc::new(
                 self.api(&t).replace(n, &params, o.as_ref()).await?,
             )),
             Object::IPPool(o) => {
-                Object::IPPool(Box::new(self.all().replace(n, &params, o.as_ref()).await?))
+                Object::IPPool(Arc::new(self.all().replace(n, &params, o.as_ref()).await?))
             }
             Object::ClusterIPRange(o) => {
-                Object::ClusterIPRange(Box::new(self.all().replace(n, &params, o.as_ref()).await?))
+                Object::ClusterIPRange(Arc::new(self.all().replace(n, &params, o.as_ref()).await?))
             }
             Object::L2Announcement(o) => {
-                Object::L2Announcement(Box::new(self.all().replace(n, &params, o.as_ref()).await?))
+                Object::L2Announcement(Arc::new(self.all().replace(n, &params, o.as_ref()).await?))
             }
         })
     }

@@ -217,7 +217,7 @@ fn slice_json(name: Option<&str>, resource_version: Option<&str>) -> Value {
 async fn a_new_endpoint_slice_is_created_with_generate_name_and_the_result_is_returned() {
     let (writer, mut handle) = writer();
     let object = slice_json(None, None);
-    let write = Write::Create(Object::EndpointSlice(Box::new(
+    let write = Write::Create(Object::EndpointSlice(std::sync::Arc::new(
         serde_json::from_value(object.clone()).unwrap(),
     )));
     let reply = slice_json(Some("web-x7k2p"), Some("41"));
@@ -252,7 +252,7 @@ async fn a_new_endpoint_slice_is_created_with_generate_name_and_the_result_is_re
 async fn an_endpoint_slice_update_replaces_it_at_its_resource_version() {
     let (writer, mut handle) = writer();
     let object = slice_json(Some("web-x7k2p"), Some("41"));
-    let write = Write::Replace(Object::EndpointSlice(Box::new(
+    let write = Write::Replace(Object::EndpointSlice(std::sync::Arc::new(
         serde_json::from_value(object.clone()).unwrap(),
     )));
     let reply = slice_json(Some("web-x7k2p"), Some("42"));

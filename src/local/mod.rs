@@ -39,8 +39,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let mut previous: Option<World> = None;
     // The reconcilers live across --watch reloads, so that Services
     // removed from the files go through the reuse quarantine and come back
-    // with their addresses, and problems are not reported again.
-    let mut reconcilers = Reconcilers::new(config(&args, net.clone()), Metrics::default())?;
+    // with their addresses, and problems are not reported again. Without
+    // --watch they go once the world is settled: serving needs the world.
+    let mut reconcilers = Some(Reconcilers::new(
+        config(&args, net.clone()),
+        Metrics::default(),
+    )?);
     let mut seen = load::fingerprint(&args.files);
     // Said once the first answers are in place.
     let mut dns_announcement = None;
@@ -74,7 +78,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     loop {
         let manifests = load::load(&args.files)?;
         report(&manifests.diagnostics);
-        let mut world = reconcile(manifests, &net, previous.as_ref(), &mut reconcilers).await?;
+        let Some(r) = reconcilers.as_mut() else {
+            anyhow::bail!("the reconcilers are gone; this is a bug");
+        };
+        let mut world = reconcile(manifests, &net, previous.as_ref(), r).await?;
+        if !args.watch {
+            reconcilers = None;
+        }
         // One catalog a round for DNS and the L2 statuses (the dataplane
         // keeps its own, which records what changed between rounds).
         let shared =

@@ -301,7 +301,7 @@ impl World {
                         patch,
                         portico_controllers::k8s::merge_service,
                     )?
-                    .map(|o| Object::Service(Box::new((*o).clone()))),
+                    .map(Object::Service),
                 TargetKind::IPPool => {
                     let version = self.version + 1;
                     let out = set_status(
@@ -312,7 +312,7 @@ impl World {
                         |p: &mut IPPool| &mut p.status,
                     )?;
                     self.version += u64::from(out.is_some());
-                    out.map(|o| Object::IPPool(Box::new((*o).clone())))
+                    out.map(Object::IPPool)
                 }
                 TargetKind::ClusterIPRange => {
                     let version = self.version + 1;
@@ -324,7 +324,7 @@ impl World {
                         |r: &mut ClusterIPRange| &mut r.status,
                     )?;
                     self.version += u64::from(out.is_some());
-                    out.map(|o| Object::ClusterIPRange(Box::new((*o).clone())))
+                    out.map(Object::ClusterIPRange)
                 }
                 TargetKind::L2Announcement => {
                     let version = self.version + 1;
@@ -336,7 +336,7 @@ impl World {
                         |a: &mut L2Announcement| &mut a.status,
                     )?;
                     self.version += u64::from(out.is_some());
-                    out.map(|o| Object::L2Announcement(Box::new((*o).clone())))
+                    out.map(Object::L2Announcement)
                 }
                 TargetKind::EndpointSlice => self
                     .endpoint_slices
@@ -346,7 +346,7 @@ impl World {
                         patch,
                         DeepMerge::merge_from,
                     )?
-                    .map(|o| Object::EndpointSlice(Box::new((*o).clone()))),
+                    .map(Object::EndpointSlice),
             },
             Write::Create(Object::EndpointSlice(slice)) => {
                 let mut slice = (**slice).clone();
@@ -369,7 +369,7 @@ impl World {
                 let version = self.next_version();
                 self.endpoint_slices
                     .put(slice, version)
-                    .map(|o| Object::EndpointSlice(Box::new((*o).clone())))
+                    .map(Object::EndpointSlice)
             }
             Write::Replace(Object::EndpointSlice(slice)) => {
                 let target = Object::EndpointSlice(slice.clone()).target();
@@ -378,7 +378,7 @@ impl World {
                 let version = self.next_version();
                 self.endpoint_slices
                     .put((**slice).clone(), version)
-                    .map(|o| Object::EndpointSlice(Box::new((*o).clone())))
+                    .map(Object::EndpointSlice)
             }
             Write::Create(o) | Write::Replace(o) => {
                 anyhow::bail!(

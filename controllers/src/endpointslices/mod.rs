@@ -571,11 +571,11 @@ fn writes(key: &Key, plan: Plan, metrics: &EndpointSliceMetrics) -> Vec<Write> {
     }
     for s in plan.update {
         metrics.change("update");
-        out.push(Write::Replace(Object::EndpointSlice(Box::new(s))));
+        out.push(Write::Replace(Object::EndpointSlice(Arc::new(s))));
     }
     for s in plan.create {
         metrics.change("create");
-        out.push(Write::Create(Object::EndpointSlice(Box::new(s))));
+        out.push(Write::Create(Object::EndpointSlice(Arc::new(s))));
     }
     out
 }

@@ -158,7 +158,7 @@ impl Sim {
     fn carry_out(&mut self, w: Write) {
         match w {
             Write::Create(Object::EndpointSlice(s)) => {
-                let mut s = *s;
+                let mut s = Arc::unwrap_or_clone(s);
                 assert!(s.metadata.name.is_none());
                 self.next += 1;
                 let prefix = s.metadata.generate_name.clone().unwrap();
@@ -168,7 +168,7 @@ impl Sim {
                 self.slices.insert(s.metadata.name.clone().unwrap(), s);
             }
             Write::Replace(Object::EndpointSlice(s)) => {
-                let mut s = *s;
+                let mut s = Arc::unwrap_or_clone(s);
                 let name = s.metadata.name.clone().unwrap();
                 let stored = &self.slices[&name];
                 assert_eq!(
