@@ -287,19 +287,19 @@ impl L2Args {
         &self,
         node: &str,
         listen: SocketAddr,
-    ) -> anyhow::Result<crate::gossip::Settings> {
-        Ok(crate::gossip::Settings {
+    ) -> anyhow::Result<portico_agent::gossip::Settings> {
+        Ok(portico_agent::gossip::Settings {
             node: node.to_owned(),
             listen,
             advertise: None,
-            join: crate::gossip::parse_join(&self.gossip_join)?,
+            join: portico_agent::gossip::parse_join(&self.gossip_join)?,
             probe_period: self.gossip_probe_period,
             probe_timeout: self.gossip_probe_timeout,
             suspect_timeout: self.gossip_suspect_timeout,
             key: self
                 .gossip_key_file
                 .as_deref()
-                .map(crate::gossip::GossipKey::from_file)
+                .map(portico_agent::gossip::GossipKey::from_file)
                 .transpose()?,
         })
     }
@@ -402,6 +402,16 @@ pub struct DataplaneArgs {
     pub service_proxy_name: Option<String>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+}
+
+impl DataplaneArgs {
+    /// The agent's settings of these flags.
+    pub fn settings(&self) -> portico_agent::Settings {
+        portico_agent::Settings {
+            nodeport_addresses: self.nodeport_addresses.clone(),
+            service_proxy_name: self.service_proxy_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -16,9 +16,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod dns;
-pub mod gossip;
 pub mod http;
-pub mod l2;
 pub mod local;
 pub mod node;
 pub mod telemetry;

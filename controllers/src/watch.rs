@@ -13,6 +13,7 @@ use kube::Api;
 use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use portico_catalog::Catalog;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One change of one kind, after relists are collected: the whole set
@@ -79,6 +80,30 @@ impl Index<EndpointSlice> for Catalog {
         self.apply_slice(&obj);
     }
     fn delete(&mut self, obj: EndpointSlice) {
+        self.delete_slice(&obj);
+    }
+}
+
+impl Index<Arc<Service>> for Catalog {
+    fn reset(&mut self, all: Vec<Arc<Service>>) {
+        self.reset_services(all.iter().map(AsRef::as_ref));
+    }
+    fn apply(&mut self, obj: Arc<Service>) {
+        self.apply_service(&obj);
+    }
+    fn delete(&mut self, obj: Arc<Service>) {
+        self.delete_service(&obj);
+    }
+}
+
+impl Index<Arc<EndpointSlice>> for Catalog {
+    fn reset(&mut self, all: Vec<Arc<EndpointSlice>>) {
+        self.reset_slices(all.iter().map(AsRef::as_ref));
+    }
+    fn apply(&mut self, obj: Arc<EndpointSlice>) {
+        self.apply_slice(&obj);
+    }
+    fn delete(&mut self, obj: Arc<EndpointSlice>) {
         self.delete_slice(&obj);
     }
 }

@@ -85,13 +85,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         if !args.watch {
             reconcilers = None;
         }
-        // One catalog a round for DNS and the L2 statuses (the dataplane
+        // One catalog a round for DNS and the L2 statuses (the node agent
         // keeps its own, which records what changed between rounds).
-        let shared =
-            (dns.is_some() || !world.l2announcements.store.is_empty()).then(|| catalog(&world));
-        if let Some(shared) = &shared {
+        let l2_without_agent = node_dataplane.is_none() && !world.l2announcements.store.is_empty();
+        let shared = (dns.is_some() || l2_without_agent).then(|| catalog(&world));
+        if let Some(dp) = node_dataplane.as_mut() {
+            dp.update(&world)?;
+            step_dataplane(dp, Some(&mut world), Instant::now())?;
+            health_ports = dp.serve_health_checks().await;
+        } else if let Some(shared) = shared.as_ref().filter(|_| l2_without_agent) {
             l2_statuses(&mut world, shared)?;
         }
+        l2_warnings(&world);
         let mut out = std::io::stdout().lock();
         match args.output {
             Output::Table => print::tables(&mut out, &world, &args.show)?,
@@ -106,16 +111,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 eprintln!("{line}");
             }
         }
-        if let Some(dp) = node_dataplane.as_mut() {
-            dp.update(&world)?;
-            sync_dataplane(dp);
-            health_ports = dp.serve_health_checks().await;
-            if !health_ports.is_empty() {
-                eprintln!(
-                    "serving healthCheckNodePorts {:?} (Ctrl-C to stop)",
-                    health_ports
-                );
-            }
+        if !health_ports.is_empty() {
+            eprintln!(
+                "serving healthCheckNodePorts {:?} (Ctrl-C to stop)",
+                health_ports
+            );
         }
         let announcing = node_dataplane
             .as_ref()
@@ -137,12 +137,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                         }
                         () = portico_controllers::watch::sleep_until(due) => {
                             if let Some(dp) = node_dataplane.as_mut() {
-                                sync_dataplane(dp);
+                                step_dataplane(dp, Some(&mut world), Instant::now())?;
                             }
                         }
                         () = liveness_changed(&mut node_dataplane) => {
                             if let Some(dp) = node_dataplane.as_mut() {
-                                dp.announce();
+                                step_dataplane(dp, Some(&mut world), Instant::now())?;
                             }
                         }
                     }
@@ -167,12 +167,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 () = tokio::time::sleep(args.watch_interval) => {}
                 () = portico_controllers::watch::sleep_until(due) => {
                     if let Some(dp) = node_dataplane.as_mut() {
-                        sync_dataplane(dp);
+                        step_dataplane(dp, previous.as_mut(), Instant::now())?;
                     }
                 }
                 () = liveness_changed(&mut node_dataplane) => {
                     if let Some(dp) = node_dataplane.as_mut() {
-                        dp.announce();
+                        step_dataplane(dp, previous.as_mut(), Instant::now())?;
                     }
                     continue;
                 }
@@ -187,32 +187,39 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Writes the L2Announcements' statuses as `portico node` would, with the
-/// Nodes' Ready conditions as liveness; reports the ones that cannot be used.
+/// Writes the L2Announcements' statuses as the node agents would, without
+/// one here: a node is live when its Node is Ready (there is no gossip to
+/// ask), by the agents' own definition.
 fn l2_statuses(world: &mut World, catalog: &portico_catalog::Catalog) -> anyhow::Result<()> {
+    use portico_agent::l2;
     let announcements = world.l2announcements.sorted();
-    if announcements.is_empty() {
-        return Ok(());
-    }
-    let plan = crate::l2::plan(
+    let plan = l2::plan(
         announcements.iter().map(AsRef::as_ref),
         world.ippools.sorted().iter().map(AsRef::as_ref),
         world.services.sorted().iter().map(AsRef::as_ref),
         world.nodes.sorted().iter().map(AsRef::as_ref),
         catalog,
-        &crate::l2::node_ready,
+        &|n| l2::is_live(n, "", None),
     );
-    for (name, st) in &plan.announcements {
-        if !st.ready {
+    let writes = l2::status_writes(&plan, announcements.iter().map(AsRef::as_ref));
+    world.write(writes)?;
+    Ok(())
+}
+
+/// Says which L2Announcements cannot be used, and why (their Ready
+/// condition).
+fn l2_warnings(world: &World) {
+    for a in world.l2announcements.sorted() {
+        let conditions = a.status.iter().flat_map(|s| s.conditions.iter());
+        for c in conditions.filter(|c| c.type_ == "Ready" && c.status == "False") {
             eprintln!(
-                "warning: L2Announcement {name}: {}: {}",
-                st.reason, st.message
+                "warning: L2Announcement {}: {}: {}",
+                a.metadata.name.as_deref().unwrap_or_default(),
+                c.reason,
+                c.message
             );
         }
     }
-    let writes = crate::l2::status_writes(&plan, announcements.iter().map(AsRef::as_ref));
-    world.write(writes)?;
-    Ok(())
 }
 
 /// When the node's rules are due for a sync (after a failure; a reload
@@ -221,38 +228,55 @@ fn sync_due(dp: &Option<dataplane::LocalDataplane>) -> Option<Instant> {
     dp.as_ref().and_then(|dp| dp.due(Instant::now()))
 }
 
-/// Syncs the node's rules and says how it went; a failure is retried
-/// later, as a full sync.
-fn sync_dataplane<B, C>(dp: &mut dataplane::LocalDataplane<B, C>)
+/// Syncs the node's rules when due and says how it went (a failure is
+/// retried later, as a full sync); then announces what L2 announcement
+/// plans, and writes what a node would write into the world.
+fn step_dataplane<B, C>(
+    dp: &mut dataplane::LocalDataplane<B, C>,
+    world: Option<&mut World>,
+    now: Instant,
+) -> anyhow::Result<()>
 where
     B: portico_dataplane::Backend,
     C: portico_dataplane::Conntrack,
 {
-    match dp.sync(Instant::now()) {
-        Ok(r) => {
-            eprintln!(
-                "dataplane: {} sync in {} ms: {} operations, {} chains, {} elements \
-                 (`portico node --dump` shows them)",
-                r.kind.label(),
-                r.duration.as_millis(),
-                r.operations,
-                r.chains,
-                r.elements
-            );
-            if dp.announcing() {
+    let mut synced = false;
+    if dp.sync_due(now) {
+        match dp.sync(now) {
+            Ok(r) => {
+                synced = true;
                 eprintln!(
-                    "l2: {} announces [{}] (Ctrl-C to stop)",
-                    dp.node_name(),
-                    dp.announced().join(", ")
+                    "dataplane: {} sync in {} ms: {} operations, {} chains, {} elements \
+                     (`portico node --dump` shows them)",
+                    r.kind.label(),
+                    r.duration.as_millis(),
+                    r.operations,
+                    r.chains,
+                    r.elements
                 );
             }
+            Err(e) => {
+                eprintln!(
+                    "dataplane: sync failed ({} in a row): {e}; retrying in {:.0}s with a full sync",
+                    dp.failures(),
+                    dp.pause().as_secs_f64()
+                );
+                return Ok(());
+            }
         }
-        Err(e) => eprintln!(
-            "dataplane: sync failed ({} in a row): {e}; retrying in {:.0}s with a full sync",
-            dp.failures(),
-            dp.pause().as_secs_f64()
-        ),
     }
+    let (takeovers, writes) = dp.announce();
+    if let Some(world) = world {
+        world.write(writes)?;
+    }
+    if dp.announcing() && (synced || !takeovers.is_empty()) {
+        eprintln!(
+            "l2: {} announces [{}] (Ctrl-C to stop)",
+            dp.node_name(),
+            dp.announced().join(", ")
+        );
+    }
+    Ok(())
 }
 
 async fn liveness_changed(dp: &mut Option<dataplane::LocalDataplane>) {

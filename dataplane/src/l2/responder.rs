@@ -201,6 +201,19 @@ impl Responder {
         })
     }
 
+    /// A responder that keeps the addresses it is given and sends nothing,
+    /// with no socket or thread: for dry runs and tests of what decides
+    /// the addresses.
+    pub fn inert(link: &Link) -> io::Result<Responder> {
+        Ok(Responder {
+            link: link.clone(),
+            shared: Arc::new(Shared::default()),
+            thread: None,
+            groups: None,
+            joined: BTreeSet::new(),
+        })
+    }
+
     /// The interface.
     pub fn link(&self) -> &Link {
         &self.link

@@ -13,6 +13,7 @@
 use kube::core::{Selector, SelectorExt};
 use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
 use portico_controllers::k8s::{Node, Service};
+use portico_controllers::watch::Event;
 use portico_crds::names::{EXCLUDE_FROM_LOAD_BALANCERS, l2_reasons};
 use portico_crds::{IPPool, L2Announcement};
 use portico_dataplane::l2::{Link, Responder, Ring, interfaces_for, links, responder};
@@ -20,6 +21,7 @@ use portico_dataplane::local_endpoint_count;
 use portico_ipam::{Pool, PoolOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where an address is announced from the node that owns it: interfaces
@@ -143,6 +145,15 @@ fn parse(a: &L2Announcement) -> Result<Parsed<'_>, (&'static str, String)> {
 fn labels<K: kube::Resource>(o: &K) -> &BTreeMap<String, String> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     o.meta().labels.as_ref().unwrap_or(&EMPTY)
+}
+
+/// Whether a node takes part in L2 announcement: its Node is Ready and,
+/// when the agents gossip (`gossip`: the live agents), its agent is alive
+/// (this node's own agent always is). The one definition, for the plan,
+/// the statuses and the status writer alike.
+pub fn is_live(node: &Node, me: &str, gossip: Option<&BTreeSet<String>>) -> bool {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    node_ready(node) && gossip.is_none_or(|g| name == me || g.contains(name))
 }
 
 /// Whether a Node's `Ready` condition is `True`.
@@ -693,16 +704,17 @@ pub struct L2Index {
     services: Indexed<Service>,
 }
 
-/// Objects of one kind by `namespace/name`, rebuilt on every relist.
+/// Objects of one kind by `namespace/name`, rebuilt on every relist;
+/// shared with the caller's stores, not copied.
 struct Indexed<K> {
-    relist: portico_controllers::watch::Relist<K>,
-    objects: BTreeMap<String, K>,
+    synced: bool,
+    objects: BTreeMap<String, Arc<K>>,
 }
 
 impl<K> Default for Indexed<K> {
     fn default() -> Self {
         Indexed {
-            relist: portico_controllers::watch::Relist::default(),
+            synced: false,
             objects: BTreeMap::new(),
         }
     }
@@ -716,67 +728,66 @@ impl<K: kube::Resource> Indexed<K> {
         }
     }
 
-    /// Feeds an event; whether anything changed.
-    fn feed(&mut self, ev: kube::runtime::watcher::Event<K>) -> bool {
-        use portico_controllers::watch::Event as Fed;
-        match self.relist.feed(ev) {
-            Some(Fed::Reset(all)) => {
+    fn feed(&mut self, ev: Event<Arc<K>>) {
+        match ev {
+            Event::Reset(all) => {
+                self.synced = true;
                 self.objects = all.into_iter().map(|o| (Self::key(&o), o)).collect();
             }
-            Some(Fed::Apply(o)) => {
+            Event::Apply(o) => {
                 self.objects.insert(Self::key(&o), o);
             }
-            Some(Fed::Delete(o)) => {
+            Event::Delete(o) => {
                 self.objects.remove(&Self::key(&o));
             }
-            None => return false,
         }
-        true
     }
 }
 
 impl L2Index {
-    /// An L2Announcement event; whether the plan may change.
-    pub fn feed_announcement(&mut self, ev: kube::runtime::watcher::Event<L2Announcement>) -> bool {
-        self.announcements.feed(ev)
+    /// L2Announcements.
+    pub fn feed_announcements(&mut self, ev: Event<Arc<L2Announcement>>) {
+        self.announcements.feed(ev);
     }
 
-    /// An IPPool event.
-    pub fn feed_pool(&mut self, ev: kube::runtime::watcher::Event<IPPool>) -> bool {
-        self.pools.feed(ev)
+    /// IPPools.
+    pub fn feed_pools(&mut self, ev: Event<Arc<IPPool>>) {
+        self.pools.feed(ev);
     }
 
-    /// A Node event.
-    pub fn feed_node(&mut self, ev: kube::runtime::watcher::Event<Node>) -> bool {
-        self.nodes.feed(ev)
+    /// Nodes.
+    pub fn feed_nodes(&mut self, ev: Event<Arc<Node>>) {
+        self.nodes.feed(ev);
     }
 
-    /// A Service event.
-    pub fn feed_service(&mut self, ev: kube::runtime::watcher::Event<Service>) -> bool {
-        self.services.feed(ev)
+    /// Services.
+    pub fn feed_services(&mut self, ev: Event<Arc<Service>>) {
+        self.services.feed(ev);
     }
 
-    /// Every watch has listed once.
+    /// Every kind has been listed once.
     pub fn synced(&self) -> bool {
-        self.announcements.relist.synced()
-            && self.pools.relist.synced()
-            && self.nodes.relist.synced()
-            && self.services.relist.synced()
+        self.announcements.synced && self.pools.synced && self.nodes.synced && self.services.synced
+    }
+
+    /// Nodes have been listed once.
+    pub fn nodes_synced(&self) -> bool {
+        self.nodes.synced
     }
 
     /// A Node by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.objects.get(name)
+        self.nodes.objects.get(name).map(AsRef::as_ref)
     }
 
     /// Every Node.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.objects.values()
+        self.nodes.objects.values().map(AsRef::as_ref)
     }
 
     /// Every L2Announcement.
     pub fn announcements(&self) -> impl Iterator<Item = &L2Announcement> {
-        self.announcements.objects.values()
+        self.announcements.objects.values().map(AsRef::as_ref)
     }
 
     /// A Service by key.
@@ -784,15 +795,16 @@ impl L2Index {
         self.services
             .objects
             .get(&format!("{}/{}", key.namespace, key.name))
+            .map(AsRef::as_ref)
     }
 
     /// The plan over what is known (rings kept for the next one).
     pub fn plan(&mut self, catalog: &Catalog, live: &dyn Fn(&Node) -> bool) -> Plan {
         plan_with(
-            self.announcements.objects.values(),
-            self.pools.objects.values(),
-            self.services.objects.values(),
-            self.nodes.objects.values(),
+            self.announcements.objects.values().map(AsRef::as_ref),
+            self.pools.objects.values().map(AsRef::as_ref),
+            self.services.objects.values().map(AsRef::as_ref),
+            self.nodes.objects.values().map(AsRef::as_ref),
             catalog,
             live,
             &mut self.rings,
