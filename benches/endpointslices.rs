@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use portico::local::world::StoredPod;
-use portico::local::{load::Manifests, reconcile_once};
 use portico_controllers::NetworkConfig;
 use portico_controllers::endpointslices::{Config, EndpointSliceController};
 use portico_controllers::metrics::EndpointSliceMetrics;
 use portico_controllers::{Object, Write};
+use portico_local::stored::StoredPod;
+use portico_local::{load::Manifests, reconcile_once};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -540,6 +540,19 @@ pub enum Show {
     Events,
 }
 
+impl From<Show> for portico_local::print::Show {
+    fn from(s: Show) -> Self {
+        use portico_local::print::Show as P;
+        match s {
+            Show::Services => P::Services,
+            Show::Endpointslices => P::Endpointslices,
+            Show::Ippools => P::Ippools,
+            Show::Clusteripranges => P::Clusteripranges,
+            Show::Events => P::Events,
+        }
+    }
+}
+
 /// Parses `500ms`, `2s`, `5m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

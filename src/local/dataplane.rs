@@ -12,7 +12,6 @@
 //! a node: a failed one is reported and retried, as a full sync, after a
 //! pause that doubles with each failure in a row.
 
-use super::world::World;
 use crate::cli::{DataplaneArgs, L2Args};
 use portico_agent::gossip::{self, Gossip};
 use portico_agent::health::HealthChecks;
@@ -21,6 +20,7 @@ use portico_agent::{Announced, Change, NodeAgent, Pacing};
 use portico_controllers::NetworkConfig;
 use portico_controllers::watch::Event;
 use portico_dataplane::{Backend, Conntrack, ConntrackTool, Nft, SyncReport, can_program_nftables};
+use portico_local::World;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -246,8 +246,8 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::local::{load, reconcile_once};
     use portico_dataplane::{FakeNft, RecordingConntrack, SyncKind};
+    use portico_local::{load, reconcile_once};
 
     const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
     const DNS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec: {clusterIP: 10.96.0.53, ports: [{port: 53, protocol: UDP}]}\n";

@@ -1,11 +1,25 @@
 //! What `portico local` prints: tables in the shape of `kubectl get`, or
 //! every object as YAML.
 
-use super::world::World;
-use crate::cli::Show;
+use crate::world::World;
 use portico_controllers::k8s::{Service, is_headless, service_condition, service_type};
 use portico_crds::names::CONDITION_CLUSTER_IP_ALLOCATED;
 use std::io::{self, Write};
+
+/// A table `portico local` can print (`--show`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    /// Services with their addresses (`kubectl get svc -o wide`).
+    Services,
+    /// EndpointSlices (`kubectl get endpointslices -o wide`).
+    Endpointslices,
+    /// IPPools with their addresses, usage and conditions.
+    Ippools,
+    /// ClusterIPRanges with their usage and conditions.
+    Clusteripranges,
+    /// Events the reconcilers recorded.
+    Events,
+}
 
 /// The tables `--show` asks for, separated by a blank line.
 pub fn tables(out: &mut impl Write, world: &World, show: &[Show]) -> io::Result<()> {

@@ -2,7 +2,7 @@
 //! `kind: List` included. A document that cannot be used is reported with its
 //! file and index and skipped; the rest is read.
 
-use super::world::StoredPod;
+use crate::stored::StoredPod;
 use portico_controllers::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use portico_crds::{ClusterIPRange, IPPool, L2Announcement};
 use serde::de::DeserializeOwned;
