@@ -28,190 +28,20 @@ use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use portico_controllers::clusterip::Admission;
-use portico_controllers::k8s::{Service, service_type, stated_cluster_ips};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 
 pub use portico_controllers::reconcilers::{SharedIndex, lock};
 
-/// Labels `result` of `portico_webhook_admissions_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct AdmissionResult {
-    /// `assigned`, `left`, `refused`, `not-leader` or `invalid`.
-    pub result: &'static str,
-}
-
-/// Metrics of the webhook. Cheap to clone; clones share values.
-#[derive(Clone, Debug)]
-pub struct WebhookMetrics {
-    /// Admissions by result.
-    pub admissions: prometheus_client::metrics::family::Family<
-        AdmissionResult,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    /// Time to choose a Service's addresses.
-    pub latency: prometheus_client::metrics::histogram::Histogram,
-}
-
-impl Default for WebhookMetrics {
-    fn default() -> Self {
-        WebhookMetrics {
-            admissions: Default::default(),
-            latency: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.000_01, 4.0, 10),
-            ),
-        }
-    }
-}
-
-impl WebhookMetrics {
-    /// Registers `portico_webhook_*`.
-    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register(
-            "portico_webhook_admissions",
-            "Service admissions by result",
-            self.admissions.clone(),
-        );
-        registry.register_with_unit(
-            "portico_webhook_allocation_duration",
-            "Time to choose a new Service's ClusterIPs",
-            prometheus_client::registry::Unit::Seconds,
-            self.latency.clone(),
-        );
-    }
-
-    fn count(&self, result: &'static str) {
-        self.admissions
-            .get_or_create(&AdmissionResult { result })
-            .inc();
-    }
-}
-
-/// What the webhook needs.
-#[derive(Clone)]
-pub struct WebhookState {
-    /// The ClusterIP index.
-    pub index: SharedIndex,
-    /// This replica holds the Lease.
-    pub leader: Arc<AtomicBool>,
-    /// The index has seen every Service (and range) once.
-    pub synced: Arc<AtomicBool>,
-    /// How long an answered address stays reserved for a Service that does
-    /// not show up.
-    pub reserve_for: Duration,
-    /// Its metrics.
-    pub metrics: WebhookMetrics,
-}
-
-impl WebhookState {
-    /// Whether this replica answers with patches (`/readyz/webhook`).
-    pub fn serving(&self) -> bool {
-        self.leader.load(Ordering::Relaxed) && self.synced.load(Ordering::Relaxed)
-    }
-}
-
-/// Answers one AdmissionReview (JSON in, JSON out).
-pub fn review(state: &WebhookState, body: &[u8]) -> anyhow::Result<Value> {
-    let review: AdmissionReview<Service> =
-        serde_json::from_slice(body).context("reading the AdmissionReview")?;
-    let request: AdmissionRequest<Service> = review
-        .try_into()
-        .context("the AdmissionReview has no request")?;
-    let response = AdmissionResponse::from(&request);
-    let Some(svc) = service_to_admit(&request) else {
-        return Ok(serde_json::to_value(response.into_review())?);
-    };
-    if !state.serving() {
-        // Not the leader (or not synced): the API server allocates, the
-        // leader's reconciler adopts.
-        state.metrics.count("not-leader");
-        return Ok(serde_json::to_value(response.into_review())?);
-    }
-    let started = std::time::Instant::now();
-    let admission = lock(&state.index).admit(svc, state.reserve_for);
-    state
-        .metrics
-        .latency
-        .observe(started.elapsed().as_secs_f64());
-    state.metrics.count(match &admission {
-        Admission::Leave => "left",
-        Admission::Refuse(_) => "refused",
-        Admission::Assign { .. } => "assigned",
-    });
-    let response = match admission {
-        Admission::Leave => response,
-        Admission::Refuse(problem) => response.deny(problem.to_string()),
-        Admission::Assign { ips, policy } => {
-            let patch: json_patch::Patch = serde_json::from_value(patch_ops(&ips, &policy))?;
-            response.with_patch(patch)?
-        }
-    };
-    let mut out = serde_json::to_value(response.into_review())?;
-    base64_patch(&mut out);
-    Ok(out)
-}
-
-/// The API server reads `response.patch` as Go's `[]byte`: a base64
-/// string. kube-core serializes it as an array of numbers (kube-rs issue
-/// 1781), which the API server cannot read, so it is re-encoded here.
-fn base64_patch(review: &mut Value) {
-    use base64::Engine as _;
-    let Some(patch) = review.pointer_mut("/response/patch") else {
-        return;
-    };
-    if let Some(bytes) = patch.as_array() {
-        let raw: Vec<u8> = bytes
-            .iter()
-            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-            .collect();
-        *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
-    }
-}
-
-/// The Service to choose addresses for: a creation, or an update from
-/// `ExternalName` to a type that needs a ClusterIP.
-fn service_to_admit(request: &AdmissionRequest<Service>) -> Option<&Service> {
-    let svc = request.object.as_ref()?;
-    match request.operation {
-        Operation::Create => Some(svc),
-        Operation::Update => {
-            let was_external = request
-                .old_object
-                .as_ref()
-                .is_some_and(|o| service_type(o) == "ExternalName");
-            (was_external
-                && service_type(svc) != "ExternalName"
-                && stated_cluster_ips(svc).is_empty())
-            .then_some(svc)
-        }
-        _ => None,
-    }
-}
-
-/// The JSON patch that fills in a Service's ClusterIPs.
-pub fn patch_ops(ips: &[IpAddr], policy: &str) -> Value {
-    let families: Vec<&str> = ips
-        .iter()
-        .map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" })
-        .collect();
-    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    json!([
-        { "op": "add", "path": "/spec/clusterIP", "value": ips.first() },
-        { "op": "add", "path": "/spec/clusterIPs", "value": ips },
-        { "op": "add", "path": "/spec/ipFamilies", "value": families },
-        { "op": "add", "path": "/spec/ipFamilyPolicy", "value": policy },
-    ])
-}
+pub use portico_controllers::admission::{
+    AdmissionResult, ReviewError, WebhookMetrics, WebhookState, patch_ops, review,
+};
 
 async fn mutate(State(state): State<WebhookState>, body: Bytes) -> impl IntoResponse {
     match review(&state, &body) {

@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod clusterip;
 pub mod conditions;
 pub mod driver;
