@@ -822,7 +822,7 @@ impl L2Index {
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(portico_crds::names::labels::SERVICE_NAME))
+            .and_then(|l| l.get(portico_catalog::labels::SERVICE_NAME))
         else {
             return false;
         };

@@ -29,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod labels;
 mod model;
 
 pub use model::{

@@ -1,10 +1,10 @@
 //! The normalised model: what consumers read of a Service, its endpoints and
 //! pods, parsed once from the API objects.
 
+use crate::labels;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{self as discovery, EndpointSlice};
-use portico_crds::names::labels;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -72,7 +72,7 @@ fn mk_slice(ns: &str, name: &str, svc: &str, eps: Vec<K8sEndpoint>) -> EndpointS
 }
 
 fn labels_service_name() -> String {
-    portico_crds::names::labels::SERVICE_NAME.to_owned()
+    crate::labels::SERVICE_NAME.to_owned()
 }
 
 fn mk_pod(ns: &str, name: &str, ips: &[&str]) -> Pod {

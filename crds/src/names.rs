@@ -50,21 +50,9 @@ pub mod reasons {
 /// `endpointslice.kubernetes.io/managed-by` value of the slices Portico manages.
 pub const ENDPOINTSLICE_MANAGER: &str = "endpointslice.portico.dev";
 
-/// Well-known labels Portico reads and writes.
+/// Labels of Portico's own (the Kubernetes well-known labels Portico
+/// reads and writes are `portico_catalog::labels`).
 pub mod labels {
-    /// Names the Service an EndpointSlice belongs to.
-    pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
-    /// Names the controller that manages an EndpointSlice.
-    pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
-    /// Set (empty) on the EndpointSlices of headless Services. On a
-    /// Service, it keeps service proxies away, as kube-proxy does.
-    pub const HEADLESS: &str = "service.kubernetes.io/headless";
-    /// On a Service: the service proxy that programs it. kube-proxy (and
-    /// Portico, unless `--service-proxy-name` names this value) leaves
-    /// Services with this label, whatever its value, to that proxy.
-    pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-    /// A Node's zone.
-    pub const ZONE: &str = "topology.kubernetes.io/zone";
     /// `"true"` on the controller pod that leads and answers the ClusterIP
     /// webhook; the webhook Service selects it, so admissions reach the
     /// leader only.

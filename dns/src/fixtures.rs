@@ -97,7 +97,7 @@ pub fn mk_slice(
     let mut m = meta(ns, name);
     m.labels = Some(
         [(
-            portico_crds::names::labels::SERVICE_NAME.to_owned(),
+            portico_catalog::labels::SERVICE_NAME.to_owned(),
             svc.to_owned(),
         )]
         .into(),

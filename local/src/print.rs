@@ -80,7 +80,7 @@ pub fn endpoint_slices_table(out: &mut impl Write, world: &World) -> io::Result<
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(portico_crds::names::labels::SERVICE_NAME))
+            .and_then(|l| l.get(portico_catalog::labels::SERVICE_NAME))
             .cloned()
             .unwrap_or_else(|| "<none>".into());
         let ports: Vec<String> = slice

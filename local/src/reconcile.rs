@@ -288,7 +288,8 @@ fn keep_node_ports(svc: &mut Service, old: &Service) {
 /// kept (unless the files define slices of the same name), so a reload
 /// updates them instead of making new ones.
 fn keep_endpoint_slices(slices: &mut Vec<portico_controllers::k8s::EndpointSlice>, prev: &World) {
-    use portico_crds::names::{ENDPOINTSLICE_MANAGER, labels};
+    use portico_catalog::labels;
+    use portico_crds::names::ENDPOINTSLICE_MANAGER;
     let defined: BTreeSet<(Option<String>, Option<String>)> = slices
         .iter()
         .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))

@@ -15,7 +15,8 @@
 
 use super::desired::{AddressType, Desired, EndpointKey, Group, PortsKey};
 use crate::k8s::{Endpoint, EndpointSlice, Key, ObjectMeta, OwnerReference, Service, is_headless};
-use portico_crds::names::{ENDPOINTSLICE_MANAGER, labels};
+use portico_catalog::labels;
+use portico_crds::names::ENDPOINTSLICE_MANAGER;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

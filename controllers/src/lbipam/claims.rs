@@ -332,7 +332,7 @@ mod tests {
         let mut other = mk_svc("other", 1_000, 80, &["203.0.113.50"]);
         other.metadata.labels = Some(
             [(
-                portico_crds::names::labels::SERVICE_PROXY_NAME.to_owned(),
+                portico_catalog::labels::SERVICE_PROXY_NAME.to_owned(),
                 "other-proxy".to_owned(),
             )]
             .into(),
