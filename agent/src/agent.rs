@@ -19,7 +19,7 @@ use crate::config::{Settings, dataplane_config, primary_addresses};
 use crate::health::Liveness;
 use crate::l2::{L2Agent, L2Index, L2Metrics, Plan, Takeover, is_live, status_writes};
 use ipnet::IpNet;
-use portico_catalog::{Catalog, ServiceKey};
+use portico_catalog::{Catalog, Key};
 use portico_controllers::k8s::{EndpointSlice, Node, Service};
 use portico_controllers::watch::Event;
 use portico_controllers::{NetworkConfig, Write};
@@ -126,7 +126,7 @@ pub struct NodeAgent<B: Backend, C: Conntrack> {
     liveness: Arc<Mutex<Liveness>>,
     peers: Vec<SocketAddr>,
     peers_changed: bool,
-    conflicts: Vec<(Entry, Vec<ServiceKey>)>,
+    conflicts: Vec<(Entry, Vec<Key>)>,
     metrics: Metrics,
 }
 

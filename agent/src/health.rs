@@ -1,7 +1,7 @@
 //! The node's health: `/healthz` ([`Liveness`]: syncs keep succeeding)
 //! and the `healthCheckNodePort` servers that load balancers ask.
 
-use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
+use portico_catalog::{Catalog, Key, TrafficPolicy};
 use portico_dataplane::local_endpoint_count;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -54,7 +54,7 @@ impl Liveness {
 
 /// One `healthCheckNodePort` server.
 struct HealthCheck {
-    service: ServiceKey,
+    service: Key,
     local: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -80,7 +80,7 @@ impl HealthChecks {
 
     /// Starts, updates and stops servers to match the catalog.
     pub async fn update(&mut self, catalog: &Catalog, node: &str) {
-        let mut wanted: HashMap<u16, (ServiceKey, usize)> = HashMap::new();
+        let mut wanted: HashMap<u16, (Key, usize)> = HashMap::new();
         for svc in catalog.services() {
             if svc.external_traffic_policy != TrafficPolicy::Local {
                 continue;
@@ -153,7 +153,7 @@ async fn bind(address: Option<IpAddr>, port: u16) -> std::io::Result<tokio::net:
 }
 
 /// What kube-proxy answers: the Service, its local endpoints, 200 or 503.
-pub fn health_check_response(service: &ServiceKey, local: usize) -> (u16, String) {
+pub fn health_check_response(service: &Key, local: usize) -> (u16, String) {
     let body = serde_json::json!({
         "service": { "namespace": service.namespace, "name": service.name },
         "localEndpoints": local,
@@ -164,7 +164,7 @@ pub fn health_check_response(service: &ServiceKey, local: usize) -> (u16, String
 
 async fn serve_health_check(
     listener: tokio::net::TcpListener,
-    service: ServiceKey,
+    service: Key,
     local: Arc<AtomicUsize>,
 ) {
     use axum::http::{StatusCode, header};
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_health_check_answers_with_the_local_endpoints() {
-        let key = ServiceKey::new("default", "local");
+        let key = Key::new("default", "local");
         let (code, body) = health_check_response(&key, 2);
         assert_eq!(code, 200);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -11,7 +11,7 @@
 //! ```
 
 use kube::core::{Selector, SelectorExt};
-use portico_catalog::{Catalog, ServiceKey, TrafficPolicy};
+use portico_catalog::{Catalog, Key, TrafficPolicy};
 use portico_controllers::k8s::{Node, Service};
 use portico_controllers::watch::Event;
 use portico_crds::names::{EXCLUDE_FROM_LOAD_BALANCERS, l2_reasons};
@@ -41,7 +41,7 @@ pub struct Planned {
     /// The address.
     pub address: IpAddr,
     /// The Service that holds it (the first by name when several share it).
-    pub service: ServiceKey,
+    pub service: Key,
     /// The node that announces it; `None` when no eligible node is live.
     pub owner: Option<String>,
     /// Where the owner announces it.
@@ -80,7 +80,7 @@ impl Plan {
 
     /// The `portico.dev/announced-by` value of a Service: its owner, or
     /// `<address>=<owner>,…` when its addresses have different owners.
-    pub fn announced_by(&self, service: &ServiceKey) -> Option<String> {
+    pub fn announced_by(&self, service: &Key) -> Option<String> {
         let owned: Vec<(&IpAddr, &str)> = self
             .addresses
             .values()
@@ -267,7 +267,7 @@ pub fn plan_with<'a>(
 
     let mut services: Vec<&Service> = services.into_iter().collect();
     services.sort_by_key(|s| {
-        ServiceKey::new(
+        Key::new(
             s.metadata
                 .namespace
                 .clone()
@@ -278,7 +278,7 @@ pub fn plan_with<'a>(
     let mut rings: BTreeMap<Vec<String>, Ring> = BTreeMap::new();
     let mut previous = std::mem::take(&mut cache.0);
     for svc in services {
-        let key = ServiceKey::new(
+        let key = Key::new(
             svc.metadata
                 .namespace
                 .clone()
@@ -477,7 +477,7 @@ pub struct Takeover {
     /// The address.
     pub address: IpAddr,
     /// Its Service.
-    pub service: ServiceKey,
+    pub service: Key,
     /// The owner before, as this node saw it.
     pub from: Option<String>,
 }
@@ -708,7 +708,8 @@ pub struct L2Index {
 /// shared with the caller's stores, not copied.
 struct Indexed<K> {
     synced: bool,
-    objects: BTreeMap<String, Arc<K>>,
+    /// By key (cluster-scoped objects: an empty namespace).
+    objects: BTreeMap<Key, Arc<K>>,
 }
 
 impl<K> Default for Indexed<K> {
@@ -721,11 +722,12 @@ impl<K> Default for Indexed<K> {
 }
 
 impl<K: kube::Resource> Indexed<K> {
-    fn key(o: &K) -> String {
-        match o.meta().namespace.as_deref() {
-            Some(ns) => format!("{ns}/{}", o.meta().name.as_deref().unwrap_or_default()),
-            None => o.meta().name.clone().unwrap_or_default(),
-        }
+    fn key(o: &K) -> Key {
+        let meta = o.meta();
+        Key::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
     }
 
     fn feed(&mut self, ev: Event<Arc<K>>) {
@@ -777,7 +779,7 @@ impl L2Index {
 
     /// A Node by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.objects.get(name).map(AsRef::as_ref)
+        self.nodes.objects.get(&Key::new("", name)).map(AsRef::as_ref)
     }
 
     /// Every Node.
@@ -791,11 +793,8 @@ impl L2Index {
     }
 
     /// A Service by key.
-    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.services
-            .objects
-            .get(&format!("{}/{}", key.namespace, key.name))
-            .map(AsRef::as_ref)
+    pub fn service(&self, key: &Key) -> Option<&Service> {
+        self.services.objects.get(key).map(AsRef::as_ref)
     }
 
     /// The plan over what is known (rings kept for the next one).
@@ -826,7 +825,7 @@ impl L2Index {
         else {
             return false;
         };
-        let key = ServiceKey::new(
+        let key = Key::new(
             slice
                 .metadata
                 .namespace
@@ -1072,14 +1071,10 @@ mod tests {
         assert!(!p.interfaces.auto);
         assert_eq!(p.interfaces.patterns, ["eth*".to_owned()].into());
         assert_eq!(
-            plan.announced_by(&ServiceKey::new("default", "web"))
-                .as_deref(),
+            plan.announced_by(&Key::new("default", "web")).as_deref(),
             Some("edge")
         );
-        assert_eq!(
-            plan.announced_by(&ServiceKey::new("default", "internal")),
-            None
-        );
+        assert_eq!(plan.announced_by(&Key::new("default", "internal")), None);
     }
 
     #[test]
@@ -1289,7 +1284,7 @@ mod tests {
     #[test]
     fn addresses_of_one_service_on_different_nodes_are_listed_in_the_annotation() {
         let mut plan = Plan::default();
-        let key = ServiceKey::new("default", "web");
+        let key = Key::new("default", "web");
         for (a, o) in [("192.168.56.60", "n1"), ("fd00:56::60", "n2")] {
             let address: IpAddr = a.parse().unwrap();
             plan.addresses.insert(
@@ -1335,7 +1330,7 @@ mod tests {
                 address,
                 Planned {
                     address,
-                    service: ServiceKey::new("default", "web"),
+                    service: Key::new("default", "web"),
                     owner: Some("n1".into()),
                     interfaces: Interfaces {
                         patterns: BTreeSet::new(),

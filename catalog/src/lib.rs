@@ -33,8 +33,8 @@ pub mod labels;
 mod model;
 
 pub use model::{
-    DEFAULT_AFFINITY_TIMEOUT, Endpoint, EndpointPort, Protocol, ProxyLabel, Seniority, ServiceInfo,
-    ServiceKey, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT, Endpoint, EndpointPort, Key, Protocol, ProxyLabel, Seniority,
+    ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -60,7 +60,7 @@ pub struct PodAddress {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Services whose info or endpoints changed (added, updated, deleted).
-    pub services: BTreeSet<ServiceKey>,
+    pub services: BTreeSet<Key>,
     /// Pod addresses that appeared in or disappeared from a namespace.
     pub pod_addresses: BTreeSet<PodAddress>,
     /// The Pods were relisted: any pod address may have changed (read them
@@ -81,10 +81,10 @@ type SliceKey = (String, String);
 /// The catalog. See the crate documentation.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    services: HashMap<ServiceKey, Arc<ServiceInfo>>,
+    services: HashMap<Key, Arc<ServiceInfo>>,
     slices: HashMap<SliceKey, SliceInfo>,
-    slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
-    endpoints: HashMap<ServiceKey, Arc<[Endpoint]>>,
+    slices_by_service: HashMap<Key, BTreeSet<String>>,
+    endpoints: HashMap<Key, Arc<[Endpoint]>>,
     /// Pods by `namespace/name` (one allocation per pod).
     pods: HashMap<Box<str>, PodEntry>,
     /// A pod relist is under way.
@@ -108,7 +108,7 @@ impl Catalog {
     // ---- reading -------------------------------------------------------
 
     /// A Service, by key.
-    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<ServiceInfo>> {
+    pub fn service(&self, key: &Key) -> Option<&Arc<ServiceInfo>> {
         self.services.get(key)
     }
 
@@ -124,13 +124,13 @@ impl Catalog {
 
     /// The endpoints of a Service, merged over its slices (empty when it
     /// has none). Slices may exist before their Service does.
-    pub fn endpoints(&self, key: &ServiceKey) -> &[Endpoint] {
+    pub fn endpoints(&self, key: &Key) -> &[Endpoint] {
         self.endpoints.get(key).map_or(&[], |e| e)
     }
 
     /// The same endpoints, shared: an unchanged Service keeps the same
     /// allocation, so a consumer can tell "unchanged" by pointer.
-    pub fn endpoints_shared(&self, key: &ServiceKey) -> Option<&Arc<[Endpoint]>> {
+    pub fn endpoints_shared(&self, key: &Key) -> Option<&Arc<[Endpoint]>> {
         self.endpoints.get(key)
     }
 
@@ -171,7 +171,7 @@ impl Catalog {
 
     /// A Service was deleted.
     pub fn delete_service(&mut self, svc: &Service) {
-        let key = ServiceKey::new(
+        let key = Key::new(
             namespace_of(svc.metadata.namespace.as_deref()),
             svc.metadata.name.clone().unwrap_or_default(),
         );
@@ -279,7 +279,7 @@ impl Catalog {
     }
 
     /// Recomputes the merged endpoints of one Service from its slices.
-    fn merge(&mut self, svc: ServiceKey) {
+    fn merge(&mut self, svc: Key) {
         let mut merged: Vec<Endpoint> = Vec::new();
         let mut at: HashMap<IpAddr, usize> = HashMap::new();
         for name in self.slices_by_service.get(&svc).into_iter().flatten() {

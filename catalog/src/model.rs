@@ -10,26 +10,39 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `namespace/name` of a Service.
+/// `namespace/name` of a namespaced object (a Service, a Pod, an
+/// EndpointSlice...): the one identity every part of Portico uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
+pub struct Key {
     /// Namespace (`default` when the object has none).
     pub namespace: String,
     /// Name.
     pub name: String,
 }
 
-impl ServiceKey {
+impl Key {
     /// A key from its parts.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ServiceKey {
+        Key {
             namespace: namespace.into(),
             name: name.into(),
         }
     }
+
+    /// The key of an object's metadata; objects without a namespace count
+    /// as `default`.
+    pub fn of_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Key {
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
 }
 
-impl fmt::Display for ServiceKey {
+impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
@@ -42,7 +55,7 @@ pub struct Seniority {
     /// `creationTimestamp` in nanoseconds since the epoch.
     created: i128,
     /// The Service.
-    pub key: ServiceKey,
+    pub key: Key,
 }
 
 /// `spec.type`.
@@ -246,8 +259,8 @@ impl ProxyLabel {
 
 impl ServiceInfo {
     /// The key of this Service.
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey::new(self.namespace.clone(), self.name.clone())
+    pub fn key(&self) -> Key {
+        Key::new(self.namespace.clone(), self.name.clone())
     }
 
     /// Where the Service stands among Services that claim the same
@@ -380,7 +393,7 @@ pub struct Endpoint {
 /// What the catalog keeps of an EndpointSlice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SliceInfo {
-    pub(crate) service: ServiceKey,
+    pub(crate) service: Key,
     pub(crate) endpoints: Vec<Endpoint>,
 }
 
@@ -419,7 +432,7 @@ impl SliceInfo {
             Vec::new()
         };
         Some(SliceInfo {
-            service: ServiceKey::new(namespace, service),
+            service: Key::new(namespace, service),
             endpoints,
         })
     }

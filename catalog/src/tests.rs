@@ -87,8 +87,8 @@ fn mk_pod(ns: &str, name: &str, ips: &[&str]) -> Pod {
     }
 }
 
-fn key(ns: &str, name: &str) -> ServiceKey {
-    ServiceKey::new(ns, name)
+fn key(ns: &str, name: &str) -> Key {
+    Key::new(ns, name)
 }
 
 #[track_caller]
@@ -106,7 +106,7 @@ fn assert_changed(c: &mut Catalog, expected: &[(&str, &str)]) {
     assert_eq!(got, want);
 }
 
-fn addresses(c: &Catalog, k: &ServiceKey) -> Vec<String> {
+fn addresses(c: &Catalog, k: &Key) -> Vec<String> {
     c.endpoints(k)
         .iter()
         .map(|e| e.address.to_string())

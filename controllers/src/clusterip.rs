@@ -34,6 +34,7 @@
 //! handed out before every existing address is known.
 
 use crate::conditions::{Wanted, service_condition_writes};
+use crate::k8s::KeyOf;
 use crate::k8s::{Key, Namespace, Service, is_headless, service_type, stated_cluster_ips};
 use crate::metrics::{ClusterIpMetrics, ProblemReason, RangeState};
 use crate::network::{NetworkConfig, family_of_net};

@@ -12,38 +12,18 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 pub use kube::ResourceExt;
 
-use std::fmt;
+pub use portico_catalog::Key;
 
-/// `namespace/name` of a namespaced object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    /// Namespace (`default` when the object has none).
-    pub namespace: String,
-    /// Name.
-    pub name: String,
+/// The key of any object: `Key::of(&obj)` (objects without a namespace
+/// count as `default`).
+pub trait KeyOf {
+    /// The key of `obj`.
+    fn of<K: kube::Resource>(obj: &K) -> Self;
 }
 
-impl Key {
-    /// A key from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Key {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The key of an object; objects without a namespace count as `default`.
-    pub fn of<K: kube::Resource>(obj: &K) -> Self {
-        Key {
-            namespace: obj.namespace().unwrap_or_else(|| "default".to_owned()),
-            name: obj.name_any(),
-        }
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+impl KeyOf for Key {
+    fn of<K: kube::Resource>(obj: &K) -> Self {
+        Key::of_meta(obj.meta())
     }
 }
 

@@ -31,6 +31,7 @@
 //!   every Service the ports it had.
 
 use crate::conditions::{Wanted, service_condition_writes};
+use crate::k8s::KeyOf;
 use crate::k8s::{Key, Service, service_type};
 use crate::write::Write;
 use portico_crds::names::{CONDITION_NODE_PORT_ALLOCATED, annotations, reasons};

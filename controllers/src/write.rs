@@ -6,6 +6,7 @@
 //! API); in `portico local` the binary merges them into its in-memory stores.
 
 use crate::Result;
+use crate::k8s::KeyOf;
 use crate::k8s::{EndpointSlice, ObjectReference, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

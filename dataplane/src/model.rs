@@ -14,7 +14,7 @@ use crate::render::{
     Chain, Config, ConntrackTarget, Element, Entry, Rendered, Set, render_service, render_static,
 };
 use crate::tx::{SetKind, Transaction};
-use portico_catalog::{Catalog, Endpoint, Seniority, ServiceInfo, ServiceKey};
+use portico_catalog::{Catalog, Endpoint, Key, Seniority, ServiceInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -104,7 +104,7 @@ pub fn precreated_picks() -> impl Iterator<Item = (Family, Pick)> {
 /// The installed ruleset, per Service.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    services: HashMap<ServiceKey, Installed>,
+    services: HashMap<Key, Installed>,
     /// The configuration of the last full sync's rendering.
     rendered_with: Option<Config>,
     /// Who claims each entry point, the winner first.
@@ -184,13 +184,13 @@ impl Model {
     }
 
     /// What one Service contributed.
-    pub fn service(&self, key: &ServiceKey) -> Option<&Rendered> {
+    pub fn service(&self, key: &Key) -> Option<&Rendered> {
         self.services.get(key).map(|s| &*s.rules)
     }
 
     /// Services that claim an entry point another Service holds.
-    pub fn conflicts(&self) -> Vec<(Entry, Vec<ServiceKey>)> {
-        let mut out: Vec<(Entry, Vec<ServiceKey>)> = self
+    pub fn conflicts(&self) -> Vec<(Entry, Vec<Key>)> {
+        let mut out: Vec<(Entry, Vec<Key>)> = self
             .owners
             .iter()
             .filter(|(_, o)| o.len() > 1)
@@ -238,7 +238,7 @@ impl Model {
         m
     }
 
-    fn insert(&mut self, key: ServiceKey, installed: Installed) {
+    fn insert(&mut self, key: Key, installed: Installed) {
         let r = &installed.rules;
         let claimant = r.seniority.clone();
         for (entry, _) in &r.entries {
@@ -311,7 +311,7 @@ impl Model {
             });
         }
         let picks = first_pick..chains.len();
-        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        let mut keys: Vec<&Key> = self.services.keys().collect();
         keys.sort();
         for k in &keys {
             let r = &self.services[*k].rules;
@@ -470,7 +470,7 @@ impl Model {
     /// removed by a full sync.
     pub fn partial_transaction(
         &mut self,
-        updates: Vec<(ServiceKey, Option<Rendered>)>,
+        updates: Vec<(Key, Option<Rendered>)>,
     ) -> (Transaction, StaleFlows) {
         let mut tx = Transaction::new();
         let mut stale_flows = Vec::new();

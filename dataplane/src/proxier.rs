@@ -15,7 +15,7 @@ use crate::model::{Existing, Model, StaleFlows, StaticSets};
 use crate::names::Family;
 use crate::render::{Config, ConntrackTarget, render_service};
 use crate::tx::Transaction;
-use portico_catalog::{Catalog, Changes, ServiceKey};
+use portico_catalog::{Catalog, Changes, Key};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -179,13 +179,13 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
     pub fn partial_sync<'a>(
         &mut self,
         catalog: &Catalog,
-        services: impl IntoIterator<Item = &'a ServiceKey>,
+        services: impl IntoIterator<Item = &'a Key>,
     ) -> Result<SyncReport> {
         if self.needs_full {
             return self.full_sync(catalog);
         }
         let start = Instant::now();
-        let updates: Vec<(ServiceKey, Option<_>)> = services
+        let updates: Vec<(Key, Option<_>)> = services
             .into_iter()
             .map(|key| {
                 let rendered = catalog

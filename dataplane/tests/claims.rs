@@ -7,7 +7,7 @@
 mod support;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use portico_catalog::ServiceKey;
+use portico_catalog::Key;
 use portico_dataplane::names::Family;
 use portico_dataplane::{Config, FakeNft, Proxier, RecordingConntrack};
 use support::*;
@@ -102,7 +102,7 @@ fn adding_and_removing_the_proxy_label_follows_in_partial_syncs() {
     );
     assert!(
         p.model()
-            .service(&ServiceKey::new("default", "web"))
+            .service(&Key::new("default", "web"))
             .unwrap()
             .entries
             .is_empty()
@@ -147,8 +147,8 @@ fn the_oldest_of_two_services_claiming_an_external_address_wins() {
     assert_eq!(
         conflicts[0].1,
         [
-            ServiceKey::new("default", "zz-older"),
-            ServiceKey::new("default", "aa-newer")
+            Key::new("default", "zz-older"),
+            Key::new("default", "aa-newer")
         ],
         "the winner first"
     );

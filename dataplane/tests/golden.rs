@@ -7,7 +7,7 @@
 
 mod support;
 
-use portico_catalog::{Catalog, ServiceKey};
+use portico_catalog::{Catalog, Key};
 use portico_dataplane::model::{MIN_SET_SIZE, set_size};
 use portico_dataplane::names::Pick;
 use portico_dataplane::render::ConntrackTarget;
@@ -60,8 +60,8 @@ fn script(p: &Proxier<FakeNft, RecordingConntrack>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn key(ns: &str, name: &str) -> ServiceKey {
-    ServiceKey::new(ns, name)
+fn key(ns: &str, name: &str) -> Key {
+    Key::new(ns, name)
 }
 
 #[test]
@@ -755,7 +755,7 @@ fn a_full_sync_reuses_the_rules_of_services_that_did_not_change() {
     p.full_sync(&catalog).unwrap();
     let web = key("default", "web");
     let lb = key("default", "lb");
-    let ptr = |p: &Proxier<FakeNft, RecordingConntrack>, k: &ServiceKey| {
+    let ptr = |p: &Proxier<FakeNft, RecordingConntrack>, k: &Key| {
         std::ptr::from_ref(p.model().service(k).unwrap())
     };
     let (web_before, lb_before) = (ptr(&p, &web), ptr(&p, &lb));

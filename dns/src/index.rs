@@ -20,7 +20,7 @@ use crate::config::PodsMode;
 use crate::names::{Entry, NameTable};
 use crate::records::{self, Built};
 use crate::wire::{self, Owner, rtype};
-use portico_catalog::{Catalog, Changes, ServiceKey};
+use portico_catalog::{Catalog, Changes, Key};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -368,7 +368,7 @@ pub(crate) struct IndexWriter {
     /// Names below each name (for empty non-terminals).
     refs: HashMap<Entry, u32>,
     /// What each Service put in the index.
-    owned: HashMap<ServiceKey, Owned>,
+    owned: HashMap<Key, Owned>,
     /// PTR targets of each address, counted.
     ptr_targets: HashMap<IpAddr, Vec<(Entry, u32)>>,
 }
@@ -477,7 +477,7 @@ impl IndexWriter {
         let synced = self.synced;
         *self = IndexWriter::new(self.zone.clone());
         self.synced = synced;
-        let keys: Vec<ServiceKey> = catalog.services().map(|s| s.key()).collect();
+        let keys: Vec<Key> = catalog.services().map(|s| s.key()).collect();
         for key in keys {
             self.update_service(catalog, &key);
         }
@@ -486,7 +486,7 @@ impl IndexWriter {
         }
     }
 
-    fn update_service(&mut self, catalog: &Catalog, key: &ServiceKey) {
+    fn update_service(&mut self, catalog: &Catalog, key: &Key) {
         if let Some(old) = self.owned.remove(key) {
             for name in old.names {
                 self.remove_name(&name);

@@ -3,6 +3,7 @@
 
 use crate::load::Manifests;
 use crate::world::{self, World};
+use portico_controllers::k8s::KeyOf;
 use portico_controllers::k8s::{
     Key, Namespace, ObjectMeta, Service, ServicePort, ServiceSpec, Time, stated_cluster_ips,
 };
@@ -477,12 +478,12 @@ spec: {externalIPs: [203.0.113.5], ports: [{port: 80}]}
         let c = catalog(&world);
         for name in ["b", "c"] {
             let svc = c
-                .service(&portico_catalog::ServiceKey::new("default", name))
+                .service(&portico_catalog::Key::new("default", name))
                 .unwrap();
             assert!(svc.cluster_ips.is_empty(), "{name}: {svc:?}");
         }
         let lb = c
-            .service(&portico_catalog::ServiceKey::new("default", "lb"))
+            .service(&portico_catalog::Key::new("default", "lb"))
             .unwrap();
         assert!(
             lb.load_balancer_ips.is_empty(),
@@ -492,7 +493,7 @@ spec: {externalIPs: [203.0.113.5], ports: [{port: 80}]}
         let model = rules(&world);
         for name in ["b", "c"] {
             let r = model
-                .service(&portico_catalog::ServiceKey::new("default", name))
+                .service(&portico_catalog::Key::new("default", name))
                 .unwrap();
             assert!(r.entries.is_empty(), "{name} has no rules");
         }
@@ -582,7 +583,7 @@ spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
         );
         let c = catalog(&first);
         let dup = c
-            .service(&portico_catalog::ServiceKey::new("default", "dup"))
+            .service(&portico_catalog::Key::new("default", "dup"))
             .unwrap();
         assert!(dup.ports.iter().all(|p| p.node_port.is_none()), "{dup:?}");
 

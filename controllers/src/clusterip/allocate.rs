@@ -2,6 +2,7 @@
 //! the service ranges, and the spec and status writes that show them.
 
 use super::*;
+use crate::k8s::KeyOf;
 
 impl ClusterIpController {
     /// Allocate: all the addresses the Service needs, or none.

@@ -22,6 +22,7 @@ mod plan;
 pub use desired::{AddressType, Desired, PodInfo, address_types, desired};
 pub use plan::{Plan, plan};
 
+use crate::k8s::KeyOf;
 use crate::k8s::{EndpointSlice, Key, Node, Pod, Service, Shared, service_type};
 use crate::metrics::EndpointSliceMetrics;
 use crate::write::{Object, Target, TargetKind, Write};

@@ -14,6 +14,7 @@
 //! 5. A slice to create reuses (updates) a slice that would be deleted.
 
 use super::desired::{AddressType, Desired, EndpointKey, Group, PortsKey};
+use crate::k8s::KeyOf;
 use crate::k8s::{Endpoint, EndpointSlice, Key, ObjectMeta, OwnerReference, Service, is_headless};
 use portico_catalog::labels;
 use portico_crds::names::ENDPOINTSLICE_MANAGER;

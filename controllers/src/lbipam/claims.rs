@@ -13,6 +13,7 @@
 //!                                                 └─> losers: Warning Event
 //! ```
 
+use crate::k8s::KeyOf;
 use crate::k8s::{Key, Service};
 use crate::write::Write;
 use portico_catalog::{Protocol, ProxyLabel, Seniority, ServiceInfo};

@@ -27,6 +27,7 @@
 //! kept (in no pool, held twice, in a pool the Service may no longer use) is
 //! reported and replaced.
 
+use crate::k8s::KeyOf;
 use crate::k8s::{Key, Namespace, Service, condition_summaries, service_condition, service_type};
 use crate::metrics::LbIpamMetrics;
 use crate::network::NetworkConfig;

@@ -7,6 +7,7 @@
 //! into the objects and feeds them to the controller, as a watch would.
 
 use super::*;
+use crate::k8s::KeyOf;
 use crate::k8s::{ServicePort, ServiceSpec};
 use k8s_openapi::DeepMerge;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};

@@ -4,6 +4,7 @@
 //! static band is 30000-30085.
 
 use super::*;
+use crate::k8s::KeyOf;
 use crate::k8s::{ObjectMeta, ServicePort, ServiceSpec, Time, merge_service, service_condition};
 use crate::write::Apply;
 
