@@ -779,7 +779,10 @@ impl L2Index {
 
     /// A Node by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.objects.get(&Key::new("", name)).map(AsRef::as_ref)
+        self.nodes
+            .objects
+            .get(&Key::new("", name))
+            .map(AsRef::as_ref)
     }
 
     /// Every Node.

@@ -7,7 +7,7 @@
 //! Sharded LRU maps behind short mutexes: a lookup locks one shard for a
 //! hash-map probe.
 
-use crate::answer::Parsed;
+use crate::request::Parsed;
 use crate::wire::{self, HEADER_LEN, rcode, rtype};
 use lru::LruCache;
 use std::hash::BuildHasher;

@@ -91,10 +91,13 @@ mod forward;
 mod index;
 mod metrics;
 mod names;
+mod node;
 mod records;
+mod request;
 mod tcp;
 mod udp;
 mod wire;
+mod zone;
 
 pub use config::{
     DnsConfig, PodsMode, StubDomain, parse_resolv_conf, parse_server, upstreams_from_resolv_conf,

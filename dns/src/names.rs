@@ -17,7 +17,7 @@
 //! the group pointers (one per 2,048 names); shards double when they
 //! average more than 64 names.
 
-use crate::index::{Node, NodeRef};
+use crate::node::{Node, NodeRef};
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};

@@ -15,8 +15,9 @@
 //! "Ready" includes not-ready endpoints when the Service sets
 //! `publishNotReadyAddresses`.
 
-use crate::index::{Node, Rrset, Zone};
+use crate::node::{Node, Rrset};
 use crate::wire::{self, Owner, rtype};
+use crate::zone::Zone;
 use portico_catalog::{Endpoint, Protocol, ServiceInfo, ServiceType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

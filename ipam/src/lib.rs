@@ -81,13 +81,15 @@
 mod bitmap;
 mod block;
 mod error;
+mod options;
 mod pool;
 mod ports;
 mod segment;
 mod sparse;
 
-pub use block::{Block, Family, blocks_overlap};
-pub use error::{AllocError, BlockError, PoolError};
-pub use pool::{Duplicate, Pool, PoolOptions, RebuildReport, Usage};
+pub use block::{Block, BlockError, Family, blocks_overlap};
+pub use error::{AllocError, PoolError};
+pub use options::PoolOptions;
+pub use pool::{Duplicate, Pool, RebuildReport, Usage};
 pub use ports::{PortError, PortPool, PortRange, PortRangeError};
 pub use segment::{DENSE_MAX_ADDRESSES, static_band_size};

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use crate::bitmap::Bitmap;
 use crate::block::{Block, Family, to_num};
-use crate::pool::PoolOptions;
+use crate::options::PoolOptions;
 use crate::sparse::{Offset, SparseSet};
 
 /// Blocks with at most this many addresses get a bitmap (2 MiB at most);
