@@ -34,7 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One watch event of a kind the agent reads.
-enum Watched {
+#[allow(missing_docs)]
+pub enum Watched {
     Service(Box<watcher::Event<Service>>),
     Slice(Box<watcher::Event<EndpointSlice>>),
     Node(Box<watcher::Event<Node>>),
@@ -96,7 +97,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if l2_on {
         metrics.l2.register(&mut registry);
     }
-    let mut agent = NodeAgent::new(
+    let agent = NodeAgent::new(
         &node_name,
         &net,
         &args.dataplane.settings(),
@@ -116,6 +117,37 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(health.clone().serve(args.metrics_addr));
 
+    let watches = watches(&client, &node_name, l2_on);
+    // The gossip starts once the agent knows its own address.
+    let gossip =
+        match gossip::parse_listen(args.l2.gossip_listen.as_deref().unwrap_or("0.0.0.0:7946"))? {
+            Some(listen) if l2_on => Some(args.l2.gossip_settings(&node_name, listen)?),
+            _ => None,
+        };
+    let writer = ApiWriter::for_node(client.clone(), &node_name);
+    let ready = health.clone();
+    let result = drive(
+        agent,
+        watches,
+        writer,
+        gossip,
+        move || ready.set_ready(true),
+        crate::cluster::shutdown_signal(),
+    )
+    .await;
+    tracing::info!("shutting down (the rules stay; `portico node --cleanup` removes them)");
+    server.abort();
+    result.map(drop)
+}
+
+/// The watches of a node agent: every Node with L2 announcement on (the
+/// plan needs them), this node's alone without.
+pub fn watches(
+    client: &kube::Client,
+    node_name: &str,
+    l2_on: bool,
+) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, Result<Watched, watcher::Error>>>
+{
     let all = watcher::Config::default;
     let nodes = if l2_on {
         all()
@@ -143,26 +175,39 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             Watched::Pool(Box::new(e))
         }));
     }
+    watches
+}
+
+/// Runs the agent until `shutdown`: watch events in, syncs when due, the
+/// gossip's live set, and the agent's writes out through `writer` (in
+/// order, retried until they land). `ready` is called after the first
+/// successful sync. Returns the agent when stopped.
+pub async fn drive<B, C>(
+    mut agent: NodeAgent<B, C>,
+    mut watches: impl futures::Stream<Item = Result<Watched, watcher::Error>> + Unpin,
+    writer: ApiWriter,
+    mut gossip_settings: Option<gossip::Settings>,
+    ready: impl Fn(),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<NodeAgent<B, C>>
+where
+    B: portico_dataplane::Backend,
+    C: portico_dataplane::Conntrack,
+{
+    let node_name = agent.node_name().to_owned();
     let mut relists = Relists::default();
     // The agent's writes go out in order and are retried until they land.
     let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(portico_controllers::write_in_order(
-        ApiWriter::for_node(client.clone(), &node_name),
+        writer,
         queue,
         Duration::from_millis(500),
     ));
-    // The gossip starts once the agent knows its own address.
-    let mut gossip_settings =
-        match gossip::parse_listen(args.l2.gossip_listen.as_deref().unwrap_or("0.0.0.0:7946"))? {
-            Some(listen) if l2_on => Some(args.l2.gossip_settings(&node_name, listen)?),
-            _ => None,
-        };
     let mut gossip: Option<Gossip> = None;
     let mut live: Option<tokio::sync::watch::Receiver<BTreeSet<String>>> = None;
     let mut health_checks = HealthChecks::default();
     let mut l2_tick = tokio::time::interval(Duration::from_secs(5));
 
-    let shutdown = crate::cluster::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         if let Some(settings) = gossip_settings.take_if(|_| agent.synced()) {
@@ -216,9 +261,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         match tokio::task::block_in_place(|| agent.sync(now)) {
             Ok(report) => {
-                if !health.is_ready() {
-                    health.set_ready(true);
-                }
+                ready();
                 let fields = (
                     report.kind.label(),
                     report.duration.as_millis() as u64,
@@ -262,10 +305,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
         g.leave().await;
     }
-    tracing::info!("shutting down (the rules stay; `portico node --cleanup` removes them)");
-    server.abort();
     health_checks.stop();
-    Ok(())
+    Ok(agent)
 }
 
 /// Starts the gossip from the agent's own address and the other nodes';
@@ -301,5 +342,146 @@ async fn live_changed(live: &mut Option<tokio::sync::watch::Receiver<BTreeSet<St
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::Method;
+    use portico_dataplane::l2::{Link, Responder};
+    use portico_dataplane::names::Family;
+    use portico_dataplane::{FakeNft, RecordingConntrack};
+    use portico_testkit::MockApi;
+    use serde_json::json;
+
+    fn lab_link() -> Vec<Link> {
+        vec![Link {
+            name: "lab0".into(),
+            mac: [2, 0, 0, 0, 0, 31],
+            networks: vec!["192.168.56.31/24".parse().unwrap()],
+            usable: true,
+        }]
+    }
+
+    fn quiet(link: &Link, _: Duration) -> std::io::Result<Responder> {
+        Responder::inert(link)
+    }
+
+    fn cluster() -> Vec<serde_json::Value> {
+        vec![
+            json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": "n1" },
+                    "status": { "addresses": [{ "type": "InternalIP", "address": "192.168.56.31" }],
+                                "conditions": [{ "type": "Ready", "status": "True" }] } }),
+            json!({ "apiVersion": "v1", "kind": "Service",
+                    "metadata": { "name": "web", "namespace": "default", "uid": "uid-web" },
+                    "spec": { "type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                              "ports": [{ "port": 80, "protocol": "TCP", "nodePort": 30080 }] },
+                    "status": { "loadBalancer": { "ingress": [{ "ip": "192.168.56.60" }] } } }),
+            json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": { "name": "web-1", "namespace": "default",
+                                  "labels": { "kubernetes.io/service-name": "web" } },
+                    "addressType": "IPv4",
+                    "endpoints": [{ "addresses": ["10.244.1.5"], "nodeName": "n1",
+                                    "conditions": { "ready": true } }],
+                    "ports": [{ "port": 8080, "protocol": "TCP" }] }),
+            json!({ "apiVersion": "portico.dev/v1alpha1", "kind": "IPPool", "metadata": { "name": "lab" },
+                    "spec": { "addresses": ["192.168.56.60-192.168.56.70"] } }),
+            json!({ "apiVersion": "portico.dev/v1alpha1", "kind": "L2Announcement",
+                    "metadata": { "name": "lab" }, "spec": {} }),
+        ]
+    }
+
+    /// The node agent's cluster edge against an in-memory API server:
+    /// the watches in (Nodes once), the rules programmed, and the
+    /// takeover's writes out, exactly, through the real client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agent_programs_rules_and_reports_its_takeover_through_the_api() {
+        let (api, client) = MockApi::start(cluster());
+        let net =
+            portico_controllers::NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
+        let agent = NodeAgent::new(
+            "n1",
+            &net,
+            &portico_agent::Settings::default(),
+            (FakeNft::new(), RecordingConntrack::default()),
+            Pacing {
+                min_sync_period: Duration::from_millis(10),
+                sync_period: None,
+            },
+            Some(L2Agent::new("n1", Duration::from_secs(60)).with_io(lab_link, quiet)),
+            Instant::now(),
+        )
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(drive(
+            agent,
+            watches(&client, "n1", true),
+            ApiWriter::for_node(client.clone(), "n1"),
+            None,
+            || {},
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let annotated = |l: &portico_testkit::Logged| {
+            l.method == Method::PATCH && l.path == "/api/v1/namespaces/default/services/web"
+        };
+        api.wait_for("the announced-by annotation", |log| {
+            log.iter().any(annotated)
+        })
+        .await;
+        let writes: Vec<(Method, String)> = api
+            .writes()
+            .iter()
+            .map(|w| (w.method.clone(), w.path.clone()))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (
+                    Method::PATCH,
+                    "/apis/portico.dev/v1alpha1/l2announcements/lab/status".to_owned()
+                ),
+                (
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/default/events".to_owned()
+                ),
+                (
+                    Method::PATCH,
+                    "/api/v1/namespaces/default/services/web".to_owned()
+                ),
+            ]
+        );
+        for w in api.writes().iter().filter(|w| w.method == Method::PATCH) {
+            assert_eq!(w.param("fieldManager"), Some("portico-node"));
+        }
+        let web = api
+            .get(&json!({ "apiVersion": "v1", "kind": "Service",
+                          "metadata": { "name": "web", "namespace": "default" } }))
+            .unwrap();
+        assert_eq!(
+            web["metadata"]["annotations"]["portico.dev/announced-by"],
+            "n1"
+        );
+        // One watch of the Nodes (all of them: L2 announcement needs them).
+        let node_lists: Vec<_> = api
+            .log()
+            .into_iter()
+            .filter(|l| l.path == "/api/v1/nodes" && !l.is_watch())
+            .collect();
+        assert_eq!(node_lists.len(), 1, "{node_lists:#?}");
+        assert_eq!(node_lists[0].param("fieldSelector"), None);
+
+        stop.send(()).unwrap();
+        let agent = task.await.unwrap().unwrap();
+        let backend = agent.proxier().backend();
+        let elements = backend
+            .elements(Family::Ipv4, portico_dataplane::names::SERVICE_IPS)
+            .unwrap_or_else(|| panic!("applied {}:\n{}", backend.applied(), backend.dump()));
+        let keys: Vec<&String> = elements.keys().collect();
+        assert_eq!(keys, ["10.96.0.10 . tcp . 80", "192.168.56.60 . tcp . 80"]);
+        assert_eq!(agent.announced(), ["192.168.56.60 (default/web)"]);
     }
 }

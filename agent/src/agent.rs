@@ -117,6 +117,9 @@ pub struct NodeAgent<B: Backend, C: Conntrack> {
     schedule: SyncSchedule,
     /// The rules need a sync.
     changed: bool,
+    /// A sync has succeeded: the rules are in place, so addresses may be
+    /// announced.
+    programmed: bool,
     services_synced: bool,
     slices_synced: bool,
     /// Nodes (all of them, or this one), and with L2 announcement the
@@ -151,6 +154,7 @@ impl<B: Backend, C: Conntrack> NodeAgent<B, C> {
             proxier: Proxier::new(config, backend, conntrack),
             schedule: SyncSchedule::new(now, pacing.min_sync_period, pacing.sync_period),
             changed: true,
+            programmed: false,
             services_synced: false,
             slices_synced: false,
             index: L2Index::default(),
@@ -303,6 +307,7 @@ impl<B: Backend, C: Conntrack> NodeAgent<B, C> {
                 self.metrics
                     .dataplane
                     .observe(&report, self.proxier.model().service_count());
+                self.programmed = true;
                 let mut liveness = self.live_state();
                 liveness.last_success = Some(now);
                 liveness.pending_since = None;
@@ -418,13 +423,14 @@ impl<B: Backend, C: Conntrack> NodeAgent<B, C> {
 
     /// Plans L2 announcement over what is known and brings the responders
     /// to the plan; says what to write. Nothing before everything is
-    /// listed, while the gossip settles, or when nothing changed.
+    /// listed and the rules are in place (an address answered before its
+    /// rules exist would take traffic nowhere), while the gossip settles,
+    /// or when nothing changed.
     pub fn announce(&mut self, now: Instant) -> Announced {
         let Some(l2) = self.l2.as_mut() else {
             return Announced::default();
         };
-        let rules_synced = self.services_synced && self.slices_synced && self.index.nodes_synced();
-        if !self.index.synced() || !rules_synced || !l2.dirty {
+        if !self.index.synced() || !self.programmed || !l2.dirty {
             return Announced::default();
         }
         if l2.settle_until.is_some_and(|t| now < t) {
