@@ -6,7 +6,6 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const LAB: &[&str] = &[
     "local",
@@ -27,33 +26,12 @@ fn stdout(o: &Output) -> String {
 }
 
 /// A network namespace for one test, deleted on drop.
-struct Netns(String);
+struct Netns(portico_testkit::Netns);
 
 impl Netns {
     fn new() -> Option<Netns> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let required = std::env::var("PORTICO_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
-        let name = format!(
-            "ptb{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let ok = portico_dataplane::can_program_nftables()
-            && Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .is_ok_and(|s| s.success())
-            && Command::new("nft").arg("--version").output().is_ok();
-        if ok {
-            return Some(Netns(name));
-        }
-        let why = "needs root, `ip` and `nft`";
-        assert!(
-            !required,
-            "PORTICO_REQUIRE_ROOT_TESTS=1 but this test {why}"
-        );
-        eprintln!("skipping: this test {why}");
-        None
+        portico_testkit::ready_or_skip("this test", &["ip", "nft"])
+            .then(|| Netns(portico_testkit::Netns::new("ptb", "")))
     }
 
     /// Runs portico in the namespace; a run that does not end within a
@@ -70,7 +48,7 @@ impl Netns {
                 "ip",
                 "netns",
                 "exec",
-                &self.0,
+                self.0.name(),
                 env!("CARGO_BIN_EXE_portico"),
             ])
             .args(args)
@@ -83,18 +61,12 @@ impl Netns {
     /// `net.netfilter.nf_conntrack_tcp_be_liberal` in the namespace.
     fn tcp_be_liberal(&self) -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "cat"])
+            .args(["netns", "exec", self.0.name(), "cat"])
             .arg("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out).trim().to_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 
@@ -298,16 +270,11 @@ fn local_dataplane_health_check_node_ports_fail_with_only_terminating_endpoints(
     let Some(ns) = Netns::new() else {
         return;
     };
-    let up = Command::new("ip")
-        .args(["-n", &ns.0, "link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    assert!(up.success());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hc.yaml");
     std::fs::write(&file, HEALTH_CHECKS).unwrap();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_portico")])
+        .args(["netns", "exec", ns.0.name(), env!("CARGO_BIN_EXE_portico")])
         .args(["local", "-f", file.to_str().unwrap()])
         .args(["--service-cluster-ip-range", "10.96.0.0/12"])
         .args(["--cluster-cidr", "20.96.0.0/12"])
@@ -333,7 +300,7 @@ fn local_dataplane_health_check_node_ports_fail_with_only_terminating_endpoints(
     );
     let get = |port: u16| -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "bash", "-c"])
+            .args(["netns", "exec", ns.0.name(), "bash", "-c"])
             .arg(format!(
                 "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
             ))
@@ -394,7 +361,7 @@ fn local_watch_retries_a_failed_sync_as_a_full_one_and_keeps_running() {
             "ip",
             "netns",
             "exec",
-            &ns.0,
+            ns.0.name(),
             env!("CARGO_BIN_EXE_portico"),
         ])
         .args(&args)

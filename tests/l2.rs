@@ -19,8 +19,9 @@
 //! another node answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use nix::sched::{CloneFlags, setns};
 use portico_dataplane::l2::packet::{self, Mac};
+use portico_testkit::netns::run;
+use portico_testkit::{Netns, in_netns};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -34,26 +35,6 @@ const LB: Ipv4Addr = Ipv4Addr::new(192, 168, 56, 60);
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// The failover target of the issue: another node announces within 3 s.
 const TARGET: Duration = Duration::from_secs(3);
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        setns(&file, CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 fn octet(host: &str) -> u8 {
     match host {
@@ -122,7 +103,8 @@ status:
 /// The namespaces, the backend server and the agents; all gone on drop.
 struct Lab {
     prefix: String,
-    names: Vec<String>,
+    /// Deleted on drop, after the agents stop.
+    namespaces: Vec<Netns>,
     dir: tempfile::TempDir,
     agents: Vec<(String, Child)>,
     stop: Arc<AtomicBool>,
@@ -140,21 +122,7 @@ impl Lab {
 
     /// `None` when the test must skip (not root, tools missing).
     fn new(gossip: bool) -> Option<Lab> {
-        let required = std::env::var("PORTICO_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
-        let missing = if !portico_dataplane::can_program_nftables() {
-            Some("root (CAP_NET_ADMIN)".to_owned())
-        } else {
-            ["ip", "nft"]
-                .into_iter()
-                .find(|t| Command::new(t).arg("-V").output().is_err())
-                .map(|t| format!("`{t}` (make deps)"))
-        };
-        if let Some(m) = missing {
-            assert!(
-                !required,
-                "PORTICO_REQUIRE_ROOT_TESTS=1 but this test needs {m}"
-            );
-            eprintln!("skipping: this test needs {m}");
+        if !portico_testkit::ready_or_skip("the L2 lab", &["ip", "nft"]) {
             return None;
         }
         static N: AtomicUsize = AtomicUsize::new(0);
@@ -164,22 +132,19 @@ impl Lab {
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ),
-            names: Vec::new(),
+            namespaces: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
             agents: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             gossip,
         };
         let sw = lab.ns("sw");
-        run(&["ip", "netns", "add", &sw]);
-        lab.names.push(sw.clone());
+        lab.namespaces.push(Netns::named(sw.clone()));
         run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
         run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
         for host in ["client", "backend", "n1", "n2", "n3"] {
             let ns = lab.ns(host);
-            run(&["ip", "netns", "add", &ns]);
-            lab.names.push(ns.clone());
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            lab.namespaces.push(Netns::named(ns.clone()));
             run(&[
                 "ip", "-n", &sw, "link", "add", host, "type", "veth", "peer", "name", "eth0",
                 "netns", &ns,
@@ -206,15 +171,15 @@ impl Lab {
                 "eth0",
             ]);
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-            if host.starts_with('n') {
-                for kv in [
+            if host.starts_with('n')
+                && let Some(netns) = lab.namespaces.last()
+            {
+                netns.sysctl(&[
                     "net.ipv4.ip_forward=1",
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.all.send_redirects=0",
                     "net.ipv4.conf.eth0.send_redirects=0",
-                ] {
-                    run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", kv]);
-                }
+                ]);
             }
         }
         // The backend answers each connection with the address it came from
@@ -413,9 +378,6 @@ impl Drop for Lab {
         for (_, c) in &mut self.agents {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for ns in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
 }

@@ -395,15 +395,7 @@ fn pools_show_usage_and_conflicts_and_services_say_why_they_wait() {
 
 /// Whether `dig` is there (in CI it must be).
 fn have_dig() -> bool {
-    if Command::new("dig").arg("-v").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("PORTICO_REQUIRE_ROOT_TESTS").is_none(),
-        "dig is required here (make deps installs bind9-dnsutils)"
-    );
-    eprintln!("skipping: dig is not installed (make deps installs bind9-dnsutils)");
-    false
+    portico_testkit::tools_or_skip("this test (make deps installs bind9-dnsutils)", &["dig"])
 }
 
 /// Starts `portico <args> --dns` on a free loopback port and returns once

@@ -192,25 +192,7 @@ fn channel(iface: &pnet_datalink::NetworkInterface) -> Channel {
 }
 
 fn ready(test: &str) -> bool {
-    if !support::root_or_skip(test) {
-        return false;
-    }
-    let required = std::env::var("PORTICO_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
-    for tool in ["arping", "ndisc6"] {
-        if !Command::new("which")
-            .arg(tool)
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(
-                !required,
-                "{test}: PORTICO_REQUIRE_ROOT_TESTS=1 but `{tool}` is not installed (make deps)"
-            );
-            eprintln!("skipping {test}: `{tool}` is not installed (make deps)");
-            return false;
-        }
-    }
-    true
+    portico_testkit::ready_or_skip(test, &["nft", "ip", "conntrack", "arping", "ndisc6"])
 }
 
 fn host_octet(node: &str) -> u8 {

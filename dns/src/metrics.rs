@@ -259,6 +259,14 @@ impl DnsMetrics {
             .get()
     }
 
+    /// Upstream errors counted with this reason (for tests).
+    pub fn upstream_errors(&self, reason: &'static str) -> u64 {
+        self.0
+            .upstream_errors
+            .get_or_create(&UpstreamLabels { reason })
+            .get()
+    }
+
     /// Cache hits and misses so far (for tests).
     pub fn cache_counts(&self) -> (u64, u64) {
         (self.0.cache_hits.get(), self.0.cache_misses.get())

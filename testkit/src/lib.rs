@@ -1,13 +1,22 @@
 //! What Portico's tests share.
 //!
-//! [`MockApi`] is a small in-memory Kubernetes API server behind the real
-//! `kube::Client` (through `tower-test`): lists, watches (with resource
-//! versions, label selectors, metadata-only views and `410 Gone`), creates,
-//! replaces, server-side applies (as JSON merge patches), deletes and
-//! Events. Every request is logged, so tests assert the exact requests a
-//! component sends; faults are injected per request.
+//! - [`root`]: tests that need root or a tool run when they can, and must
+//!   in CI (`PORTICO_REQUIRE_ROOT_TESTS=1`).
+//! - [`netns`]: network namespaces for real-packet tests.
+//! - [`MockApi`]: a small in-memory Kubernetes API server behind the real
+//!   `kube::Client` (through `tower-test`): lists, watches (with resource
+//!   versions, label selectors, metadata-only views and `410 Gone`),
+//!   creates, replaces, server-side applies (as JSON merge patches),
+//!   deletes and Events. Every request is logged, so tests assert the
+//!   exact requests a component sends; faults are injected per request.
 
 #![forbid(unsafe_code)]
+
+pub mod netns;
+pub mod root;
+
+pub use netns::{Netns, in_netns};
+pub use root::{ready_or_skip, tools_or_skip};
 
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;

@@ -14,8 +14,10 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use nix::sched::{CloneFlags, setns};
 use portico_dataplane::{ConntrackTool, Nft};
+use portico_testkit::Netns;
+pub use portico_testkit::in_netns;
+use portico_testkit::netns::run;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -48,18 +50,9 @@ pub struct Lab {
     pub client: String,
     /// Pod namespaces, pod 1 first.
     pub pods: Vec<String>,
-    namespaces: Vec<String>,
+    namespaces: Vec<Netns>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Lab {
@@ -79,10 +72,8 @@ impl Lab {
             .into_iter()
             .chain(lab.pods.clone())
             .collect();
-        for ns in &all {
-            run(&["ip", "netns", "add", ns]);
-            lab.namespaces.push(ns.clone());
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        for ns in all {
+            lab.namespaces.push(Netns::named(ns));
         }
         let node = lab.node.clone();
         for (k, v) in [
@@ -307,21 +298,6 @@ impl Drop for Lab {
         for s in self.servers.drain(..) {
             let _ = s.join();
         }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        // The namespaces go with `namespaces`.
     }
-}
-
-/// Runs `f` on a fresh thread that has entered the network namespace
-/// `/run/netns/<ns>`; sockets it opens stay in that namespace.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        setns(&file, CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }

@@ -326,28 +326,7 @@ pub fn catalog(services: &[Svc], slices: &[EndpointSlice]) -> Catalog {
 /// Tests that need root (network namespaces, nft) run when they can; when
 /// `PORTICO_REQUIRE_ROOT_TESTS=1` they must.
 pub fn root_or_skip(test: &str) -> bool {
-    let required = std::env::var("PORTICO_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
-    let reason = if !portico_dataplane::can_program_nftables() {
-        Some("this process lacks CAP_NET_ADMIN (run as root)".to_owned())
-    } else {
-        ["nft", "ip", "conntrack"]
-            .iter()
-            .find(|tool| {
-                std::process::Command::new(tool)
-                    .arg("--version")
-                    .output()
-                    .is_err()
-            })
-            .map(|tool| format!("`{tool}` is not installed (make deps)"))
-    };
-    match reason {
-        None => true,
-        Some(r) if required => panic!("{test}: PORTICO_REQUIRE_ROOT_TESTS=1 but {r}"),
-        Some(r) => {
-            eprintln!("skipping {test}: {r}");
-            false
-        }
-    }
+    portico_testkit::ready_or_skip(test, &["nft", "ip", "conntrack"])
 }
 
 /// Every shape of Service the renderer knows, in one catalog.
