@@ -386,7 +386,6 @@ pub fn status_writes<'a>(
     plan: &Plan,
     current: impl IntoIterator<Item = &'a L2Announcement>,
 ) -> Vec<portico_controllers::Write> {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let mut out = Vec::new();
     for a in current {
         let name = a.metadata.name.clone().unwrap_or_default();
@@ -411,10 +410,14 @@ pub fn status_writes<'a>(
         if same {
             continue;
         }
-        let since = match old_ready {
-            Some(c) if c.status == status => c.last_transition_time.clone(),
-            _ => Time(k8s_openapi::jiff::Timestamp::now()),
-        };
+        let condition = portico_controllers::conditions::condition(
+            old.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+            "Ready",
+            *ready,
+            reason,
+            message.clone(),
+            a.metadata.generation,
+        );
         out.push(portico_controllers::Write::Apply(
             portico_controllers::Apply {
                 target: portico_controllers::Target {
@@ -428,14 +431,7 @@ pub fn status_writes<'a>(
                     "kind": "L2Announcement",
                     "metadata": { "name": name },
                     "status": {
-                        "conditions": [{
-                            "type": "Ready",
-                            "status": status,
-                            "reason": reason,
-                            "message": message,
-                            "observedGeneration": a.metadata.generation,
-                            "lastTransitionTime": since,
-                        }],
+                        "conditions": [condition],
                         "announced": announced,
                     },
                 }),

@@ -9,9 +9,40 @@
 //! - Nothing is written when the condition already says the same, and
 //!   `lastTransitionTime` moves only when the status changes.
 
-use crate::k8s::{Service, service_condition};
+use crate::k8s::{Condition, Service, Time, service_condition};
 use crate::write::Write;
 use serde_json::json;
+
+/// A condition as it should be now. Its `lastTransitionTime` is the one
+/// `previous` (the object's current conditions) shows for the same type
+/// while the status holds, and now when it changes: the one rule for every
+/// condition Portico writes (Services, IPPools, ClusterIPRanges,
+/// L2Announcements).
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(
+            || Time(k8s_openapi::jiff::Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        );
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
 
 /// What a condition should say.
 pub struct Wanted<'a> {
@@ -24,6 +55,14 @@ pub struct Wanted<'a> {
     /// The Service had a problem before (a `False` condition was written,
     /// even if `svc` does not show it yet).
     pub was_blocked: bool,
+}
+
+/// A Service's conditions.
+pub fn service_conditions(svc: &Service) -> &[Condition] {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
 }
 
 /// The status write that makes `svc`'s condition say `wanted`, if any.
@@ -39,21 +78,18 @@ pub fn service_condition_writes(svc: &Service, wanted: Wanted<'_>) -> Vec<Write>
     if current.is_some_and(|c| c.status == status && c.message == message && c.reason == reason) {
         return Vec::new();
     }
-    let since = current
-        .filter(|c| c.status == status)
-        .map_or_else(k8s_openapi::jiff::Timestamp::now, |c| {
-            c.last_transition_time.0
-        });
+    let previous = service_conditions(svc);
+    let c = condition(
+        previous,
+        wanted.type_,
+        status == "True",
+        reason,
+        message,
+        svc.metadata.generation,
+    );
     vec![Write::apply_service_status(
         svc,
-        json!({ "conditions": [{
-            "type": wanted.type_,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": svc.metadata.generation,
-            "lastTransitionTime": since,
-        }] }),
+        json!({ "conditions": [c] }),
     )]
 }
 
@@ -114,5 +150,38 @@ mod tests {
         );
         assert!(done.last_transition_time.0 >= first.last_transition_time.0);
         assert!(service_condition_writes(&svc, wanted(None, false)).is_empty());
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let then = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let previous = vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Ready".into(),
+            message: "10 addresses free".into(),
+            last_transition_time: then.clone(),
+            observed_generation: Some(1),
+        }];
+        // Another message (the free count moved), the same status: kept.
+        let c = condition(
+            &previous,
+            "Ready",
+            true,
+            "Ready",
+            "9 addresses free",
+            Some(2),
+        );
+        assert_eq!(c.last_transition_time, then);
+        assert_eq!(
+            (c.message.as_str(), c.observed_generation),
+            ("9 addresses free", Some(2))
+        );
+        // Another status: now.
+        let c = condition(&previous, "Ready", false, "Conflict", "overlaps", Some(2));
+        assert!(c.last_transition_time.0 > then.0);
+        // Another type: now.
+        let c = condition(&previous, "Conflict", true, "Conflict", "overlaps", Some(2));
+        assert!(c.last_transition_time.0 > then.0);
     }
 }

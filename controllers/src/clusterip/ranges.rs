@@ -10,8 +10,6 @@
 use crate::k8s::condition_summaries;
 use crate::write::{Apply, Target, TargetKind, Write};
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use portico_crds::{ClusterIPRange, ClusterIPRangeStatus};
 use portico_ipam::{Family, Pool, PoolOptions};
@@ -265,16 +263,20 @@ impl SubRanges {
     /// show, and an Event for each new conflict.
     pub(super) fn writes(&mut self) -> Vec<Write> {
         let mut out = Vec::new();
-        let now = Time(Timestamp::now());
         let cond = |obj: &ClusterIPRange, type_: &str, ok: bool, reason: &str, message: String| {
-            Condition {
-                type_: type_.to_owned(),
-                status: if ok { "True" } else { "False" }.to_owned(),
-                reason: reason.to_owned(),
+            let previous = obj
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            crate::conditions::condition(
+                previous,
+                type_,
+                ok,
+                reason,
                 message,
-                last_transition_time: now.clone(),
-                observed_generation: obj.metadata.generation,
-            }
+                obj.metadata.generation,
+            )
         };
         let mut statuses: Vec<(Arc<ClusterIPRange>, ClusterIPRangeStatus)> = Vec::new();
         for s in &self.valid {

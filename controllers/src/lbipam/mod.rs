@@ -33,7 +33,6 @@ use crate::metrics::LbIpamMetrics;
 use crate::network::NetworkConfig;
 use crate::write::{Apply, Target, TargetKind, Write};
 use claims::Claims;
-use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use portico_crds::names::{CONDITION_IP_ALLOCATED, LOAD_BALANCER_CLASS, annotations, lb_reasons};
 use portico_crds::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus};

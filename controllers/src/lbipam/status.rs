@@ -13,21 +13,7 @@ impl LbIpamController {
             if same_pool_status(&status, &current) {
                 continue;
             }
-            let mut value = serde_json::to_value(&status).unwrap_or_default();
-            // Keep transition times of conditions that did not change.
-            if let Some(conds) = value.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-                for c in conds {
-                    let old = current
-                        .conditions
-                        .iter()
-                        .find(|o| Some(o.type_.as_str()) == c["type"].as_str());
-                    if let Some(old) = old
-                        && Some(old.status.as_str()) == c["status"].as_str()
-                    {
-                        c["lastTransitionTime"] = json!(old.last_transition_time);
-                    }
-                }
-            }
+            let value = serde_json::to_value(&status).unwrap_or_default();
             writes.push(Write::Apply(Apply {
                 target: Target {
                     kind: TargetKind::IPPool,
@@ -47,16 +33,21 @@ impl LbIpamController {
     }
 
     pub(super) fn pool_status(&self, p: &PoolState) -> IPPoolStatus {
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+        let previous = p
+            .obj
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
         let condition = |type_: &str, status: bool, reason: &str, message: String| {
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-                type_: type_.to_owned(),
-                status: if status { "True" } else { "False" }.to_owned(),
-                reason: reason.to_owned(),
+            crate::conditions::condition(
+                previous,
+                type_,
+                status,
+                reason,
                 message,
-                last_transition_time: now.clone(),
-                observed_generation: p.obj.metadata.generation,
-            }
+                p.obj.metadata.generation,
+            )
         };
         let usage = |family| {
             p.pool
@@ -196,11 +187,14 @@ pub(super) fn status_write(
     problem: Option<&Problem>,
 ) -> Write {
     let (status, reason, message) = wanted_condition(got, problem);
-    let old = service_condition(svc, CONDITION_IP_ALLOCATED);
-    let since = match old {
-        Some(c) if c.status == status => c.last_transition_time.0,
-        _ => Timestamp::now(),
-    };
+    let condition = crate::conditions::condition(
+        crate::conditions::service_conditions(svc),
+        CONDITION_IP_ALLOCATED,
+        status == "True",
+        reason,
+        message,
+        svc.metadata.generation,
+    );
     let ingress: Vec<_> = got
         .iter()
         .map(|(ip, _)| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
@@ -209,14 +203,7 @@ pub(super) fn status_write(
         svc,
         json!({
             "loadBalancer": { "ingress": ingress },
-            "conditions": [{
-                "type": CONDITION_IP_ALLOCATED,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": svc.metadata.generation,
-                "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since),
-            }],
+            "conditions": [condition],
         }),
     )
 }

@@ -11,6 +11,7 @@ use crate::k8s::KeyOf;
 use crate::k8s::{ServicePort, ServiceSpec};
 use k8s_openapi::DeepMerge;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 
 fn net() -> NetworkConfig {
