@@ -57,7 +57,7 @@ bench:
 	$(CARGO) bench -p portico --bench endpointslices
 	$(CARGO) bench -p portico-controllers --bench lbipam
 	$(CARGO) bench -p portico-dataplane --bench dataplane
-	$(CARGO) test --test l2 -- --ignored failover_benchmark --nocapture
+	$(CARGO) bench -p portico --bench failover
 	$(CARGO) build --release --bin portico
 	scripts/bench-local.py target/release/portico 5000 50000
 	scripts/bench-dns.sh

@@ -252,6 +252,7 @@ async fn an_expired_watch_relists_and_the_slice_follows_what_the_list_says() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_status_write_is_sent_again_after_a_pause_and_only_once() {
+    let logs = portico_testkit::logs::capture();
     let mut c = start(world(), true);
     c.api
         .fail_next(Method::PATCH, "/services/front/status", 500);
@@ -265,6 +266,12 @@ async fn a_failed_status_write_is_sent_again_after_a_pause_and_only_once() {
         .collect();
     assert_eq!(status_writes.len(), 2, "{status_writes:#?}");
     assert_eq!(status_writes[0].body, status_writes[1].body);
+    // The log says what failed and that it is retried.
+    let said = logs
+        .text()
+        .lines()
+        .any(|l| l.contains("write failed") && l.contains("transient=true") && l.contains("front"));
+    assert!(said, "{}", logs.text());
     let front = c.api.get(&lb()).unwrap();
     assert_eq!(
         front["status"]["loadBalancer"]["ingress"][0]["ip"],

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! `portico node` runs it on every node; `portico local --dataplane` runs
-//! it for one node of a set of manifests.
+//! it for one node of a set of manifests. The feature `testing` adds the
+//! in-memory nftables (`FakeNft`), a recording conntrack and the packet
+//! tracer over them, for tests (and, later, for commands that trace).
 
 #![forbid(unsafe_code)]
 
@@ -26,11 +28,16 @@ pub mod names;
 pub mod proxier;
 pub mod render;
 pub mod schedule;
+#[cfg(feature = "testing")]
 pub mod trace;
 pub mod tx;
 
-pub use backend::{Backend, FakeNft, Nft};
-pub use conntrack::{Conntrack, ConntrackTool, RecordingConntrack};
+#[cfg(feature = "testing")]
+pub use backend::FakeNft;
+pub use backend::{Backend, Nft};
+#[cfg(feature = "testing")]
+pub use conntrack::RecordingConntrack;
+pub use conntrack::{Conntrack, ConntrackTool};
 pub use error::{Error, Result};
 pub use metrics::DataplaneMetrics;
 pub use proxier::{Proxier, SyncKind, SyncReport, can_program_nftables};

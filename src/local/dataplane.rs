@@ -36,6 +36,8 @@ pub struct LocalDataplane<B: Backend = Nft, C: Conntrack = ConntrackTool> {
     health_checks: HealthChecks,
     gossip: Option<Gossip>,
     live: Option<tokio::sync::watch::Receiver<BTreeSet<String>>>,
+    /// The live set last said.
+    said: Option<BTreeSet<String>>,
 }
 
 impl LocalDataplane {
@@ -115,6 +117,7 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
             health_checks: HealthChecks::default(),
             gossip: None,
             live: None,
+            said: None,
         })
     }
 
@@ -157,7 +160,13 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
     /// Events and annotations).
     pub fn announce(&mut self) -> (Vec<Takeover>, Vec<portico_controllers::Write>) {
         if let Some(g) = &self.gossip {
-            self.agent.set_live(Some(g.live()));
+            let live = g.live();
+            if self.said.as_ref() != Some(&live) {
+                let names: Vec<&str> = live.iter().map(String::as_str).collect();
+                eprintln!("gossip: live agents {}", names.join(", "));
+                self.said = Some(live.clone());
+            }
+            self.agent.set_live(Some(live));
         }
         let Announced {
             takeovers,

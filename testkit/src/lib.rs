@@ -3,6 +3,7 @@
 //! - [`root`]: tests that need root or a tool run when they can, and must
 //!   in CI (`PORTICO_REQUIRE_ROOT_TESTS=1`).
 //! - [`netns`]: network namespaces for real-packet tests.
+//! - [`clock`]: a clock the test moves; [`logs`]: what a test logged.
 //! - [`MockApi`]: a small in-memory Kubernetes API server behind the real
 //!   `kube::Client` (through `tower-test`): lists, watches (with resource
 //!   versions, label selectors, metadata-only views and `410 Gone`),
@@ -12,9 +13,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
+pub mod logs;
 pub mod netns;
 pub mod root;
 
+pub use clock::FakeClock;
 pub use netns::{Netns, in_netns};
 pub use root::{ready_or_skip, tools_or_skip};
 

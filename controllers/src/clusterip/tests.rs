@@ -11,8 +11,7 @@ use crate::write::{Apply, TargetKind};
 use k8s_openapi::DeepMerge;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn net(services: &str) -> NetworkConfig {
     NetworkConfig::parse(services, "10.244.0.0/16").unwrap()
@@ -444,27 +443,12 @@ fn audit_mode_mirrors_the_cluster_and_reports_each_problem_once() {
 
 // ---- reuse quarantine and stable addresses --------------------------------
 
-/// A clock the test moves by hand.
-#[derive(Clone)]
-struct FakeClock(Arc<std::sync::Mutex<Instant>>);
-
-impl FakeClock {
-    fn new() -> Self {
-        FakeClock(Arc::new(std::sync::Mutex::new(Instant::now())))
-    }
-    fn clock(&self) -> Clock {
-        let c = self.0.clone();
-        Arc::new(move || *c.lock().unwrap())
-    }
-    fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap() += d;
-    }
-}
+use portico_testkit::FakeClock;
 
 fn quarantining(range: &str, clock: &FakeClock) -> ClusterIpController {
     ctrl(range, Mode::Allocate)
         .with_reuse_delay(Duration::from_secs(300))
-        .with_clock(clock.clock())
+        .with_clock(clock.source())
 }
 
 #[test]
@@ -735,7 +719,7 @@ fn webhook_index(range: &str, clock: &FakeClock) -> ClusterIpController {
         .unwrap()
         .with_seed(3)
         .with_reuse_delay(Duration::from_secs(300))
-        .with_clock(clock.clock())
+        .with_clock(clock.source())
         .with_adoption_events(true)
 }
 

@@ -8,11 +8,13 @@
 //!             └──> FakeNft (tests)
 //! ```
 
+#[cfg(feature = "testing")]
 mod fake;
 mod nft;
 mod script;
 mod session;
 
+#[cfg(feature = "testing")]
 pub use fake::FakeNft;
 pub use nft::{Nft, parse_listing};
 
