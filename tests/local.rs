@@ -236,13 +236,18 @@ fn watch_reconciles_again_when_a_file_changes_and_keeps_given_addresses() {
         }
     };
     let web_before = wait_for("web");
-    // Give the modification time a chance to differ on coarse filesystems.
-    std::thread::sleep(Duration::from_millis(20));
     std::fs::write(
         &file,
         format!("{first}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api}}\nspec: {{ports: [{{port: 8080}}]}}\n"),
     )
     .unwrap();
+    // A modification time that differs even on coarse filesystems.
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
     // Rows are sorted by name: api, kubernetes, web.
     let api = wait_for("api");
     let web_after = wait_for("web");

@@ -206,6 +206,8 @@ pub(crate) struct Cache {
     hasher: foldhash::fast::FixedState,
     max_ttl: Duration,
     max_negative_ttl: Duration,
+    /// The time source (expiry and TTL decay).
+    clock: crate::Clock,
 }
 
 /// The cache key: name (lowercase wire), type, class and the DO bit.
@@ -226,7 +228,12 @@ fn key(
 
 impl Cache {
     /// A cache of at most `capacity` entries (at least one per shard).
-    pub(crate) fn new(capacity: usize, max_ttl: Duration, max_negative_ttl: Duration) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        max_ttl: Duration,
+        max_negative_ttl: Duration,
+        clock: crate::Clock,
+    ) -> Self {
         let per = NonZeroUsize::new(capacity.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
         Cache {
             shards: (0..SHARDS)
@@ -235,7 +242,13 @@ impl Cache {
             hasher: foldhash::fast::FixedState::default(),
             max_ttl,
             max_negative_ttl,
+            clock,
         }
+    }
+
+    /// The time by the cache's clock.
+    pub(crate) fn now(&self) -> Instant {
+        (self.clock)()
     }
 
     fn shard(&self, key: &[u8]) -> &Shard {
@@ -266,7 +279,7 @@ impl Cache {
 
     /// Answers `req` from the cache; false on a miss.
     pub(crate) fn answer(&self, req: &[u8], p: &Parsed, out: &mut Vec<u8>) -> bool {
-        let now = Instant::now();
+        let now = self.now();
         match self.get(p.qname.wire(), p.qtype, p.qclass, p.dnssec_ok, now) {
             Some(e) => {
                 e.write(req, p, now, out);
@@ -285,7 +298,7 @@ impl Cache {
         qclass: u16,
         dnssec_ok: bool,
     ) -> Option<Arc<Entry>> {
-        let now = Instant::now();
+        let now = self.now();
         let (entry, keep) = Entry::new(
             resp,
             name,
@@ -447,7 +460,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded() {
-        let c = Cache::new(32, LIMITS.0, LIMITS.1);
+        let c = Cache::new(32, LIMITS.0, LIMITS.1, Arc::new(Instant::now));
         let resp = upstream(1, ResponseCode::NoError, 30);
         for t in 0..500u16 {
             // Same name, many types: only the newest stay.

@@ -56,6 +56,7 @@ pub(crate) struct Forwarder {
     cache: Option<Arc<Cache>>,
     metrics: DnsMetrics,
     max_udp: u16,
+    clock: crate::Clock,
 }
 
 impl Forwarder {
@@ -66,6 +67,7 @@ impl Forwarder {
         cache: Option<Arc<Cache>>,
         metrics: DnsMetrics,
         max_udp: u16,
+        clock: crate::Clock,
     ) -> Self {
         let mut stubs: Vec<Stub> = stub_domains
             .iter()
@@ -87,6 +89,7 @@ impl Forwarder {
             cache,
             metrics,
             max_udp,
+            clock,
         }
     }
 
@@ -116,7 +119,7 @@ impl Forwarder {
                 let name = p.qname.wire().to_vec();
                 let question = &req[HEADER_LEN..p.question_end];
                 match self.resolve(&name, question, p.qtype, p.qclass, &p).await {
-                    Ok(entry) => entry.write(req, &p, Instant::now(), &mut out),
+                    Ok(entry) => entry.write(req, &p, (self.clock)(), &mut out),
                     Err(f) => self.fail(req, &p, f, &mut out),
                 }
             }
@@ -128,7 +131,9 @@ impl Forwarder {
                     .resolve(&target, &question, p.qtype, p.qclass, &p)
                     .await
                 {
-                    Ok(entry) => chase_response(req, &p, &answers, &entry, &mut out),
+                    Ok(entry) => {
+                        chase_response(req, &p, &answers, &entry, (self.clock)(), &mut out)
+                    }
                     Err(f) => self.fail(req, &p, f, &mut out),
                 }
             }
@@ -153,7 +158,7 @@ impl Forwarder {
         p: &Parsed,
     ) -> Result<Arc<Entry>, Failure> {
         if let Some(cache) = &self.cache
-            && let Some(e) = cache.get(name, qtype, qclass, p.dnssec_ok, Instant::now())
+            && let Some(e) = cache.get(name, qtype, qclass, p.dnssec_ok, (self.clock)())
         {
             return Ok(e);
         }
@@ -177,7 +182,7 @@ impl Forwarder {
                             name,
                             qtype,
                             qclass,
-                            Instant::now(),
+                            (self.clock)(),
                             (Duration::ZERO, Duration::ZERO),
                         )
                         .map(|(e, _)| Arc::new(e)),
@@ -291,9 +296,10 @@ fn chase_response(
     p: &Parsed,
     answers: &(Vec<u8>, u16),
     entry: &Entry,
+    now: Instant,
     out: &mut Vec<u8>,
 ) {
-    let upstream = Message::from_vec(&entry.aged(Instant::now())).ok();
+    let upstream = Message::from_vec(&entry.aged(now)).ok();
     let mut records = Vec::new();
     let mut count = 0u16;
     if let Some(m) = &upstream {

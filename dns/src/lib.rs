@@ -107,6 +107,9 @@ pub use metrics::{DnsMetrics, QueryLabels, UpstreamLabels};
 
 use arc_swap::ArcSwap;
 use cache::Cache;
+
+/// A time source (`Instant::now`, or a test's).
+pub type Clock = Arc<dyn Fn() -> std::time::Instant + Send + Sync>;
 use forward::Forwarder;
 use index::{IndexWriter, Snapshot, Zone};
 use portico_catalog::{Catalog, Changes};
@@ -144,6 +147,12 @@ impl Dns {
     /// A server for `config`. Nothing is bound until [`Dns::bind`] or
     /// [`Dns::serve`]; the zone answers SERVFAIL until [`Dns::mark_synced`].
     pub fn new(config: DnsConfig) -> Result<Self> {
+        Dns::with_clock(config, Arc::new(std::time::Instant::now))
+    }
+
+    /// The same, with the time source the cache and the forwarder read
+    /// (tests move it by hand).
+    pub fn with_clock(config: DnsConfig, clock: Clock) -> Result<Self> {
         config.validate()?;
         let zone = Zone::new(&config.zone, config.ttl, config.pods, &config.service_ips)
             .ok_or_else(|| Error::Config(format!("zone {:?} is not a domain", config.zone)))?;
@@ -154,6 +163,7 @@ impl Dns {
                 config.cache_size,
                 config.cache_max_ttl,
                 config.cache_max_negative_ttl,
+                clock.clone(),
             ))
         });
         // Forwarding to ourselves would loop until every query timed out.
@@ -179,6 +189,7 @@ impl Dns {
             cache.clone(),
             metrics.clone(),
             config.max_udp_payload,
+            clock,
         ));
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(writer.snapshot()),

@@ -135,6 +135,8 @@ fn black_hole(_: &Name, _: RecordType) -> Option<(ResponseCode, Vec<Record>, Vec
 
 struct Server {
     dns: Dns,
+    /// The time the cache reads; tests move it.
+    clock: portico_testkit::FakeClock,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<portico_dns::Result<()>>>,
@@ -142,10 +144,14 @@ struct Server {
 
 impl Server {
     async fn start(config: DnsConfig, catalog: &Catalog, synced: bool) -> Server {
-        let dns = Dns::new(DnsConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        })
+        let clock = portico_testkit::FakeClock::new();
+        let dns = Dns::with_clock(
+            DnsConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..config
+            },
+            clock.source(),
+        )
         .unwrap();
         dns.reset(catalog);
         if synced {
@@ -159,6 +165,7 @@ impl Server {
         }));
         Server {
             dns,
+            clock,
             addr,
             stop: Some(tx),
             task: Some(task),
@@ -593,7 +600,8 @@ async fn the_cache_honours_positive_and_negative_ttls() {
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(corp.count(), 2, "second answers came from the cache");
     assert_eq!(server.dns.metrics().cache_counts().0, 2);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The answers' TTLs (1 s) run out.
+    server.clock.advance(Duration::from_millis(1100));
     ask(server.addr, "x.corp.example.", RecordType::A, Via::Udp).await;
     ask(
         server.addr,
