@@ -1,15 +1,10 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeCondition, NodeStatus, ServicePort,
-    ServiceSpec, ServiceStatus,
-};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_controllers::TargetKind;
 use portico_crds::{IPPoolSpec, L2AnnouncementSpec};
 use portico_dataplane::names::Family;
 use portico_dataplane::{FakeNft, RecordingConntrack};
+use portico_testkit::objects;
 
 type Agent = NodeAgent<FakeNft, RecordingConntrack>;
 
@@ -36,77 +31,33 @@ fn agent(l2: Option<L2Agent>) -> Agent {
 }
 
 fn node(name: &str, address: &str) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        status: Some(NodeStatus {
-            addresses: Some(vec![NodeAddress {
-                type_: "InternalIP".into(),
-                address: address.into(),
-            }]),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    objects::node(name)
+        .address("InternalIP", address)
+        .ready(true)
+        .build()
 }
 
 fn service(type_: &str) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some("web".into()),
-            uid: Some("6b1c1e1e-0000-4000-8000-000000000001".into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("10.96.0.10".into()),
-            type_: Some(type_.into()),
-            ports: Some(vec![ServicePort {
-                port: 80,
-                node_port: Some(30080),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: (type_ == "LoadBalancer").then(|| ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(vec![LoadBalancerIngress {
-                    ip: Some("192.168.56.60".into()),
-                    ..Default::default()
-                }]),
-            }),
-            ..Default::default()
-        }),
+    let svc = objects::service("default", "web")
+        .uid("6b1c1e1e-0000-4000-8000-000000000001")
+        .cluster_ip("10.96.0.10")
+        .type_(type_)
+        .port(80, "TCP")
+        .node_port(30080);
+    if type_ == "LoadBalancer" {
+        svc.ingress("192.168.56.60").build()
+    } else {
+        svc.build()
     }
 }
 
 fn slice(n: usize) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some("web-1".into()),
-            labels: Some([("kubernetes.io/service-name".to_owned(), "web".to_owned())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: (0..n)
-            .map(|i| Endpoint {
-                addresses: vec![format!("10.244.{}.2", i + 1)],
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            port: Some(8080),
-            ..Default::default()
-        }]),
-    }
+    (0..n)
+        .fold(
+            objects::slice("default", "web-1", "web").port(8080),
+            |s, i| s.endpoint(&format!("10.244.{}.2", i + 1), None, None),
+        )
+        .build()
 }
 
 fn elements(a: &Agent, set: &str) -> Vec<String> {

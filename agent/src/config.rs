@@ -77,29 +77,14 @@ pub fn dataplane_config(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     pub(crate) fn node(name: &str, addresses: &[(&str, &str)]) -> Node {
-        use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            status: Some(NodeStatus {
-                addresses: Some(
-                    addresses
-                        .iter()
-                        .map(|(t, a)| NodeAddress {
-                            type_: (*t).into(),
-                            address: (*a).into(),
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        addresses
+            .iter()
+            .fold(portico_testkit::objects::node(name), |n, (t, a)| {
+                n.address(t, a)
+            })
+            .build()
     }
 
     #[test]

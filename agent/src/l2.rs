@@ -842,36 +842,16 @@ impl L2Index {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, NodeCondition, NodeStatus, ServicePort,
-        ServiceSpec, ServiceStatus,
-    };
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use portico_crds::{IPPoolSpec, L2AnnouncementSpec};
+    use portico_testkit::objects;
 
     fn mk_node(name: &str, ready: bool, labels: &[(&str, &str)]) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).into(), (*v).into()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            status: Some(NodeStatus {
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        labels
+            .iter()
+            .fold(objects::node(name).ready(ready), |n, (k, v)| n.label(k, v))
+            .build()
     }
 
     fn mk_pool(name: &str, addresses: &[&str]) -> IPPool {
@@ -885,71 +865,24 @@ mod tests {
     }
 
     fn mk_svc(name: &str, ips: &[&str], local: bool, labels: &[(&str, &str)]) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                namespace: Some("default".into()),
-                name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).into(), (*v).into()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                cluster_ip: Some("10.96.0.10".into()),
-                external_traffic_policy: Some(if local { "Local" } else { "Cluster" }.into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ips.iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some((*ip).into()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                }),
-                ..Default::default()
-            }),
-        }
+        let svc = objects::service("default", name)
+            .type_("LoadBalancer")
+            .cluster_ip("10.96.0.10")
+            .external_traffic_local(local)
+            .port(80, "TCP");
+        let svc = labels.iter().fold(svc, |s, (k, v)| s.label(k, v));
+        ips.iter().fold(svc, |s, ip| s.ingress(ip)).build()
     }
 
     fn mk_slice(svc: &str, nodes: &[&str]) -> EndpointSlice {
-        EndpointSlice {
-            metadata: ObjectMeta {
-                namespace: Some("default".into()),
-                name: Some(format!("{svc}-1")),
-                labels: Some([("kubernetes.io/service-name".to_owned(), svc.to_owned())].into()),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| Endpoint {
-                    addresses: vec![format!("10.244.{}.2", i + 1)],
-                    node_name: Some((*n).into()),
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ports: Some(vec![k8s_openapi::api::discovery::v1::EndpointPort {
-                port: Some(8080),
-                ..Default::default()
-            }]),
-        }
+        let slice = objects::slice("default", &format!("{svc}-1"), svc).port(8080);
+        nodes
+            .iter()
+            .enumerate()
+            .fold(slice, |s, (i, n)| {
+                s.endpoint(&format!("10.244.{}.2", i + 1), Some(n), Some(true))
+            })
+            .build()
     }
 
     fn mk_l2(name: &str, spec: L2AnnouncementSpec) -> L2Announcement {

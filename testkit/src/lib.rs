@@ -4,6 +4,7 @@
 //!   in CI (`PORTICO_REQUIRE_ROOT_TESTS=1`).
 //! - [`netns`]: network namespaces for real-packet tests.
 //! - [`clock`]: a clock the test moves; [`logs`]: what a test logged.
+//! - [`objects`]: builders of Nodes, Services and EndpointSlices.
 //! - [`MockApi`]: a small in-memory Kubernetes API server behind the real
 //!   `kube::Client` (through `tower-test`): lists, watches (with resource
 //!   versions, label selectors, metadata-only views and `410 Gone`),
@@ -16,6 +17,7 @@
 pub mod clock;
 pub mod logs;
 pub mod netns;
+pub mod objects;
 pub mod root;
 
 pub use clock::FakeClock;

@@ -98,14 +98,9 @@ fn with_web_port(mut pod: Pod, port: i32) -> Pod {
 }
 
 fn mk_node(name: &str, zone: &str) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some([(labels::ZONE.to_owned(), zone.to_owned())].into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    portico_testkit::objects::node(name)
+        .label(labels::ZONE, zone)
+        .build()
 }
 
 /// The controller plus a fake API server for slices.
