@@ -526,32 +526,7 @@ pub enum Output {
     Yaml,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Show {
-    /// Services with their addresses (`kubectl get svc -o wide`).
-    Services,
-    /// EndpointSlices (`kubectl get endpointslices -o wide`).
-    Endpointslices,
-    /// IPPools with their addresses, usage and conditions (`kubectl get ippools`).
-    Ippools,
-    /// ClusterIPRanges with their usage and conditions (`kubectl get clusteripranges`).
-    Clusteripranges,
-    /// Events the reconcilers recorded (`kubectl get events`).
-    Events,
-}
-
-impl From<Show> for portico_local::print::Show {
-    fn from(s: Show) -> Self {
-        use portico_local::print::Show as P;
-        match s {
-            Show::Services => P::Services,
-            Show::Endpointslices => P::Endpointslices,
-            Show::Ippools => P::Ippools,
-            Show::Clusteripranges => P::Clusteripranges,
-            Show::Events => P::Events,
-        }
-    }
-}
+pub use portico_local::print::Show;
 
 /// Parses `500ms`, `2s`, `5m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -70,13 +70,7 @@ fn an_agent_that_stops_in_order_hands_its_address_over_with_its_goodbye() {
     for n in NODES {
         lab.start(n);
     }
-    let (first, _) = lab
-        .owner(None, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("nobody announces\n{}", lab.logs()));
-    lab.settle(DEADLINE);
-    let (first, _) = lab
-        .owner(None, Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("nobody announces after {first}\n{}", lab.logs()));
+    let first = lab.settled_owner();
     let t0 = Instant::now();
     lab.terminate(&first);
     let (second, _) = lab

@@ -7,17 +7,17 @@ use portico_crds::names::CONDITION_CLUSTER_IP_ALLOCATED;
 use std::io::{self, Write};
 
 /// A table `portico local` can print (`--show`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Show {
     /// Services with their addresses (`kubectl get svc -o wide`).
     Services,
     /// EndpointSlices (`kubectl get endpointslices -o wide`).
     Endpointslices,
-    /// IPPools with their addresses, usage and conditions.
+    /// IPPools with their addresses, usage and conditions (`kubectl get ippools`).
     Ippools,
-    /// ClusterIPRanges with their usage and conditions.
+    /// ClusterIPRanges with their usage and conditions (`kubectl get clusteripranges`).
     Clusteripranges,
-    /// Events the reconcilers recorded.
+    /// Events the reconcilers recorded (`kubectl get events`).
     Events,
 }
 

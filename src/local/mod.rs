@@ -87,10 +87,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         l2_warnings(&world);
         let mut out = std::io::stdout().lock();
         match args.output {
-            Output::Table => {
-                let show: Vec<print::Show> = args.show.iter().map(|s| (*s).into()).collect();
-                print::tables(&mut out, &world, &show)?
-            }
+            Output::Table => print::tables(&mut out, &world, &args.show)?,
             Output::Yaml => print::yaml(&mut out, &world)?,
         }
         out.flush()?;

@@ -273,6 +273,18 @@ impl Lab {
         child.wait().unwrap();
     }
 
+    /// The node that answers once one does and the gossip has settled
+    /// (every agent sees every other).
+    pub fn settled_owner(&self) -> String {
+        let (first, _) = self
+            .owner(None, DEADLINE)
+            .unwrap_or_else(|| panic!("nobody announces\n{}", self.logs()));
+        self.settle(DEADLINE);
+        self.owner(None, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("nobody announces after {first}\n{}", self.logs()))
+            .0
+    }
+
     /// Waits until every running agent's gossip sees every running agent
     /// (each says so in its log when its live set changes).
     pub fn settle(&self, within: Duration) {
@@ -413,13 +425,7 @@ impl Drop for Lab {
 /// Starts the agents with gossip; once one node answers, kills its agent
 /// and measures until another one does. Returns the time.
 pub fn one_kill(lab: &mut Lab) -> (String, String, Duration) {
-    let (first, _) = lab
-        .owner(None, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("nobody announces\n{}", lab.logs()));
-    lab.settle(DEADLINE);
-    let (first, _) = lab
-        .owner(None, Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("nobody announces after {first}\n{}", lab.logs()));
+    let first = lab.settled_owner();
     lab.kill(&first);
     let (second, took) = lab
         .owner(Some(&first), DEADLINE)
