@@ -288,7 +288,8 @@ impl Lab {
     /// Waits until every running agent's gossip sees every running agent
     /// (each says so in its log when its live set changes).
     pub fn settle(&self, within: Duration) {
-        let running: Vec<&str> = self.agents.iter().map(|(n, _)| n.as_str()).collect();
+        let mut running: Vec<&str> = self.agents.iter().map(|(n, _)| n.as_str()).collect();
+        running.sort_unstable();
         let want = format!("gossip: live agents {}", running.join(", "));
         let t0 = Instant::now();
         loop {
