@@ -28,8 +28,29 @@ use portico_crds::{ClusterIPRange, IPPool};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Now, by tokio's clock (paused in tests, like every timer here).
+fn clock_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// How often the ClusterIP quarantine is checked for addresses to free.
 pub const QUARANTINE_TICK: Duration = Duration::from_secs(5);
+
+/// A write the API server does not answer within this long has failed (for
+/// a passing reason): a hung request must not hold every other write.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A writer whose writes fail after [`WRITE_TIMEOUT`] without an answer.
+struct Timed<W>(W);
+
+impl<W: Writer + Send> Writer for Timed<W> {
+    async fn write(&mut self, write: &Write) -> crate::Result<crate::Written> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.0.write(write)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::Timeout(WRITE_TIMEOUT)),
+        }
+    }
+}
 
 /// What the driver says of itself, for health checks, metrics and the
 /// admission webhook.
@@ -160,15 +181,16 @@ pub enum Stopped {
 /// Runs the reconcilers until `shutdown`: watch events in, writes out
 /// (only while `leader` says so), every result fed back. `status` tells
 /// the rest of the process how the driver is doing.
-pub async fn drive<W: Writer>(
+pub async fn drive<W: Writer + Send>(
     mut reconcilers: Reconcilers,
     mut watched: BoxStream<'static, Result<Watched, watcher::Error>>,
-    mut writer: W,
+    writer: W,
     mut leader: tokio::sync::watch::Receiver<bool>,
     status: tokio::sync::watch::Sender<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Stopped> {
     tokio::pin!(shutdown);
+    let mut writer = Timed(writer);
     let mut relists = Relists::default();
     let mut leading = *leader.borrow_and_update();
     let mut quarantine = tokio::time::interval(QUARANTINE_TICK);
@@ -189,13 +211,13 @@ pub async fn drive<W: Writer>(
                 tracing::info!(leader = now, "leadership changed");
                 let gained = now && !leading;
                 leading = now;
-                if gained { reconcilers.lead(Instant::now()) } else { Vec::new() }
+                if gained { reconcilers.lead(clock_now()) } else { Vec::new() }
             }
             () = sleep_until(reconcilers.next_due()) => Vec::new(),
             _ = quarantine.tick() => reconcilers.tick(),
             w = watched.try_next() => match w {
                 Ok(Some(w)) => match relists.feed(w) {
-                    Some(change) => reconcilers.on(change, Instant::now()),
+                    Some(change) => reconcilers.on(change, clock_now()),
                     None => Vec::new(),
                 },
                 Ok(None) => return Err(Stopped::WatchesEnded),
@@ -205,14 +227,17 @@ pub async fn drive<W: Writer>(
                 }
             },
         };
-        writes.extend(reconcilers.flush(Instant::now()));
+        writes.extend(reconcilers.flush(clock_now()));
         if !leading {
             continue;
         }
         // Follow-up writes go out in the same turn, after the ones that
         // caused them.
+        // A write burst stops as soon as the Lease is lost.
         while !writes.is_empty() {
-            writes = reconcilers.send(&mut writer, writes).await;
+            writes = reconcilers
+                .send_while(&mut writer, writes, || *leader.borrow(), clock_now)
+                .await;
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum Error {
     /// The Kubernetes API refused or failed a write.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The API server did not answer a write in time.
+    #[error("the API server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// A writer other than the API refused the write (`portico local`'s
     /// world: a reconciler asked for something the API server would refuse).
     #[error("write refused: {0}")]
@@ -33,6 +36,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Serialize(_) => "serialize",
             Error::Refused(_) => "refused",
+            Error::Timeout(_) => "timeout",
         }
     }
 
@@ -45,6 +49,7 @@ impl Error {
             Error::Kube(kube::Error::Api(status)) => {
                 matches!(status.code, 409 | 429) || status.code >= 500 || status.code == 0
             }
+            Error::Timeout(_) => true,
             // The connection, not the write: a timeout, a reset, no route.
             Error::Kube(
                 kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_),
@@ -54,6 +59,29 @@ impl Error {
             Error::Kube(_) | Error::Config { .. } | Error::Serialize(_) | Error::Refused(_) => {
                 false
             }
+        }
+    }
+}
+
+impl Error {
+    /// Why a write failed, for `portico_controller_write_failures_total`:
+    /// `conflict` (409), `throttled` (429), `server` (5xx), `refused`
+    /// (another 4xx), `timeout`, `connection`, or `other`.
+    pub fn write_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => match status.code {
+                409 => "conflict",
+                429 => "throttled",
+                c if c >= 500 => "server",
+                0 => "connection",
+                _ => "refused",
+            },
+            Error::Kube(
+                kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_),
+            ) => "connection",
+            Error::Timeout(_) => "timeout",
+            Error::Refused(_) => "refused",
+            Error::Kube(_) | Error::Config { .. } | Error::Serialize(_) => "other",
         }
     }
 }

@@ -120,6 +120,13 @@ impl Config {
     }
 }
 
+/// Labels of `portico_controller_write_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct WriteFailure {
+    /// See [`Error::write_reason`].
+    pub reason: &'static str,
+}
+
 /// The reconcilers' metrics, registered once.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -129,6 +136,13 @@ pub struct Metrics {
     pub slices: EndpointSliceMetrics,
     /// LoadBalancer IPAM.
     pub lbipam: LbIpamMetrics,
+    /// Writes that failed, by reason.
+    pub write_failures: prometheus_client::metrics::family::Family<
+        WriteFailure,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Failed writes sent again.
+    pub write_retries: prometheus_client::metrics::counter::Counter,
 }
 
 impl Metrics {
@@ -137,6 +151,16 @@ impl Metrics {
         self.clusterip.register(registry);
         self.slices.register(registry);
         self.lbipam.register(registry);
+        registry.register(
+            "portico_controller_write_failures",
+            "Writes to the API that failed, by reason",
+            self.write_failures.clone(),
+        );
+        registry.register(
+            "portico_controller_write_retries",
+            "Failed writes sent again after a pause",
+            self.write_retries.clone(),
+        );
     }
 }
 
@@ -156,6 +180,7 @@ struct Synced {
 /// Every reconciler, fed with one stream of changes. See the module
 /// documentation.
 pub struct Reconcilers {
+    metrics: Metrics,
     clusterip: SharedIndex,
     node_ports: Option<NodePortAllocator>,
     slices: EndpointSliceController,
@@ -185,6 +210,7 @@ impl Reconcilers {
         );
         let lb = new_lbipam(&cfg, &metrics);
         Ok(Reconcilers {
+            metrics,
             clusterip,
             node_ports,
             slices,
@@ -370,6 +396,7 @@ impl Reconcilers {
             .collect();
         for key in due {
             if let Some((_, w)) = self.retries.remove(&key) {
+                self.metrics.write_retries.inc();
                 writes.push(w);
             }
         }
@@ -448,17 +475,38 @@ impl Reconcilers {
     /// Sends `writes` through `writer`, one after another, and feeds each
     /// result back; returns the follow-up writes.
     pub async fn send<W: Writer>(&mut self, writer: &mut W, writes: Vec<Write>) -> Vec<Write> {
+        self.send_while(writer, writes, || true, Instant::now).await
+    }
+
+    /// The same, checking `go` before each write: the writes left when it
+    /// says no are dropped (a replica that lost the Lease stops at once;
+    /// the next leader recomputes them). `now` is the driver's clock.
+    pub async fn send_while<W: Writer>(
+        &mut self,
+        writer: &mut W,
+        writes: Vec<Write>,
+        go: impl Fn() -> bool,
+        now: impl Fn() -> Instant,
+    ) -> Vec<Write> {
         let mut next = Vec::new();
         for w in writes {
+            if !go() {
+                return Vec::new();
+            }
             let result = writer.write(&w).await;
-            next.extend(self.written(w, result, Instant::now()));
+            next.extend(self.written(w, result, now()));
         }
         next
     }
 
     fn failed(&mut self, write: Write, error: &Error, now: Instant) {
         let transient = error.is_transient();
-        tracing::warn!(%error, kind = error.metric_label(), transient, ?write, "write failed");
+        let reason = error.write_reason();
+        tracing::warn!(%error, reason, transient, ?write, "write failed");
+        self.metrics
+            .write_failures
+            .get_or_create(&WriteFailure { reason })
+            .inc();
         match write {
             // A slice is recomputed from the index, against the version the
             // watch brings next.

@@ -4,119 +4,12 @@
 //! leader's write gating. Time is tokio's paused clock.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use http::Method;
-use portico_controllers::driver::{self, Status};
-use portico_controllers::reconcilers::{Config, Metrics};
-use portico_controllers::{ApiWriter, NetworkConfig, Reconcilers, Role};
-use portico_testkit::{Logged, MockApi};
+use portico_testkit::Logged;
 use serde_json::{Value, json};
-use std::time::Duration;
-use tokio::sync::watch;
-
-const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
-
-fn namespace(name: &str) -> Value {
-    json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } })
-}
-
-fn node(name: &str) -> Value {
-    json!({ "apiVersion": "v1", "kind": "Node",
-            "metadata": { "name": name, "labels": { "topology.kubernetes.io/zone": "z1" } } })
-}
-
-fn web() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": "web", "namespace": "shop", "uid": "uid-web",
-                      "creationTimestamp": "2026-01-01T00:00:00Z" },
-        "spec": { "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                  "selector": { "app": "web" },
-                  "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] },
-    })
-}
-
-fn pod(name: &str, ip: &str, ready: bool) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
-                      "labels": { "app": "web" } },
-        "spec": { "nodeName": "n1", "containers": [{ "name": "c" }] },
-        "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }],
-                    "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }] },
-    })
-}
-
-fn pool() -> Value {
-    json!({ "apiVersion": "portico.dev/v1alpha1", "kind": "IPPool",
-            "metadata": { "name": "lab" },
-            "spec": { "addresses": ["192.168.56.60-192.168.56.70"] } })
-}
-
-fn lb() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": "front", "namespace": "shop", "uid": "uid-front",
-                      "creationTimestamp": "2026-01-01T00:00:01Z" },
-        "spec": { "type": "LoadBalancer", "clusterIP": "10.96.0.11", "clusterIPs": ["10.96.0.11"],
-                  "ports": [{ "port": 443, "protocol": "TCP", "nodePort": 30443 }] },
-    })
-}
-
-fn world() -> Vec<Value> {
-    vec![
-        namespace("shop"),
-        node("n1"),
-        web(),
-        pod("web-1", "10.244.1.5", true),
-        pool(),
-        lb(),
-    ]
-}
-
-struct Controller {
-    api: MockApi,
-    leader: watch::Sender<bool>,
-    status: watch::Receiver<Status>,
-}
-
-fn start(objects: Vec<Value>, leader: bool) -> Controller {
-    let (api, client) = MockApi::start(objects);
-    let net = NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
-    let reconcilers =
-        Reconcilers::new(Config::new(net, Role::Cluster), Metrics::default()).unwrap();
-    let watches = driver::watches(&client, false);
-    let writer = ApiWriter::new(client, Some("portico-controller-0".into()));
-    let (leader_tx, leader_rx) = watch::channel(leader);
-    let (status_tx, status) = watch::channel(Status::default());
-    tokio::spawn(async move {
-        driver::drive(
-            reconcilers,
-            watches,
-            writer,
-            leader_rx,
-            status_tx,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
-    });
-    Controller {
-        api,
-        leader: leader_tx,
-        status,
-    }
-}
-
-impl Controller {
-    async fn synced(&mut self) {
-        self.status.wait_for(|s| s.synced).await.unwrap();
-    }
-
-    /// Lets every timer of the next minute fire (paused time: instant).
-    async fn a_minute_later(&self) {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
-}
+use support::*;
 
 /// A request's method and path.
 fn summary(l: &Logged) -> (Method, String) {

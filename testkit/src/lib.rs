@@ -158,7 +158,10 @@ struct Parked {
 struct Fault {
     method: Method,
     path_contains: String,
-    code: u16,
+    /// An error status, or `None`: no answer at all (a hung request).
+    code: Option<u16>,
+    /// Run when the request arrives, before anything else happens.
+    then: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Default)]
@@ -170,6 +173,8 @@ struct State {
     history: BTreeMap<String, Vec<(u64, &'static str, Value)>>,
     parked: Vec<Parked>,
     faults: VecDeque<Fault>,
+    /// Requests never answered (kept, so the client keeps waiting).
+    hung: Vec<SendResponse<Response<Body>>>,
     log: Vec<Logged>,
     generated: u64,
 }
@@ -243,8 +248,14 @@ impl MockApi {
             .iter()
             .position(|f| f.method == logged.method && logged.path.contains(&f.path_contains))
         {
-            let fault = state.faults.remove(i).unwrap_or_else(|| unreachable!());
-            send.send_response(status(fault.code, "injected fault"));
+            let mut fault = state.faults.remove(i).unwrap_or_else(|| unreachable!());
+            if let Some(then) = fault.then.take() {
+                then();
+            }
+            match fault.code {
+                Some(code) => send.send_response(status(code, "injected fault")),
+                None => state.hung.push(send),
+            }
             return;
         }
         match (logged.method.clone(), body) {
@@ -408,13 +419,51 @@ impl MockApi {
     }
 
     /// The next request of `method` whose path contains `path_contains`
-    /// fails with `code`.
+    /// fails with `code` (a 429 says `Retry-After: 1`).
     pub fn fail_next(&self, method: Method, path_contains: &str, code: u16) {
         self.lock().faults.push_back(Fault {
             method,
             path_contains: path_contains.to_owned(),
-            code,
+            code: Some(code),
+            then: None,
         });
+    }
+
+    /// The next request of `method` whose path contains `path_contains`
+    /// is never answered.
+    pub fn hang_next(&self, method: Method, path_contains: &str) {
+        self.hang_next_then(method, path_contains, || {});
+    }
+
+    /// The same, and `then` runs the moment that request arrives (while
+    /// its client waits): a fault that happens during a write.
+    pub fn hang_next_then(
+        &self,
+        method: Method,
+        path_contains: &str,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        self.lock().faults.push_back(Fault {
+            method,
+            path_contains: path_contains.to_owned(),
+            code: None,
+            then: Some(Box::new(then)),
+        });
+    }
+
+    /// Cuts the open watches of a collection in the middle of an event:
+    /// their clients read half a JSON object, then the end of the stream.
+    pub fn cut_watches(&self, collection: &str) {
+        let mut state = self.lock();
+        let (cut, kept) = std::mem::take(&mut state.parked)
+            .into_iter()
+            .partition(|p: &Parked| p.collection == collection);
+        state.parked = kept;
+        drop(state);
+        for p in cut {
+            let half = r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"#;
+            p.send.send_response(raw(StatusCode::OK, half.to_owned()));
+        }
     }
 
     /// Every request so far.
@@ -438,7 +487,10 @@ impl MockApi {
         let waited = tokio::time::timeout(WAIT, async {
             loop {
                 let notified = self.changed.notified();
-                if done(&self.lock().log) {
+                // The lock is not held while `done` runs: it may ask the
+                // server too.
+                let log = self.lock().log.clone();
+                if done(&log) {
                     return;
                 }
                 notified.await;
@@ -566,10 +618,17 @@ fn status(code: u16, message: &str) -> Response<Body> {
         "code": code, "message": message,
         "reason": match code { 409 => "Conflict", 404 => "NotFound", 410 => "Expired", 429 => "TooManyRequests", _ => "InternalError" },
     });
-    raw(
+    let mut r = raw(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body.to_string(),
-    )
+    );
+    if code == 429 {
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    r
 }
 
 #[cfg(test)]
