@@ -167,13 +167,65 @@ def check_promises(objects, expect_defaults):
         if not by_kind.get("PodDisruptionBudget"):
             fail("the DNS Deployment needs a PodDisruptionBudget")
 
-    # Least privilege: no wildcard anywhere, no secrets read by anyone.
+    # Least privilege: exactly the verbs each component calls (the table of
+    # docs/install.md), no wildcard anywhere, no secrets read by anyone.
+    for role in by_kind.get("ClusterRole", []) + by_kind.get("Role", []):
+        component = role["metadata"]["labels"].get("app.kubernetes.io/component")
+        allowed = CALLS.get((component, role["kind"]))
+        if allowed is None:
+            fail(f"{name_of(role)}: no table of the calls of component {component}")
+            continue
+        for rule in role.get("rules", []):
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    extra = set(rule.get("verbs", [])) - allowed.get((group, resource), set())
+                    if extra:
+                        fail(f"{name_of(role)}: {group or 'core'}/{resource}: {sorted(extra)} granted but never called")
     for role in by_kind.get("ClusterRole", []) + by_kind.get("Role", []):
         for rule in role.get("rules", []):
             if "*" in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []):
                 fail(f"{name_of(role)}: wildcard in {rule}")
             if "secrets" in rule.get("resources", []):
                 fail(f"{name_of(role)}: must not read Secrets")
+
+
+# What each component calls, by (API group, resource): the verbs its
+# ClusterRole or Role may grant, and no more.
+WATCH = {"list", "watch"}
+CALLS = {
+    ("controller", "ClusterRole"): {
+        ("", "services"): WATCH,
+        ("", "pods"): WATCH,
+        ("", "nodes"): WATCH,
+        ("", "namespaces"): WATCH,
+        ("", "services/status"): {"patch"},
+        ("discovery.k8s.io", "endpointslices"): WATCH | {"create", "update", "delete"},
+        ("networking.k8s.io", "ipaddresses"): WATCH,
+        ("portico.dev", "ippools"): WATCH,
+        ("portico.dev", "clusteripranges"): WATCH,
+        ("portico.dev", "ippools/status"): {"patch"},
+        ("portico.dev", "clusteripranges/status"): {"patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+    },
+    ("controller", "Role"): {
+        ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
+        ("", "pods"): {"patch"},
+    },
+    ("node", "ClusterRole"): {
+        ("", "services"): WATCH | {"patch"},
+        ("discovery.k8s.io", "endpointslices"): WATCH,
+        ("", "nodes"): WATCH,
+        ("portico.dev", "l2announcements"): WATCH,
+        ("portico.dev", "ippools"): WATCH,
+        ("portico.dev", "l2announcements/status"): {"patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+    },
+    ("dns", "ClusterRole"): {
+        ("", "services"): WATCH,
+        ("discovery.k8s.io", "endpointslices"): WATCH,
+        ("", "pods"): WATCH,
+    },
+}
 
 
 def check_command_lines(objects, portico):
