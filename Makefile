@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/debug/portico
 APT_PACKAGES := nftables iproute2 conntrack bind9-dnsutils dnsperf nsd arping ndisc6
 
-.PHONY: all deps build test test-only lint fmt demo bench bench-dns bench-local crds check-generated check-chart image e2e clean
+.PHONY: all deps build test test-only lint fmt demo bench bench-dns bench-local fuzz crds check-generated check-chart image e2e clean
 
 all: build
 
@@ -61,6 +61,11 @@ bench:
 	$(CARGO) build --release --bin portico
 	scripts/bench-local.py target/release/portico 5000 50000
 	scripts/bench-dns.sh
+
+## fuzz: hostile DNS requests and manifests, many cases (make test runs a few hundred)
+fuzz:
+	PORTICO_FUZZ_CASES=$${PORTICO_FUZZ_CASES:-100000} $(CARGO) test --release -p portico-dns hostile
+	PORTICO_FUZZ_CASES=$${PORTICO_FUZZ_CASES:-100000} $(CARGO) test --release -p portico-local --test hostile
 
 ## bench-local: the whole portico local pipeline at 5,000 and 50,000 Services (time, memory; --dataplane as root)
 bench-local:

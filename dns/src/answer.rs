@@ -259,4 +259,6 @@ fn reverse_lookup<'s>(snap: &'s Snapshot, q: &QName) -> Option<&'s Node> {
 }
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod tests;

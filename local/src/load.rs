@@ -101,21 +101,38 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Manifests> {
     for file in resolve(paths)? {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for (index, doc) in split_documents(&text).into_iter().enumerate() {
-            let mut ctx = Ctx {
-                file: &file,
-                index,
-                out: &mut out,
-                seen: &mut seen,
-            };
-            match serde_saphyr::from_str::<Value>(doc) {
-                Ok(Value::Null) => {}
-                Ok(value) => ctx.object(value),
-                Err(e) => ctx.skip(format!("not valid YAML: {e}")),
-            }
-        }
+        read(&file, &text, &mut out, &mut seen);
     }
     Ok(out)
+}
+
+/// Reads manifests from text, as from one file named `name`. What cannot
+/// be used is a diagnostic, never an error.
+pub fn parse(name: &Path, text: &str) -> Manifests {
+    let mut out = Manifests::default();
+    read(name, text, &mut out, &mut BTreeSet::new());
+    out
+}
+
+fn read(
+    file: &Path,
+    text: &str,
+    out: &mut Manifests,
+    seen: &mut BTreeSet<(String, String, String)>,
+) {
+    for (index, doc) in split_documents(text).into_iter().enumerate() {
+        let mut ctx = Ctx {
+            file,
+            index,
+            out,
+            seen,
+        };
+        match serde_saphyr::from_str::<Value>(doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => ctx.object(value),
+            Err(e) => ctx.skip(format!("not valid YAML: {e}")),
+        }
+    }
 }
 
 /// Splits a YAML stream at document markers (`---` at the start of a line).
