@@ -43,7 +43,27 @@ pub use portico_controllers::admission::{
     AdmissionResult, ReviewError, WebhookMetrics, WebhookState, patch_ops, review,
 };
 
-async fn mutate(State(state): State<WebhookState>, body: Bytes) -> impl IntoResponse {
+/// The largest AdmissionReview read: a Service and its old version, with
+/// room to spare (etcd keeps objects up to 1.5 MiB).
+pub const MAX_BODY: usize = 4 << 20;
+
+async fn mutate(
+    State(state): State<WebhookState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        state.metrics.count("invalid");
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "an AdmissionReview is application/json\n".to_owned(),
+        );
+    }
     match review(&state, &body) {
         Ok(v) => (
             StatusCode::OK,
@@ -62,10 +82,13 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> impl IntoResp
     }
 }
 
-/// The HTTPS endpoints: `POST /mutate-services`.
+/// The HTTPS endpoints: `POST /mutate-services` (JSON only, at most
+/// [`MAX_BODY`]; anything else is refused with 4xx and counted as
+/// `invalid`).
 pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/mutate-services", post(mutate))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

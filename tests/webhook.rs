@@ -373,3 +373,87 @@ async fn the_leader_labels_its_pod_for_the_webhook_service() {
         .expect("the task ends with the channel")
         .unwrap();
 }
+
+/// One request through the webhook's router (no TLS): status, body.
+async fn call(
+    state: &WebhookState,
+    method: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri("/mutate-services");
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = webhook::router(state.clone())
+        .oneshot(req.body(axum::body::Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn invalid(state: &WebhookState) -> u64 {
+    state
+        .metrics
+        .admissions
+        .get_or_create(&webhook::AdmissionResult { result: "invalid" })
+        .get()
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_a_clean_error_and_are_counted() {
+    let s = state(true);
+    let json = Some("application/json");
+    let good = review_of(
+        "CREATE",
+        service("api", json!({ "ports": [{ "port": 80 }] })),
+        None,
+    );
+    // Not JSON, JSON that is no AdmissionReview, a review without a request.
+    for (body, what) in [
+        (b"{not json".to_vec(), "malformed JSON"),
+        (b"[]".to_vec(), "an array"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "no request",
+        ),
+        (good[..good.len() / 2].to_vec(), "cut in half"),
+    ] {
+        let (status, text) = call(&s, "POST", json, body).await;
+        assert_eq!(status, 400, "{what}: {text}");
+        assert!(!text.is_empty(), "{what}: the error says why");
+    }
+    // The wrong content type, or none.
+    assert_eq!(
+        call(&s, "POST", Some("text/plain"), good.clone()).await.0,
+        415
+    );
+    assert_eq!(call(&s, "POST", None, good.clone()).await.0, 415);
+    // Too large.
+    let huge = vec![b' '; webhook::MAX_BODY + 1];
+    assert_eq!(call(&s, "POST", json, huge).await.0, 413);
+    // Not a POST.
+    assert_eq!(call(&s, "GET", json, Vec::new()).await.0, 405);
+    assert_eq!(invalid(&s), 6, "every refused review is counted");
+    // And the webhook still answers a good one.
+    let (status, text) = call(&s, "POST", json, good).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bodies_never_panic_the_webhook(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+        let s = state(true);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (status, _) = runtime.block_on(call(&s, "POST", Some("application/json"), body));
+        proptest::prop_assert!(status == 400 || status == 200, "{status}");
+    }
+}
