@@ -192,6 +192,49 @@ fn full_syncs_of_20000_services_lose_no_nodeport_or_cluster_ip_datagram() {
     );
 }
 
+#[test]
+fn a_restarted_agent_adopts_the_installed_rules_and_loses_no_datagram() {
+    if !root_or_skip("a_restarted_agent_adopts_the_installed_rules_and_loses_no_datagram") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.echo(1, ECHO);
+    let catalog = catalog_of(SERVICES);
+    proxier(&lab).full_sync(&catalog).unwrap();
+
+    let probe = Arc::new(Probe::default());
+    let (tried, tried_rx) = mpsc::channel();
+    let probing = start_probe(&lab, probe.clone(), tried);
+    tried_rx.recv().unwrap();
+    // Each restart: the old agent is gone (its rules stay), a new one
+    // starts with nothing in memory and makes its first, full, sync over
+    // what is installed, as `portico node` does after a restart.
+    let mut during = Vec::new();
+    for _ in 0..SYNCS {
+        let before = probe.sent.load(Ordering::Relaxed);
+        let mut restarted = proxier(&lab);
+        assert!(restarted.needs_full_sync());
+        restarted.sync(&catalog, &Default::default()).unwrap();
+        during.push(probe.sent.load(Ordering::Relaxed) - before);
+    }
+    probe.stop.store(true, Ordering::Relaxed);
+    let lost = probing.join().unwrap();
+    let sent = probe.sent.load(Ordering::Relaxed);
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} datagrams lost across restarts (sent during each: {during:?}); the first: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        during.iter().all(|&n| n >= 100) && sent < MAX_PROBES,
+        "the probe must run through every restart: {during:?} datagrams during them, {sent} in all"
+    );
+    eprintln!(
+        "{SYNCS} restarts at {SERVICES} Services: {sent} datagrams, {during:?} during the restarts, none lost"
+    );
+}
+
 // ---- a killed agent ---------------------------------------------------------
 
 /// The Services of the ruleset installed before, and of the one the killed
