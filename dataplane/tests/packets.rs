@@ -447,6 +447,54 @@ fn a_removed_endpoint_gets_no_new_connections_and_loses_its_udp_flows() {
 }
 
 #[test]
+fn fifty_endpoint_moves_in_a_row_fail_no_connection_and_new_ones_reach_the_current_endpoints() {
+    let Some(lab) = lab(
+        "fifty_endpoint_moves_in_a_row_fail_no_connection_and_new_ones_reach_the_current_endpoints",
+        3,
+    ) else {
+        return;
+    };
+    let web = svc("default", "web", "10.96.0.10").port("http", "TCP", 80);
+    let pods = ["10.244.1.2", "10.244.2.2", "10.244.3.2"];
+    // Always one ready endpoint at least: one pod, then it and the next,
+    // then the next alone, around the three.
+    let set = |step: usize| -> Vec<usize> {
+        let first = (step / 2) % 3;
+        if step.is_multiple_of(2) {
+            vec![first]
+        } else {
+            vec![first, (first + 1) % 3]
+        }
+    };
+    let slice_of = |members: &[usize]| {
+        let eps: Vec<_> = members.iter().map(|i| ep(pods[*i])).collect();
+        slice("default", "web-1", "web", &BOTH, &eps)
+    };
+    let mut c = catalog(&[web], &[slice_of(&set(0))]);
+    let mut p = proxier(&lab);
+    p.full_sync(&c).unwrap();
+    let mut connections = 0;
+    for step in 1..=50 {
+        let members = set(step);
+        c.apply_slice(&slice_of(&members));
+        sync(&mut p, &mut c);
+        let allowed: Vec<String> = members.iter().map(|i| format!("pod{}", i + 1)).collect();
+        for _ in 0..4 {
+            let line = lab
+                .tcp(From::Client, "10.96.0.10:80")
+                .unwrap_or_else(|e| panic!("move {step}: a connection failed: {e}"));
+            let pod = line.split(' ').next().unwrap_or_default().to_owned();
+            assert!(
+                allowed.contains(&pod),
+                "move {step}: {pod} is not in {allowed:?}"
+            );
+            connections += 1;
+        }
+    }
+    assert_eq!(connections, 200);
+}
+
+#[test]
 fn an_ipv6_cluster_ip_reaches_a_pod() {
     let Some(lab) = lab("an_ipv6_cluster_ip_reaches_a_pod", 2) else {
         return;
