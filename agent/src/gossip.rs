@@ -97,6 +97,18 @@ impl std::fmt::Debug for GossipKey {
 /// Bytes of the tag after each authenticated datagram.
 const TAG_LEN: usize = 32;
 
+/// Bytes of the send time (milliseconds since the epoch) before the data
+/// of an authenticated datagram.
+const STAMP_LEN: usize = 8;
+
+/// An authenticated datagram sent longer ago (or later, by the receiver's
+/// clock) than this is dropped; within it, one seen before is a replay.
+const REPLAY_WINDOW_MS: u64 = 30_000;
+
+/// The largest datagram read: foca's packets (1,400 bytes) with the stamp
+/// and tag; anything larger is dropped.
+const MAX_DATAGRAM: usize = 1400 + STAMP_LEN + TAG_LEN;
+
 impl GossipKey {
     /// A key from the secret's bytes (at least 16).
     pub fn new(secret: &[u8]) -> anyhow::Result<Self> {
@@ -118,27 +130,87 @@ impl GossipKey {
         Self::new(raw.trim_ascii()).with_context(|| format!("{}", path.display()))
     }
 
-    /// `data` followed by its tag.
-    pub fn seal(&self, data: &[u8]) -> Vec<u8> {
-        let tag = ring::hmac::sign(&self.0, data);
-        let mut out = Vec::with_capacity(data.len() + TAG_LEN);
+    /// The send time `now_ms`, `data`, and the tag of both.
+    pub fn seal(&self, data: &[u8], now_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(STAMP_LEN + data.len() + TAG_LEN);
+        out.extend_from_slice(&now_ms.to_be_bytes());
         out.extend_from_slice(data);
+        let tag = ring::hmac::sign(&self.0, &out);
         out.extend_from_slice(tag.as_ref());
         out
     }
 
-    /// The data of a sealed datagram, when its tag is valid.
-    pub fn open<'a>(&self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+    /// The send time and data of a sealed datagram, when its tag is valid.
+    pub fn open<'a>(&self, sealed: &'a [u8]) -> Option<(u64, &'a [u8])> {
         let split = sealed.len().checked_sub(TAG_LEN)?;
-        let (data, tag) = sealed.split_at(split);
-        ring::hmac::verify(&self.0, data, tag).ok().map(|()| data)
+        if split < STAMP_LEN {
+            return None;
+        }
+        let (signed, tag) = sealed.split_at(split);
+        ring::hmac::verify(&self.0, signed, tag).ok()?;
+        let (stamp, data) = signed.split_at(STAMP_LEN);
+        let stamp = u64::from_be_bytes(stamp.try_into().ok()?);
+        Some((stamp, data))
     }
+}
+
+/// Why a datagram was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Larger than any agent sends.
+    Oversized,
+    /// No valid tag: a stranger, another key, or a damaged datagram.
+    BadTag,
+    /// Sent outside the replay window (an old datagram sent again, or a
+    /// clock far off).
+    Stale,
+    /// Seen before within the window: a replay.
+    Replayed,
+    /// Authenticated (or unkeyed) but not a gossip message.
+    Malformed,
+}
+
+/// The authenticated datagrams seen within the replay window.
+#[derive(Default)]
+struct Seen(std::collections::HashMap<[u8; TAG_LEN], u64>);
+
+impl Seen {
+    /// Opens a datagram received at `now_ms`: its data, or why it is
+    /// dropped.
+    fn open<'a>(
+        &mut self,
+        key: &GossipKey,
+        sealed: &'a [u8],
+        now_ms: u64,
+    ) -> Result<&'a [u8], Dropped> {
+        let (stamp, data) = key.open(sealed).ok_or(Dropped::BadTag)?;
+        if stamp.abs_diff(now_ms) > REPLAY_WINDOW_MS {
+            return Err(Dropped::Stale);
+        }
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&sealed[sealed.len() - TAG_LEN..]);
+        if self.0.len() > 16_384 {
+            self.0
+                .retain(|_, at| at.abs_diff(now_ms) <= REPLAY_WINDOW_MS);
+        }
+        if self.0.insert(tag, stamp).is_some() {
+            return Err(Dropped::Replayed);
+        }
+        Ok(data)
+    }
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Seals outgoing datagrams when there is a key.
 fn seal<'a>(key: Option<&GossipKey>, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
     match key {
-        Some(k) => std::borrow::Cow::Owned(k.seal(data)),
+        Some(k) => std::borrow::Cow::Owned(k.seal(data, now_ms())),
         None => std::borrow::Cow::Borrowed(data),
     }
 }
@@ -189,7 +261,7 @@ impl Drop for Gossip {
 }
 
 enum Input {
-    Data(Vec<u8>),
+    Data(Vec<u8>, SocketAddr),
     Timer(Timer<Agent>),
     Join(Vec<SocketAddr>),
     Leave(tokio::sync::oneshot::Sender<()>),
@@ -299,18 +371,28 @@ async fn run(
     let mut seeds: BTreeSet<SocketAddr> = settings.join.iter().copied().collect();
     seeds.remove(&foca.identity().addr);
     let mut rejoin = tokio::time::interval(Duration::from_secs(2));
-    let mut buf = vec![0u8; 1500];
+    // Larger than any datagram an agent sends, so an oversized one is seen
+    // whole (and dropped) rather than cut to size.
+    let mut buf = vec![0u8; 65_536];
+    let mut seen = Seen::default();
     let me = foca.identity().node.clone();
+    let drop_one = |from: SocketAddr, why: Dropped| {
+        tracing::debug!(%from, ?why, "gossip datagram dropped");
+        dropped.send_modify(|n| *n += 1);
+    };
     loop {
         let input = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) if n > MAX_DATAGRAM => {
+                    drop_one(from, Dropped::Oversized);
+                    continue;
+                }
                 Ok((n, from)) => match &settings.key {
-                    None => Input::Data(buf[..n].to_vec()),
-                    Some(key) => match key.open(&buf[..n]) {
-                        Some(data) => Input::Data(data.to_vec()),
-                        None => {
-                            tracing::debug!(%from, "gossip datagram without a valid key dropped");
-                            dropped.send_modify(|n| *n += 1);
+                    None => Input::Data(buf[..n].to_vec(), from),
+                    Some(key) => match seen.open(key, &buf[..n], now_ms()) {
+                        Ok(data) => Input::Data(data.to_vec(), from),
+                        Err(why) => {
+                            drop_one(from, why);
                             continue;
                         }
                     },
@@ -341,7 +423,13 @@ async fn run(
                 let _ = done.send(());
                 return;
             }
-            Input::Data(d) => foca.handle_data(&d, &mut runtime),
+            Input::Data(d, from) => {
+                let r = foca.handle_data(&d, &mut runtime);
+                if r.is_err() {
+                    drop_one(from, Dropped::Malformed);
+                }
+                r
+            }
             Input::Timer(t) => foca.handle_timer(t, &mut runtime),
             Input::Join(peers) => {
                 seeds.extend(peers);
@@ -447,13 +535,69 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_running_agent_drops_and_counts_hostile_datagrams() {
+        let key = GossipKey::new(b"the lab's gossip key, 32 bytes!!").unwrap();
+        let a = Gossip::start(Settings {
+            key: Some(key.clone()),
+            ..settings("a", vec![])
+        })
+        .await
+        .unwrap();
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = a.local_addr();
+        let valid_tag = key.seal(b"not a gossip message", now_ms());
+        for datagram in [
+            vec![0u8; 5_000],                     // oversized
+            vec![1u8; 8],                         // truncated
+            vec![2u8; 200],                       // no valid tag
+            key.seal(b"x", now_ms() - 3_600_000), // an hour old
+            valid_tag.clone(),                    // authentic, not foca's
+            valid_tag,                            // the same, replayed
+        ] {
+            s.send_to(&datagram, to).await.unwrap();
+        }
+        let mut dropped = a.dropped();
+        tokio::time::timeout(Duration::from_secs(10), dropped.wait_for(|n| *n >= 6))
+            .await
+            .expect("six datagrams dropped")
+            .unwrap();
+        assert_eq!(*dropped.borrow(), 6);
+        assert_eq!(a.live(), BTreeSet::from(["a".to_owned()]));
+    }
+
+    #[test]
+    fn replayed_stale_truncated_and_foreign_datagrams_are_dropped_with_their_reason() {
+        let key = GossipKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let other = GossipKey::new(b"fedcba9876543210fedcba9876543210").unwrap();
+        let mut seen = Seen::default();
+        let now = 1_700_000_000_000;
+        let sealed = key.seal(b"probe", now);
+        assert_eq!(seen.open(&key, &sealed, now + 5), Ok(&b"probe"[..]));
+        assert_eq!(seen.open(&key, &sealed, now + 10), Err(Dropped::Replayed));
+        let old = key.seal(b"probe", now - REPLAY_WINDOW_MS - 1);
+        assert_eq!(seen.open(&key, &old, now), Err(Dropped::Stale));
+        let ahead = key.seal(b"probe", now + REPLAY_WINDOW_MS + 1);
+        assert_eq!(seen.open(&key, &ahead, now), Err(Dropped::Stale));
+        assert_eq!(
+            seen.open(&key, &sealed[..sealed.len() - 1], now),
+            Err(Dropped::BadTag)
+        );
+        assert_eq!(
+            seen.open(&key, &other.seal(b"probe", now), now),
+            Err(Dropped::BadTag)
+        );
+        // The same data sent again is a new datagram (a new stamp).
+        assert!(seen.open(&key, &key.seal(b"probe", now + 1), now).is_ok());
+    }
+
     #[test]
     fn sealed_datagrams_open_only_with_the_same_key() {
         let key = GossipKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
         let other = GossipKey::new(b"fedcba9876543210fedcba9876543210").unwrap();
-        let sealed = key.seal(b"probe");
-        assert_eq!(sealed.len(), 5 + TAG_LEN);
-        assert_eq!(key.open(&sealed), Some(&b"probe"[..]));
+        let sealed = key.seal(b"probe", 1_000);
+        assert_eq!(sealed.len(), STAMP_LEN + 5 + TAG_LEN);
+        assert_eq!(key.open(&sealed), Some((1_000, &b"probe"[..])));
         assert_eq!(other.open(&sealed), None);
         let mut tampered = sealed.clone();
         tampered[0] ^= 1;
