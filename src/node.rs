@@ -393,12 +393,10 @@ mod tests {
         ]
     }
 
-    /// The node agent's cluster edge against an in-memory API server:
-    /// the watches in (Nodes once), the rules programmed, and the
-    /// takeover's writes out, exactly, through the real client.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_agent_programs_rules_and_reports_its_takeover_through_the_api() {
-        let (api, client) = MockApi::start(cluster());
+    type Running = tokio::task::JoinHandle<anyhow::Result<NodeAgent<FakeNft, RecordingConntrack>>>;
+
+    /// Node n1's agent (L2 on, gossip off) driven against `client`.
+    fn start(client: &kube::Client) -> (tokio::sync::oneshot::Sender<()>, Running) {
         let net =
             portico_controllers::NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
         let agent = NodeAgent::new(
@@ -417,7 +415,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(drive(
             agent,
-            watches(&client, "n1", true),
+            watches(client, "n1", true),
             ApiWriter::for_node(client.clone(), "n1"),
             None,
             || {},
@@ -425,6 +423,64 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
+        (stop, task)
+    }
+
+    /// Faults at the node agent's API edge: a failed status write is sent
+    /// again (in order, before the writes after it), and an expired watch
+    /// relists; the agent goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_is_sent_again_and_an_expired_watch_relists() {
+        let (api, client) = MockApi::start(cluster());
+        api.fail_next(Method::PATCH, "/l2announcements/lab/status", 500);
+        let (stop, task) = start(&client);
+        let done = tokio::time::timeout(
+            Duration::from_secs(20),
+            api.wait_for("the annotation after the retried status", |log| {
+                log.iter()
+                    .any(|l| l.path == "/api/v1/namespaces/default/services/web")
+            }),
+        )
+        .await;
+        assert!(done.is_ok(), "{:#?}", api.writes());
+        let writes: Vec<String> = api.writes().iter().map(|w| w.path.clone()).collect();
+        assert_eq!(
+            writes,
+            [
+                "/apis/portico.dev/v1alpha1/l2announcements/lab/status",
+                "/apis/portico.dev/v1alpha1/l2announcements/lab/status",
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                "/api/v1/namespaces/default/services/web",
+            ],
+            "the failed status first, again, then the rest in order"
+        );
+        let lists = |api: &MockApi| {
+            api.log()
+                .iter()
+                .filter(|l| l.path == "/api/v1/services" && !l.is_watch())
+                .count()
+        };
+        assert_eq!(lists(&api), 1);
+        api.expire_watches("/api/v1/services");
+        api.wait_for("a relist of the Services", |log| {
+            log.iter()
+                .filter(|l| l.path == "/api/v1/services" && !l.is_watch())
+                .count()
+                == 2
+        })
+        .await;
+        stop.send(()).unwrap();
+        let agent = task.await.unwrap().unwrap();
+        assert_eq!(agent.announced(), ["192.168.56.60 (default/web)"]);
+    }
+
+    /// The node agent's cluster edge against an in-memory API server:
+    /// the watches in (Nodes once), the rules programmed, and the
+    /// takeover's writes out, exactly, through the real client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agent_programs_rules_and_reports_its_takeover_through_the_api() {
+        let (api, client) = MockApi::start(cluster());
+        let (stop, task) = start(&client);
         let annotated = |l: &portico_testkit::Logged| {
             l.method == Method::PATCH && l.path == "/api/v1/namespaces/default/services/web"
         };

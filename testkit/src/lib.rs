@@ -171,6 +171,9 @@ struct State {
     objects: BTreeMap<String, BTreeMap<String, Value>>,
     /// Every change, by collection: (version, type, object).
     history: BTreeMap<String, Vec<(u64, &'static str, Value)>>,
+    /// Collections whose watches from this version or older are gone
+    /// (`410 Gone`), by collection.
+    expired: BTreeMap<String, u64>,
     parked: Vec<Parked>,
     faults: VecDeque<Fault>,
     /// Requests never answered (kept, so the client keeps waiting).
@@ -264,6 +267,14 @@ impl MockApi {
                     .param("resourceVersion")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
+                if state
+                    .expired
+                    .get(&route.collection)
+                    .is_some_and(|at| since <= *at)
+                {
+                    send.send_response(gone());
+                    return;
+                }
                 state.parked.push(Parked {
                     collection: route.collection,
                     since,
@@ -400,21 +411,20 @@ impl MockApi {
     /// version is too old), so their clients must list again.
     pub fn expire_watches(&self, collection: &str) {
         let mut state = self.lock();
-        let (gone, kept) = std::mem::take(&mut state.parked)
+        let (expired, kept) = std::mem::take(&mut state.parked)
             .into_iter()
             .partition(|p: &Parked| p.collection == collection);
         state.parked = kept;
-        // Events before now are no longer served either.
+        // Events before now are no longer served either: a watch from any
+        // version up to now (one in flight included) is gone; a new list
+        // gives a later one.
         state.history.remove(collection);
+        let now = state.version;
+        state.expired.insert(collection.to_owned(), now);
+        state.version += 1;
         drop(state);
-        for p in gone {
-            let event = json!({
-                "type": "ERROR",
-                "object": { "apiVersion": "v1", "kind": "Status", "status": "Failure",
-                            "code": 410, "reason": "Expired", "message": "too old resource version" },
-            });
-            p.send
-                .send_response(raw(StatusCode::OK, format!("{event}\n")));
+        for p in expired {
+            p.send.send_response(gone());
         }
     }
 
@@ -600,6 +610,16 @@ fn view(obj: &Value, metadata_only: bool) -> Value {
     } else {
         obj.clone()
     }
+}
+
+/// A watch that ends with `410 Gone` (its resource version is too old).
+fn gone() -> Response<Body> {
+    let event = json!({
+        "type": "ERROR",
+        "object": { "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                    "code": 410, "reason": "Expired", "message": "too old resource version" },
+    });
+    raw(StatusCode::OK, format!("{event}\n"))
 }
 
 fn raw(code: StatusCode, body: String) -> Response<Body> {
