@@ -153,6 +153,37 @@ fn proxier(lab: &Lab) -> Proxier<Nft, ConntrackTool> {
     Proxier::new(config(), lab.nft(), lab.conntrack())
 }
 
+/// Runs `step` `SYNCS` times while the probe runs, and checks that no
+/// datagram was lost and that the probe ran through every step.
+fn probed(lab: &Lab, what: &str, mut step: impl FnMut()) {
+    let probe = Arc::new(Probe::default());
+    let (tried, tried_rx) = mpsc::channel();
+    let probing = start_probe(lab, probe.clone(), tried);
+    tried_rx.recv().unwrap();
+    let mut during = Vec::new();
+    for _ in 0..SYNCS {
+        let before = probe.sent.load(Ordering::Relaxed);
+        step();
+        during.push(probe.sent.load(Ordering::Relaxed) - before);
+    }
+    probe.stop.store(true, Ordering::Relaxed);
+    let lost = probing.join().unwrap();
+    let sent = probe.sent.load(Ordering::Relaxed);
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} datagrams lost (sent during each {what}: {during:?}); the first: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        during.iter().all(|&n| n >= 100) && sent < MAX_PROBES,
+        "the probe must run through every {what}: {during:?} datagrams during them, {sent} in all"
+    );
+    eprintln!(
+        "{SYNCS} {what}s at {SERVICES} Services: {sent} datagrams, {during:?} during them, none lost"
+    );
+}
+
 #[test]
 fn full_syncs_of_20000_services_lose_no_nodeport_or_cluster_ip_datagram() {
     if !root_or_skip("full_syncs_of_20000_services_lose_no_nodeport_or_cluster_ip_datagram") {
@@ -164,32 +195,11 @@ fn full_syncs_of_20000_services_lose_no_nodeport_or_cluster_ip_datagram() {
     // Installed with few Services: the hash sets have their smallest size.
     p.full_sync(&catalog_of(0)).unwrap();
     let catalog = catalog_of(SERVICES);
-
-    let probe = Arc::new(Probe::default());
-    let (tried, tried_rx) = mpsc::channel();
-    let probing = start_probe(&lab, probe.clone(), tried);
-    tried_rx.recv().unwrap();
     // The first sync outgrows the hash sets, which are recreated larger;
     // the next ones keep every set.
-    let mut during = Vec::new();
-    for _ in 0..SYNCS {
-        let before = probe.sent.load(Ordering::Relaxed);
+    probed(&lab, "full sync", || {
         p.full_sync(&catalog).unwrap();
-        during.push(probe.sent.load(Ordering::Relaxed) - before);
-    }
-    probe.stop.store(true, Ordering::Relaxed);
-    let lost = probing.join().unwrap();
-    let sent = probe.sent.load(Ordering::Relaxed);
-    assert!(
-        lost.is_empty(),
-        "{} of {sent} datagrams lost (sent during each sync: {during:?}); the first: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    assert!(
-        during.iter().all(|&n| n >= 100) && sent < MAX_PROBES,
-        "the probe must run through every sync: {during:?} datagrams during them, {sent} in all"
-    );
+    });
 }
 
 #[test]
@@ -201,38 +211,14 @@ fn a_restarted_agent_adopts_the_installed_rules_and_loses_no_datagram() {
     lab.echo(1, ECHO);
     let catalog = catalog_of(SERVICES);
     proxier(&lab).full_sync(&catalog).unwrap();
-
-    let probe = Arc::new(Probe::default());
-    let (tried, tried_rx) = mpsc::channel();
-    let probing = start_probe(&lab, probe.clone(), tried);
-    tried_rx.recv().unwrap();
     // Each restart: the old agent is gone (its rules stay), a new one
     // starts with nothing in memory and makes its first, full, sync over
     // what is installed, as `portico node` does after a restart.
-    let mut during = Vec::new();
-    for _ in 0..SYNCS {
-        let before = probe.sent.load(Ordering::Relaxed);
+    probed(&lab, "restart", || {
         let mut restarted = proxier(&lab);
         assert!(restarted.needs_full_sync());
         restarted.sync(&catalog, &Default::default()).unwrap();
-        during.push(probe.sent.load(Ordering::Relaxed) - before);
-    }
-    probe.stop.store(true, Ordering::Relaxed);
-    let lost = probing.join().unwrap();
-    let sent = probe.sent.load(Ordering::Relaxed);
-    assert!(
-        lost.is_empty(),
-        "{} of {sent} datagrams lost across restarts (sent during each: {during:?}); the first: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    assert!(
-        during.iter().all(|&n| n >= 100) && sent < MAX_PROBES,
-        "the probe must run through every restart: {during:?} datagrams during them, {sent} in all"
-    );
-    eprintln!(
-        "{SYNCS} restarts at {SERVICES} Services: {sent} datagrams, {during:?} during the restarts, none lost"
-    );
+    });
 }
 
 // ---- a killed agent ---------------------------------------------------------
