@@ -36,21 +36,8 @@ fn clock_now() -> Instant {
 /// How often the ClusterIP quarantine is checked for addresses to free.
 pub const QUARANTINE_TICK: Duration = Duration::from_secs(5);
 
-/// A write the API server does not answer within this long has failed (for
-/// a passing reason): a hung request must not hold every other write.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A writer whose writes fail after [`WRITE_TIMEOUT`] without an answer.
-struct Timed<W>(W);
-
-impl<W: Writer + Send> Writer for Timed<W> {
-    async fn write(&mut self, write: &Write) -> crate::Result<crate::Written> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.0.write(write)).await {
-            Ok(result) => result,
-            Err(_) => Err(crate::Error::Timeout(WRITE_TIMEOUT)),
-        }
-    }
-}
+use crate::write::Timed;
+pub use crate::write::WRITE_TIMEOUT;
 
 /// What the driver says of itself, for health checks, metrics and the
 /// admission webhook.

@@ -63,7 +63,31 @@ impl Error {
     }
 }
 
+/// The longest pause a server's `Retry-After` may ask for.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Error {
+    /// The pause the API server asked for before a retry (a 429's, or a
+    /// 5xx's, `retryAfterSeconds`, which the API server sends with its
+    /// `Retry-After` header), at most [`MAX_RETRY_AFTER`].
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => status
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|&s| s > 0)
+                .map(|s| std::time::Duration::from_secs(u64::from(s)).min(MAX_RETRY_AFTER)),
+            _ => None,
+        }
+    }
+
+    /// The pause before sending a failed write again: `ours`, or longer if
+    /// the server asked for longer.
+    pub fn retry_pause(&self, ours: std::time::Duration) -> std::time::Duration {
+        self.retry_after().map_or(ours, |asked| asked.max(ours))
+    }
+
     /// Why a write failed, for `portico_controller_write_failures_total`:
     /// `conflict` (409), `throttled` (429), `server` (5xx), `refused`
     /// (another 4xx), `timeout`, `connection`, or `other`.

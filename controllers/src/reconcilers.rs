@@ -502,7 +502,8 @@ impl Reconcilers {
     fn failed(&mut self, write: Write, error: &Error, now: Instant) {
         let transient = error.is_transient();
         let reason = error.write_reason();
-        tracing::warn!(%error, reason, transient, ?write, "write failed");
+        let pause = error.retry_pause(RETRY_DELAY);
+        tracing::warn!(%error, reason, transient, ?pause, ?write, "write failed");
         self.metrics
             .write_failures
             .get_or_create(&WriteFailure { reason })
@@ -513,16 +514,16 @@ impl Reconcilers {
             Write::Create(Object::EndpointSlice(slice))
             | Write::Replace(Object::EndpointSlice(slice)) => {
                 let target = Object::EndpointSlice(slice.clone()).target();
-                self.slices.retry(&target, Some(&slice), now, RETRY_DELAY);
+                self.slices.retry(&target, Some(&slice), now, pause);
             }
             Write::Delete { target } if target.kind == TargetKind::EndpointSlice => {
-                self.slices.retry(&target, None, now, RETRY_DELAY);
+                self.slices.retry(&target, None, now, pause);
             }
             // Events are best effort, as in every controller.
             Write::Event(_) => {}
             w if transient => {
                 if let Some(key) = retry_key(&w) {
-                    self.retries.insert(key, (now + RETRY_DELAY, w));
+                    self.retries.insert(key, (now + pause, w));
                 }
             }
             _ => {}

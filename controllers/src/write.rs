@@ -238,6 +238,22 @@ impl Writer for ApiWriter {
     }
 }
 
+/// A write the API server does not answer within this long has failed (for
+/// a passing reason): a hung request must not hold every other write.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A writer whose writes fail after [`WRITE_TIMEOUT`] without an answer.
+pub(crate) struct Timed<W>(pub(crate) W);
+
+impl<W: Writer + Send> Writer for Timed<W> {
+    async fn write(&mut self, write: &Write) -> Result<Written> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.0.write(write)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::Timeout(WRITE_TIMEOUT)),
+        }
+    }
+}
+
 /// Carries [`Write`]s out against the Kubernetes API.
 #[derive(Clone)]
 pub struct ApiWriter {
@@ -464,7 +480,8 @@ fn post_params() -> PostParams {
 
 /// Carries writes out one after another, in the order given, retrying a
 /// write that fails for a passing reason (see [`crate::Error::is_transient`])
-/// after a pause that doubles from `first_pause` up to 30 s, so that a
+/// after a pause that doubles from `first_pause` up to 30 s (longer if the
+/// server asks, with `Retry-After`), so that a
 /// failed write is not lost and a newer write never lands before an older
 /// one. A write the API refuses for good is logged and dropped. Ends when
 /// every sender is gone and the queue is empty.
@@ -474,14 +491,16 @@ pub async fn write_in_order(
     first_pause: std::time::Duration,
 ) {
     const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut writer = Timed(writer);
     while let Some(w) = queue.recv().await {
         let mut pause = first_pause;
         loop {
             match writer.write(&w).await {
                 Ok(_) => break,
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, ?pause, "write failed; retrying");
-                    tokio::time::sleep(pause).await;
+                    let wait = e.retry_pause(pause);
+                    tracing::warn!(error = %e, pause = ?wait, "write failed; retrying");
+                    tokio::time::sleep(wait).await;
                     pause = (pause * 2).min(MAX_PAUSE);
                 }
                 Err(e) => {

@@ -11,8 +11,9 @@
 mod support;
 
 use http::Method;
-use portico_controllers::reconcilers::WriteFailure;
-use portico_testkit::MockApi;
+use portico_controllers::reconcilers::{RETRY_DELAY, WriteFailure};
+use portico_testkit::{MockApi, RETRY_AFTER_SECONDS};
+use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 
@@ -41,6 +42,15 @@ async fn a_status_write_the_api_server_fails_is_sent_again_once_and_lands() {
         c.api
             .fail_next(Method::PATCH, "/services/lb-1/status", code);
         c.synced().await;
+        // Not sent again before the pause is over: 1 s, or the 3 s a 429
+        // asks for.
+        let pause = if code == 429 {
+            Duration::from_secs(RETRY_AFTER_SECONDS.into())
+        } else {
+            RETRY_DELAY
+        };
+        tokio::time::sleep_until(started + pause - Duration::from_millis(100)).await;
+        assert_eq!(status_writes(&c.api, "lb-1"), 1, "{code}: not yet again");
         let took = until_converged(&c.api, started).await;
         c.a_minute_later().await;
         assert_eq!(

@@ -429,7 +429,7 @@ impl MockApi {
     }
 
     /// The next request of `method` whose path contains `path_contains`
-    /// fails with `code` (a 429 says `Retry-After: 1`).
+    /// fails with `code` (a 429 asks for [`RETRY_AFTER_SECONDS`]).
     pub fn fail_next(&self, method: Method, path_contains: &str, code: u16) {
         self.lock().faults.push_back(Fault {
             method,
@@ -632,12 +632,19 @@ fn ok(obj: &Value) -> Response<Body> {
     raw(StatusCode::OK, obj.to_string())
 }
 
+/// The pause a 429 asks for, as the API server does: a `Retry-After`
+/// header and `details.retryAfterSeconds`.
+pub const RETRY_AFTER_SECONDS: u32 = 3;
+
 fn status(code: u16, message: &str) -> Response<Body> {
-    let body = json!({
+    let mut body = json!({
         "apiVersion": "v1", "kind": "Status", "status": "Failure",
         "code": code, "message": message,
         "reason": match code { 409 => "Conflict", 404 => "NotFound", 410 => "Expired", 429 => "TooManyRequests", _ => "InternalError" },
     });
+    if code == 429 {
+        body["details"] = json!({ "retryAfterSeconds": RETRY_AFTER_SECONDS });
+    }
     let mut r = raw(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body.to_string(),
@@ -645,7 +652,7 @@ fn status(code: u16, message: &str) -> Response<Body> {
     if code == 429 {
         r.headers_mut().insert(
             http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
+            http::HeaderValue::from(RETRY_AFTER_SECONDS),
         );
     }
     r
