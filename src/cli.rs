@@ -301,6 +301,7 @@ impl L2Args {
                 .as_deref()
                 .map(portico_agent::gossip::GossipKey::from_file)
                 .transpose()?,
+            drops: Default::default(),
         })
     }
 }

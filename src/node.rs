@@ -93,6 +93,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::default();
+    let gossip_drops = metrics.l2.gossip_dropped.clone();
     metrics.dataplane.register(&mut registry);
     if l2_on {
         metrics.l2.register(&mut registry);
@@ -121,7 +122,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // The gossip starts once the agent knows its own address.
     let gossip =
         match gossip::parse_listen(args.l2.gossip_listen.as_deref().unwrap_or("0.0.0.0:7946"))? {
-            Some(listen) if l2_on => Some(args.l2.gossip_settings(&node_name, listen)?),
+            Some(listen) if l2_on => Some(gossip::Settings {
+                drops: gossip_drops,
+                ..args.l2.gossip_settings(&node_name, listen)?
+            }),
             _ => None,
         };
     let writer = ApiWriter::for_node(client.clone(), &node_name);

@@ -82,6 +82,21 @@ pub struct Settings {
     /// contents under this key, and datagrams without a valid one are
     /// dropped, so nobody without the key can join or declare agents dead.
     pub key: Option<GossipKey>,
+    /// Datagrams dropped, by reason (`portico_l2_gossip_dropped_datagrams_total`).
+    pub drops: DropCounts,
+}
+
+/// Dropped datagrams counted by [`Dropped::label`].
+pub type DropCounts = prometheus_client::metrics::family::Family<
+    DropLabel,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// The label of [`DropCounts`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DropLabel {
+    /// [`Dropped::label`].
+    pub reason: &'static str,
 }
 
 /// The shared secret of the gossip (memberlist's secret key).
@@ -168,6 +183,29 @@ pub enum Dropped {
     Replayed,
     /// Authenticated (or unkeyed) but not a gossip message.
     Malformed,
+}
+
+impl Dropped {
+    /// Every reason, in order.
+    pub const ALL: [Dropped; 5] = [
+        Dropped::Oversized,
+        Dropped::BadTag,
+        Dropped::Stale,
+        Dropped::Replayed,
+        Dropped::Malformed,
+    ];
+
+    /// The metric label: `oversized`, `bad_tag`, `stale`, `replayed` or
+    /// `malformed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::Oversized => "oversized",
+            Dropped::BadTag => "bad_tag",
+            Dropped::Stale => "stale",
+            Dropped::Replayed => "replayed",
+            Dropped::Malformed => "malformed",
+        }
+    }
 }
 
 /// The authenticated datagrams seen within the replay window.
@@ -378,6 +416,12 @@ async fn run(
     let me = foca.identity().node.clone();
     let drop_one = |from: SocketAddr, why: Dropped| {
         tracing::debug!(%from, ?why, "gossip datagram dropped");
+        settings
+            .drops
+            .get_or_create(&DropLabel {
+                reason: why.label(),
+            })
+            .inc();
         dropped.send_modify(|n| *n += 1);
     };
     loop {
@@ -532,14 +576,17 @@ mod tests {
             probe_timeout: Duration::from_millis(80),
             suspect_timeout: Duration::from_millis(400),
             key: None,
+            drops: DropCounts::default(),
         }
     }
 
     #[tokio::test]
     async fn a_running_agent_drops_and_counts_hostile_datagrams() {
         let key = GossipKey::new(b"the lab's gossip key, 32 bytes!!").unwrap();
+        let drops = DropCounts::default();
         let a = Gossip::start(Settings {
             key: Some(key.clone()),
+            drops: drops.clone(),
             ..settings("a", vec![])
         })
         .await
@@ -563,6 +610,19 @@ mod tests {
             .expect("six datagrams dropped")
             .unwrap();
         assert_eq!(*dropped.borrow(), 6);
+        let counts: Vec<u64> = Dropped::ALL
+            .iter()
+            .map(|why| {
+                drops
+                    .get_or_create(&DropLabel {
+                        reason: why.label(),
+                    })
+                    .get()
+            })
+            .collect();
+        // oversized; truncated and untagged; an hour old; replayed;
+        // authentic but not gossip.
+        assert_eq!(counts, [1, 2, 1, 1, 1]);
         assert_eq!(a.live(), BTreeSet::from(["a".to_owned()]));
     }
 

@@ -641,6 +641,8 @@ pub struct L2Metrics {
     pub neighbor_advertisements: prometheus_client::metrics::counter::Counter,
     /// Gratuitous ARP / unsolicited advertisement frames sent.
     pub gratuitous: prometheus_client::metrics::counter::Counter,
+    /// Gossip datagrams dropped, by reason.
+    pub gossip_dropped: crate::gossip::DropCounts,
 }
 
 impl L2Metrics {
@@ -672,6 +674,11 @@ impl L2Metrics {
             "gratuitous_frames",
             "Gratuitous ARP and unsolicited neighbour advertisement frames sent",
             self.gratuitous.clone(),
+        );
+        r.register(
+            "gossip_dropped_datagrams",
+            "Gossip datagrams dropped: oversized, bad_tag (no valid HMAC), stale, replayed, malformed",
+            self.gossip_dropped.clone(),
         );
     }
 
