@@ -168,3 +168,62 @@ async fn two_replicas_that_both_lead_give_no_address_twice() {
         per_service.iter().sum::<usize>()
     );
 }
+
+/// The node agent's writer (`write_in_order`): a write the API server
+/// never answers is given up after `WRITE_TIMEOUT` and sent again; a 429
+/// waits what the server asks for; the writes after them wait their turn.
+#[tokio::test(start_paused = true)]
+async fn the_node_agents_writer_times_out_a_hung_write_and_waits_what_a_429_asks() {
+    use portico_controllers::driver::WRITE_TIMEOUT;
+    use portico_controllers::write::{Apply, Target, TargetKind, Write};
+    use portico_controllers::{ApiWriter, write_in_order};
+    let (api, client) = MockApi::start(load_balancers(2));
+    let status = |name: &str| {
+        Write::Apply(Apply {
+            target: Target {
+                kind: TargetKind::Service,
+                namespace: "shop".into(),
+                name: name.into(),
+            },
+            status: true,
+            patch: serde_json::json!({ "apiVersion": "v1", "kind": "Service",
+                "status": { "loadBalancer": { "ingress": [{ "ip": format!("192.168.56.6{}", &name[3..]) }] } } }),
+        })
+    };
+    api.hang_next(Method::PATCH, "/services/lb-0/status");
+    api.fail_next(Method::PATCH, "/services/lb-1/status", 429);
+    let (queue, writes) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let writer = tokio::spawn(write_in_order(
+        ApiWriter::for_node(client, "n1"),
+        writes,
+        Duration::from_millis(500),
+    ));
+    queue.send(status("lb-0")).unwrap();
+    queue.send(status("lb-1")).unwrap();
+    drop(queue);
+    // Just before the timeout, only the hung write was sent.
+    tokio::time::sleep_until(started + WRITE_TIMEOUT - Duration::from_millis(100)).await;
+    assert_eq!(api.writes().len(), 1);
+    writer.await.unwrap();
+    let took = started.elapsed();
+    let order: Vec<String> = api.writes().iter().map(|w| w.path.clone()).collect();
+    assert_eq!(
+        order,
+        [
+            "/api/v1/namespaces/shop/services/lb-0/status",
+            "/api/v1/namespaces/shop/services/lb-0/status",
+            "/api/v1/namespaces/shop/services/lb-1/status",
+            "/api/v1/namespaces/shop/services/lb-1/status",
+        ]
+    );
+    // 10 s of timeout, 0.5 s of pause, then the 3 s the 429 asked for.
+    assert_eq!(
+        took,
+        WRITE_TIMEOUT
+            + Duration::from_millis(500)
+            + Duration::from_secs(RETRY_AFTER_SECONDS.into())
+    );
+    assert_eq!(duplicates(&api), 0);
+    eprintln!("node writer: {} writes, done after {took:?}", order.len());
+}
