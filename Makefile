@@ -50,6 +50,9 @@ demo:
 	$(BIN) local -f examples/lab.yaml \
 	  --service-cluster-ip-range 10.96.0.0/12 --cluster-cidr 20.96.0.0/12 \
 	  --show services,events
+	@echo
+	@echo "Next: how a packet reaches api-tester-lb, from name to pod (docs/explain-lab.svg is its picture):"
+	@echo "  $(BIN) explain default/api-tester-lb -f examples/lab.yaml --cluster-cidr 20.96.0.0/12 --node k8s-worker1"
 
 ## bench: criterion and scale benchmarks (results go in docs/benchmarks.md)
 bench:

@@ -32,9 +32,62 @@ pub enum Command {
     /// Run the whole suite on one machine from manifest files, without a
     /// cluster, and print the resulting Services.
     Local(LocalArgs),
+    /// Explain one Service from its name to the packet: its DNS answers,
+    /// endpoints, the rules a connection meets on a node and their verdict,
+    /// who announces its LoadBalancer address, and what is wrong; as text,
+    /// JSON or an SVG picture.
+    Explain(ExplainArgs),
     /// Print Portico's CustomResourceDefinitions as YAML (what `make crds`
     /// writes to `crds/` and the chart).
     Crds(CrdsArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  portico explain default/api-tester -f examples/lab.yaml
+  portico explain api-tester.default -f examples/lab.yaml --from default/api-tester-7b9c5d6f8-k2x4q
+  portico explain 192.168.56.60:80/tcp -f examples/lab.yaml -o svg > path.svg
+  portico explain shop/web --node n1 -o json            (a cluster, through kubeconfig)")]
+pub struct ExplainArgs {
+    /// What to explain: NAMESPACE/NAME (a Service), a DNS name (web.shop,
+    /// web.shop.svc.cluster.local), or ADDRESS:PORT[/tcp|udp|sctp] (a
+    /// ClusterIP, an external IP, a LoadBalancer address, or a node's
+    /// address with a NodePort).
+    pub target: String,
+    /// Manifest files or directories, loaded and reconciled as `portico
+    /// local` does them. Without it, the cluster of the kubeconfig is read.
+    #[arg(short = 'f', long = "filename", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+    /// The node whose rules the packet meets. Default: the node the target
+    /// names (a NodePort), else the source pod's, else the first by name.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Where the packet comes from: NAMESPACE/POD, an address, `node` (the
+    /// node itself) or `outside` (a client outside the cluster).
+    #[arg(long, default_value = "outside")]
+    pub from: String,
+    /// Output: text for a person, one JSON object for scripts, or an SVG
+    /// picture of the path.
+    #[arg(short = 'o', long, value_enum, default_value_t = ExplainOutput::Text)]
+    pub output: ExplainOutput,
+    /// The cluster zone.
+    #[arg(long, default_value = "cluster.local", env = "PORTICO_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+    /// Node ports (`portico local`'s allocation, with `-f`).
+    #[arg(long, default_value = "30000-32767", value_name = "RANGE")]
+    pub service_node_port_range: portico_ipam::PortRange,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+/// `portico explain`'s output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainOutput {
+    Text,
+    Json,
+    Svg,
 }
 
 #[derive(Debug, Args)]
@@ -384,10 +437,10 @@ pub struct ControllerArgs {
     pub lease_duration: Duration,
 }
 
-/// What the node dataplane programs, on `portico node` and with
-/// `portico local --dataplane`.
+/// What the node's rules are made of, on `portico node`, with
+/// `portico local --dataplane`, and for `portico explain`.
 #[derive(Clone, Debug, Default, Args)]
-pub struct DataplaneArgs {
+pub struct RuleArgs {
     /// Where NodePorts answer: CIDRs, comma-separated (e.g.
     /// `192.168.56.0/24`). Default: the node's primary addresses (the first
     /// InternalIP of each family of its Node object).
@@ -401,6 +454,24 @@ pub struct DataplaneArgs {
     /// every Service either way.
     #[arg(long, value_name = "NAME", env = "PORTICO_SERVICE_PROXY_NAME")]
     pub service_proxy_name: Option<String>,
+}
+
+impl RuleArgs {
+    /// The agent's settings of these flags.
+    pub fn settings(&self) -> portico_agent::Settings {
+        portico_agent::Settings {
+            nodeport_addresses: self.nodeport_addresses.clone(),
+            service_proxy_name: self.service_proxy_name.clone(),
+        }
+    }
+}
+
+/// What the node dataplane programs, on `portico node` and with
+/// `portico local --dataplane`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct DataplaneArgs {
+    #[command(flatten)]
+    pub rules: RuleArgs,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
 }
@@ -408,10 +479,7 @@ pub struct DataplaneArgs {
 impl DataplaneArgs {
     /// The agent's settings of these flags.
     pub fn settings(&self) -> portico_agent::Settings {
-        portico_agent::Settings {
-            nodeport_addresses: self.nodeport_addresses.clone(),
-            service_proxy_name: self.service_proxy_name.clone(),
-        }
+        self.rules.settings()
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod dns;
+pub mod explain;
 pub mod http;
 pub mod local;
 pub mod node;

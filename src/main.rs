@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use portico::{cli, cluster, dns, local, node, telemetry};
+use portico::{cli, cluster, dns, explain, local, node, telemetry};
 use std::process::ExitCode;
 
 /// mimalloc: glibc's allocator spends much of a large `portico local` run
@@ -28,7 +28,15 @@ fn crds(args: cli::CrdsArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let mut cli = cli::Cli::parse();
+    // `explain` prints an answer, not a service's log: only warnings, unless
+    // asked for more.
+    if matches!(cli.command, cli::Command::Explain(_))
+        && std::env::var_os("PORTICO_LOG").is_none()
+        && !std::env::args().any(|a| a.starts_with("--log-level"))
+    {
+        cli.log.log_level = "warn".into();
+    }
     telemetry::init(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
             cli::Command::Dns(args) => dns::run(args).await,
             cli::Command::Node(args) => node::run(args).await,
             cli::Command::Local(args) => local::run(args).await,
+            cli::Command::Explain(args) => explain::run(args).await,
             cli::Command::Crds(args) => crds(args),
         }
     });

@@ -356,7 +356,7 @@ mod tests {
     use http::Method;
     use portico_dataplane::l2::{Link, Responder};
     use portico_dataplane::names::Family;
-    use portico_dataplane::{FakeNft, RecordingConntrack};
+    use portico_dataplane::{MemoryNft, RecordingConntrack};
     use portico_testkit::MockApi;
     use serde_json::json;
 
@@ -397,7 +397,8 @@ mod tests {
         ]
     }
 
-    type Running = tokio::task::JoinHandle<anyhow::Result<NodeAgent<FakeNft, RecordingConntrack>>>;
+    type Running =
+        tokio::task::JoinHandle<anyhow::Result<NodeAgent<MemoryNft, RecordingConntrack>>>;
 
     /// Node n1's agent (L2 on, gossip off) driven against `client`.
     fn start(client: &kube::Client) -> (tokio::sync::oneshot::Sender<()>, Running) {
@@ -407,7 +408,7 @@ mod tests {
             "n1",
             &net,
             &portico_agent::Settings::default(),
-            (FakeNft::new(), RecordingConntrack::default()),
+            (MemoryNft::new(), RecordingConntrack::default()),
             Pacing {
                 min_sync_period: Duration::from_millis(10),
                 sync_period: None,

@@ -3,10 +3,10 @@ use super::*;
 use portico_controllers::TargetKind;
 use portico_crds::{IPPoolSpec, L2AnnouncementSpec};
 use portico_dataplane::names::Family;
-use portico_dataplane::{FakeNft, RecordingConntrack};
+use portico_dataplane::{MemoryNft, RecordingConntrack};
 use portico_testkit::objects;
 
-type Agent = NodeAgent<FakeNft, RecordingConntrack>;
+type Agent = NodeAgent<MemoryNft, RecordingConntrack>;
 
 fn net() -> NetworkConfig {
     NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap()
@@ -22,7 +22,7 @@ fn agent(l2: Option<L2Agent>) -> Agent {
         "n1",
         &net(),
         &Settings::default(),
-        (FakeNft::new(), RecordingConntrack::default()),
+        (MemoryNft::new(), RecordingConntrack::default()),
         PACING,
         l2,
         Instant::now(),
@@ -262,7 +262,7 @@ fn liveness_is_ready_and_gossip_alive_for_the_plan_and_the_status_writer_alike()
         "n2",
         &net(),
         &Settings::default(),
-        (FakeNft::new(), RecordingConntrack::default()),
+        (MemoryNft::new(), RecordingConntrack::default()),
         PACING,
         Some(l2),
         Instant::now(),

@@ -98,15 +98,14 @@ impl Conntrack for ConntrackTool {
     }
 }
 
-/// Records deletions instead of making them (tests).
-#[cfg(feature = "testing")]
+/// Records deletions instead of making them (tests, and `portico
+/// explain`, which never touches the node's flows).
 #[derive(Clone, Debug, Default)]
 pub struct RecordingConntrack {
     /// Every deletion asked for, in order.
     pub deleted: Vec<(ConntrackTarget, IpAddr)>,
 }
 
-#[cfg(feature = "testing")]
 impl Conntrack for RecordingConntrack {
     fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize> {
         self.deleted.push((target, endpoint));

@@ -5,16 +5,17 @@
 //! ```text
 //!  catalog (Services + endpoints) ── Changes ──┐
 //!                                              v
-//!   render (pure) ──> Model (installed state) ──> Transaction ──> Backend: nft -f - | FakeNft
+//!   render (pure) ──> Model (installed state) ──> Transaction ──> Backend: nft -f - | MemoryNft
 //!                                  └─ stale UDP flows ──> Conntrack
 //!
 //!  packet: services ──vmap @service-ips──> pick-N ──dnat to @service-backends-* : @service-ports-*──> endpoint
 //! ```
 //!
 //! `portico node` runs it on every node; `portico local --dataplane` runs
-//! it for one node of a set of manifests. The feature `testing` adds the
-//! in-memory nftables (`FakeNft`), a recording conntrack and the packet
-//! tracer over them, for tests (and, later, for commands that trace).
+//! it for one node of a set of manifests; `portico explain` renders the same
+//! rules into the in-memory nftables (`MemoryNft`) and traces a packet
+//! through them (`trace`). The feature `testing` adds failure injection to
+//! the in-memory nftables.
 
 #![forbid(unsafe_code)]
 
@@ -28,16 +29,11 @@ pub mod names;
 pub mod proxier;
 pub mod render;
 pub mod schedule;
-#[cfg(feature = "testing")]
 pub mod trace;
 pub mod tx;
 
-#[cfg(feature = "testing")]
-pub use backend::FakeNft;
-pub use backend::{Backend, Nft};
-#[cfg(feature = "testing")]
-pub use conntrack::RecordingConntrack;
-pub use conntrack::{Conntrack, ConntrackTool};
+pub use backend::{Backend, MemoryNft, Nft};
+pub use conntrack::{Conntrack, ConntrackTool, RecordingConntrack};
 pub use error::{Error, Result};
 pub use metrics::DataplaneMetrics;
 pub use proxier::{Proxier, SyncKind, SyncReport, can_program_nftables};

@@ -11,7 +11,7 @@
 //! verdict maps, pick chains with their `numgen` draws, affinity sets
 //! (which it updates, like the kernel), the masquerade mark and hairpin.
 
-use crate::backend::FakeNft;
+use crate::backend::MemoryNft;
 use crate::names::{BASE_CHAINS, Family, Hook};
 use ipnet::IpNet;
 use portico_catalog::Protocol;
@@ -78,6 +78,16 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// A rule a packet met that did something: matched and jumped, went,
+/// set a mark, ended the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The chain the rule is in.
+    pub chain: String,
+    /// The rule, as the renderer writes it.
+    pub rule: String,
+}
+
 /// How a chain ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum End {
@@ -93,12 +103,13 @@ enum End {
 
 /// The tracer. `draw(n)` returns what `numgen random mod n` yields.
 pub struct Tracer<'a, D: FnMut(usize) -> usize> {
-    nft: &'a FakeNft,
+    nft: &'a MemoryNft,
     draw: D,
     affinity: HashMap<String, HashSet<IpAddr>>,
 }
 
 struct State {
+    path: Vec<Hit>,
     family: Family,
     src: IpAddr,
     dst: SocketAddr,
@@ -136,7 +147,7 @@ fn endpoint(text: &str) -> Result<SocketAddr, String> {
 
 impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
     /// A tracer over the fake's ruleset.
-    pub fn new(nft: &'a FakeNft, draw: D) -> Self {
+    pub fn new(nft: &'a MemoryNft, draw: D) -> Self {
         Tracer {
             nft,
             draw,
@@ -146,8 +157,14 @@ impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
 
     /// Traces one packet through the hooks it meets.
     pub fn trace(&mut self, p: &Packet) -> Result<Outcome, String> {
+        self.trace_path(p).map(|(outcome, _)| outcome)
+    }
+
+    /// The same, with the rules the packet met, in order.
+    pub fn trace_path(&mut self, p: &Packet) -> Result<(Outcome, Vec<Hit>), String> {
         let family = Family::of(&p.dst.ip());
         let mut s = State {
+            path: Vec::new(),
             family,
             src: p.src,
             dst: p.dst,
@@ -183,19 +200,20 @@ impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
                 continue; // delivered to the node itself: no forward hook
             }
             match self.chain(&mut s, base.name, 0)? {
-                End::Drop => return Ok(Outcome::Drop),
-                End::Reject => return Ok(Outcome::Reject),
+                End::Drop => return Ok((Outcome::Drop, s.path)),
+                End::Reject => return Ok((Outcome::Reject, s.path)),
                 End::Accept | End::Continue => {}
             }
         }
-        Ok(if s.dnat {
+        let outcome = if s.dnat {
             Outcome::Dnat {
                 to: s.dst,
                 masquerade: s.masquerade,
             }
         } else {
             Outcome::Pass
-        })
+        };
+        Ok((outcome, s.path))
     }
 
     fn chain(&mut self, s: &mut State, name: &str, depth: usize) -> Result<End, String> {
@@ -208,7 +226,17 @@ impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
             .ok_or_else(|| format!("no chain {name}"))?
             .to_vec();
         for rule in &rules {
-            match self.rule(s, rule, depth)? {
+            let step = self.rule(s, rule, depth)?;
+            if !matches!(step, Step::Next)
+                || rule.starts_with("meta mark set")
+                || rule.starts_with("update @")
+            {
+                s.path.push(Hit {
+                    chain: name.to_owned(),
+                    rule: rule.clone(),
+                });
+            }
+            match step {
                 Step::Next => {}
                 Step::Return => return Ok(End::Continue),
                 Step::End(e) => return Ok(e),
@@ -504,6 +532,44 @@ impl<'a, D: FnMut(usize) -> usize> Tracer<'a, D> {
             .ok_or_else(|| format!("no set {set}"))?
             .contains_key(key))
     }
+}
+
+/// Every way the first packet of `p` can go: one trace per combination of
+/// the random draws it meets (`numgen`), at most `limit` of them; each
+/// outcome with the rules met.
+pub fn every_outcome(
+    nft: &MemoryNft,
+    p: &Packet,
+    limit: usize,
+) -> Result<Vec<(Outcome, Vec<Hit>)>, String> {
+    let mut out = Vec::new();
+    // The draws of the next trace; draws past its end are 0.
+    let mut choices: Vec<usize> = Vec::new();
+    while out.len() < limit {
+        let moduli = std::cell::RefCell::new(Vec::new());
+        let traced = {
+            let mut tracer = Tracer::new(nft, |n| {
+                let mut m = moduli.borrow_mut();
+                let pick = choices.get(m.len()).copied().unwrap_or(0);
+                m.push(n);
+                pick
+            });
+            tracer.trace_path(p)?
+        };
+        out.push(traced);
+        // The next combination, as an odometer over the moduli met.
+        let moduli = moduli.into_inner();
+        choices.resize(moduli.len(), 0);
+        let Some(i) = (0..moduli.len())
+            .rev()
+            .find(|&i| choices[i] + 1 < moduli[i])
+        else {
+            break;
+        };
+        choices[i] += 1;
+        choices.truncate(i + 1);
+    }
+    Ok(out)
 }
 
 enum Step {

@@ -9,17 +9,17 @@ mod support;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_catalog::Key;
 use portico_dataplane::names::Family;
-use portico_dataplane::{Config, FakeNft, Proxier, RecordingConntrack};
+use portico_dataplane::{Config, MemoryNft, Proxier, RecordingConntrack};
 use support::*;
 
 const HTTP: [(&str, &str, i32); 1] = [("http", "TCP", 8080)];
 const PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const HEADLESS: &str = "service.kubernetes.io/headless";
 
-type P = Proxier<FakeNft, RecordingConntrack>;
+type P = Proxier<MemoryNft, RecordingConntrack>;
 
 fn proxier(cfg: Config) -> P {
-    Proxier::new(cfg, FakeNft::new(), RecordingConntrack::default())
+    Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default())
 }
 
 /// The dispatch verdict of `addr . tcp . port`, if any.

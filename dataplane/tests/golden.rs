@@ -11,14 +11,14 @@ use portico_catalog::{Catalog, Key};
 use portico_dataplane::model::{MIN_SET_SIZE, set_size};
 use portico_dataplane::names::Pick;
 use portico_dataplane::render::ConntrackTarget;
-use portico_dataplane::{FakeNft, Proxier, RecordingConntrack, SyncKind};
+use portico_dataplane::{MemoryNft, Proxier, RecordingConntrack, SyncKind};
 use std::path::PathBuf;
 use support::*;
 
 const HTTP: [(&str, &str, i32); 1] = [("http", "TCP", 8080)];
 
-fn proxier() -> Proxier<FakeNft, RecordingConntrack> {
-    Proxier::new(config(), FakeNft::new(), RecordingConntrack::default())
+fn proxier() -> Proxier<MemoryNft, RecordingConntrack> {
+    Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default())
 }
 
 #[track_caller]
@@ -53,7 +53,7 @@ fn assert_golden(name: &str, actual: &str) {
 }
 
 /// The lines of the last transaction.
-fn script(p: &Proxier<FakeNft, RecordingConntrack>) -> Vec<String> {
+fn script(p: &Proxier<MemoryNft, RecordingConntrack>) -> Vec<String> {
     p.backend()
         .last()
         .map(|tx| tx.to_string().lines().map(str::to_owned).collect())
@@ -144,7 +144,7 @@ fn a_set_of_another_declaration_fails_one_full_sync_and_is_recreated_by_the_next
     use portico_dataplane::names::Family;
     use portico_dataplane::tx::{SetDecl, Transaction};
     // Left by another version: the same name, another type.
-    let mut fake = FakeNft::new();
+    let mut fake = MemoryNft::new();
     let mut tx = Transaction::new();
     tx.add_table(Family::Ipv4);
     tx.add_set(
@@ -168,7 +168,7 @@ fn a_set_of_another_declaration_fails_one_full_sync_and_is_recreated_by_the_next
 /// the next full sync, and set sizes follow the element count of the
 /// last full sync; both are left out of the comparison.
 #[track_caller]
-fn assert_partial_equals_full(p: &Proxier<FakeNft, RecordingConntrack>, catalog: &Catalog) {
+fn assert_partial_equals_full(p: &Proxier<MemoryNft, RecordingConntrack>, catalog: &Catalog) {
     let mut fresh = proxier();
     fresh.full_sync(catalog).unwrap();
     let full = without_sizes(&fresh.backend().dump());
@@ -534,7 +534,7 @@ fn two_services_claiming_one_address_and_port_get_one_winner() {
     let mut catalog = catalog(&[a.clone(), b], &slices);
     let mut p = proxier();
     p.full_sync(&catalog).unwrap();
-    let dispatch = |p: &Proxier<FakeNft, RecordingConntrack>| {
+    let dispatch = |p: &Proxier<MemoryNft, RecordingConntrack>| {
         p.backend()
             .elements(portico_dataplane::names::Family::Ipv4, "service-ips")
             .unwrap()
@@ -755,7 +755,7 @@ fn a_full_sync_reuses_the_rules_of_services_that_did_not_change() {
     p.full_sync(&catalog).unwrap();
     let web = key("default", "web");
     let lb = key("default", "lb");
-    let ptr = |p: &Proxier<FakeNft, RecordingConntrack>, k: &Key| {
+    let ptr = |p: &Proxier<MemoryNft, RecordingConntrack>, k: &Key| {
         std::ptr::from_ref(p.model().service(k).unwrap())
     };
     let (web_before, lb_before) = (ptr(&p, &web), ptr(&p, &lb));

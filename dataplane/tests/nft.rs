@@ -8,7 +8,7 @@ mod support;
 
 use portico_catalog::Catalog;
 use portico_dataplane::names::Family;
-use portico_dataplane::{Backend, FakeNft, Proxier, RecordingConntrack, SyncKind};
+use portico_dataplane::{Backend, MemoryNft, Proxier, RecordingConntrack, SyncKind};
 use support::lab::Lab;
 use support::*;
 
@@ -21,7 +21,7 @@ fn the_showcase_applies_twice_changes_partially_and_cleans_up() {
     let (services, mut slices) = showcase();
     let mut catalog = catalog(&services, &slices);
     let mut p = Proxier::new(config(), lab.nft(), RecordingConntrack::default());
-    let mut fake = Proxier::new(config(), FakeNft::new(), RecordingConntrack::default());
+    let mut fake = Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default());
     p.full_sync(&catalog).unwrap();
     fake.full_sync(&catalog).unwrap();
     let dump = lab.nft().dump().unwrap();

@@ -9,16 +9,16 @@ mod support;
 
 use portico_catalog::Protocol;
 use portico_dataplane::trace::{Origin, Packet, Tracer};
-use portico_dataplane::{FakeNft, Proxier, RecordingConntrack};
+use portico_dataplane::{MemoryNft, Proxier, RecordingConntrack};
 use std::collections::BTreeSet;
 use support::*;
 
 const NODE_ADDRESSES: [&str; 4] = ["192.168.77.1", "10.244.1.1", "fd77::1", "127.0.0.1"];
 
-fn showcase_nft() -> FakeNft {
+fn showcase_nft() -> MemoryNft {
     let (services, slices) = showcase();
     let c = catalog(&services, &slices);
-    let mut p = Proxier::new(config(), FakeNft::new(), RecordingConntrack::default());
+    let mut p = Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default());
     p.full_sync(&c).unwrap();
     p.backend().clone()
 }
@@ -38,7 +38,7 @@ fn packet(src: &str, dst: &str, proto: &str, origin: Origin) -> Packet {
 }
 
 /// Every outcome of a packet over the draws 0..16.
-fn outcomes(nft: &FakeNft, p: &Packet) -> BTreeSet<String> {
+fn outcomes(nft: &MemoryNft, p: &Packet) -> BTreeSet<String> {
     (0..16)
         .map(|d| {
             let mut t = Tracer::new(nft, move |_| d);

@@ -259,6 +259,28 @@ impl Dns {
         &self.inner.shared.metrics
     }
 
+    /// Answers a request from the zone without a socket, as a server
+    /// would over TCP (no truncation): the response, or `None` for a name
+    /// the zone does not hold (a server forwards those). `portico explain`
+    /// asks its questions here.
+    pub fn answer_in_zone(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let shared = &self.inner.shared;
+        let snap = shared.snapshot.load();
+        let mut out = Vec::new();
+        match answer::answer(
+            &snap,
+            None,
+            &shared.metrics,
+            request,
+            answer::Transport::Tcp,
+            shared.max_udp,
+            &mut out,
+        ) {
+            answer::Outcome::Reply => Some(out),
+            _ => None,
+        }
+    }
+
     /// Registers the metrics under `portico_dns_*`.
     pub fn register(&self, registry: &mut Registry) {
         self.inner.shared.metrics.register(registry);

@@ -190,6 +190,21 @@ impl World {
         self.version
     }
 
+    /// Everything a node agent reads, as the relist of each of its watches
+    /// (`portico local --dataplane` and `portico explain` feed their
+    /// agents with it).
+    pub fn agent_changes(&self) -> [portico_agent::Change; 5] {
+        use portico_agent::Change;
+        use portico_controllers::watch::Event;
+        [
+            Change::Services(Event::Reset(self.services.store.state())),
+            Change::Slices(Event::Reset(self.endpoint_slices.store.state())),
+            Change::Nodes(Event::Reset(self.nodes.store.state())),
+            Change::Announcements(Event::Reset(self.l2announcements.store.state())),
+            Change::Pools(Event::Reset(self.ippools.store.state())),
+        ]
+    }
+
     /// Carries out writes, as the API server would.
     pub fn write(&mut self, writes: Vec<Write>) -> anyhow::Result<()> {
         for w in &writes {

@@ -16,9 +16,8 @@ use crate::cli::{DataplaneArgs, L2Args};
 use portico_agent::gossip::{self, Gossip};
 use portico_agent::health::HealthChecks;
 use portico_agent::l2::{L2Agent, Takeover};
-use portico_agent::{Announced, Change, NodeAgent, Pacing};
+use portico_agent::{Announced, NodeAgent, Pacing};
 use portico_controllers::NetworkConfig;
-use portico_controllers::watch::Event;
 use portico_dataplane::{Backend, Conntrack, ConntrackTool, Nft, SyncReport, can_program_nftables};
 use portico_local::World;
 use std::collections::BTreeSet;
@@ -198,21 +197,17 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
 
     /// Takes in the world (after a reload): a sync is due.
     pub fn update(&mut self, world: &World) -> anyhow::Result<()> {
-        let nodes = world.nodes.store.state();
-        if !nodes
+        if !world
+            .nodes
+            .store
+            .state()
             .iter()
             .any(|n| n.metadata.name.as_deref() == Some(self.agent.node_name()))
         {
             tracing::warn!(node = %self.agent.node_name(), "no Node of that name in the manifests: every endpoint counts as remote");
         }
         let now = Instant::now();
-        for change in [
-            Change::Services(Event::Reset(world.services.store.state())),
-            Change::Slices(Event::Reset(world.endpoint_slices.store.state())),
-            Change::Nodes(Event::Reset(nodes)),
-            Change::Announcements(Event::Reset(world.l2announcements.store.state())),
-            Change::Pools(Event::Reset(world.ippools.store.state())),
-        ] {
+        for change in world.agent_changes() {
             self.agent.on(change, now)?;
         }
         Ok(())
@@ -255,7 +250,7 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use portico_dataplane::{FakeNft, RecordingConntrack, SyncKind};
+    use portico_dataplane::{MemoryNft, RecordingConntrack, SyncKind};
     use portico_local::{load, reconcile_once};
 
     const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
@@ -278,7 +273,7 @@ mod tests {
             &net(),
             "n1",
             &DataplaneArgs::default(),
-            FakeNft::new(),
+            MemoryNft::new(),
             RecordingConntrack::default(),
         )
         .unwrap();

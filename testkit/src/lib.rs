@@ -2,7 +2,8 @@
 //!
 //! - [`root`]: tests that need root or a tool run when they can, and must
 //!   in CI (`PORTICO_REQUIRE_ROOT_TESTS=1`).
-//! - [`netns`]: network namespaces for real-packet tests.
+//! - [`netns`]: network namespaces for real-packet tests; [`lab`]: a node,
+//!   a client and pods with servers in them, wired together.
 //! - [`clock`]: a clock the test moves; [`logs`]: what a test logged.
 //! - [`objects`]: builders of Nodes, Services and EndpointSlices.
 //! - [`MockApi`]: a small in-memory Kubernetes API server behind the real
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod lab;
 pub mod logs;
 pub mod netns;
 pub mod objects;

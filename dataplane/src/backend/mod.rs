@@ -1,21 +1,20 @@
-//! Where transactions go: the real `nft` binary, or an in-memory fake
-//! that follows nft's rules closely enough to catch ordering mistakes and
-//! dumps its state as sorted text for golden tests.
+//! Where transactions go: the real `nft` binary, or an in-memory nft
+//! that follows nft's rules closely enough to catch ordering mistakes,
+//! dumps its state as sorted text for golden tests, and holds the rules
+//! `portico explain` traces a packet through.
 //!
 //! ```text
 //!  Transaction ──> Nft ── Script (memfd, complete) ──> nft -f -   (full syncs)
 //!             │                                 └──> nft -i     (small ones, `include`)
-//!             └──> FakeNft (tests)
+//!             └──> MemoryNft (tests, `portico explain`)
 //! ```
 
-#[cfg(feature = "testing")]
-mod fake;
+mod memory;
 mod nft;
 mod script;
 mod session;
 
-#[cfg(feature = "testing")]
-pub use fake::FakeNft;
+pub use memory::MemoryNft;
 pub use nft::{Nft, parse_listing};
 
 use crate::Result;

@@ -12,6 +12,9 @@
 pub mod lab;
 pub mod rawtcp;
 
+#[allow(unused_imports)]
+pub use lab::NodeTools;
+
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
     ServiceStatus, SessionAffinityConfig,

@@ -1,4 +1,5 @@
-//! An in-memory nft for tests.
+//! An in-memory nft: for tests, and for `portico explain`, which traces
+//! packets through the rules it holds.
 
 use super::Backend;
 use crate::model::Existing;
@@ -9,13 +10,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct FakeChain {
+struct MemoryChain {
     base: Option<String>,
     rules: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct FakeSet {
+struct MemorySet {
     decl: SetDecl,
     elements: BTreeMap<String, Option<String>>,
     /// A size declared again in the transaction: it holds from the commit
@@ -24,9 +25,9 @@ struct FakeSet {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct FakeTable {
-    chains: BTreeMap<String, FakeChain>,
-    sets: BTreeMap<String, FakeSet>,
+struct MemoryTable {
+    chains: BTreeMap<String, MemoryChain>,
+    sets: BTreeMap<String, MemorySet>,
 }
 
 /// An in-memory nft: applies transactions atomically with nft's rules
@@ -34,17 +35,17 @@ struct FakeTable {
 /// to be deleted, an element's key must not exist with another value) and
 /// dumps its state as sorted text.
 #[derive(Clone, Debug, Default)]
-pub struct FakeNft {
-    tables: BTreeMap<Family, FakeTable>,
+pub struct MemoryNft {
+    tables: BTreeMap<Family, MemoryTable>,
     last: Option<Transaction>,
     applied: usize,
     fail_next: Option<String>,
 }
 
-impl FakeNft {
+impl MemoryNft {
     /// An empty fake.
     pub fn new() -> Self {
-        FakeNft::default()
+        MemoryNft::default()
     }
 
     /// The last transaction applied (or refused).
@@ -125,7 +126,7 @@ impl FakeNft {
     }
 
     fn apply_op(
-        tables: &mut BTreeMap<Family, FakeTable>,
+        tables: &mut BTreeMap<Family, MemoryTable>,
         op: &Op,
     ) -> std::result::Result<(), String> {
         match op {
@@ -147,7 +148,7 @@ impl FakeNft {
                     None => {
                         t.chains.insert(
                             name.clone(),
-                            FakeChain {
+                            MemoryChain {
                                 base: base.clone(),
                                 rules: Vec::new(),
                             },
@@ -212,7 +213,7 @@ impl FakeNft {
                     None => {
                         t.sets.insert(
                             name.clone(),
-                            FakeSet {
+                            MemorySet {
                                 decl: decl.clone(),
                                 elements: BTreeMap::new(),
                                 next_size: None,
@@ -297,9 +298,9 @@ impl FakeNft {
 }
 
 fn get(
-    tables: &mut BTreeMap<Family, FakeTable>,
+    tables: &mut BTreeMap<Family, MemoryTable>,
     family: Family,
-) -> std::result::Result<&mut FakeTable, String> {
+) -> std::result::Result<&mut MemoryTable, String> {
     tables
         .get_mut(&family)
         .ok_or_else(|| format!("table {family} {TABLE} does not exist"))
@@ -312,7 +313,7 @@ fn tokens(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Chains and sets a rule or value refers to must exist.
-fn check_references(t: &FakeTable, text: &str) -> std::result::Result<(), String> {
+fn check_references(t: &MemoryTable, text: &str) -> std::result::Result<(), String> {
     let mut words = tokens(text).peekable();
     while let Some(w) = words.next() {
         if let Some(set) = w.strip_prefix('@') {
@@ -330,7 +331,7 @@ fn check_references(t: &FakeTable, text: &str) -> std::result::Result<(), String
 }
 
 /// Rules and map elements that jump to a chain.
-fn chain_users<'a>(t: &'a FakeTable, name: &'a str) -> impl Iterator<Item = String> + 'a {
+fn chain_users<'a>(t: &'a MemoryTable, name: &'a str) -> impl Iterator<Item = String> + 'a {
     let refers = move |text: &str| {
         let mut words = tokens(text);
         let mut prev = "";
@@ -355,7 +356,7 @@ fn chain_users<'a>(t: &'a FakeTable, name: &'a str) -> impl Iterator<Item = Stri
     rules.chain(elements)
 }
 
-impl Backend for FakeNft {
+impl Backend for MemoryNft {
     fn apply(&mut self, tx: &Transaction) -> Result<()> {
         self.last = Some(tx.clone());
         tx.check()?;
@@ -364,7 +365,7 @@ impl Backend for FakeNft {
         }
         let mut next = self.tables.clone();
         for op in tx.ops() {
-            FakeNft::apply_op(&mut next, op).map_err(Error::Fake)?;
+            MemoryNft::apply_op(&mut next, op).map_err(Error::Fake)?;
         }
         for set in next.values_mut().flat_map(|t| t.sets.values_mut()) {
             if let Some(size) = set.next_size.take() {
@@ -410,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_fake_refuses_what_nft_refuses_and_changes_nothing() {
-        let mut nft = FakeNft::new();
+        let mut nft = MemoryNft::new();
         let mut tx = Transaction::new();
         tx.add_table(Family::Ipv4);
         tx.add_chain(Family::Ipv4, "a", None);

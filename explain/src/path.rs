@@ -1,0 +1,273 @@
+//! The first packet through the node's rules: the node agent renders them
+//! (as `portico node` programs them) into the in-memory nftables, and the
+//! tracer follows the packet, once per random draw it meets.
+
+use crate::target::From;
+use crate::{Action, ChosenNode, Cluster, Error, Resolved, Step, Verdict};
+use portico_agent::{NodeAgent, Pacing};
+use portico_dataplane::trace::{self, Origin, Outcome, Packet};
+use portico_dataplane::{MemoryNft, RecordingConntrack};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// The most outcomes traced (one per combination of random draws).
+const MAX_OUTCOMES: usize = 1024;
+
+pub(crate) struct Traced {
+    pub steps: Vec<Step>,
+    pub verdict: Verdict,
+}
+
+fn step(step: impl Into<String>, detail: impl Into<String>) -> Step {
+    Step {
+        step: step.into(),
+        detail: detail.into(),
+    }
+}
+
+fn proto(r: &Resolved) -> &'static str {
+    portico_dataplane::names::proto(r.protocol)
+}
+
+/// The node's rules, rendered by its agent.
+pub(crate) fn rules(cluster: &Cluster<'_>, node: &str) -> Result<MemoryNft, Error> {
+    let failed = |message: String| Error::Rules {
+        node: node.to_owned(),
+        message,
+    };
+    let now = Instant::now();
+    let mut agent = NodeAgent::new(
+        node,
+        cluster.net,
+        &cluster.settings,
+        (MemoryNft::new(), RecordingConntrack::default()),
+        Pacing {
+            min_sync_period: Duration::ZERO,
+            sync_period: None,
+        },
+        None,
+        now,
+    )
+    .map_err(|e| failed(format!("{e:#}")))?;
+    for change in cluster.world.agent_changes() {
+        agent
+            .on(change, now)
+            .map_err(|e| failed(format!("{e:#}")))?;
+    }
+    agent.sync(now).map_err(|(_, e)| failed(e.to_string()))?;
+    Ok(agent.proxier().backend().clone())
+}
+
+/// Where the first packet of a connection to the target goes from
+/// `source` on `node`, and the rules it meets.
+pub(crate) fn trace(
+    cluster: &Cluster<'_>,
+    node: &ChosenNode,
+    r: &Resolved,
+    source: &From,
+) -> Result<Traced, Error> {
+    let Some(dst) = r.dst else {
+        return Ok(direct(r));
+    };
+    let nft = rules(cluster, &node.name)?;
+    let src = match source.origin {
+        Origin::Node => node
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == dst.is_ipv4())
+            .unwrap_or(source.ip),
+        Origin::Remote => source.ip,
+    };
+    let packet = Packet {
+        src,
+        dst,
+        protocol: r.protocol,
+        origin: source.origin,
+        local: node.addresses.clone(),
+    };
+    let outcomes =
+        trace::every_outcome(&nft, &packet, MAX_OUTCOMES).map_err(|message| Error::Rules {
+            node: node.name.clone(),
+            message,
+        })?;
+    let family = if dst.is_ipv4() { "ip" } else { "ip6" };
+    let mut steps = vec![step(
+        "packet",
+        format!(
+            "{src} → {dst}/{}: the first packet of a connection, from {}, meets the rules of node {}",
+            proto(r),
+            source.label,
+            node.name
+        ),
+    )];
+    if let Some((_, hits)) = outcomes.first() {
+        steps.extend(
+            hits.iter()
+                .map(|h| step(format!("nft {family} portico {}", h.chain), h.rule.clone())),
+        );
+    }
+    let verdict = verdict(outcomes.iter().map(|(o, _)| *o));
+    steps.push(step("verdict", describe(&verdict, outcomes.len())));
+    Ok(Traced { steps, verdict })
+}
+
+/// A Service without a virtual address (headless, or a pod's own name):
+/// DNS gives the endpoints and the client connects to them, untouched.
+fn direct(r: &Resolved) -> Traced {
+    let external = r
+        .svc
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"));
+    if external {
+        return Traced {
+            steps: vec![step(
+                "packet",
+                "an ExternalName Service has no address and no rules: DNS answers a CNAME, and the client connects wherever the target resolves",
+            )],
+            verdict: Verdict {
+                action: Action::Accept,
+                endpoints: Vec::new(),
+                masquerade: false,
+            },
+        };
+    }
+    let answered: BTreeSet<IpAddr> = r
+        .dns
+        .iter()
+        .flat_map(|a| a.answers.iter())
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let port = target_port(r);
+    let endpoints: Vec<String> = answered
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, port).to_string())
+        .collect();
+    Traced {
+        steps: vec![
+            step(
+                "packet",
+                "a headless Service has no virtual address: DNS answers the endpoints' addresses and the client connects to one of them; no NAT rule is met",
+            ),
+            step(
+                "verdict",
+                format!("accept: straight to {}", endpoints.join(" or ")),
+            ),
+        ],
+        verdict: Verdict {
+            action: Action::Accept,
+            endpoints,
+            masquerade: false,
+        },
+    }
+}
+
+/// The first port's target port, when it is a number (a name is resolved
+/// per pod; the Service port stands for it here).
+fn target_port(r: &Resolved) -> u16 {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let port = r
+        .svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref()?.first().cloned());
+    port.and_then(|p| match p.target_port {
+        Some(IntOrString::Int(n)) => u16::try_from(n).ok(),
+        Some(IntOrString::String(_)) | None => u16::try_from(p.port).ok(),
+    })
+    .unwrap_or_default()
+}
+
+/// The verdict of every outcome: where it may go, and how.
+fn verdict(outcomes: impl Iterator<Item = Outcome>) -> Verdict {
+    let mut to: BTreeSet<SocketAddr> = BTreeSet::new();
+    let (mut masquerade, mut reject, mut drop) = (false, false, false);
+    for o in outcomes {
+        match o {
+            Outcome::Dnat {
+                to: t,
+                masquerade: m,
+            } => {
+                to.insert(t);
+                masquerade |= m;
+            }
+            Outcome::Reject => reject = true,
+            Outcome::Drop => drop = true,
+            Outcome::Pass => {}
+        }
+    }
+    let action = if !to.is_empty() {
+        Action::Dnat
+    } else if reject {
+        Action::Reject
+    } else if drop {
+        Action::Drop
+    } else {
+        Action::Accept
+    };
+    Verdict {
+        action,
+        endpoints: to.iter().map(ToString::to_string).collect(),
+        masquerade,
+    }
+}
+
+fn describe(v: &Verdict, draws: usize) -> String {
+    let masq = if v.masquerade {
+        "; masqueraded (its source becomes the node's address)"
+    } else {
+        ""
+    };
+    match v.action {
+        Action::Dnat if v.endpoints.len() == 1 => format!("dnat to {}{masq}", v.endpoints[0]),
+        Action::Dnat => format!(
+            "dnat to one of {} at random, per connection ({} draws traced): {}{masq}",
+            v.endpoints.len(),
+            draws,
+            v.endpoints.join(", ")
+        ),
+        Action::Reject => {
+            "reject: the connection is refused (TCP reset or ICMP unreachable)".into()
+        }
+        Action::Drop => "drop: the packet is dropped silently".into(),
+        Action::Accept => "accept: no rule matches, the packet goes on untouched".into(),
+    }
+}
+
+/// The node answering ARP/NDP for the Service's LoadBalancer address (the
+/// target's, else its first), as every agent plans it.
+pub(crate) fn announcer(cluster: &Cluster<'_>, r: &Resolved) -> Option<String> {
+    use portico_agent::l2;
+    let world = cluster.world;
+    let announcements = world.l2announcements.sorted();
+    if announcements.is_empty() {
+        return None;
+    }
+    let ingress: Vec<IpAddr> = r
+        .svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    let ip = r
+        .dst
+        .map(|d| d.ip())
+        .filter(|ip| ingress.contains(ip))
+        .or_else(|| ingress.first().copied())?;
+    let catalog = portico_local::catalog(world);
+    let plan = l2::plan(
+        announcements.iter().map(AsRef::as_ref),
+        world.ippools.sorted().iter().map(AsRef::as_ref),
+        world.services.sorted().iter().map(AsRef::as_ref),
+        world.nodes.sorted().iter().map(AsRef::as_ref),
+        &catalog,
+        &|n| l2::is_live(n, "", None),
+    );
+    plan.addresses.get(&ip).and_then(|p| p.owner.clone())
+}
