@@ -73,6 +73,11 @@ pub struct ExplainArgs {
     /// The cluster zone.
     #[arg(long, default_value = "cluster.local", env = "PORTICO_CLUSTER_DOMAIN")]
     pub cluster_domain: String,
+    /// Without `-f`: the port of the node agents' metrics server, whose
+    /// `/rules` (the rules a node has installed) is read through the API
+    /// server's node proxy (`nodes/proxy` permission).
+    #[arg(long, default_value_t = 10256)]
+    pub node_metrics_port: u16,
     /// Node ports (`portico local`'s allocation, with `-f`).
     #[arg(long, default_value = "30000-32767", value_name = "RANGE")]
     pub service_node_port_range: portico_ipam::PortRange,

@@ -1,6 +1,7 @@
 //! The HTTP endpoints every component serves: `/metrics` (Prometheus text),
 //! `/healthz` (the process runs, or a component's own liveness check) and
-//! `/readyz` (the first full sync is done).
+//! `/readyz` (the first full sync is done); and a component's own read-only
+//! ones (the node agent's `/rules`).
 
 use anyhow::Context as _;
 use axum::Router;
@@ -27,11 +28,19 @@ struct Inner {
     ready: AtomicBool,
     /// Extra readiness endpoints (`/readyz/<name>`).
     checks: Vec<(&'static str, Check)>,
+    /// A component's own read-only endpoints.
+    endpoints: Vec<(&'static str, Endpoint)>,
     liveness: Option<Liveness>,
 }
 
 /// A readiness check of one part of a component.
 pub type Check = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The answer of a read-only endpoint: status, content type, body.
+pub type Answer = (StatusCode, &'static str, String);
+
+/// A read-only endpoint of a component.
+pub type Endpoint = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Answer> + Send + Sync>;
 
 impl Health {
     /// Health over a registry that holds every metric of the component.
@@ -41,6 +50,7 @@ impl Health {
                 registry,
                 ready: AtomicBool::new(false),
                 checks: Vec::new(),
+                endpoints: Vec::new(),
                 liveness: None,
             }),
         }
@@ -56,6 +66,7 @@ impl Health {
                 registry,
                 ready: AtomicBool::new(false),
                 checks: Vec::new(),
+                endpoints: Vec::new(),
                 liveness: Some(Box::new(check)),
             }),
         }
@@ -69,6 +80,18 @@ impl Health {
             None => tracing::error!(
                 name,
                 "readiness checks are added before the health state is shared; /readyz/{name} is missing"
+            ),
+        }
+        self
+    }
+
+    /// Adds a read-only `GET path` answered by `endpoint`.
+    pub fn with_endpoint(mut self, path: &'static str, endpoint: Endpoint) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.endpoints.push((path, endpoint)),
+            None => tracing::error!(
+                path,
+                "endpoints are added before the health state is shared; this one is missing"
             ),
         }
         self
@@ -103,6 +126,19 @@ impl Health {
                         (StatusCode::OK, "ready\n")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }),
+            );
+        }
+        for (path, endpoint) in &self.inner.endpoints {
+            let endpoint = endpoint.clone();
+            app = app.route(
+                path,
+                get(move || {
+                    let answer = endpoint();
+                    async move {
+                        let (code, content_type, body) = answer.await;
+                        (code, [(header::CONTENT_TYPE, content_type)], body)
                     }
                 }),
             );

@@ -14,7 +14,7 @@
 //! needs them), this node's alone without.
 
 use crate::cli::NodeArgs;
-use crate::http::Health;
+use crate::http::{Answer, Endpoint, Health};
 use anyhow::Context as _;
 use futures::TryStreamExt;
 use kube::Api;
@@ -112,10 +112,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     )?
     .with_metrics(metrics);
     let liveness = agent.liveness();
+    let (rules_requests, rules) = tokio::sync::mpsc::channel(8);
     let health = Health::with_liveness(registry, move || match liveness.lock() {
         Ok(l) => l.check(Instant::now()),
         Err(_) => Err("poisoned\n".to_owned()),
-    });
+    })
+    .with_endpoint("/rules", rules_endpoint(rules_requests));
     let server = tokio::spawn(health.clone().serve(args.metrics_addr));
 
     let watches = watches(&client, &node_name, l2_on);
@@ -135,6 +137,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         watches,
         writer,
         gossip,
+        rules,
         move || ready.set_ready(true),
         crate::cluster::shutdown_signal(),
     )
@@ -182,15 +185,60 @@ pub fn watches(
     watches
 }
 
+/// A request for the agent's rules (`GET /rules`); the agent answers on it.
+pub type RulesRequest = tokio::sync::oneshot::Sender<Answer>;
+
+/// `GET /rules`: what the agent has installed, as JSON
+/// (`portico_agent::NodeRules`), asked of the agent's loop.
+fn rules_endpoint(requests: tokio::sync::mpsc::Sender<RulesRequest>) -> Endpoint {
+    Arc::new(move || {
+        let requests = requests.clone();
+        Box::pin(async move {
+            let gone = (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "the agent has stopped\n".to_owned(),
+            );
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if requests.send(reply).await.is_err() {
+                return gone;
+            }
+            answer.await.unwrap_or(gone)
+        })
+    })
+}
+
+fn rules_answer<B, C>(agent: &NodeAgent<B, C>) -> Answer
+where
+    B: portico_dataplane::Backend,
+    C: portico_dataplane::Conntrack,
+{
+    let json = agent
+        .rules()
+        .map_err(|e| e.to_string())
+        .and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()));
+    match json {
+        Ok(body) => (axum::http::StatusCode::OK, "application/json", body),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("{e}\n"),
+        ),
+    }
+}
+
 /// Runs the agent until `shutdown`: watch events in, syncs when due, the
 /// gossip's live set, and the agent's writes out through `writer` (in
-/// order, retried until they land). `ready` is called after the first
-/// successful sync. Returns the agent when stopped.
+/// order, retried until they land); `rules` asks for what it has installed
+/// (`/rules`). `ready` is called after the first successful sync. Returns
+/// the agent when stopped.
+#[allow(clippy::too_many_arguments)]
 pub async fn drive<B, C>(
     mut agent: NodeAgent<B, C>,
     mut watches: impl futures::Stream<Item = Result<Watched, watcher::Error>> + Unpin,
     writer: ApiWriter,
     mut gossip_settings: Option<gossip::Settings>,
+    mut rules: tokio::sync::mpsc::Receiver<RulesRequest>,
     ready: impl Fn(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<NodeAgent<B, C>>
@@ -244,6 +292,10 @@ where
             }
             _ = l2_tick.tick() => {
                 agent.observe();
+                continue;
+            }
+            Some(reply) = rules.recv() => {
+                let _ = reply.send(tokio::task::block_in_place(|| rules_answer(&agent)));
                 continue;
             }
             w = watches.try_next() => {
@@ -400,8 +452,15 @@ mod tests {
     type Running =
         tokio::task::JoinHandle<anyhow::Result<NodeAgent<MemoryNft, RecordingConntrack>>>;
 
-    /// Node n1's agent (L2 on, gossip off) driven against `client`.
-    fn start(client: &kube::Client) -> (tokio::sync::oneshot::Sender<()>, Running) {
+    /// Node n1's agent (L2 on, gossip off) driven against `client`; what
+    /// stops it, and what asks for its rules.
+    fn start(
+        client: &kube::Client,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        Running,
+        tokio::sync::mpsc::Sender<RulesRequest>,
+    ) {
         let net =
             portico_controllers::NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap();
         let agent = NodeAgent::new(
@@ -418,17 +477,19 @@ mod tests {
         )
         .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (rules_requests, rules) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(drive(
             agent,
             watches(client, "n1", true),
             ApiWriter::for_node(client.clone(), "n1"),
             None,
+            rules,
             || {},
             async {
                 let _ = stopped.await;
             },
         ));
-        (stop, task)
+        (stop, task, rules_requests)
     }
 
     /// Faults at the node agent's API edge: a failed status write is sent
@@ -438,7 +499,7 @@ mod tests {
     async fn a_failed_write_is_sent_again_and_an_expired_watch_relists() {
         let (api, client) = MockApi::start(cluster());
         api.fail_next(Method::PATCH, "/l2announcements/lab/status", 500);
-        let (stop, task) = start(&client);
+        let (stop, task, _rules) = start(&client);
         let done = tokio::time::timeout(
             Duration::from_secs(20),
             api.wait_for("the annotation after the retried status", |log| {
@@ -485,7 +546,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_agent_programs_rules_and_reports_its_takeover_through_the_api() {
         let (api, client) = MockApi::start(cluster());
-        let (stop, task) = start(&client);
+        let (stop, task, rules) = start(&client);
         let annotated = |l: &portico_testkit::Logged| {
             l.method == Method::PATCH && l.path == "/api/v1/namespaces/default/services/web"
         };
@@ -534,6 +595,20 @@ mod tests {
             .collect();
         assert_eq!(node_lists.len(), 1, "{node_lists:#?}");
         assert_eq!(node_lists[0].param("fieldSelector"), None);
+
+        // `/rules`: what the agent installed, as `portico explain` reads it.
+        let (code, content_type, body) = rules_endpoint(rules)().await;
+        assert_eq!(
+            (code.as_u16(), content_type),
+            (200, "application/json"),
+            "{body}"
+        );
+        let installed: portico_agent::NodeRules = serde_json::from_str(&body).unwrap();
+        assert!(installed.programmed);
+        assert_eq!(installed.node, "n1");
+        let service_ips = &installed.rules.tables["ip"].sets[portico_dataplane::names::SERVICE_IPS];
+        let keys: Vec<&String> = service_ips.elements.keys().collect();
+        assert_eq!(keys, ["10.96.0.10 . tcp . 80", "192.168.56.60 . tcp . 80"]);
 
         stop.send(()).unwrap();
         let agent = task.await.unwrap().unwrap();

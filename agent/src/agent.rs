@@ -60,6 +60,24 @@ pub struct Pacing {
     pub sync_period: Option<Duration>,
 }
 
+/// What a node agent has installed (`GET /rules` on its metrics port):
+/// the rules of its last successful syncs, and how current they are.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRules {
+    /// The node.
+    pub node: String,
+    /// A sync has succeeded: the rules are in the kernel.
+    pub programmed: bool,
+    /// Failed syncs in a row (the kernel holds the rules of the last
+    /// successful one).
+    pub failed_syncs: u32,
+    /// Changes wait for the next sync.
+    pub pending: bool,
+    /// The chains, rules and set elements.
+    pub rules: portico_dataplane::RulesView,
+}
+
 /// The agent's metrics (registered by `portico node`).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -331,6 +349,17 @@ impl<B: Backend, C: Conntrack> NodeAgent<B, C> {
                 Err((kind, e))
             }
         }
+    }
+
+    /// What the agent has installed, for `/rules` (and `portico explain`).
+    pub fn rules(&self) -> Result<NodeRules, portico_dataplane::Error> {
+        Ok(NodeRules {
+            node: self.node_name.clone(),
+            programmed: self.programmed,
+            failed_syncs: self.failures(),
+            pending: self.changed,
+            rules: self.proxier.installed()?.view(),
+        })
     }
 
     /// Failed syncs in a row.

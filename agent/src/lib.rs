@@ -20,5 +20,5 @@ pub mod gossip;
 pub mod health;
 pub mod l2;
 
-pub use agent::{Announced, Change, Metrics, NodeAgent, Pacing};
+pub use agent::{Announced, Change, Metrics, NodeAgent, NodeRules, Pacing};
 pub use config::{Settings, dataplane_config, primary_addresses};

@@ -138,6 +138,17 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         }
     }
 
+    /// What this proxier has installed (its last successful syncs), in
+    /// the in-memory nftables: its model written out whole, as a full sync
+    /// into an empty table would write it.
+    pub fn installed(&self) -> Result<crate::MemoryNft> {
+        let mut model = self.model.clone();
+        let tx = model.full_transaction(&self.config, &BTreeMap::new(), StaticSets::Recreate);
+        let mut nft = crate::MemoryNft::new();
+        nft.apply(&tx)?;
+        Ok(nft)
+    }
+
     /// Rewrites everything and deletes what is no longer wanted.
     pub fn full_sync(&mut self, catalog: &Catalog) -> Result<SyncReport> {
         self.full_sync_and_forget(catalog, Vec::new())

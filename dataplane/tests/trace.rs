@@ -8,7 +8,7 @@
 mod support;
 
 use portico_catalog::Protocol;
-use portico_dataplane::trace::{Origin, Packet, Tracer};
+use portico_dataplane::trace::{self, Origin, Packet, Tracer};
 use portico_dataplane::{MemoryNft, Proxier, RecordingConntrack};
 use std::collections::BTreeSet;
 use support::*;
@@ -37,15 +37,12 @@ fn packet(src: &str, dst: &str, proto: &str, origin: Origin) -> Packet {
     }
 }
 
-/// Every outcome of a packet over the draws 0..16.
+/// Every outcome of a packet, one per combination of its draws.
 fn outcomes(nft: &MemoryNft, p: &Packet) -> BTreeSet<String> {
-    (0..16)
-        .map(|d| {
-            let mut t = Tracer::new(nft, move |_| d);
-            t.trace(p)
-                .unwrap_or_else(|e| panic!("{p:?}: {e}"))
-                .to_string()
-        })
+    trace::every_outcome(nft, p, 1024)
+        .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+        .into_iter()
+        .map(|(o, _)| o.to_string())
         .collect()
 }
 
@@ -144,4 +141,46 @@ fn an_unknown_rule_is_an_error_not_a_pass() {
     let mut t = Tracer::new(&nft, |_| 0);
     let p = packet("192.168.77.2", "10.244.9.9:80", "tcp", Origin::Remote);
     assert!(t.trace(&p).is_err());
+}
+
+/// What a proxier says it installed is what its syncs wrote, after a full
+/// sync and after partial ones; and a view of it (what `portico node`
+/// serves at `/rules`) traces the same.
+#[test]
+fn the_installed_rules_are_what_the_syncs_wrote_and_their_view_traces_the_same() {
+    let (services, slices) = showcase();
+    let mut c = catalog(&services, &slices);
+    let mut p = Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default());
+    p.full_sync(&c).unwrap();
+    assert_eq!(p.installed().unwrap().dump(), p.backend().dump());
+    // A partial sync: one Service goes, another loses its endpoints.
+    c.delete_service(&services[0].0);
+    c.apply_slice(&slice(
+        "default",
+        "web-1",
+        "web",
+        &[("http", "TCP", 8080)],
+        &[],
+    ));
+    let changes = c.take_changes();
+    p.sync(&c, &changes).unwrap();
+    let installed = p.installed().unwrap();
+    assert_eq!(installed.dump(), p.backend().dump());
+    let view = installed.view();
+    let back = MemoryNft::from_view(&view).unwrap();
+    assert_eq!(back.view(), view);
+    let json = serde_json::to_string(&view).unwrap();
+    assert_eq!(
+        serde_json::from_str::<portico_dataplane::RulesView>(&json).unwrap(),
+        view
+    );
+    for dst in [
+        "10.96.0.10:80",
+        "10.96.0.11:80",
+        "10.96.0.53:53",
+        "192.168.77.1:30080",
+    ] {
+        let pk = packet("192.168.77.2", dst, "tcp", Origin::Remote);
+        assert_eq!(outcomes(&back, &pk), outcomes(&installed, &pk), "{dst}");
+    }
 }

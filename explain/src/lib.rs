@@ -74,8 +74,14 @@ pub struct Request {
 /// its addresses, or why not.
 pub type Resolve<'a> = &'a dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
 
+/// Asks a node's agent for the rules it has installed (`GET /rules`).
+pub type LiveRules<'a> = &'a dyn Fn(&str) -> Result<portico_agent::NodeRules, String>;
+
 /// Everything `explain` knows of the cluster.
 pub struct Cluster<'a> {
+    /// Where the node's installed rules come from; without it (manifests),
+    /// they are rendered from the objects as the node's agent would.
+    pub live: Option<LiveRules<'a>>,
     /// The objects.
     pub world: &'a World,
     /// `--service-cluster-ip-range` and `--cluster-cidr`.
@@ -283,7 +289,7 @@ pub fn explain(
     let traced = path::trace(cluster, &node, &resolved, &source)?;
     let announcer = path::announcer(cluster, &resolved);
     let external = zone.external_name(svc, resolve);
-    let problems = problems::find(&problems::Facts {
+    let mut problems = problems::find(&problems::Facts {
         cluster,
         resolved: &resolved,
         node: &node.name,
@@ -292,6 +298,26 @@ pub fn explain(
         verdict: &traced.verdict,
         external: &external,
     });
+    problems.extend(traced.problems);
+    if cluster.live.is_some() && traced.verdict.action == Action::Dnat {
+        let stale: Vec<&String> = traced
+            .verdict
+            .endpoints
+            .iter()
+            .filter(|to| {
+                let ip = to.rsplit_once(':').map_or(to.as_str(), |(ip, _)| ip);
+                let ip = ip.trim_matches(['[', ']']);
+                !endpoints.iter().any(|e| e.ready && e.address == ip)
+            })
+            .collect();
+        if !stale.is_empty() {
+            problems.push(format!(
+                "node {}'s installed rules send connections to {}, which is no ready endpoint of the Service: its agent is behind the cluster's objects (changes not synced yet, failed syncs, or a watch it lost)",
+                node.name,
+                stale.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
     let mut steps: Vec<Step> = resolved
         .dns
         .iter()

@@ -17,6 +17,8 @@ const MAX_OUTCOMES: usize = 1024;
 pub(crate) struct Traced {
     pub steps: Vec<Step>,
     pub verdict: Verdict,
+    /// What is wrong with the node's agent.
+    pub problems: Vec<String>,
 }
 
 fn step(step: impl Into<String>, detail: impl Into<String>) -> Step {
@@ -70,7 +72,57 @@ pub(crate) fn trace(
     let Some(dst) = r.dst else {
         return Ok(direct(r));
     };
-    let nft = rules(cluster, &node.name)?;
+    let mut problems = Vec::new();
+    let (nft, origin) = match cluster.live {
+        Some(ask) => match ask(&node.name) {
+            Ok(live) => {
+                let nft = portico_dataplane::MemoryNft::from_view(&live.rules).map_err(|e| {
+                    Error::Rules {
+                        node: node.name.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                if !live.programmed {
+                    problems.push(format!(
+                        "node {}'s agent has not synced yet: its kernel may hold no rules at all",
+                        node.name
+                    ));
+                }
+                if live.failed_syncs > 0 {
+                    problems.push(format!(
+                        "node {}'s agent has failed its last {} syncs: the kernel holds the rules of the last one that succeeded (its log says why)",
+                        node.name, live.failed_syncs
+                    ));
+                }
+                let pending = if live.pending {
+                    "; changes wait for its next sync"
+                } else {
+                    ""
+                };
+                (
+                    nft,
+                    format!(
+                        "the rules node {}'s agent has installed (GET /rules){pending}",
+                        node.name
+                    ),
+                )
+            }
+            Err(e) => (
+                rules(cluster, &node.name)?,
+                format!(
+                    "rendered from the cluster's objects as node {} would program them: its agent did not answer ({e})",
+                    node.name
+                ),
+            ),
+        },
+        None => (
+            rules(cluster, &node.name)?,
+            format!(
+                "rendered from the objects as `portico node` programs them on node {}",
+                node.name
+            ),
+        ),
+    };
     let src = match source.origin {
         Origin::Node => node
             .addresses
@@ -93,15 +145,18 @@ pub(crate) fn trace(
             message,
         })?;
     let family = if dst.is_ipv4() { "ip" } else { "ip6" };
-    let mut steps = vec![step(
-        "packet",
-        format!(
-            "{src} → {dst}/{}: the first packet of a connection, from {}, meets the rules of node {}",
-            proto(r),
-            source.label,
-            node.name
+    let mut steps = vec![
+        step("rules", origin),
+        step(
+            "packet",
+            format!(
+                "{src} → {dst}/{}: the first packet of a connection, from {}, meets the rules of node {}",
+                proto(r),
+                source.label,
+                node.name
+            ),
         ),
-    )];
+    ];
     if let Some((_, hits)) = outcomes.first() {
         steps.extend(
             hits.iter()
@@ -110,7 +165,11 @@ pub(crate) fn trace(
     }
     let verdict = verdict(outcomes.iter().map(|(o, _)| *o));
     steps.push(step("verdict", describe(&verdict, outcomes.len())));
-    Ok(Traced { steps, verdict })
+    Ok(Traced {
+        steps,
+        verdict,
+        problems,
+    })
 }
 
 /// A Service without a virtual address (headless, or a pod's own name):
@@ -132,6 +191,7 @@ fn direct(r: &Resolved) -> Traced {
                 endpoints: Vec::new(),
                 masquerade: false,
             },
+            problems: Vec::new(),
         };
     }
     let answered: BTreeSet<IpAddr> = r
@@ -161,6 +221,7 @@ fn direct(r: &Resolved) -> Traced {
             endpoints,
             masquerade: false,
         },
+        problems: Vec::new(),
     }
 }
 

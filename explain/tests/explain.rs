@@ -105,6 +105,7 @@ fn explain_in(
 ) -> Result<Explanation, Error> {
     let net = net();
     let cluster = Cluster {
+        live: None,
         world,
         net: &net,
         settings: portico_agent::Settings::default(),

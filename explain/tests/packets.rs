@@ -12,7 +12,7 @@
 use portico_agent::{NodeAgent, Pacing};
 use portico_controllers::NetworkConfig;
 use portico_dataplane::{ConntrackTool, Nft};
-use portico_explain::{Action, Cluster, Explanation, Request, Source};
+use portico_explain::{Action, Cluster, Explanation, LiveRules, Request, Source};
 use portico_local::{World, load, reconcile_once};
 use portico_testkit::lab::{From, Lab};
 use std::collections::BTreeSet;
@@ -70,9 +70,10 @@ fn net() -> NetworkConfig {
     NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap()
 }
 
-fn explain(world: &World, target: &str) -> Explanation {
+fn explain(world: &World, live: Option<LiveRules<'_>>, target: &str) -> Explanation {
     let net = net();
     let cluster = Cluster {
+        live,
         world,
         net: &net,
         settings: portico_agent::Settings::default(),
@@ -137,8 +138,18 @@ fn the_verdict_explain_predicts_is_what_a_real_connection_gets() {
         ("default/empty", "10.96.0.11:80"),
         ("192.168.56.60:80", "192.168.56.60:80"),
     ];
-    for (target, dst) in targets {
-        let e = explain(&world, target);
+    // Rendered from the manifests, and as the programming agent says it
+    // installed them (what `GET /rules` serves): the same verdicts.
+    let installed = |_: &str| agent.rules().map_err(|e| e.to_string());
+    for (target, dst, live) in targets
+        .iter()
+        .flat_map(|(t, d)| [(*t, *d, None), (*t, *d, Some(&installed as LiveRules<'_>))])
+    {
+        let e = explain(&world, live, target);
+        assert_eq!(
+            e.path.iter().any(|s| s.detail.contains("GET /rules")),
+            live.is_some()
+        );
         let real = connect(&lab, dst, 30);
         eprintln!(
             "{target}: explain says {:?}, a real client gets {real:?}",
@@ -162,7 +173,7 @@ fn the_verdict_explain_predicts_is_what_a_real_connection_gets() {
     // Each kind of verdict was met.
     let actions: BTreeSet<&str> = targets
         .iter()
-        .map(|(t, _)| explain(&world, t).verdict.action.as_str())
+        .map(|(t, _)| explain(&world, None, t).verdict.action.as_str())
         .collect();
     assert_eq!(actions, BTreeSet::from(["dnat", "drop", "reject"]));
 }

@@ -182,6 +182,8 @@ struct State {
     hung: Vec<SendResponse<Response<Body>>>,
     log: Vec<Logged>,
     generated: u64,
+    /// Fixed answers by path (a node's proxied endpoint, say).
+    canned: BTreeMap<String, (u16, String)>,
 }
 
 /// An in-memory API server. See the crate documentation.
@@ -261,6 +263,11 @@ impl MockApi {
                 Some(code) => send.send_response(status(code, "injected fault")),
                 None => state.hung.push(send),
             }
+            return;
+        }
+        if let Some((code, body)) = state.canned.get(&logged.path) {
+            let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            send.send_response(raw(code, body.clone()));
             return;
         }
         match (logged.method.clone(), body) {
@@ -439,6 +446,14 @@ impl MockApi {
             code: Some(code),
             then: None,
         });
+    }
+
+    /// Every request for `path` is answered `code` with `body`, as they
+    /// are (the API server proxying to a node's endpoint, say).
+    pub fn canned(&self, path: &str, code: u16, body: impl Into<String>) {
+        self.lock()
+            .canned
+            .insert(path.to_owned(), (code, body.into()));
     }
 
     /// The next request of `method` whose path contains `path_contains`

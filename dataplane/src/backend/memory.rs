@@ -30,6 +30,40 @@ struct MemoryTable {
     sets: BTreeMap<String, MemorySet>,
 }
 
+/// What a packet meets in Portico's tables: [`MemoryNft::view`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RulesView {
+    /// By family (`ip`, `ip6`).
+    pub tables: BTreeMap<String, TableView>,
+}
+
+/// One family's table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableView {
+    /// Chains by name.
+    pub chains: BTreeMap<String, ChainView>,
+    /// Sets and maps by name.
+    pub sets: BTreeMap<String, SetView>,
+}
+
+/// A chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainView {
+    /// `type … hook … priority …` of a base chain.
+    pub base: Option<String>,
+    /// Its rules, in order.
+    pub rules: Vec<String>,
+}
+
+/// A set (or map, with values).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SetView {
+    /// A map (its elements have values).
+    pub map: bool,
+    /// Key to value.
+    pub elements: BTreeMap<String, Option<String>>,
+}
+
 /// An in-memory nft: applies transactions atomically with nft's rules
 /// (objects must exist before use, a chain must be empty and unreferenced
 /// to be deleted, an element's key must not exist with another value) and
@@ -83,6 +117,91 @@ impl MemoryNft {
             .get(&family)
             .map(|t| t.chains.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// What a packet meets: every chain with its rules, every set and map
+    /// with its elements (not their declarations). `portico node` serves
+    /// it at `/rules`; `portico explain` traces packets through it.
+    pub fn view(&self) -> RulesView {
+        let tables = self
+            .tables
+            .iter()
+            .map(|(family, t)| {
+                let chains = t
+                    .chains
+                    .iter()
+                    .map(|(name, c)| {
+                        let view = ChainView {
+                            base: c.base.clone(),
+                            rules: c.rules.clone(),
+                        };
+                        (name.clone(), view)
+                    })
+                    .collect();
+                let sets = t
+                    .sets
+                    .iter()
+                    .map(|(name, s)| {
+                        let view = SetView {
+                            map: s.decl.kind == SetKind::Map,
+                            elements: s.elements.clone(),
+                        };
+                        (name.clone(), view)
+                    })
+                    .collect();
+                (family.nft().to_owned(), TableView { chains, sets })
+            })
+            .collect();
+        RulesView { tables }
+    }
+
+    /// The in-memory nftables holding a [`RulesView`] (for tracing: the
+    /// sets' declarations are not carried, only their kind).
+    pub fn from_view(view: &RulesView) -> Result<MemoryNft> {
+        let mut tables = BTreeMap::new();
+        for (family, t) in &view.tables {
+            let family = match family.as_str() {
+                "ip" => Family::Ipv4,
+                "ip6" => Family::Ipv6,
+                other => {
+                    return Err(Error::Nft(format!("rules view: no family {other:?}")));
+                }
+            };
+            let table = MemoryTable {
+                chains: t
+                    .chains
+                    .iter()
+                    .map(|(name, c)| {
+                        let chain = MemoryChain {
+                            base: c.base.clone(),
+                            rules: c.rules.clone(),
+                        };
+                        (name.clone(), chain)
+                    })
+                    .collect(),
+                sets: t
+                    .sets
+                    .iter()
+                    .map(|(name, s)| {
+                        let mut decl = SetDecl::set(String::new());
+                        if s.map {
+                            decl.kind = SetKind::Map;
+                        }
+                        let set = MemorySet {
+                            decl,
+                            elements: s.elements.clone(),
+                            next_size: None,
+                        };
+                        (name.clone(), set)
+                    })
+                    .collect(),
+            };
+            tables.insert(family, table);
+        }
+        Ok(MemoryNft {
+            tables,
+            ..MemoryNft::default()
+        })
     }
 
     /// The state as text: tables, then chains and sets by name, rules in

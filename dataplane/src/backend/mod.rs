@@ -14,7 +14,7 @@ mod nft;
 mod script;
 mod session;
 
-pub use memory::MemoryNft;
+pub use memory::{ChainView, MemoryNft, RulesView, SetView, TableView};
 pub use nft::{Nft, parse_listing};
 
 use crate::Result;
