@@ -149,12 +149,11 @@ fn resolve(name: &str) -> Result<Vec<IpAddr>, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use portico_agent::{NodeAgent, NodeRules, Pacing};
+    use portico_agent::{NodeAgent, NodeRules};
     use portico_dataplane::{MemoryNft, RecordingConntrack};
     use portico_testkit::MockApi;
     use serde_json::json;
     use std::path::Path;
-    use std::time::Instant;
 
     const RULES: &str = "/api/v1/nodes/n1:10256/proxy/rules";
 
@@ -220,25 +219,16 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{port: 80, targe
     /// What n1's agent installed when the endpoint was `endpoint`.
     fn installed(endpoint: &str) -> NodeRules {
         let (world, _) = objects(endpoint);
-        let now = Instant::now();
-        let mut agent = NodeAgent::new(
+        NodeAgent::synced_once(
             "n1",
             &net(),
             &portico_agent::Settings::default(),
             (MemoryNft::new(), RecordingConntrack::default()),
-            Pacing {
-                min_sync_period: std::time::Duration::ZERO,
-                sync_period: None,
-            },
-            None,
-            now,
+            world.agent_changes(),
         )
-        .unwrap();
-        for change in world.agent_changes() {
-            agent.on(change, now).unwrap();
-        }
-        agent.sync(now).unwrap();
-        agent.rules().unwrap()
+        .unwrap()
+        .rules()
+        .unwrap()
     }
 
     fn explain_web(world: &World, live: LiveRules<'_>) -> portico_explain::Explanation {

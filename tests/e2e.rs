@@ -449,3 +449,63 @@ async fn endpoint_slices_follow_a_deployment_scaled_from_1_to_5_to_0() -> anyhow
     }
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with Portico: make e2e"]
+async fn explain_traces_through_the_rules_a_node_agent_installed() -> anyhow::Result<()> {
+    let scope = Scope::new("explain").await?;
+    scope.web("web", 2, "ClusterIP").await?;
+    scope.wait_ready_endpoints("web", 2).await?;
+    let pods: Api<Pod> = scope.api();
+    let mut want: Vec<String> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| Some(format!("{}:8080", p.status.as_ref()?.pod_ip.as_ref()?)))
+        .collect();
+    want.sort();
+    let node = Api::<Node>::all(scope.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let target = format!("{}/web", scope.ns);
+    // The agent may still be syncing the new endpoints: until it has.
+    let explained: Value = wait_for("explain to trace to both pods", || async {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args([
+                "explain",
+                &target,
+                "--node",
+                &node,
+                "--from",
+                "10.244.0.99",
+                "-o",
+                "json",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok((v["verdict"]["endpoints"] == json!(want)).then_some(v))
+    })
+    .await?;
+    assert_eq!(explained["verdict"]["action"], "dnat");
+    let rules = explained["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "rules")
+        .unwrap();
+    assert!(
+        rules["detail"].as_str().unwrap().contains("GET /rules"),
+        "the agent's own rules: {rules}"
+    );
+    assert_eq!(explained["problems"], json!([]));
+    Ok(())
+}

@@ -152,6 +152,29 @@ pub struct NodeAgent<B: Backend, C: Conntrack> {
 }
 
 impl<B: Backend, C: Conntrack> NodeAgent<B, C> {
+    /// The rules of `node_name` for `changes` (every kind, as relists),
+    /// synced once into `io`: no pacing, no L2 announcement. `portico
+    /// explain` renders a node's rules with it.
+    pub fn synced_once(
+        node_name: &str,
+        net: &NetworkConfig,
+        settings: &Settings,
+        io: (B, C),
+        changes: impl IntoIterator<Item = Change>,
+    ) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let pacing = Pacing {
+            min_sync_period: Duration::ZERO,
+            sync_period: None,
+        };
+        let mut agent = NodeAgent::new(node_name, net, settings, io, pacing, None, now)?;
+        for change in changes {
+            agent.on(change, now)?;
+        }
+        agent.sync(now).map_err(|(_, e)| anyhow::Error::new(e))?;
+        Ok(agent)
+    }
+
     /// Nothing known yet; the first sync is full. `l2`: this node's
     /// announcing side, or `None` with L2 announcement off.
     pub fn new(

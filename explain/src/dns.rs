@@ -123,12 +123,7 @@ impl Zone {
             return Vec::new();
         }
         let fqdn = format!("{}.{}.svc.{}", r.key.name, r.key.namespace, self.apex);
-        let external = r
-            .svc
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"));
-        if external {
+        if crate::is_external_name(&r.svc) {
             vec![self.ask(&fqdn, RecordType::CNAME)]
         } else {
             self.ask_addresses(&fqdn)
@@ -142,10 +137,10 @@ impl Zone {
         svc: &Service,
         resolve: Resolve<'_>,
     ) -> Option<Result<Vec<IpAddr>, String>> {
-        let spec = svc.spec.as_ref()?;
-        if spec.type_.as_deref() != Some("ExternalName") {
+        if !crate::is_external_name(svc) {
             return None;
         }
+        let spec = svc.spec.as_ref()?;
         let target = spec
             .external_name
             .as_deref()

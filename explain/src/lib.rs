@@ -378,15 +378,9 @@ fn outside_address(r: &mut Resolved, node: &ChosenNode) {
     let Some(port) = spec.ports.iter().flatten().next() else {
         return;
     };
-    let ingress = r
-        .svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
+    let ingress = ingress(&r.svc)
         .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
         .find(|ip| ip.is_ipv4() == dst.is_ipv4());
     if let Some(ip) = ingress {
         r.dst = Some(SocketAddr::new(ip, dst.port()));
@@ -441,6 +435,25 @@ fn choose_node(
     })
 }
 
+/// The Service's LoadBalancer addresses (`status.loadBalancer.ingress[].ip`).
+pub(crate) fn ingress(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+/// An ExternalName Service (a CNAME, no address, no rules).
+pub(crate) fn is_external_name(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"))
+}
+
 /// A Node's addresses (InternalIP and ExternalIP).
 pub(crate) fn node_addresses(node: &Node) -> Vec<IpAddr> {
     node.status
@@ -455,22 +468,13 @@ pub(crate) fn node_addresses(node: &Node) -> Vec<IpAddr> {
 
 fn service_view(svc: &Service, key: &Key) -> ServiceView {
     let spec = svc.spec.clone().unwrap_or_default();
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref());
     ServiceView {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         type_: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
         cluster_ips: portico_controllers::k8s::stated_cluster_ips(svc),
         external_ips: spec.external_ips.clone().unwrap_or_default(),
-        load_balancer_ips: ingress
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.clone())
-            .collect(),
+        load_balancer_ips: ingress(svc),
         external_name: spec.external_name.clone(),
         ports: spec
             .ports

@@ -4,12 +4,11 @@
 
 use crate::target::From;
 use crate::{Action, ChosenNode, Cluster, Error, Resolved, Step, Verdict};
-use portico_agent::{NodeAgent, Pacing};
+use portico_agent::NodeAgent;
 use portico_dataplane::trace::{self, Origin, Outcome, Packet};
 use portico_dataplane::{MemoryNft, RecordingConntrack};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
 /// The most outcomes traced (one per combination of random draws).
 const MAX_OUTCOMES: usize = 1024;
@@ -34,30 +33,17 @@ fn proto(r: &Resolved) -> &'static str {
 
 /// The node's rules, rendered by its agent.
 pub(crate) fn rules(cluster: &Cluster<'_>, node: &str) -> Result<MemoryNft, Error> {
-    let failed = |message: String| Error::Rules {
-        node: node.to_owned(),
-        message,
-    };
-    let now = Instant::now();
-    let mut agent = NodeAgent::new(
+    let agent = NodeAgent::synced_once(
         node,
         cluster.net,
         &cluster.settings,
         (MemoryNft::new(), RecordingConntrack::default()),
-        Pacing {
-            min_sync_period: Duration::ZERO,
-            sync_period: None,
-        },
-        None,
-        now,
+        cluster.world.agent_changes(),
     )
-    .map_err(|e| failed(format!("{e:#}")))?;
-    for change in cluster.world.agent_changes() {
-        agent
-            .on(change, now)
-            .map_err(|e| failed(format!("{e:#}")))?;
-    }
-    agent.sync(now).map_err(|(_, e)| failed(e.to_string()))?;
+    .map_err(|e| Error::Rules {
+        node: node.to_owned(),
+        message: format!("{e:#}"),
+    })?;
     Ok(agent.proxier().backend().clone())
 }
 
@@ -175,12 +161,7 @@ pub(crate) fn trace(
 /// A Service without a virtual address (headless, or a pod's own name):
 /// DNS gives the endpoints and the client connects to them, untouched.
 fn direct(r: &Resolved) -> Traced {
-    let external = r
-        .svc
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"));
-    if external {
+    if crate::is_external_name(&r.svc) {
         return Traced {
             steps: vec![step(
                 "packet",
@@ -306,15 +287,9 @@ pub(crate) fn announcer(cluster: &Cluster<'_>, r: &Resolved) -> Option<String> {
     if announcements.is_empty() {
         return None;
     }
-    let ingress: Vec<IpAddr> = r
-        .svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+    let ingress: Vec<IpAddr> = crate::ingress(&r.svc)
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
         .collect();
     let ip = r
         .dst

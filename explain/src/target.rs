@@ -248,11 +248,7 @@ pub(crate) fn resolve(
             let svc = find_service(world, &key)
                 .filter(|_| found)
                 .ok_or_else(|| Error::Unknown(format!("no Service answers {fqdn} (NXDOMAIN)")))?;
-            let external = svc
-                .spec
-                .as_ref()
-                .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"));
-            let answers = if external {
+            let answers = if crate::is_external_name(&svc) {
                 vec![zone.ask(&fqdn, hickory_proto::rr::RecordType::CNAME)]
             } else {
                 answers
@@ -278,11 +274,9 @@ fn to_cluster_ip(svc: Arc<Service>, key: Key, dns: Vec<crate::DnsAnswer>) -> Res
         .first()
         .and_then(|ip| ip.parse::<IpAddr>().ok());
     let dst = match (ip, port) {
-        (Some(ip), Some(p)) if spec.type_.as_deref() != Some("ExternalName") => {
-            u16::try_from(p.port)
-                .ok()
-                .map(|port| SocketAddr::new(ip, port))
-        }
+        (Some(ip), Some(p)) if !crate::is_external_name(&svc) => u16::try_from(p.port)
+            .ok()
+            .map(|port| SocketAddr::new(ip, port)),
         _ => None,
     };
     Resolved {
@@ -304,15 +298,7 @@ fn by_address(world: &World, sa: SocketAddr, proto: Option<Protocol>) -> Result<
     let services = world.services.sorted();
     for svc in &services {
         let spec = svc.spec.clone().unwrap_or_default();
-        let ingress: Vec<String> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.clone())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip)
-            .collect();
+        let ingress = crate::ingress(svc);
         let holds = portico_controllers::k8s::stated_cluster_ips(svc).contains(&ip)
             || spec.external_ips.iter().flatten().any(|e| *e == ip)
             || ingress.contains(&ip);

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use portico_agent::{NodeAgent, Pacing};
+use portico_agent::NodeAgent;
 use portico_controllers::NetworkConfig;
 use portico_dataplane::{ConntrackTool, Nft};
 use portico_explain::{Action, Cluster, Explanation, LiveRules, Request, Source};
@@ -18,7 +18,6 @@ use portico_testkit::lab::{From, Lab};
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -112,24 +111,14 @@ fn the_verdict_explain_predicts_is_what_a_real_connection_gets() {
     lab.serve(1, 8080);
     lab.serve(2, 8080);
     let world = reconcile_once(load::parse(Path::new("lab.yaml"), MANIFESTS), &net()).unwrap();
-    let now = Instant::now();
-    let mut agent = NodeAgent::new(
+    let agent = NodeAgent::synced_once(
         "node-a",
         &net(),
         &portico_agent::Settings::default(),
         (Nft::in_netns(&lab.node), ConntrackTool::in_netns(&lab.node)),
-        Pacing {
-            min_sync_period: Duration::ZERO,
-            sync_period: None,
-        },
-        None,
-        now,
+        world.agent_changes(),
     )
     .unwrap();
-    for change in world.agent_changes() {
-        agent.on(change, now).unwrap();
-    }
-    agent.sync(now).unwrap();
 
     let targets = [
         ("default/web", "10.96.0.10:80"),
