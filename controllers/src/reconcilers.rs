@@ -465,10 +465,7 @@ impl Reconcilers {
                 }
                 Vec::new()
             }
-            Err(e) => {
-                self.failed(write, &e, now);
-                Vec::new()
-            }
+            Err(e) => self.failed(write, &e, now).into_iter().collect(),
         }
     }
 
@@ -499,7 +496,9 @@ impl Reconcilers {
         next
     }
 
-    fn failed(&mut self, write: Write, error: &Error, now: Instant) {
+    /// Counts and logs a failed write and plans its retry; returns the
+    /// Event it calls for, if any.
+    fn failed(&mut self, write: Write, error: &Error, now: Instant) -> Option<Write> {
         let transient = error.is_transient();
         let reason = error.write_reason();
         let pause = error.retry_pause(RETRY_DELAY);
@@ -514,10 +513,14 @@ impl Reconcilers {
             Write::Create(Object::EndpointSlice(slice))
             | Write::Replace(Object::EndpointSlice(slice)) => {
                 let target = Object::EndpointSlice(slice.clone()).target();
-                self.slices.retry(&target, Some(&slice), now, pause);
+                return self
+                    .slices
+                    .retry(&target, Some(&slice), now, pause, &error.to_string());
             }
             Write::Delete { target } if target.kind == TargetKind::EndpointSlice => {
-                self.slices.retry(&target, None, now, pause);
+                return self
+                    .slices
+                    .retry(&target, None, now, pause, &error.to_string());
             }
             // Events are best effort, as in every controller.
             Write::Event(_) => {}
@@ -528,6 +531,7 @@ impl Reconcilers {
             }
             _ => {}
         }
+        None
     }
 
     /// A newer write to an object replaces a pending retry of an older one.

@@ -482,7 +482,8 @@ impl EndpointSliceController {
         slice: Option<&EndpointSlice>,
         now: Instant,
         delay: Duration,
-    ) {
+        error: &str,
+    ) -> Option<Write> {
         let service = slice
             .and_then(|s| {
                 s.metadata
@@ -493,7 +494,21 @@ impl EndpointSliceController {
             })
             .unwrap_or_else(|| target.name.clone());
         self.metrics.sync("error");
-        self.mark(Key::new(target.namespace.clone(), service), now + delay);
+        let key = Key::new(target.namespace.clone(), service);
+        self.mark(key.clone(), now + delay);
+        // As upstream: a Warning on the Service (best effort, like every
+        // Event).
+        let svc = self.services.get(&key)?;
+        Some(Write::event(
+            svc.as_ref(),
+            true,
+            "FailedToUpdateEndpointSlices",
+            "Sync",
+            format!(
+                "Error updating Endpoint Slices for Service {}/{}: {error}",
+                key.namespace, key.name
+            ),
+        ))
     }
 
     /// The planned writes for one Service.
