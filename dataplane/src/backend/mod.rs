@@ -10,6 +10,7 @@
 //! ```
 
 mod memory;
+pub mod netlink;
 mod nft;
 mod script;
 mod session;

@@ -1,0 +1,512 @@
+//! A transaction's operations as nf_tables messages, byte for byte as nft
+//! 1.0.6 writes them (`dataplane/tests/netlink.rs` holds the two side by
+//! side). Tables, chains, sets and maps declared with `type`, and their
+//! elements; rules and `typeof` declarations are not encoded yet.
+
+use super::wire::{F_APPEND, F_CREATE, F_REQUEST, Message, SUBSYS_NFTABLES, attr, msg};
+use crate::names::{Family, TABLE, TABLE_COMMENT};
+use crate::tx::{Op, SetDecl, SetKind};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// `NFPROTO_IPV4` / `NFPROTO_IPV6`.
+fn nfproto(f: Family) -> u8 {
+    match f {
+        Family::Ipv4 => 2,
+        Family::Ipv6 => 10,
+    }
+}
+
+/// An nft data type (`src/datatype.h`): its number, its size in bytes and
+/// whether its values are in network order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataType {
+    /// `TYPE_*`.
+    pub id: u32,
+    /// Bytes.
+    pub len: usize,
+    /// Network order (big-endian) values.
+    pub big: bool,
+}
+
+/// The data types Portico's sets hold.
+fn data_type(name: &str) -> Option<DataType> {
+    let (id, len, big) = match name {
+        "ipv4_addr" => (7, 4, true),
+        "ipv6_addr" => (8, 16, true),
+        "inet_proto" => (12, 1, false),
+        "inet_service" => (13, 2, true),
+        "integer" => (4, 4, false),
+        "mark" => (19, 4, false),
+        _ => return None,
+    };
+    Some(DataType { id, len, big })
+}
+
+/// `NFT_DATA_VERDICT`.
+const VERDICT_TYPE: u32 = 0xffff_ff00;
+
+/// A set's declaration, as the kernel wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetShape {
+    /// The key's fields.
+    pub key: Vec<DataType>,
+    /// A map's data: `None` for a verdict map; a set has none at all.
+    pub data: Option<Option<DataType>>,
+}
+
+impl SetShape {
+    /// `KEY_TYPE`: the fields' types, six bits each.
+    pub fn key_type(&self) -> u32 {
+        self.key.iter().fold(0, |acc, t| (acc << 6) | t.id)
+    }
+
+    /// `KEY_LEN`: a lone field's size, or each field rounded up to 4.
+    pub fn key_len(&self) -> usize {
+        match self.key.as_slice() {
+            [one] => one.len,
+            many => many.iter().map(|t| t.len.next_multiple_of(4)).sum(),
+        }
+    }
+
+    /// Parses `type A . B [: C]`.
+    pub fn parse(decl: &SetDecl) -> Result<SetShape, String> {
+        let text = decl
+            .type_
+            .strip_prefix("type ")
+            .ok_or_else(|| format!("not encoded yet: a set declared {:?}", decl.type_))?;
+        let (key, data) = match text.split_once(" : ") {
+            Some((k, d)) => (k, Some(d.trim())),
+            None => (text, None),
+        };
+        let key = key
+            .split(" . ")
+            .map(|t| data_type(t.trim()).ok_or_else(|| format!("no data type {t:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data = match (decl.kind, data) {
+            (SetKind::Set, None) => None,
+            (SetKind::Map, Some("verdict")) => Some(None),
+            (SetKind::Map, Some(d)) => Some(Some(
+                data_type(d).ok_or_else(|| format!("no data type {d:?}"))?,
+            )),
+            _ => return Err(format!("a {:?} declared {:?}", decl.kind, decl.type_)),
+        };
+        Ok(SetShape { key, data })
+    }
+}
+
+/// The `NFTA_SET_USERDATA` nft writes: byte orders and the comment
+/// (libnftnl's `NFTNL_UDATA_SET_*` TLVs: type, length, value).
+fn set_userdata(shape: &SetShape, decl: &SetDecl) -> Vec<u8> {
+    let mut u = Vec::new();
+    let mut tlv = |t: u8, v: &[u8]| {
+        u.push(t);
+        u.push(u8::try_from(v.len()).unwrap_or(u8::MAX));
+        u.extend_from_slice(v);
+    };
+    // nft's byte orders: 2 big-endian, 1 host, 0 for a concatenation.
+    let order = |fields: &[DataType]| -> u32 {
+        match fields {
+            [one] if one.big => 2,
+            [_] => 1,
+            _ => 0,
+        }
+    };
+    tlv(0, &order(&shape.key).to_ne_bytes());
+    if let Some(data) = &shape.data {
+        let o = data.map_or(0, |d| order(&[d]));
+        tlv(1, &o.to_ne_bytes());
+    }
+    if shape.key.len() > 1 {
+        // A concatenation's key, as an expression of its own: nft's
+        // EXPR_CONCAT (13), without sub-expressions.
+        tlv(3, &[0, 4, 13, 0, 0, 0, 1, 0]);
+    }
+    if shape.data.is_some() {
+        // The data are no interval.
+        tlv(6, &0u32.to_ne_bytes());
+    }
+    if let Some(c) = decl.comment {
+        let mut v = c.as_bytes().to_vec();
+        v.push(0);
+        tlv(7, &v);
+    }
+    u
+}
+
+/// A value of `t` from its nft text: an address, a protocol, a port, a
+/// number; padded to 4 bytes inside a concatenation.
+fn value(t: DataType, text: &str, pad: bool) -> Result<Vec<u8>, String> {
+    let bad = || format!("{text:?} is no {}", t.id);
+    let mut v = match t.id {
+        7 | 8 => match text.parse::<IpAddr>().map_err(|_| bad())? {
+            IpAddr::V4(a) if t.id == 7 => a.octets().to_vec(),
+            IpAddr::V6(a) if t.id == 8 => a.octets().to_vec(),
+            _ => return Err(bad()),
+        },
+        12 => vec![match text {
+            "tcp" => 6,
+            "udp" => 17,
+            "sctp" => 132,
+            n => n.parse::<u8>().map_err(|_| bad())?,
+        }],
+        13 => text
+            .parse::<u16>()
+            .map_err(|_| bad())?
+            .to_be_bytes()
+            .to_vec(),
+        _ => {
+            let n = text.parse::<u32>().map_err(|_| bad())?;
+            if t.big {
+                n.to_be_bytes().to_vec()
+            } else {
+                n.to_ne_bytes().to_vec()
+            }
+        }
+    };
+    if pad {
+        v.resize(v.len().next_multiple_of(4), 0);
+    }
+    Ok(v)
+}
+
+/// A key of `shape` from its nft text (`10.96.0.10 . tcp . 80`).
+fn key(shape: &SetShape, text: &str) -> Result<Vec<u8>, String> {
+    let parts: Vec<&str> = text.split(" . ").map(str::trim).collect();
+    if parts.len() != shape.key.len() {
+        return Err(format!("{text:?} does not have {} fields", shape.key.len()));
+    }
+    let pad = shape.key.len() > 1;
+    let mut out = Vec::new();
+    for (t, p) in shape.key.iter().zip(parts) {
+        out.extend(value(*t, p, pad)?);
+    }
+    Ok(out)
+}
+
+/// A verdict's code and chain (`goto x`, `jump x`, `drop`, `accept`,
+/// `return`).
+fn verdict(text: &str) -> Result<(u32, Option<&str>), String> {
+    let mut words = text.split_whitespace();
+    Ok(match (words.next(), words.next()) {
+        (Some("accept"), None) => (1, None),
+        (Some("drop"), None) => (0, None),
+        (Some("return"), None) => (-5i32 as u32, None),
+        (Some("jump"), Some(c)) => (-3i32 as u32, Some(c)),
+        (Some("goto"), Some(c)) => (-4i32 as u32, Some(c)),
+        _ => return Err(format!("not a verdict: {text:?}")),
+    })
+}
+
+/// `type nat hook prerouting priority -100 ; policy accept ;`: type, hook
+/// number, priority, policy.
+fn base_chain(spec: &str) -> Result<(String, u32, i32, Option<u32>), String> {
+    let words: Vec<&str> = spec
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let after = |w: &str| {
+        words
+            .iter()
+            .position(|x| *x == w)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    let bad = || format!("not a base chain: {spec:?}");
+    let hook = match after("hook").ok_or_else(bad)? {
+        "prerouting" => 0,
+        "input" => 1,
+        "forward" => 2,
+        "output" => 3,
+        "postrouting" => 4,
+        _ => return Err(bad()),
+    };
+    let priority = after("priority")
+        .and_then(|p| p.parse::<i32>().ok())
+        .ok_or_else(bad)?;
+    let policy = match after("policy") {
+        Some("accept") => Some(1),
+        Some("drop") => Some(0),
+        None => None,
+        Some(_) => return Err(bad()),
+    };
+    Ok((
+        after("type").ok_or_else(bad)?.to_owned(),
+        hook,
+        priority,
+        policy,
+    ))
+}
+
+/// Encodes operations into one batch's messages; remembers what it
+/// declared (sets referred to later in the same batch by their ids).
+#[derive(Default)]
+pub struct Encoder {
+    /// Sets declared in this batch: their transaction ids and shapes.
+    declared: HashMap<(Family, String), (u32, SetShape)>,
+    /// The shapes of sets declared before (for their elements).
+    known: HashMap<(Family, String), SetShape>,
+    next_id: u32,
+}
+
+impl Encoder {
+    /// An encoder that knows the shapes of sets that already exist.
+    pub fn new(known: HashMap<(Family, String), SetShape>) -> Self {
+        Encoder {
+            known,
+            ..Encoder::default()
+        }
+    }
+
+    /// The shape of a set, declared in this batch or before.
+    fn shape(&self, family: Family, set: &str) -> Result<(Option<u32>, SetShape), String> {
+        let k = (family, set.to_owned());
+        if let Some((id, s)) = self.declared.get(&k) {
+            return Ok((Some(*id), s.clone()));
+        }
+        self.known
+            .get(&k)
+            .map(|s| (None, s.clone()))
+            .ok_or_else(|| format!("set {set}: its declaration is unknown"))
+    }
+
+    /// Appends the message(s) of `ops` (consecutive element operations on
+    /// one set go into one message) to `buf`, numbered from `seq`;
+    /// returns, for each message, its sequence number and the index of
+    /// its first operation.
+    pub fn encode(
+        &mut self,
+        buf: &mut Vec<u8>,
+        ops: &[Op],
+        mut seq: u32,
+    ) -> Result<Vec<(u32, usize)>, (usize, String)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            out.push((seq, i));
+            let n = self.one(buf, ops, i, seq).map_err(|e| (i, e))?;
+            i += n;
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    /// Encodes the message that starts at `ops[i]`; how many operations
+    /// it took.
+    fn one(&mut self, buf: &mut Vec<u8>, ops: &[Op], i: usize, seq: u32) -> Result<usize, String> {
+        let t = |m: u16| (SUBSYS_NFTABLES << 8) | m;
+        match &ops[i] {
+            Op::AddTable(f) => {
+                let mut m = Message::start(
+                    buf,
+                    t(msg::NEWTABLE),
+                    F_REQUEST | F_CREATE,
+                    seq,
+                    nfproto(*f),
+                    0,
+                );
+                let mut udata = vec![0, 0];
+                udata.extend_from_slice(TABLE_COMMENT.as_bytes());
+                udata.push(0);
+                udata[1] = u8::try_from(udata.len() - 2).unwrap_or(u8::MAX);
+                m.str(attr::TABLE_NAME, TABLE)
+                    .u32(attr::TABLE_FLAGS, 0)
+                    .bytes(attr::TABLE_USERDATA, &udata);
+            }
+            Op::DeleteTable(f) => {
+                Message::start(buf, t(msg::DELTABLE), F_REQUEST, seq, nfproto(*f), 0)
+                    .str(attr::TABLE_NAME, TABLE);
+            }
+            Op::AddChain { family, name, base } => {
+                let mut m = Message::start(
+                    buf,
+                    t(msg::NEWCHAIN),
+                    F_REQUEST | F_CREATE,
+                    seq,
+                    nfproto(*family),
+                    0,
+                );
+                m.str(attr::CHAIN_TABLE, TABLE).str(attr::CHAIN_NAME, name);
+                if let Some(spec) = base {
+                    let (type_, hook, priority, policy) = base_chain(spec)?;
+                    m.str(attr::CHAIN_TYPE, &type_);
+                    if let Some(p) = policy {
+                        m.u32(attr::CHAIN_POLICY, p);
+                    }
+                    m.nest(attr::CHAIN_HOOK)
+                        .u32(attr::HOOK_HOOKNUM, hook)
+                        .u32(attr::HOOK_PRIORITY, priority as u32)
+                        .end();
+                }
+            }
+            Op::FlushChain { family, name } => {
+                Message::start(buf, t(msg::DELRULE), F_REQUEST, seq, nfproto(*family), 0)
+                    .str(attr::RULE_TABLE, TABLE)
+                    .str(attr::RULE_CHAIN, name);
+            }
+            Op::DeleteChain { family, name } => {
+                Message::start(buf, t(msg::DELCHAIN), F_REQUEST, seq, nfproto(*family), 0)
+                    .str(attr::CHAIN_TABLE, TABLE)
+                    .str(attr::CHAIN_NAME, name);
+            }
+            Op::AddSet { family, name, decl } => {
+                if decl.flags.contains(&"interval") {
+                    return Err(format!("not encoded yet: the interval set {name}"));
+                }
+                let shape = SetShape::parse(decl)?;
+                self.next_id += 1;
+                let id = self.next_id;
+                let mut flags = 0u32;
+                for f in &decl.flags {
+                    flags |= match *f {
+                        "interval" => 0x4,
+                        "timeout" => 0x10,
+                        "dynamic" => 0x20,
+                        other => return Err(format!("set flag {other:?}")),
+                    };
+                }
+                if decl.kind == SetKind::Map {
+                    flags |= 0x8;
+                }
+                if decl.timeout.is_some() {
+                    flags |= 0x10;
+                }
+                let mut m = Message::start(
+                    buf,
+                    t(msg::NEWSET),
+                    F_REQUEST | F_CREATE,
+                    seq,
+                    nfproto(*family),
+                    0,
+                );
+                m.str(attr::SET_TABLE, TABLE)
+                    .str(attr::SET_NAME, name)
+                    .u32(attr::SET_FLAGS, flags)
+                    .u32(attr::SET_KEY_TYPE, shape.key_type())
+                    .u32(attr::SET_KEY_LEN, shape.key_len() as u32);
+                match &shape.data {
+                    Some(None) => {
+                        m.u32(attr::SET_DATA_TYPE, VERDICT_TYPE)
+                            .u32(attr::SET_DATA_LEN, 0);
+                    }
+                    Some(Some(d)) => {
+                        m.u32(attr::SET_DATA_TYPE, d.id)
+                            .u32(attr::SET_DATA_LEN, d.len as u32);
+                    }
+                    None => {}
+                }
+                if let Some(timeout) = decl.timeout {
+                    m.u64(attr::SET_TIMEOUT, timeout.as_millis() as u64);
+                }
+                m.u32(attr::SET_ID, id);
+                if let Some(size) = decl.size {
+                    m.nest(attr::SET_DESC).u32(attr::SET_DESC_SIZE, size).end();
+                }
+                m.bytes(attr::SET_USERDATA, &set_userdata(&shape, decl));
+                drop(m);
+                self.declared.insert((*family, name.clone()), (id, shape));
+            }
+            Op::FlushSet { family, name, .. } => {
+                // nft names the set first here.
+                Message::start(buf, t(msg::DELSETELEM), F_REQUEST, seq, nfproto(*family), 0)
+                    .str(attr::SET_ELEM_LIST_SET, name)
+                    .str(attr::SET_ELEM_LIST_TABLE, TABLE);
+            }
+            Op::DeleteSet { family, name, .. } => {
+                Message::start(buf, t(msg::DELSET), F_REQUEST, seq, nfproto(*family), 0)
+                    .str(attr::SET_TABLE, TABLE)
+                    .str(attr::SET_NAME, name);
+                self.declared.remove(&(*family, name.clone()));
+                self.known.remove(&(*family, name.clone()));
+            }
+            Op::AddElement { family, set, .. } | Op::DeleteElement { family, set, .. } => {
+                return self.elements(buf, ops, i, seq, *family, set);
+            }
+            Op::AddRule { rule, .. } => return Err(format!("not encoded yet: the rule {rule:?}")),
+        }
+        Ok(1)
+    }
+
+    /// One message of the element operations on one set from `ops[i]`.
+    fn elements(
+        &mut self,
+        buf: &mut Vec<u8>,
+        ops: &[Op],
+        i: usize,
+        seq: u32,
+        family: Family,
+        set: &str,
+    ) -> Result<usize, String> {
+        /// Elements per message: a netlink attribute holds at most 64 KiB.
+        const PER_MESSAGE: usize = 512;
+        let add = matches!(ops[i], Op::AddElement { .. });
+        let (id, shape) = self.shape(family, set)?;
+        let (type_, flags) = if add {
+            (msg::NEWSETELEM, F_REQUEST | F_CREATE)
+        } else {
+            (msg::DELSETELEM, F_REQUEST)
+        };
+        let mut m = Message::start(
+            buf,
+            (SUBSYS_NFTABLES << 8) | type_,
+            flags,
+            seq,
+            nfproto(family),
+            0,
+        );
+        m.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+            .str(attr::SET_ELEM_LIST_SET, set);
+        // A set declared in this batch is named by its id too (on adds).
+        if let Some(id) = id.filter(|_| add) {
+            m.u32(4, id);
+        }
+        m.nest(attr::SET_ELEM_LIST_ELEMENTS);
+        let mut n = 0;
+        while let Some(op) = ops.get(i + n).filter(|_| n < PER_MESSAGE) {
+            let (k, v) = match op {
+                Op::AddElement {
+                    family: f,
+                    set: s,
+                    key,
+                    value,
+                } if add && *f == family && *s == set => (key, value.as_deref()),
+                Op::DeleteElement {
+                    family: f,
+                    set: s,
+                    key,
+                } if !add && *f == family && *s == set => (key, None),
+                _ => break,
+            };
+            // nft numbers the elements of a list from 1.
+            m.nest(u16::try_from(n + 1).unwrap_or(u16::MAX))
+                .nest(attr::SET_ELEM_KEY)
+                .bytes(attr::DATA_VALUE, &key(&shape, k)?)
+                .end();
+            match (&shape.data, v) {
+                (Some(None), Some(v)) => {
+                    let (code, chain) = verdict(v)?;
+                    m.nest(attr::SET_ELEM_DATA)
+                        .nest(attr::DATA_VERDICT)
+                        .u32(attr::VERDICT_CODE, code);
+                    if let Some(c) = chain {
+                        m.str(attr::VERDICT_CHAIN, c);
+                    }
+                    m.end().end();
+                }
+                (Some(Some(d)), Some(v)) => {
+                    m.nest(attr::SET_ELEM_DATA)
+                        .bytes(attr::DATA_VALUE, &value(*d, v, false)?)
+                        .end();
+                }
+                (None, None) | (Some(_), None) if !add || shape.data.is_none() => {}
+                _ => return Err(format!("element {k:?} of {set}: key and value do not fit")),
+            }
+            m.end();
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Flags of a rule's message (appended).
+pub const RULE_FLAGS: u16 = F_REQUEST | F_CREATE | F_APPEND;
