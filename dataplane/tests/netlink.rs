@@ -199,3 +199,98 @@ fn tables_chains_sets_and_elements_are_encoded_as_nft_encodes_them() {
     }
     eprintln!("{} messages, byte for byte as nft's", ours.len());
 }
+
+/// Compares the messages of `tx` as nft and our encoder write them.
+fn assert_same_messages(tx: &Transaction) -> usize {
+    let script = tx.to_string();
+    let theirs = nft_messages(&script);
+    let ours = our_messages(tx.ops());
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a.0, b.0, "message {i}: type, in\n{script}");
+        assert_eq!(
+            hex(&a.1),
+            hex(&b.1),
+            "message {i} (type {:#x}) of\n{script}",
+            a.0
+        );
+    }
+    assert_eq!(ours.len(), theirs.len(), "{script}");
+    ours.len()
+}
+
+#[test]
+fn every_rule_shape_of_the_renderer_is_encoded_as_nft_encodes_it() {
+    if !support::root_or_skip("every_rule_shape_of_the_renderer_is_encoded_as_nft_encodes_it") {
+        return;
+    }
+    let mut tx = Transaction::new();
+    for family in Family::ALL {
+        let f = family.nft();
+        let a = family.addr_type();
+        let (pods, services, narrow, endpoint) = match family {
+            Family::Ipv4 => (
+                "10.244.0.0/16",
+                "10.96.0.0/16",
+                "10.96.0.0/12",
+                "10.244.2.2:9090",
+            ),
+            Family::Ipv6 => ("fd44::/32", "fd96::/112", "fd96::/108", "[fd44::2]:9090"),
+        };
+        tx.add_table(family);
+        for chain in ["c", "mark-for-masquerade"] {
+            tx.add_chain(family, chain, None);
+        }
+        tx.add_set(family, "cluster-ips", SetDecl::set(format!("type {a}")));
+        tx.add_set(family, "nodeport-ips", SetDecl::set(format!("type {a}")));
+        tx.add_set(family, "hairpin", SetDecl::set(format!("type {a} . {a}")));
+        tx.add_set(
+            family,
+            "service-ips",
+            SetDecl::map(format!("type {a} . inet_proto . inet_service : verdict")),
+        );
+        tx.add_set(
+            family,
+            "service-nodeports",
+            SetDecl::map("type inet_proto . inet_service : verdict"),
+        );
+        tx.add_set(
+            family,
+            "aff",
+            SetDecl::set(format!("type {a}"))
+                .flags(&["dynamic", "timeout"])
+                .timeout(std::time::Duration::from_secs(10800)),
+        );
+        let m = "mark-for-masquerade";
+        for rule in [
+            format!("ct state new jump {m}"),
+            format!("{f} daddr @cluster-ips {f} saddr != {pods} jump {m}"),
+            format!("{f} daddr . meta l4proto . th dport vmap @service-ips"),
+            format!(
+                "{f} daddr @nodeport-ips fib daddr type local meta l4proto . th dport vmap @service-nodeports"
+            ),
+            "meta mark set meta mark | 0x00004000".to_owned(),
+            format!("ct status dnat {f} saddr . {f} daddr @hairpin jump {m}"),
+            "meta mark & 0x00004000 == 0x00000000 return".to_owned(),
+            "meta mark set meta mark ^ 0x00004000".to_owned(),
+            "masquerade fully-random".to_owned(),
+            format!("{f} daddr @cluster-ips reject"),
+            format!("{f} daddr {services} drop"),
+            format!("{f} daddr {narrow} drop"),
+            "meta l4proto tcp reject with tcp reset".to_owned(),
+            "reject".to_owned(),
+            format!("jump {m}"),
+            format!("goto {m}"),
+            "drop".to_owned(),
+            format!("meta l4proto tcp dnat {f} to {endpoint}"),
+            format!("fib saddr type local jump {m}"),
+            format!("{f} saddr {pods} goto {m}"),
+            format!("numgen random mod 2 vmap {{ 0 : goto c, 1 : goto {m} }}"),
+            format!("update @aff {{ {f} saddr }}"),
+            format!("{f} saddr @aff goto {m}"),
+        ] {
+            tx.add_rule(family, "c", rule);
+        }
+    }
+    let n = assert_same_messages(&tx);
+    eprintln!("{n} messages, byte for byte as nft's");
+}

@@ -3,6 +3,7 @@
 //! side). Tables, chains, sets and maps declared with `type`, and their
 //! elements; rules and `typeof` declarations are not encoded yet.
 
+use super::rule;
 use super::wire::{F_APPEND, F_CREATE, F_REQUEST, Message, SUBSYS_NFTABLES, attr, msg};
 use crate::names::{Family, TABLE, TABLE_COMMENT};
 use crate::tx::{Op, SetDecl, SetKind};
@@ -247,6 +248,11 @@ pub struct Encoder {
     /// The shapes of sets declared before (for their elements).
     known: HashMap<(Family, String), SetShape>,
     next_id: u32,
+    /// Anonymous maps so far; nft numbers them after every named set of
+    /// the batch.
+    anonymous: u32,
+    /// Named sets declared in the batch.
+    named: u32,
 }
 
 impl Encoder {
@@ -281,19 +287,32 @@ impl Encoder {
         mut seq: u32,
     ) -> Result<Vec<(u32, usize)>, (usize, String)> {
         let mut out = Vec::new();
+        self.named = self.next_id
+            + ops
+                .iter()
+                .filter(|op| matches!(op, Op::AddSet { .. }))
+                .count() as u32;
         let mut i = 0;
         while i < ops.len() {
-            out.push((seq, i));
-            let n = self.one(buf, ops, i, seq).map_err(|e| (i, e))?;
+            let (n, messages) = self.one(buf, ops, i, seq).map_err(|e| (i, e))?;
+            for k in 0..messages {
+                out.push((seq + k, i));
+            }
             i += n;
-            seq += 1;
+            seq += messages;
         }
         Ok(out)
     }
 
-    /// Encodes the message that starts at `ops[i]`; how many operations
-    /// it took.
-    fn one(&mut self, buf: &mut Vec<u8>, ops: &[Op], i: usize, seq: u32) -> Result<usize, String> {
+    /// Encodes the message(s) that start at `ops[i]`: how many operations
+    /// it took, and how many messages it wrote.
+    fn one(
+        &mut self,
+        buf: &mut Vec<u8>,
+        ops: &[Op],
+        i: usize,
+        seq: u32,
+    ) -> Result<(usize, u32), String> {
         let t = |m: u16| (SUBSYS_NFTABLES << 8) | m;
         match &ops[i] {
             Op::AddTable(f) => {
@@ -395,10 +414,10 @@ impl Encoder {
                     }
                     None => {}
                 }
+                m.u32(attr::SET_ID, id);
                 if let Some(timeout) = decl.timeout {
                     m.u64(attr::SET_TIMEOUT, timeout.as_millis() as u64);
                 }
-                m.u32(attr::SET_ID, id);
                 if let Some(size) = decl.size {
                     m.nest(attr::SET_DESC).u32(attr::SET_DESC_SIZE, size).end();
                 }
@@ -420,11 +439,117 @@ impl Encoder {
                 self.known.remove(&(*family, name.clone()));
             }
             Op::AddElement { family, set, .. } | Op::DeleteElement { family, set, .. } => {
-                return self.elements(buf, ops, i, seq, *family, set);
+                return Ok((self.elements(buf, ops, i, seq, *family, set)?, 1));
             }
-            Op::AddRule { rule, .. } => return Err(format!("not encoded yet: the rule {rule:?}")),
+            Op::AddRule {
+                family,
+                chain,
+                rule,
+            } => {
+                let exprs = rule::parse(*family, rule)?;
+                let mut seq = seq;
+                let mut anonymous = None;
+                if let Some(arms) = rule::anonymous_vmap(rule) {
+                    // The map is declared, and filled, in messages of
+                    // its own before the rule.
+                    anonymous = Some(self.anonymous_vmap(buf, seq, *family, &arms)?);
+                    seq += 2;
+                }
+                let declared = &self.declared;
+                let id_of = |set: &str| -> Option<u32> {
+                    if set == rule::ANONYMOUS_VMAP {
+                        return anonymous;
+                    }
+                    declared.get(&(*family, set.to_owned())).map(|(id, _)| *id)
+                };
+                let mut m =
+                    Message::start(buf, t(msg::NEWRULE), RULE_FLAGS, seq, nfproto(*family), 0);
+                m.str(attr::RULE_TABLE, TABLE)
+                    .str(attr::RULE_CHAIN, chain)
+                    .nest(attr::RULE_EXPRESSIONS);
+                for e in &exprs {
+                    e.encode(&mut m, &id_of);
+                }
+                m.end();
+                return Ok((1, if anonymous.is_some() { 3 } else { 1 }));
+            }
         }
-        Ok(1)
+        Ok((1, 1))
+    }
+
+    /// The anonymous map of a `numgen … vmap { … }` rule, declared and
+    /// filled (two messages from `seq`); its transaction id.
+    fn anonymous_vmap(
+        &mut self,
+        buf: &mut Vec<u8>,
+        seq: u32,
+        family: Family,
+        arms: &[(u32, String)],
+    ) -> Result<u32, String> {
+        let t = |m: u16| (SUBSYS_NFTABLES << 8) | m;
+        self.anonymous += 1;
+        let id = self.named + self.anonymous;
+        {
+            let mut m = Message::start(
+                buf,
+                t(msg::NEWSET),
+                F_REQUEST | F_CREATE,
+                seq,
+                nfproto(family),
+                0,
+            );
+            m.str(attr::SET_TABLE, TABLE)
+                .str(attr::SET_NAME, rule::ANONYMOUS_VMAP)
+                // anonymous, constant, a map
+                .u32(attr::SET_FLAGS, 0x1 | 0x2 | 0x8)
+                .u32(attr::SET_KEY_TYPE, 4)
+                .u32(attr::SET_KEY_LEN, 4)
+                .u32(attr::SET_DATA_TYPE, VERDICT_TYPE)
+                .u32(attr::SET_DATA_LEN, 0)
+                .u32(attr::SET_ID, id)
+                .nest(attr::SET_DESC)
+                .u32(attr::SET_DESC_SIZE, arms.len() as u32)
+                .end();
+            // nft's userdata: the key in host order, the data a verdict
+            // expression (EXPR_VERDICT, 1), no interval.
+            let mut u = Vec::new();
+            for (t, v) in [(0u8, 1u32), (1, 0)] {
+                u.extend_from_slice(&[t, 4]);
+                u.extend_from_slice(&v.to_ne_bytes());
+            }
+            u.extend_from_slice(&[4, 8, 0, 4]);
+            u.extend_from_slice(&1u32.to_ne_bytes());
+            u.extend_from_slice(&[1, 0, 6, 4]);
+            u.extend_from_slice(&0u32.to_ne_bytes());
+            m.bytes(attr::SET_USERDATA, &u);
+        }
+        let mut m = Message::start(
+            buf,
+            t(msg::NEWSETELEM),
+            F_REQUEST | F_CREATE,
+            seq + 1,
+            nfproto(family),
+            0,
+        );
+        m.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+            .str(attr::SET_ELEM_LIST_SET, rule::ANONYMOUS_VMAP)
+            .u32(4, id)
+            .nest(attr::SET_ELEM_LIST_ELEMENTS);
+        for (n, (slot, v)) in arms.iter().enumerate() {
+            let (code, chain) = verdict(v)?;
+            m.nest(u16::try_from(n + 1).unwrap_or(u16::MAX))
+                .nest(attr::SET_ELEM_KEY)
+                .bytes(attr::DATA_VALUE, &slot.to_ne_bytes())
+                .end()
+                .nest(attr::SET_ELEM_DATA)
+                .nest(attr::DATA_VERDICT)
+                .u32(attr::VERDICT_CODE, code);
+            if let Some(c) = chain {
+                m.str(attr::VERDICT_CHAIN, c);
+            }
+            m.end().end().end();
+        }
+        Ok(id)
     }
 
     /// One message of the element operations on one set from `ops[i]`.

@@ -5,4 +5,5 @@
 //! backend sends them.
 
 pub mod encode;
+pub mod rule;
 pub mod wire;
