@@ -54,6 +54,61 @@ pub struct SetShape {
     pub key: Vec<DataType>,
     /// A map's data: `None` for a verdict map; a set has none at all.
     pub data: Option<Option<DataType>>,
+    /// Declared with `typeof`: the expressions of the key and the data,
+    /// as nft keeps them in the set's userdata.
+    pub typeof_: Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>,
+    /// `flags interval`: its elements are ranges (the key's last field
+    /// of a concatenation).
+    pub interval: bool,
+}
+
+/// A type-length-value of libnftnl's userdata.
+fn tlv(out: &mut Vec<u8>, t: u8, v: &[u8]) {
+    out.push(t);
+    out.push(u8::try_from(v.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(v);
+}
+
+fn tlv_u32(out: &mut Vec<u8>, t: u8, v: u32) {
+    tlv(out, t, &v.to_ne_bytes());
+}
+
+/// An expression of a `typeof` declaration: its data type, and its
+/// userdata as nft writes it (`EXPR_PAYLOAD` 7 with the protocol and
+/// field of nft's templates, `EXPR_NUMGEN` 23 with mode, modulus and
+/// offset).
+fn typeof_expr(text: &str) -> Result<(DataType, Vec<u8>), String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut inner = Vec::new();
+    let (type_name, expr) = match words.as_slice() {
+        [proto, field] => {
+            let (desc, template, type_name) = match (*proto, *field) {
+                ("ip", "daddr") => (12, 12, "ipv4_addr"),
+                ("ip", "saddr") => (12, 11, "ipv4_addr"),
+                ("ip6", "daddr") => (13, 9, "ipv6_addr"),
+                ("ip6", "saddr") => (13, 8, "ipv6_addr"),
+                ("tcp", "dport") => (8, 2, "inet_service"),
+                ("udp", "dport") => (6, 2, "inet_service"),
+                ("sctp", "dport") => (10, 2, "inet_service"),
+                _ => return Err(format!("typeof {text:?}")),
+            };
+            tlv_u32(&mut inner, 0, desc);
+            tlv_u32(&mut inner, 1, template);
+            (type_name, 7)
+        }
+        ["numgen", "random", "mod", n] => {
+            let n: u32 = n.parse().map_err(|_| format!("typeof {text:?}"))?;
+            tlv_u32(&mut inner, 0, 1);
+            tlv_u32(&mut inner, 1, n);
+            tlv_u32(&mut inner, 2, 0);
+            ("integer", 23)
+        }
+        _ => return Err(format!("typeof {text:?}")),
+    };
+    let mut u = Vec::new();
+    tlv_u32(&mut u, 0, expr);
+    tlv(&mut u, 1, &inner);
+    Ok((data_type(type_name).ok_or("no type")?, u))
 }
 
 impl SetShape {
@@ -70,8 +125,27 @@ impl SetShape {
         }
     }
 
-    /// Parses `type A . B [: C]`.
+    /// Parses `type A . B [: C]` or `typeof EXPR . EXPR [: EXPR]`.
     pub fn parse(decl: &SetDecl) -> Result<SetShape, String> {
+        if let Some(text) = decl.type_.strip_prefix("typeof ") {
+            let (key, data) = match text.split_once(" : ") {
+                Some((k, d)) => (k, Some(d.trim())),
+                None => (text, None),
+            };
+            let (key, key_udata): (Vec<DataType>, Vec<Vec<u8>>) = key
+                .split(" . ")
+                .map(typeof_expr)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip();
+            let data = data.map(typeof_expr).transpose()?;
+            return Ok(SetShape {
+                key,
+                data: data.as_ref().map(|(t, _)| Some(*t)),
+                typeof_: Some((key_udata, data.map(|(_, u)| u))),
+                interval: decl.flags.contains(&"interval"),
+            });
+        }
         let text = decl
             .type_
             .strip_prefix("type ")
@@ -92,7 +166,12 @@ impl SetShape {
             )),
             _ => return Err(format!("a {:?} declared {:?}", decl.kind, decl.type_)),
         };
-        Ok(SetShape { key, data })
+        Ok(SetShape {
+            key,
+            data,
+            typeof_: None,
+            interval: decl.flags.contains(&"interval"),
+        })
     }
 }
 
@@ -100,11 +179,6 @@ impl SetShape {
 /// (libnftnl's `NFTNL_UDATA_SET_*` TLVs: type, length, value).
 fn set_userdata(shape: &SetShape, decl: &SetDecl) -> Vec<u8> {
     let mut u = Vec::new();
-    let mut tlv = |t: u8, v: &[u8]| {
-        u.push(t);
-        u.push(u8::try_from(v.len()).unwrap_or(u8::MAX));
-        u.extend_from_slice(v);
-    };
     // nft's byte orders: 2 big-endian, 1 host, 0 for a concatenation.
     let order = |fields: &[DataType]| -> u32 {
         match fields {
@@ -113,24 +187,47 @@ fn set_userdata(shape: &SetShape, decl: &SetDecl) -> Vec<u8> {
             _ => 0,
         }
     };
-    tlv(0, &order(&shape.key).to_ne_bytes());
+    tlv_u32(&mut u, 0, order(&shape.key));
     if let Some(data) = &shape.data {
         let o = data.map_or(0, |d| order(&[d]));
-        tlv(1, &o.to_ne_bytes());
+        tlv_u32(&mut u, 1, o);
     }
-    if shape.key.len() > 1 {
-        // A concatenation's key, as an expression of its own: nft's
-        // EXPR_CONCAT (13), without sub-expressions.
-        tlv(3, &[0, 4, 13, 0, 0, 0, 1, 0]);
+    match &shape.typeof_ {
+        Some((key, data)) => {
+            // The key's expression (a concatenation, EXPR_CONCAT 13, of
+            // its fields' when it has several), and the data's.
+            match key.as_slice() {
+                [one] => tlv(&mut u, 3, one),
+                many => {
+                    let mut fields = Vec::new();
+                    for (i, f) in many.iter().enumerate() {
+                        tlv(&mut fields, i as u8, f);
+                    }
+                    let mut concat = Vec::new();
+                    tlv_u32(&mut concat, 0, 13);
+                    tlv(&mut concat, 1, &fields);
+                    tlv(&mut u, 3, &concat);
+                }
+            }
+            if let Some(d) = data {
+                tlv(&mut u, 4, d);
+            }
+        }
+        None if shape.key.len() > 1 => {
+            // A concatenation's key, as an expression of its own: nft's
+            // EXPR_CONCAT (13), without sub-expressions.
+            tlv(&mut u, 3, &[0, 4, 13, 0, 0, 0, 1, 0]);
+        }
+        None => {}
     }
     if shape.data.is_some() {
         // The data are no interval.
-        tlv(6, &0u32.to_ne_bytes());
+        tlv_u32(&mut u, 6, 0);
     }
     if let Some(c) = decl.comment {
         let mut v = c.as_bytes().to_vec();
         v.push(0);
-        tlv(7, &v);
+        tlv(&mut u, 7, &v);
     }
     u
 }
@@ -183,6 +280,61 @@ fn key(shape: &SetShape, text: &str) -> Result<Vec<u8>, String> {
         out.extend(value(*t, p, pad)?);
     }
     Ok(out)
+}
+
+/// The first and last keys of a range element: a concatenation whose
+/// last field is an address, a prefix or `a-b`, or such a lone field.
+fn range_key(shape: &SetShape, text: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let (head, last) = match text.rsplit_once(" . ") {
+        Some((h, l)) => (Some(h), l.trim()),
+        None => (None, text.trim()),
+    };
+    let last_type = *shape.key.last().ok_or("a set without a key")?;
+    let (first, end): (IpAddr, IpAddr) = if let Some((a, b)) = last.split_once('-') {
+        let p = |s: &str| s.trim().parse::<IpAddr>().map_err(|_| format!("not an address: {s:?}"));
+        (p(a)?, p(b)?)
+    } else if let Ok(net) = last.parse::<ipnet::IpNet>() {
+        (net.network(), net.broadcast())
+    } else {
+        let a = last
+            .parse::<IpAddr>()
+            .map_err(|_| format!("not an address, prefix or range: {last:?}"))?;
+        (a, a)
+    };
+    let pad = shape.key.len() > 1;
+    let mut start = Vec::new();
+    let mut stop = Vec::new();
+    if let Some(h) = head {
+        let fields = SetShape {
+            key: shape.key[..shape.key.len() - 1].to_vec(),
+            data: None,
+            typeof_: None,
+            interval: false,
+        };
+        let mut k = Vec::new();
+        for (t, p) in fields.key.iter().zip(h.split(" . ")) {
+            k.extend(value(*t, p.trim(), pad)?);
+        }
+        start.extend_from_slice(&k);
+        stop.extend_from_slice(&k);
+    }
+    start.extend(value(last_type, &first.to_string(), pad)?);
+    stop.extend(value(last_type, &end.to_string(), pad)?);
+    Ok((start, stop))
+}
+
+/// The key after `key` (big-endian), or `None` past the last.
+fn successor(key: &[u8]) -> Option<Vec<u8>> {
+    let mut k = key.to_vec();
+    for b in k.iter_mut().rev() {
+        if *b == 0xff {
+            *b = 0;
+        } else {
+            *b += 1;
+            return Some(k);
+        }
+    }
+    None
 }
 
 /// A verdict's code and chain (`goto x`, `jump x`, `drop`, `accept`,
@@ -369,9 +521,6 @@ impl Encoder {
                     .str(attr::CHAIN_NAME, name);
             }
             Op::AddSet { family, name, decl } => {
-                if decl.flags.contains(&"interval") {
-                    return Err(format!("not encoded yet: the interval set {name}"));
-                }
                 let shape = SetShape::parse(decl)?;
                 self.next_id += 1;
                 let id = self.next_id;
@@ -389,6 +538,10 @@ impl Encoder {
                 }
                 if decl.timeout.is_some() {
                     flags |= 0x10;
+                }
+                if shape.interval && shape.key.len() > 1 {
+                    // NFT_SET_CONCAT: ranges over a concatenation.
+                    flags |= 0x80;
                 }
                 let mut m = Message::start(
                     buf,
@@ -418,8 +571,22 @@ impl Encoder {
                 if let Some(timeout) = decl.timeout {
                     m.u64(attr::SET_TIMEOUT, timeout.as_millis() as u64);
                 }
-                if let Some(size) = decl.size {
-                    m.nest(attr::SET_DESC).u32(attr::SET_DESC_SIZE, size).end();
+                let concat = shape.interval && shape.key.len() > 1;
+                if decl.size.is_some() || concat {
+                    m.nest(attr::SET_DESC);
+                    if let Some(size) = decl.size {
+                        m.u32(attr::SET_DESC_SIZE, size);
+                    }
+                    if concat {
+                        m.nest(attr::SET_DESC_CONCAT);
+                        for f in &shape.key {
+                            m.nest(attr::LIST_ELEM)
+                                .u32(attr::SET_FIELD_LEN, f.len as u32)
+                                .end();
+                        }
+                        m.end();
+                    }
+                    m.end();
                 }
                 m.bytes(attr::SET_USERDATA, &set_userdata(&shape, decl));
                 drop(m);
@@ -587,6 +754,7 @@ impl Encoder {
         }
         m.nest(attr::SET_ELEM_LIST_ELEMENTS);
         let mut n = 0;
+        let mut listed = 0usize;
         while let Some(op) = ops.get(i + n).filter(|_| n < PER_MESSAGE) {
             let (k, v) = match op {
                 Op::AddElement {
@@ -603,7 +771,43 @@ impl Encoder {
                 _ => break,
             };
             // nft numbers the elements of a list from 1.
-            m.nest(u16::try_from(n + 1).unwrap_or(u16::MAX))
+            if shape.interval {
+                // A range: one element with its end (a concatenation),
+                // or a start and an end element.
+                let (start, end) = range_key(&shape, k)?;
+                let mut next = |m: &mut Message<'_>| {
+                    listed += 1;
+                    m.nest(u16::try_from(listed).unwrap_or(u16::MAX));
+                };
+                if shape.key.len() > 1 {
+                    next(&mut m);
+                    m.nest(attr::SET_ELEM_KEY)
+                        .bytes(attr::DATA_VALUE, &start)
+                        .end()
+                        .nest(attr::SET_ELEM_KEY_END)
+                        .bytes(attr::DATA_VALUE, &end)
+                        .end()
+                        .end();
+                } else {
+                    next(&mut m);
+                    m.nest(attr::SET_ELEM_KEY)
+                        .bytes(attr::DATA_VALUE, &start)
+                        .end()
+                        .end();
+                    if let Some(after) = successor(&end) {
+                        next(&mut m);
+                        m.u32(attr::SET_ELEM_FLAGS, 1)
+                            .nest(attr::SET_ELEM_KEY)
+                            .bytes(attr::DATA_VALUE, &after)
+                            .end()
+                            .end();
+                    }
+                }
+                n += 1;
+                continue;
+            }
+            listed += 1;
+            m.nest(u16::try_from(listed).unwrap_or(u16::MAX))
                 .nest(attr::SET_ELEM_KEY)
                 .bytes(attr::DATA_VALUE, &key(&shape, k)?)
                 .end();

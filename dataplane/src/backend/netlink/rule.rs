@@ -525,11 +525,12 @@ impl<'a> Parser<'a> {
                         dreg: reg,
                     });
                     if interval {
+                        // The protocol as 2 bytes in network order.
                         self.out.push(Expr::Hton {
                             sreg: reg,
                             dreg: reg,
-                            size: 1,
-                            len: 2,
+                            size: 2,
+                            len: 1,
                         });
                     }
                     offset += 4;
