@@ -387,3 +387,108 @@ fn typeof_maps_and_pick_rules_are_encoded_as_nft_encodes_them() {
     let n = assert_same_messages(&tx);
     eprintln!("{n} messages, byte for byte as nft's");
 }
+
+// ---- against the kernel ------------------------------------------------
+
+use portico_dataplane::backend::netlink::Netlink;
+use portico_dataplane::{ConntrackTool, Nft, Proxier};
+use portico_testkit::{Netns, in_netns};
+
+/// `nft list table` of both families in `ns`.
+fn listing(ns: &Netns) -> String {
+    let mut out = String::new();
+    for f in ["ip", "ip6"] {
+        let o = ns
+            .command("nft")
+            .args(["list", "table", f, "portico"])
+            .output()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+        out.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    out
+}
+
+fn netlink_in(ns: &Netns) -> Netlink {
+    in_netns(ns.name(), || Netlink::new().unwrap())
+}
+
+/// The showcase through netlink and through nft, in two namespaces: the
+/// kernel lists the same tables after a full sync, after a partial one,
+/// and after a second full sync.
+#[test]
+fn the_showcase_through_netlink_lists_as_through_nft() {
+    if !support::root_or_skip("the_showcase_through_netlink_lists_as_through_nft") {
+        return;
+    }
+    let (a, b) = (Netns::new("ptcnl", "a"), Netns::new("ptcnl", "b"));
+    let (services, slices) = support::showcase();
+    let mut c = support::catalog(&services, &slices);
+    let mut by_netlink = Proxier::new(
+        support::config(),
+        netlink_in(&a),
+        ConntrackTool::in_netns(a.name()),
+    );
+    let mut by_nft = Proxier::new(
+        support::config(),
+        Nft::in_netns(b.name()),
+        ConntrackTool::in_netns(b.name()),
+    );
+    by_netlink.full_sync(&c).unwrap();
+    by_nft.full_sync(&c).unwrap();
+    let first = listing(&b);
+    assert!(first.contains("chain services"), "{first}");
+    assert_eq!(listing(&a), first, "after a full sync");
+    // A partial sync: a Service goes, another loses its endpoints.
+    c.delete_service(&services[0].0);
+    c.apply_slice(&support::slice(
+        "default",
+        "web-1",
+        "web",
+        &[("http", "TCP", 8080)],
+        &[],
+    ));
+    let changes = c.take_changes();
+    by_netlink.sync(&c, &changes).unwrap();
+    by_nft.sync(&c, &changes).unwrap();
+    assert_eq!(listing(&a), listing(&b), "after a partial sync");
+    by_netlink.full_sync(&c).unwrap();
+    by_nft.full_sync(&c).unwrap();
+    assert_eq!(listing(&a), listing(&b), "after a second full sync");
+}
+
+/// A batch the kernel refuses changes nothing, and the error names the
+/// operation it failed on.
+#[test]
+fn a_refused_batch_names_its_operation_and_changes_nothing() {
+    if !support::root_or_skip("a_refused_batch_names_its_operation_and_changes_nothing") {
+        return;
+    }
+    use portico_dataplane::Backend as _;
+    let ns = Netns::new("ptcnl", "refused");
+    let mut nl = netlink_in(&ns);
+    let mut tx = Transaction::new();
+    tx.add_table(Family::Ipv4);
+    tx.add_chain(Family::Ipv4, "services", None);
+    // No such set in the kernel.
+    tx.add_element(Family::Ipv4, "cluster-ips", "10.96.0.1", None);
+    let e = nl.apply(&tx).unwrap_err().to_string();
+    assert!(
+        e.contains("add element ip portico cluster-ips { 10.96.0.1 … }: No such file or directory"),
+        "{e}"
+    );
+    assert!(
+        listing(&ns).contains("No such file or directory"),
+        "nothing was made"
+    );
+    // The same socket goes on: the table alone is made.
+    let mut ok = Transaction::new();
+    ok.add_table(Family::Ipv4);
+    nl.apply(&ok).unwrap();
+    assert!(
+        listing(&ns).starts_with("table ip portico"),
+        "{}",
+        listing(&ns)
+    );
+    assert!(nl.list(Family::Ipv4).unwrap().chains.is_empty());
+}

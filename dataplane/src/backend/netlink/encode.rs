@@ -56,11 +56,15 @@ pub struct SetShape {
     pub data: Option<Option<DataType>>,
     /// Declared with `typeof`: the expressions of the key and the data,
     /// as nft keeps them in the set's userdata.
-    pub typeof_: Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>,
+    pub typeof_: Option<Typeof>,
     /// `flags interval`: its elements are ranges (the key's last field
     /// of a concatenation).
     pub interval: bool,
 }
+
+/// The userdata of a `typeof` declaration's expressions: the key's
+/// fields, and the data.
+pub type Typeof = (Vec<Vec<u8>>, Option<Vec<u8>>);
 
 /// A type-length-value of libnftnl's userdata.
 fn tlv(out: &mut Vec<u8>, t: u8, v: &[u8]) {
@@ -291,7 +295,11 @@ fn range_key(shape: &SetShape, text: &str) -> Result<(Vec<u8>, Vec<u8>), String>
     };
     let last_type = *shape.key.last().ok_or("a set without a key")?;
     let (first, end): (IpAddr, IpAddr) = if let Some((a, b)) = last.split_once('-') {
-        let p = |s: &str| s.trim().parse::<IpAddr>().map_err(|_| format!("not an address: {s:?}"));
+        let p = |s: &str| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("not an address: {s:?}"))
+        };
         (p(a)?, p(b)?)
     } else if let Ok(net) = last.parse::<ipnet::IpNet>() {
         (net.network(), net.broadcast())
