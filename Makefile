@@ -35,6 +35,8 @@ test: deps lint test-only check-generated check-chart
 test-only:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	# The real-packet dataplane tests again, through the netlink backend.
+	PORTICO_DATAPLANE_BACKEND=netlink $(CARGO) test -p portico-dataplane --test packets --test fullsync
 
 ## lint: rustfmt and clippy, warnings are errors
 lint:

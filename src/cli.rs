@@ -477,6 +477,17 @@ impl RuleArgs {
 pub struct DataplaneArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
+    /// How transactions reach the kernel: `nft` (the nft program, one
+    /// script per sync) or `netlink` (nf_tables messages on a socket that
+    /// stays open; no program; the same ruleset). `portico node --dump`
+    /// prints the rules with nft either way.
+    #[arg(
+        long,
+        default_value = "nft",
+        value_name = "nft|netlink",
+        env = "PORTICO_DATAPLANE_BACKEND"
+    )]
+    pub dataplane_backend: portico_dataplane::BackendKind,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
 }

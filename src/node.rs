@@ -27,7 +27,7 @@ use portico_controllers::ApiWriter;
 use portico_controllers::k8s::{EndpointSlice, Node, Service};
 use portico_controllers::watch::{Relist, sleep_until, watch};
 use portico_crds::{IPPool, L2Announcement};
-use portico_dataplane::{ConntrackTool, Nft, SyncKind, can_program_nftables};
+use portico_dataplane::{ConntrackTool, Kernel, Nft, SyncKind, can_program_nftables};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -102,7 +102,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         &node_name,
         &net,
         &args.dataplane.settings(),
-        (Nft::new(), ConntrackTool::new()),
+        (
+            Kernel::open(args.dataplane.dataplane_backend)?,
+            ConntrackTool::new(),
+        ),
         Pacing {
             min_sync_period: args.min_sync_period,
             sync_period: Some(args.sync_period),

@@ -72,9 +72,22 @@ impl Netns {
 
 #[test]
 fn local_dataplane_programs_the_node_and_node_dump_and_cleanup_follow() {
+    for backend in ["nft", "netlink"] {
+        programs_the_node_through(backend);
+    }
+}
+
+/// `local --dataplane` through `backend`; `node --dump` (nft) sees it.
+fn programs_the_node_through(backend: &str) {
     let Some(ns) = Netns::new() else { return };
     let mut args = LAB.to_vec();
-    args.extend(["--dataplane", "--node-name", "k8s-worker1"]);
+    args.extend([
+        "--dataplane",
+        "--node-name",
+        "k8s-worker1",
+        "--dataplane-backend",
+        backend,
+    ]);
     let out = ns.portico(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(

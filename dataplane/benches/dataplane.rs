@@ -19,9 +19,10 @@ mod support;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_catalog::Catalog;
+use portico_dataplane::backend::netlink::Netlink;
 use portico_dataplane::model::{Existing, Model, StaticSets};
 use portico_dataplane::names::Family;
-use portico_dataplane::{ConntrackTool, Nft, Proxier, SyncKind};
+use portico_dataplane::{Backend, ConntrackTool, Nft, Proxier, SyncKind};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -77,13 +78,19 @@ fn cpu_time() -> Duration {
 /// Runs in a thread inside the lab's node namespace, so `nft` runs
 /// there directly, as in `portico node`.
 fn full_and_partial(n: usize) {
-    let lab = Lab::new(0);
-    let node = lab.node.clone();
-    in_netns(&node, move || measure(n));
-    drop(lab);
+    // The same run, through each backend, each in a namespace of its own.
+    for backend in ["nft", "netlink"] {
+        let lab = Lab::new(0);
+        let node = lab.node.clone();
+        in_netns(&node, move || match backend {
+            "nft" => measure(n, backend, Nft::new()),
+            _ => measure(n, backend, Netlink::new().unwrap()),
+        });
+        drop(lab);
+    }
 }
 
-fn measure(n: usize) {
+fn measure<B: Backend>(n: usize, backend: &str, kernel: B) {
     let mut catalog = bench_catalog(n);
 
     // Rendering alone (pure).
@@ -94,7 +101,7 @@ fn measure(n: usize) {
     let script = tx.to_string();
     let render = start.elapsed();
 
-    let mut p = Proxier::new(config(), Nft::new(), ConntrackTool::new());
+    let mut p = Proxier::new(config(), kernel, ConntrackTool::new());
     let cpu = cpu_time();
     let first = p.full_sync(&catalog).unwrap();
     let first_cpu = cpu_time() - cpu;
@@ -103,7 +110,7 @@ fn measure(n: usize) {
     let again_cpu = cpu_time() - cpu;
     assert_eq!(first.kind, SyncKind::Full);
     println!(
-        "full sync   {n:>6} Services x {ENDPOINTS}: render {} ({} ops, {:.1} MB script); \
+        "{backend:<8} full sync   {n:>6} Services x {ENDPOINTS}: render {} ({} ops, {:.1} MB script); \
          into an empty table {} (CPU {}), over the installed one {} (CPU {}); \
          {} chains, {} elements",
         ms(render),
@@ -135,7 +142,7 @@ fn measure(n: usize) {
     ops.sort();
     ops.dedup();
     println!(
-        "partial     {n:>6} Services: one endpoint removed or added: median {}, max {}; \
+        "{backend:<8} partial     {n:>6} Services: one endpoint removed or added: median {}, max {}; \
          transaction sizes {ops:?} operations",
         ms(median(durations.clone())),
         ms(*durations.iter().max().unwrap()),

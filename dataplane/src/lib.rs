@@ -32,7 +32,7 @@ pub mod schedule;
 pub mod trace;
 pub mod tx;
 
-pub use backend::{Backend, MemoryNft, Nft, RulesView};
+pub use backend::{Backend, BackendKind, Kernel, MemoryNft, Nft, RulesView};
 pub use conntrack::{Conntrack, ConntrackTool, RecordingConntrack};
 pub use error::{Error, Result};
 pub use metrics::DataplaneMetrics;

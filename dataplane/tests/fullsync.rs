@@ -10,7 +10,7 @@
 mod support;
 
 use portico_catalog::Catalog;
-use portico_dataplane::{ConntrackTool, Nft, Proxier, RecordingConntrack};
+use portico_dataplane::{ConntrackTool, Kernel, Nft, Proxier, RecordingConntrack};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::ExitStatusExt as _;
@@ -149,8 +149,8 @@ fn start_probe(
     })
 }
 
-fn proxier(lab: &Lab) -> Proxier<Nft, ConntrackTool> {
-    Proxier::new(config(), lab.nft(), lab.conntrack())
+fn proxier(lab: &Lab) -> Proxier<Kernel, ConntrackTool> {
+    Proxier::new(config(), lab.kernel(), lab.conntrack())
 }
 
 /// Runs `step` `SYNCS` times while the probe runs, and checks that no

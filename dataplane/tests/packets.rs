@@ -13,7 +13,7 @@ mod support;
 
 use portico_catalog::Catalog;
 use portico_dataplane::conntrack::{self, PROC_SYS_NET, TCP_BE_LIBERAL};
-use portico_dataplane::{ConntrackTool, Nft, Proxier};
+use portico_dataplane::{ConntrackTool, Kernel, Proxier};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -26,8 +26,8 @@ const PORT: u16 = 8080;
 const HTTP: [(&str, &str, i32); 1] = [("http", "TCP", 8080)];
 const BOTH: [(&str, &str, i32); 2] = [("http", "TCP", 8080), ("dns", "UDP", 8080)];
 
-fn proxier(lab: &Lab) -> Proxier<Nft, ConntrackTool> {
-    Proxier::new(config(), lab.nft(), lab.conntrack())
+fn proxier(lab: &Lab) -> Proxier<Kernel, ConntrackTool> {
+    Proxier::new(config(), lab.kernel(), lab.conntrack())
 }
 
 /// A lab with `pods` pods serving on 8080, or `None` when the test must
@@ -54,7 +54,7 @@ fn spread(lab: &Lab, from: From, dst: &str, n: usize) -> BTreeMap<String, usize>
     seen
 }
 
-fn sync(p: &mut Proxier<Nft, ConntrackTool>, catalog: &mut Catalog) {
+fn sync(p: &mut Proxier<Kernel, ConntrackTool>, catalog: &mut Catalog) {
     let changes = catalog.take_changes();
     p.sync(catalog, &changes).unwrap();
 }

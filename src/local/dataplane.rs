@@ -18,7 +18,9 @@ use portico_agent::health::HealthChecks;
 use portico_agent::l2::{L2Agent, Takeover};
 use portico_agent::{Announced, NodeAgent, Pacing};
 use portico_controllers::NetworkConfig;
-use portico_dataplane::{Backend, Conntrack, ConntrackTool, Nft, SyncReport, can_program_nftables};
+use portico_dataplane::{
+    Backend, Conntrack, ConntrackTool, Kernel, SyncReport, can_program_nftables,
+};
 use portico_local::World;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ const MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// The agent of one node of the manifests, kept across `--watch` reloads
 /// so that a reload is a partial sync. Generic over the backend, so tests
 /// drive it with the in-memory one.
-pub struct LocalDataplane<B: Backend = Nft, C: Conntrack = ConntrackTool> {
+pub struct LocalDataplane<B: Backend = Kernel, C: Conntrack = ConntrackTool> {
     agent: NodeAgent<B, C>,
     /// The `healthCheckNodePort` servers, as on a node.
     health_checks: HealthChecks,
@@ -61,7 +63,10 @@ impl LocalDataplane {
             net,
             node_name,
             settings,
-            (Nft::new(), ConntrackTool::new()),
+            (
+                Kernel::open(settings.dataplane_backend)?,
+                ConntrackTool::new(),
+            ),
             announcer,
         )?;
         if let Some(Some(listen)) = (!l2.disable_l2_announcements)

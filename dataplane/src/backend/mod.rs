@@ -6,6 +6,7 @@
 //! ```text
 //!  Transaction ──> Nft ── Script (memfd, complete) ──> nft -f -   (full syncs)
 //!             │                                 └──> nft -i     (small ones, `include`)
+//!             ├──> Netlink ── one batch of nf_tables messages ──> the kernel (no program)
 //!             └──> MemoryNft (tests, `portico explain`)
 //! ```
 
@@ -30,4 +31,62 @@ pub trait Backend {
     /// The chains and sets of Portico's table in a family (nothing when
     /// the table does not exist).
     fn list(&mut self, family: Family) -> Result<Existing>;
+}
+
+/// The kernel's nftables, through the backend `--dataplane-backend`
+/// chose: the `nft` program, or netlink.
+#[derive(Debug)]
+pub enum Kernel {
+    /// `nft -f`.
+    Nft(Nft),
+    /// nf_tables messages on a netlink socket.
+    Netlink(netlink::Netlink),
+}
+
+/// The name of a backend (`--dataplane-backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The `nft` program.
+    #[default]
+    Nft,
+    /// Netlink.
+    Netlink,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "nft" => Ok(BackendKind::Nft),
+            "netlink" => Ok(BackendKind::Netlink),
+            other => Err(format!("no dataplane backend {other:?} (nft or netlink)")),
+        }
+    }
+}
+
+impl Kernel {
+    /// The backend `kind`, in the current network namespace.
+    pub fn open(kind: BackendKind) -> Result<Kernel> {
+        Ok(match kind {
+            BackendKind::Nft => Kernel::Nft(Nft::new()),
+            BackendKind::Netlink => Kernel::Netlink(netlink::Netlink::new()?),
+        })
+    }
+}
+
+impl Backend for Kernel {
+    fn apply(&mut self, tx: &Transaction) -> Result<()> {
+        match self {
+            Kernel::Nft(b) => b.apply(tx),
+            Kernel::Netlink(b) => b.apply(tx),
+        }
+    }
+
+    fn list(&mut self, family: Family) -> Result<Existing> {
+        match self {
+            Kernel::Nft(b) => b.list(family),
+            Kernel::Netlink(b) => b.list(family),
+        }
+    }
 }
