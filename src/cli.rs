@@ -477,13 +477,13 @@ impl RuleArgs {
 pub struct DataplaneArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
-    /// How transactions reach the kernel: `nft` (the nft program, one
-    /// script per sync) or `netlink` (nf_tables messages on a socket that
-    /// stays open; no program; the same ruleset). `portico node --dump`
-    /// prints the rules with nft either way.
+    /// How transactions reach the kernel: `netlink` (nf_tables messages on
+    /// a socket that stays open; no program to run) or `nft` (the nft
+    /// program, one script per sync). Both write the same ruleset;
+    /// `portico node --dump` prints it with nft either way.
     #[arg(
         long,
-        default_value = "nft",
+        default_value = "netlink",
         value_name = "nft|netlink",
         env = "PORTICO_DATAPLANE_BACKEND"
     )]

@@ -367,7 +367,15 @@ fn local_watch_retries_a_failed_sync_as_a_full_one_and_keeps_running() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut args = LAB.to_vec();
-    args.extend(["--dataplane", "--node-name", "k8s-worker1", "--watch"]);
+    // The failure is injected through the nft program.
+    args.extend([
+        "--dataplane",
+        "--node-name",
+        "k8s-worker1",
+        "--watch",
+        "--dataplane-backend",
+        "nft",
+    ]);
     let mut child = Command::new("timeout")
         .args([
             "60",

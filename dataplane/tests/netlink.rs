@@ -452,6 +452,22 @@ fn the_showcase_through_netlink_lists_as_through_nft() {
     by_netlink.sync(&c, &changes).unwrap();
     by_nft.sync(&c, &changes).unwrap();
     assert_eq!(listing(&a), listing(&b), "after a partial sync");
+    // Another: a LoadBalancer's source ranges change (elements of a
+    // concatenated interval set go and come).
+    let lb = services
+        .iter()
+        .find(|s| s.0.metadata.name.as_deref() == Some("lb"))
+        .unwrap()
+        .clone()
+        .source_ranges(&["10.0.0.0/8", "198.51.100.7"]);
+    c.apply_service(&lb.0);
+    let changes = c.take_changes();
+    by_netlink.sync(&c, &changes).unwrap();
+    by_nft.sync(&c, &changes).unwrap();
+    let ranged = listing(&b);
+    assert!(ranged.contains("10.0.0.0/8"), "{ranged}");
+    assert!(!ranged.contains("192.168.56.0/24"), "{ranged}");
+    assert_eq!(listing(&a), ranged, "after the source ranges changed");
     by_netlink.full_sync(&c).unwrap();
     by_nft.full_sync(&c).unwrap();
     assert_eq!(listing(&a), listing(&b), "after a second full sync");
