@@ -226,6 +226,10 @@ impl Backend for Netlink {
         self.seq = end;
         self.send(&buf)?;
         let by_seq: BTreeMap<u32, usize> = index.into_iter().collect();
+        let sent: BTreeMap<u32, (usize, usize)> = wire::offsets(&buf)
+            .into_iter()
+            .map(|(seq, start, len)| (seq, (start, len)))
+            .collect();
         let mut errors = Vec::new();
         for rx in self.drain()? {
             let messages = wire::messages(&rx).map_err(|e| Error::Nft(format!("netlink: {e}")))?;
@@ -242,8 +246,13 @@ impl Backend for Netlink {
                 if let Some(msg) = ack.message {
                     text.push_str(&format!(" ({msg})"));
                 }
-                if let Some(offset) = ack.offset {
-                    text.push_str(&format!(" [attribute at byte {offset}]"));
+                // The extended ack points at the attribute at fault.
+                let at = ack.offset.and_then(|offset| {
+                    let (start, len) = *sent.get(&m.seq)?;
+                    wire::locate(&buf[start..start + len], offset as usize)
+                });
+                if let Some(at) = at {
+                    text.push_str(&format!(" (at its {at})"));
                 }
                 errors.push(text);
             }

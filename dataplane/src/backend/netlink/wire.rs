@@ -261,6 +261,67 @@ pub fn messages(mut buf: &[u8]) -> Result<Vec<Received<'_>>, String> {
     Ok(out)
 }
 
+/// Where each message of a buffer starts: (sequence number, start, length).
+pub fn offsets(buf: &[u8]) -> Vec<(u32, usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        if len < 16 || at + len > buf.len() {
+            break;
+        }
+        let seq = u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
+        out.push((seq, at, len));
+        at += len.next_multiple_of(4);
+    }
+    out
+}
+
+/// What the attribute at byte `offset` of a request is (as the kernel's
+/// extended ack points at it): in a rule, its expression (`expression 3,
+/// lookup`); in an element list, the element (`element 2`).
+pub fn locate(message: &[u8], offset: usize) -> Option<String> {
+    // nlmsghdr and nfgenmsg, then the attributes.
+    let mut at = 20;
+    while at + 4 <= message.len() {
+        let len = u16::from_ne_bytes([message[at], message[at + 1]]) as usize;
+        let type_ = u16::from_ne_bytes([message[at + 2], message[at + 3]]) & !NESTED;
+        if len < 4 || at + len > message.len() {
+            return None;
+        }
+        if (at..at + len).contains(&offset) {
+            let rule = u16::from_ne_bytes([message[4], message[5]]) & 0xff == msg::NEWRULE;
+            let list = (rule && type_ == attr::RULE_EXPRESSIONS)
+                || (!rule && type_ == attr::SET_ELEM_LIST_ELEMENTS);
+            if !list {
+                return Some(format!("attribute {type_}"));
+            }
+            // The list's elements, numbered from 1.
+            let mut inner = at + 4;
+            let mut n = 0;
+            while inner + 4 <= at + len {
+                let l = u16::from_ne_bytes([message[inner], message[inner + 1]]) as usize;
+                if l < 4 {
+                    return None;
+                }
+                n += 1;
+                if (inner..inner + l).contains(&offset) {
+                    if !rule {
+                        return Some(format!("element {n}"));
+                    }
+                    let a = attrs(&message[inner + 4..inner + l]);
+                    let name = find(&a, 1).map(text).unwrap_or_default();
+                    return Some(format!("expression {n}, {name}"));
+                }
+                inner += l.next_multiple_of(4);
+            }
+            return None;
+        }
+        at += len.next_multiple_of(4);
+    }
+    None
+}
+
 /// Attributes: (type without the nested flag, value).
 pub fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
