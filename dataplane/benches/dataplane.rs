@@ -147,6 +147,33 @@ fn measure<B: Backend>(n: usize, backend: &str, kernel: B) {
         ms(median(durations.clone())),
         ms(*durations.iter().max().unwrap()),
     );
+
+    // One endpoint moves to another address, the count staying: the
+    // Service's verdict-map element stays, only its slot elements change.
+    let mut durations = Vec::new();
+    let mut ops = Vec::new();
+    for round in 0..10 {
+        let i = (round * 7919 + 17) % n;
+        let mut moved = bench_slice(i, ENDPOINTS);
+        moved.endpoints[ENDPOINTS - 1].addresses =
+            vec![format!("10.250.{}.{}", (i >> 8) & 255, i & 255)];
+        for slice in [moved, bench_slice(i, ENDPOINTS)] {
+            catalog.apply_slice(&slice);
+            let changes = catalog.take_changes();
+            let r = p.sync(&catalog, &changes).unwrap();
+            assert_eq!(r.kind, SyncKind::Partial);
+            durations.push(r.duration);
+            ops.push(r.operations);
+        }
+    }
+    ops.sort();
+    ops.dedup();
+    println!(
+        "{backend:<8} partial     {n:>6} Services: one endpoint moved, the count the same: median {}, max {}; \
+         transaction sizes {ops:?} operations",
+        ms(median(durations.clone())),
+        ms(*durations.iter().max().unwrap()),
+    );
 }
 
 fn connect_times(lab: &Lab, dst: &str, n: usize) -> Vec<Duration> {
