@@ -36,7 +36,7 @@ test-only:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	# The real-packet dataplane tests again, through the netlink backend.
-	PORTICO_DATAPLANE_BACKEND=netlink $(CARGO) test -p portico-dataplane --test packets --test fullsync
+	PORTICO_DATAPLANE_BACKEND=netlink $(CARGO) test --workspace --test packets --test fullsync
 
 ## lint: rustfmt and clippy, warnings are errors
 lint:

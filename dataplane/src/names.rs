@@ -234,11 +234,26 @@ impl BaseChain {
     }
 }
 
-/// `type hook priority` of a base chain's declaration (`type nat hook
-/// prerouting priority -100 ; …` gives `nat prerouting -100`), to compare
-/// what is wanted with what nft lists.
-pub fn hook_key(spec: &str) -> Option<String> {
-    let words: Vec<&str> = spec.split_whitespace().collect();
+/// The words of a base chain's declaration (`type nat hook prerouting
+/// priority -100 ; policy accept ;`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseSpec<'a> {
+    /// `filter` or `nat`.
+    pub type_: &'a str,
+    /// `prerouting`, `forward`, …
+    pub hook: &'a str,
+    /// The priority, as written.
+    pub priority: &'a str,
+    /// `accept` or `drop`, when given.
+    pub policy: Option<&'a str>,
+}
+
+/// Parses a base chain's declaration.
+pub fn parse_base(spec: &str) -> Option<BaseSpec<'_>> {
+    let words: Vec<&str> = spec
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
     let after = |w: &str| {
         words
             .iter()
@@ -246,12 +261,20 @@ pub fn hook_key(spec: &str) -> Option<String> {
             .and_then(|i| words.get(i + 1))
             .copied()
     };
-    Some(format!(
-        "{} {} {}",
-        after("type")?,
-        after("hook")?,
-        after("priority")?
-    ))
+    Some(BaseSpec {
+        type_: after("type")?,
+        hook: after("hook")?,
+        priority: after("priority")?,
+        policy: after("policy"),
+    })
+}
+
+/// `type hook priority` of a base chain's declaration (`type nat hook
+/// prerouting priority -100 ; …` gives `nat prerouting -100`), to compare
+/// what is wanted with what nft lists.
+pub fn hook_key(spec: &str) -> Option<String> {
+    let b = parse_base(spec)?;
+    Some(format!("{} {} {}", b.type_, b.hook, b.priority))
 }
 
 /// Every base chain. Filter checks run before DNAT (the destination is

@@ -440,14 +440,7 @@ fn the_showcase_through_netlink_lists_as_through_nft() {
     assert!(first.contains("chain services"), "{first}");
     assert_eq!(listing(&a), first, "after a full sync");
     // A partial sync: a Service goes, another loses its endpoints.
-    c.delete_service(&services[0].0);
-    c.apply_slice(&support::slice(
-        "default",
-        "web-1",
-        "web",
-        &[("http", "TCP", 8080)],
-        &[],
-    ));
+    support::showcase_change(&mut c, &services);
     let changes = c.take_changes();
     by_netlink.sync(&c, &changes).unwrap();
     by_nft.sync(&c, &changes).unwrap();

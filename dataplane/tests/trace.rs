@@ -154,14 +154,7 @@ fn the_installed_rules_are_what_the_syncs_wrote_and_their_view_traces_the_same()
     p.full_sync(&c).unwrap();
     assert_eq!(p.installed().unwrap().dump(), p.backend().dump());
     // A partial sync: one Service goes, another loses its endpoints.
-    c.delete_service(&services[0].0);
-    c.apply_slice(&slice(
-        "default",
-        "web-1",
-        "web",
-        &[("http", "TCP", 8080)],
-        &[],
-    ));
+    showcase_change(&mut c, &services);
     let changes = c.take_changes();
     p.sync(&c, &changes).unwrap();
     let installed = p.installed().unwrap();

@@ -313,6 +313,19 @@ pub fn bulk_slice(ns: &str, i: usize, endpoints: usize, stride: usize) -> Endpoi
     )
 }
 
+/// The showcase's partial change: its first Service goes, and `web` loses
+/// its endpoints.
+pub fn showcase_change(c: &mut Catalog, services: &[Svc]) {
+    c.delete_service(&services[0].0);
+    c.apply_slice(&slice(
+        "default",
+        "web-1",
+        "web",
+        &[("http", "TCP", 8080)],
+        &[],
+    ));
+}
+
 /// A catalog of Services and slices, with its changes taken.
 pub fn catalog(services: &[Svc], slices: &[EndpointSlice]) -> Catalog {
     let mut c = Catalog::new();

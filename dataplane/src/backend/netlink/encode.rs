@@ -359,22 +359,11 @@ fn verdict(text: &str) -> Result<(u32, Option<&str>), String> {
     })
 }
 
-/// `type nat hook prerouting priority -100 ; policy accept ;`: type, hook
-/// number, priority, policy.
+/// A base chain's declaration: type, hook number, priority, policy.
 fn base_chain(spec: &str) -> Result<(String, u32, i32, Option<u32>), String> {
-    let words: Vec<&str> = spec
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let after = |w: &str| {
-        words
-            .iter()
-            .position(|x| *x == w)
-            .and_then(|i| words.get(i + 1))
-            .copied()
-    };
     let bad = || format!("not a base chain: {spec:?}");
-    let hook = match after("hook").ok_or_else(bad)? {
+    let b = crate::names::parse_base(spec).ok_or_else(bad)?;
+    let hook = match b.hook {
         "prerouting" => 0,
         "input" => 1,
         "forward" => 2,
@@ -382,21 +371,14 @@ fn base_chain(spec: &str) -> Result<(String, u32, i32, Option<u32>), String> {
         "postrouting" => 4,
         _ => return Err(bad()),
     };
-    let priority = after("priority")
-        .and_then(|p| p.parse::<i32>().ok())
-        .ok_or_else(bad)?;
-    let policy = match after("policy") {
+    let priority = b.priority.parse::<i32>().map_err(|_| bad())?;
+    let policy = match b.policy {
         Some("accept") => Some(1),
         Some("drop") => Some(0),
         None => None,
         Some(_) => return Err(bad()),
     };
-    Ok((
-        after("type").ok_or_else(bad)?.to_owned(),
-        hook,
-        priority,
-        policy,
-    ))
+    Ok((b.type_.to_owned(), hook, priority, policy))
 }
 
 /// Encodes operations into one batch's messages; remembers what it
