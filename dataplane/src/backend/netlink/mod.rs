@@ -79,6 +79,12 @@ impl Netlink {
     }
 
     fn send(&self, buf: &[u8]) -> Result<()> {
+        // A batch goes in one message: the send buffer must hold it whole
+        // (nft does the same).
+        if buf.len() > BUFFER {
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(&self.socket, sockopt::SndBufForce, &(buf.len() + (1 << 20)));
+        }
         let sent = self.socket.send(buf, 0).map_err(|e| io("send", e))?;
         if sent != buf.len() {
             return Err(Error::Nft(format!(
