@@ -1,7 +1,8 @@
 //! A transaction's operations as nf_tables messages, byte for byte as nft
 //! 1.0.6 writes them (`dataplane/tests/netlink.rs` holds the two side by
-//! side). Tables, chains, sets and maps declared with `type`, and their
-//! elements; rules and `typeof` declarations are not encoded yet.
+//! side): tables, chains, sets and maps (`type` and `typeof`, hashes and
+//! intervals) and their elements, and rules (their expressions are
+//! `rule.rs`'s). The elements of interval sets are written as ranges.
 
 use super::rule;
 use super::wire::{F_APPEND, F_CREATE, F_REQUEST, Message, SUBSYS_NFTABLES, attr, msg};

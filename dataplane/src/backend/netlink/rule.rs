@@ -92,7 +92,7 @@ pub enum Expr {
 
 impl Expr {
     /// Appends the expression (a list element) to a rule's message.
-    /// `ids`: the transaction ids of sets declared in the same batch.
+    /// `id_of`: the transaction id of a set declared in the same batch.
     pub fn encode(&self, m: &mut Message<'_>, id_of: &dyn Fn(&str) -> Option<u32>) {
         let name = match self {
             Expr::Payload { .. } => "payload",
