@@ -72,7 +72,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.cleanup {
-        Nft::new().cleanup()?;
+        Kernel::open(args.dataplane.dataplane_backend)?.cleanup()?;
         eprintln!("removed Portico's nftables tables (ip portico, ip6 portico)");
         return Ok(());
     }

@@ -66,6 +66,17 @@ impl std::str::FromStr for BackendKind {
 }
 
 impl Kernel {
+    /// Removes Portico's tables, if they are there (one transaction: each
+    /// table added, then deleted).
+    pub fn cleanup(&mut self) -> Result<()> {
+        let mut tx = Transaction::new();
+        for family in Family::ALL {
+            tx.add_table(family);
+            tx.delete_table(family);
+        }
+        self.apply(&tx)
+    }
+
     /// The backend `kind`, in the current network namespace.
     pub fn open(kind: BackendKind) -> Result<Kernel> {
         Ok(match kind {

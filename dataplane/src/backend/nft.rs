@@ -114,12 +114,7 @@ impl Nft {
 
     /// Removes both tables, whether they exist or not, in one transaction.
     pub fn cleanup(&self) -> Result<()> {
-        let mut tx = Transaction::new();
-        for family in Family::ALL {
-            tx.add_table(family);
-            tx.delete_table(family);
-        }
-        self.run(&["-f", "-"], Some(&tx.to_string())).map(drop)
+        super::Kernel::Nft(self.clone()).cleanup()
     }
 }
 
