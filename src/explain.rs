@@ -285,6 +285,27 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{port: 80, targe
         assert_eq!(gets.iter().filter(|p| *p == RULES).count(), 1, "{gets:#?}");
         assert!(api.writes().is_empty());
 
+        // An agent that reads its kernel back, and the kernel holds other
+        // rules than it installed: the kernel's are traced, and it says so.
+        let mut torn = installed("10.244.1.9");
+        torn.kernel = Some(installed("10.244.1.5").rules);
+        api.canned(RULES, 200, serde_json::to_string(&torn).unwrap());
+        let e = explain_web(&world, &live);
+        assert_eq!(e.verdict.endpoints, ["10.244.1.5:8080"]);
+        let rules = e.path.iter().find(|s| s.step == "rules").unwrap();
+        assert!(
+            rules.detail.contains("node n1's kernel holds"),
+            "{}",
+            rules.detail
+        );
+        assert!(
+            e.problems.iter().any(|p| p.starts_with(
+                "node n1's kernel does not hold what its agent installed (set ip hairpin, set ip service-backends-tcp)"
+            )),
+            "{:#?}",
+            e.problems
+        );
+
         // An agent that does not answer.
         api.canned(RULES, 503, "unavailable");
         let e = explain_web(&world, &live);

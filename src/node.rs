@@ -211,7 +211,7 @@ fn rules_endpoint(requests: tokio::sync::mpsc::Sender<RulesRequest>) -> Endpoint
     })
 }
 
-fn rules_answer<B, C>(agent: &NodeAgent<B, C>) -> Answer
+fn rules_answer<B, C>(agent: &mut NodeAgent<B, C>) -> Answer
 where
     B: portico_dataplane::Backend,
     C: portico_dataplane::Conntrack,
@@ -298,7 +298,7 @@ where
                 continue;
             }
             Some(reply) = rules.recv() => {
-                let _ = reply.send(tokio::task::block_in_place(|| rules_answer(&agent)));
+                let _ = reply.send(tokio::task::block_in_place(|| rules_answer(&mut agent)));
                 continue;
             }
             w = watches.try_next() => {

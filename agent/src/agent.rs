@@ -74,8 +74,12 @@ pub struct NodeRules {
     pub failed_syncs: u32,
     /// Changes wait for the next sync.
     pub pending: bool,
-    /// The chains, rules and set elements.
+    /// The chains, rules and set elements, as the agent installed them.
     pub rules: portico_dataplane::RulesView,
+    /// The same, as the kernel holds them (read back over netlink), when
+    /// the backend can read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<portico_dataplane::RulesView>,
 }
 
 /// The agent's metrics (registered by `portico node`).
@@ -374,14 +378,17 @@ impl<B: Backend, C: Conntrack> NodeAgent<B, C> {
         }
     }
 
-    /// What the agent has installed, for `/rules` (and `portico explain`).
-    pub fn rules(&self) -> Result<NodeRules, portico_dataplane::Error> {
+    /// What the agent has installed, and what the kernel holds when its
+    /// backend can read it back, for `/rules` (and `portico explain`).
+    pub fn rules(&mut self) -> Result<NodeRules, portico_dataplane::Error> {
+        let kernel = self.proxier.backend_mut().read().transpose()?;
         Ok(NodeRules {
             node: self.node_name.clone(),
             programmed: self.programmed,
             failed_syncs: self.failures(),
             pending: self.changed,
             rules: self.proxier.installed()?.view(),
+            kernel,
         })
     }
 

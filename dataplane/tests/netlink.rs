@@ -436,6 +436,14 @@ fn the_showcase_through_netlink_lists_as_through_nft() {
     );
     by_netlink.full_sync(&c).unwrap();
     by_nft.full_sync(&c).unwrap();
+    // Read back over netlink, the kernel holds what each proxier says it
+    // installed, whoever wrote it.
+    let read = |ns: &Netns| {
+        let mut nl = netlink_in(ns);
+        nl.read().unwrap()
+    };
+    assert_eq!(read(&a), by_netlink.installed().unwrap().view());
+    assert_eq!(read(&b), by_nft.installed().unwrap().view());
     let first = listing(&b);
     assert!(first.contains("chain services"), "{first}");
     assert_eq!(listing(&a), first, "after a full sync");
@@ -461,6 +469,8 @@ fn the_showcase_through_netlink_lists_as_through_nft() {
     assert!(ranged.contains("10.0.0.0/8"), "{ranged}");
     assert!(!ranged.contains("192.168.56.0/24"), "{ranged}");
     assert_eq!(listing(&a), ranged, "after the source ranges changed");
+    assert_eq!(read(&a), by_netlink.installed().unwrap().view());
+    assert_eq!(read(&b), by_nft.installed().unwrap().view());
     by_netlink.full_sync(&c).unwrap();
     by_nft.full_sync(&c).unwrap();
     assert_eq!(listing(&a), listing(&b), "after a second full sync");

@@ -31,6 +31,41 @@ fn proto(r: &Resolved) -> &'static str {
     portico_dataplane::names::proto(r.protocol)
 }
 
+/// Which chains and sets differ between two views (a few of them).
+fn differences(a: &portico_dataplane::RulesView, b: &portico_dataplane::RulesView) -> String {
+    let mut out = Vec::new();
+    for (family, ta) in &a.tables {
+        let tb = b.tables.get(family);
+        for (name, c) in &ta.chains {
+            if tb.and_then(|t| t.chains.get(name)) != Some(c) {
+                out.push(format!("chain {family} {name}"));
+            }
+        }
+        for (name, set) in &ta.sets {
+            if tb.and_then(|t| t.sets.get(name)) != Some(set) {
+                out.push(format!("set {family} {name}"));
+            }
+        }
+    }
+    for (family, tb) in &b.tables {
+        let ta = a.tables.get(family);
+        for name in tb.chains.keys() {
+            if ta.is_none_or(|t| !t.chains.contains_key(name)) {
+                out.push(format!("chain {family} {name}"));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    let more = out.len().saturating_sub(5);
+    out.truncate(5);
+    let mut text = out.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
 /// The node's rules, rendered by its agent.
 pub(crate) fn rules(cluster: &Cluster<'_>, node: &str) -> Result<MemoryNft, Error> {
     let agent = NodeAgent::synced_once(
@@ -62,12 +97,23 @@ pub(crate) fn trace(
     let (nft, origin) = match cluster.live {
         Some(ask) => match ask(&node.name) {
             Ok(live) => {
-                let nft = portico_dataplane::MemoryNft::from_view(&live.rules).map_err(|e| {
-                    Error::Rules {
+                // The kernel's own rules when the agent could read them
+                // back; else what it says it installed.
+                let held = live.kernel.as_ref().unwrap_or(&live.rules);
+                if let Some(kernel) = &live.kernel
+                    && kernel != &live.rules
+                {
+                    problems.push(format!(
+                        "node {}'s kernel does not hold what its agent installed ({}): the rules traced are the kernel's",
+                        node.name,
+                        differences(&live.rules, kernel)
+                    ));
+                }
+                let nft =
+                    portico_dataplane::MemoryNft::from_view(held).map_err(|e| Error::Rules {
                         node: node.name.clone(),
                         message: e.to_string(),
-                    }
-                })?;
+                    })?;
                 if !live.programmed {
                     problems.push(format!(
                         "node {}'s agent has not synced yet: its kernel may hold no rules at all",
@@ -85,13 +131,12 @@ pub(crate) fn trace(
                 } else {
                     ""
                 };
-                (
-                    nft,
-                    format!(
-                        "the rules node {}'s agent has installed (GET /rules){pending}",
-                        node.name
-                    ),
-                )
+                let whose = if live.kernel.is_some() {
+                    "the rules node {}'s kernel holds (GET /rules: read back over netlink by its agent)"
+                } else {
+                    "the rules node {}'s agent has installed (GET /rules)"
+                };
+                (nft, format!("{}{pending}", whose.replace("{}", &node.name)))
             }
             Err(e) => (
                 rules(cluster, &node.name)?,

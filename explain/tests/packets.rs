@@ -11,7 +11,8 @@
 
 use portico_agent::NodeAgent;
 use portico_controllers::NetworkConfig;
-use portico_dataplane::{ConntrackTool, Nft};
+use portico_dataplane::backend::netlink::Netlink;
+use portico_dataplane::{ConntrackTool, Kernel};
 use portico_explain::{Action, Cluster, Explanation, LiveRules, Request, Source};
 use portico_local::{World, load, reconcile_once};
 use portico_testkit::lab::{From, Lab};
@@ -115,7 +116,13 @@ fn the_verdict_explain_predicts_is_what_a_real_connection_gets() {
         "node-a",
         &net(),
         &portico_agent::Settings::default(),
-        (Nft::in_netns(&lab.node), ConntrackTool::in_netns(&lab.node)),
+        // Through netlink, so that the agent reads the kernel's rules back.
+        (
+            Kernel::Netlink(portico_testkit::in_netns(&lab.node, || {
+                Netlink::new().unwrap()
+            })),
+            ConntrackTool::in_netns(&lab.node),
+        ),
         world.agent_changes(),
     )
     .unwrap();
@@ -129,7 +136,14 @@ fn the_verdict_explain_predicts_is_what_a_real_connection_gets() {
     ];
     // Rendered from the manifests, and as the programming agent says it
     // installed them (what `GET /rules` serves): the same verdicts.
-    let installed = |_: &str| agent.rules().map_err(|e| e.to_string());
+    let agent = std::cell::RefCell::new(agent);
+    let installed = |_: &str| agent.borrow_mut().rules().map_err(|e| e.to_string());
+    let held = agent.borrow_mut().rules().unwrap();
+    assert_eq!(
+        held.kernel.as_ref(),
+        Some(&held.rules),
+        "the kernel holds what was installed"
+    );
     for (target, dst, live) in targets
         .iter()
         .flat_map(|(t, d)| [(*t, *d, None), (*t, *d, Some(&installed as LiveRules<'_>))])

@@ -31,6 +31,12 @@ pub trait Backend {
     /// The chains and sets of Portico's table in a family (nothing when
     /// the table does not exist).
     fn list(&mut self, family: Family) -> Result<Existing>;
+
+    /// What the kernel holds, read back (every chain's rules, every set's
+    /// elements), for the backends that can: `None` for the others.
+    fn read(&mut self) -> Option<Result<RulesView>> {
+        None
+    }
 }
 
 /// The kernel's nftables, through the backend `--dataplane-backend`
@@ -98,6 +104,13 @@ impl Backend for Kernel {
         match self {
             Kernel::Nft(b) => b.list(family),
             Kernel::Netlink(b) => b.list(family),
+        }
+    }
+
+    fn read(&mut self) -> Option<Result<RulesView>> {
+        match self {
+            Kernel::Nft(_) => None,
+            Kernel::Netlink(b) => Some(b.read()),
         }
     }
 }

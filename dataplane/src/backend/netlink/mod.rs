@@ -12,6 +12,7 @@
 //! interval sets, which are written once, as ranges.
 
 pub mod encode;
+mod read;
 pub mod rule;
 pub mod wire;
 
@@ -122,16 +123,29 @@ impl Netlink {
 
     /// A dump request's answers: every message until `NLMSG_DONE`.
     fn dump(&mut self, type_: u16, family: Family) -> Result<Vec<Vec<u8>>> {
+        self.dump_of(type_, family, &|_| {})
+    }
+
+    /// The same, with attributes that narrow it (the table, the set).
+    fn dump_of(
+        &mut self,
+        type_: u16,
+        family: Family,
+        narrow: &dyn Fn(&mut Message<'_>),
+    ) -> Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let mut buf = Vec::new();
-        Message::start(
-            &mut buf,
-            (SUBSYS_NFTABLES << 8) | type_,
-            wire::F_REQUEST | wire::F_DUMP,
-            self.seq,
-            nfproto(family),
-            0,
-        );
+        {
+            let mut m = Message::start(
+                &mut buf,
+                (SUBSYS_NFTABLES << 8) | type_,
+                wire::F_REQUEST | wire::F_DUMP,
+                self.seq,
+                nfproto(family),
+                0,
+            );
+            narrow(&mut m);
+        }
         self.socket
             .send_to(&buf, &SocketAddr::new(0, 0), 0)
             .map_err(|e| io("dump", e))?;
@@ -162,6 +176,166 @@ impl Netlink {
                 }
             }
         }
+    }
+}
+
+impl Netlink {
+    /// What the kernel holds in Portico's tables: every chain with its
+    /// rules (turned back into the renderer's text), every named set with
+    /// its elements.
+    pub fn read(&mut self) -> Result<crate::RulesView> {
+        let mut tables = BTreeMap::new();
+        for family in Family::ALL {
+            if let Some(t) = self.read_table(family)? {
+                tables.insert(family, t);
+            }
+        }
+        Ok(read::view(tables))
+    }
+
+    fn read_table(&mut self, family: Family) -> Result<Option<crate::backend::TableView>> {
+        let bad = |e: String| Error::Nft(format!("netlink: reading {family} {TABLE}: {e}"));
+        let tables = self.dump(msg::GETTABLE, family)?;
+        let exists = tables.iter().any(|p| {
+            let a = wire::attrs(p.get(4..).unwrap_or_default());
+            wire::find(&a, attr::TABLE_NAME).map(wire::text).as_deref() == Some(TABLE)
+        });
+        if !exists {
+            return Ok(None);
+        }
+        // Sets first: a rule's anonymous map is read with them.
+        let mut sets = BTreeMap::new();
+        let mut anonymous: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+        for payload in self.dump(msg::GETSET, family)? {
+            let a = wire::attrs(payload.get(4..).unwrap_or_default());
+            if wire::find(&a, attr::SET_TABLE).map(wire::text).as_deref() != Some(TABLE) {
+                continue;
+            }
+            let Some(name) = wire::find(&a, attr::SET_NAME).map(wire::text) else {
+                continue;
+            };
+            let num = |t: u16| wire::find(&a, t).and_then(wire::be32);
+            let flags = num(attr::SET_FLAGS).unwrap_or_default();
+            let data = num(attr::SET_DATA_TYPE).map(|t| (t, num(attr::SET_DATA_LEN).unwrap_or(0)));
+            let layout = read::Layout::of(
+                num(attr::SET_KEY_TYPE).unwrap_or_default(),
+                num(attr::SET_KEY_LEN).unwrap_or_default(),
+                data,
+                flags,
+            );
+            let elems = self.read_elements(family, &name)?;
+            let listed = read::elements(&layout, &elems);
+            if flags & 0x1 != 0 {
+                let mut arms: Vec<(u32, String)> = listed
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v?)))
+                    .collect();
+                arms.sort();
+                anonymous.insert(name, arms);
+                continue;
+            }
+            sets.insert(
+                name,
+                crate::backend::SetView {
+                    map: flags & 0x8 != 0,
+                    elements: listed,
+                },
+            );
+        }
+        let mut chains: BTreeMap<String, crate::backend::ChainView> = BTreeMap::new();
+        for payload in self.dump(msg::GETCHAIN, family)? {
+            let a = wire::attrs(payload.get(4..).unwrap_or_default());
+            if wire::find(&a, attr::CHAIN_TABLE).map(wire::text).as_deref() != Some(TABLE) {
+                continue;
+            }
+            let Some(name) = wire::find(&a, attr::CHAIN_NAME).map(wire::text) else {
+                continue;
+            };
+            let base = wire::find(&a, attr::CHAIN_HOOK).map(|hook| {
+                let h = wire::attrs(hook);
+                let num = wire::find(&h, attr::HOOK_HOOKNUM).and_then(wire::be32);
+                let prio = wire::find(&h, attr::HOOK_PRIORITY)
+                    .and_then(wire::be32)
+                    .unwrap_or_default() as i32;
+                let hook = match num {
+                    Some(0) => "prerouting",
+                    Some(1) => "input",
+                    Some(2) => "forward",
+                    Some(3) => "output",
+                    _ => "postrouting",
+                };
+                let type_ = wire::find(&a, attr::CHAIN_TYPE)
+                    .map(wire::text)
+                    .unwrap_or_default();
+                let policy = match wire::find(&a, attr::CHAIN_POLICY).and_then(wire::be32) {
+                    Some(0) => "drop",
+                    _ => "accept",
+                };
+                format!("type {type_} hook {hook} priority {prio} ; policy {policy} ;")
+            });
+            chains.insert(
+                name,
+                crate::backend::ChainView {
+                    base,
+                    rules: Vec::new(),
+                },
+            );
+        }
+        let rules = self.dump_of(msg::GETRULE, family, &|m| {
+            m.str(attr::RULE_TABLE, TABLE);
+        })?;
+        for payload in rules {
+            let a = wire::attrs(payload.get(4..).unwrap_or_default());
+            let Some(chain) = wire::find(&a, attr::RULE_CHAIN).map(wire::text) else {
+                continue;
+            };
+            let exprs: Vec<read::Expr> = wire::find(&a, attr::RULE_EXPRESSIONS)
+                .map(wire::attrs)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(_, e)| read::Expr::parse(e))
+                .collect();
+            let text = read::Decoder::new(family, &exprs, &anonymous)
+                .text()
+                .map_err(|e| bad(format!("a rule of {chain}: {e}")))?;
+            chains.entry(chain).or_default().rules.push(text);
+        }
+        Ok(Some(read::table(chains, sets)))
+    }
+
+    fn read_elements(&mut self, family: Family, set: &str) -> Result<Vec<read::Element>> {
+        let set = set.to_owned();
+        let answers = self.dump_of(msg::GETSETELEM, family, &|m| {
+            m.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+                .str(attr::SET_ELEM_LIST_SET, &set);
+        })?;
+        let mut out = Vec::new();
+        for payload in answers {
+            let a = wire::attrs(payload.get(4..).unwrap_or_default());
+            let Some(list) = wire::find(&a, attr::SET_ELEM_LIST_ELEMENTS) else {
+                continue;
+            };
+            for (_, e) in wire::attrs(list) {
+                let x = wire::attrs(e);
+                let value = |t: u16| {
+                    wire::find(&x, t)
+                        .map(wire::attrs)
+                        .and_then(|v| wire::find(&v, attr::DATA_VALUE).map(<[u8]>::to_vec))
+                };
+                let Some(key) = value(attr::SET_ELEM_KEY) else {
+                    continue;
+                };
+                out.push(read::Element {
+                    key,
+                    key_end: value(attr::SET_ELEM_KEY_END),
+                    data: wire::find(&x, attr::SET_ELEM_DATA).map(<[u8]>::to_vec),
+                    end: wire::find(&x, attr::SET_ELEM_FLAGS)
+                        .and_then(wire::be32)
+                        .is_some_and(|f| f & 1 != 0),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -62,6 +62,7 @@ pub mod msg {
     pub const GETCHAIN: u16 = 4;
     pub const DELCHAIN: u16 = 5;
     pub const NEWRULE: u16 = 6;
+    pub const GETRULE: u16 = 7;
     pub const DELRULE: u16 = 8;
     pub const NEWSET: u16 = 9;
     pub const GETSET: u16 = 10;
