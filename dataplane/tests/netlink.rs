@@ -511,3 +511,165 @@ fn a_refused_batch_names_its_operation_and_changes_nothing() {
     );
     assert!(nl.list(Family::Ipv4).unwrap().chains.is_empty());
 }
+
+/// A small deterministic generator (xorshift), so a failing seed can be
+/// run again.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random catalog: Services of every type, dual-stack ones, named and
+/// numbered ports over TCP, UDP and SCTP, node ports, LoadBalancer
+/// addresses with and without source ranges, external IPs, affinity,
+/// traffic policies, and endpoints local and remote, ready and not.
+fn random_catalog(
+    seed: u64,
+    n: usize,
+) -> (
+    Vec<support::Svc>,
+    Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    use support::{NODE, OTHER_NODE, ep, slice, svc};
+    let mut r = Rng(seed | 1);
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..n {
+        let name = format!("s{i}");
+        let proto = ["TCP", "UDP", "SCTP"][r.below(3) as usize];
+        let port = 80 + r.below(3) as i32;
+        let mut s = svc(
+            "default",
+            &name,
+            &format!("10.96.{}.{}", i / 200, i % 200 + 1),
+        )
+        .port("p", proto, port);
+        let dual = r.below(4) == 0;
+        if dual {
+            s = s.also(&format!("fd96::{:x}", i + 1));
+        }
+        let node_port = 30000 + i as i32;
+        match r.below(5) {
+            0 => s = s.node_ports(&[node_port]),
+            1 => {
+                s = s.load_balancer(&format!("192.168.56.{}", 60 + i % 100), &[node_port]);
+                if r.below(2) == 0 {
+                    s = s.source_ranges(&["10.0.0.0/8", "198.51.100.7"]);
+                }
+            }
+            2 => s = s.external_ip(&format!("203.0.113.{}", i % 250 + 1)),
+            _ => {}
+        }
+        if r.below(6) == 0
+            && matches!(
+                s.0.spec.as_ref().and_then(|x| x.type_.as_deref()),
+                Some("NodePort" | "LoadBalancer")
+            )
+        {
+            s = s.etp_local(31000 + i as i32);
+        }
+        if r.below(8) == 0 {
+            s = s.affinity(600);
+        }
+        if r.below(8) == 0 {
+            s = s.itp_local();
+        }
+        let count = r.below(5) as usize;
+        let target = 8000 + r.below(2) as i32;
+        let mut eps = Vec::new();
+        for j in 0..count {
+            let mut e = ep(&format!("10.244.{}.{}", i % 250, j + 1)).on(if r.below(2) == 0 {
+                NODE
+            } else {
+                OTHER_NODE
+            });
+            if r.below(6) == 0 {
+                e = e.not_ready();
+            }
+            eps.push(e);
+        }
+        slices.push(slice(
+            "default",
+            &format!("{name}-1"),
+            &name,
+            &[("p", proto, target)],
+            &eps,
+        ));
+        if dual && count > 0 {
+            let eps6: Vec<_> = (0..count)
+                .map(|j| ep(&format!("fd44::{:x}:{}", i + 1, j + 1)).on(NODE))
+                .collect();
+            slices.push(slice(
+                "default",
+                &format!("{name}-6"),
+                &name,
+                &[("p", proto, target)],
+                &eps6,
+            ));
+        }
+        services.push(s);
+    }
+    (services, slices)
+}
+
+/// Random catalogs through netlink and through nft, in two namespaces:
+/// the kernel lists the same, and reads back as installed.
+#[test]
+fn random_catalogs_through_netlink_list_as_through_nft() {
+    if !support::root_or_skip("random_catalogs_through_netlink_list_as_through_nft") {
+        return;
+    }
+    let mut seen = String::new();
+    for seed in [1, 7, 42, 1234] {
+        let (a, b) = (Netns::new("ptcrnd", "a"), Netns::new("ptcrnd", "b"));
+        let (services, slices) = random_catalog(seed, 60);
+        let c = support::catalog(&services, &slices);
+        let mut by_netlink = Proxier::new(
+            support::config(),
+            netlink_in(&a),
+            ConntrackTool::in_netns(a.name()),
+        );
+        let mut by_nft = Proxier::new(
+            support::config(),
+            Nft::in_netns(b.name()),
+            ConntrackTool::in_netns(b.name()),
+        );
+        by_netlink
+            .full_sync(&c)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        by_nft
+            .full_sync(&c)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let listed = listing(&b);
+        assert_eq!(listing(&a), listed, "seed {seed}");
+        let mut nl = netlink_in(&a);
+        assert_eq!(
+            nl.read().unwrap(),
+            by_netlink.installed().unwrap().view(),
+            "seed {seed}"
+        );
+        seen.push_str(&listed);
+    }
+    // The catalogs had every kind of shape.
+    for shape in [
+        "table ip6 portico",
+        "@affinity-",
+        "198.51.100.7",
+        "sctp",
+        "pick-local",
+        "external-",
+        "reject",
+    ] {
+        assert!(seen.contains(shape), "no {shape:?} in any random catalog");
+    }
+}
