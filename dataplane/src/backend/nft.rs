@@ -52,6 +52,11 @@ impl Nft {
         }
     }
 
+    /// The network namespace it runs in (`None`: this process's).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// Another `nft` binary (or a wrapper around one).
     pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
         self.program = program.into();
