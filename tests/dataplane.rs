@@ -248,7 +248,7 @@ spec:
   externalTrafficPolicy: Local
   healthCheckNodePort: 32001
   selector: {app: ready}
-  ports: [{port: 80, targetPort: 8080}]
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
 ---
 apiVersion: v1
 kind: Service
@@ -258,7 +258,7 @@ spec:
   externalTrafficPolicy: Local
   healthCheckNodePort: 32002
   selector: {app: draining}
-  ports: [{port: 80, targetPort: 8080}]
+  ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
 ---
 apiVersion: v1
 kind: Pod

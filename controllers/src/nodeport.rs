@@ -299,33 +299,40 @@ impl NodePortAllocator {
 
     fn fill(&mut self, key: &Key, r: &Request, taken: &mut Vec<u16>) -> Result<Request, Problem> {
         let mut out = r.clone();
-        // One node port per port number, whatever the protocols.
+        // The health check port a Service names is taken first, so that a
+        // random choice for one of its ports never takes it.
+        let health = match out.health {
+            Some(p) if p != 0 => Some(self.take(key, p, taken)?),
+            other => other,
+        };
+        // One node port per port number, whatever the protocols. The
+        // ports asked for by number are taken first, then the others.
         let mut by_number: HashMap<i32, u16> = HashMap::new();
         for i in 0..out.ports.len() {
             let (number, _, asked) = out.ports[i].clone();
+            if asked == 0 {
+                continue;
+            }
+            let port = match by_number.get(&number).copied() {
+                Some(shared) if shared == asked => shared,
+                _ => self.take(key, asked, taken)?,
+            };
+            by_number.entry(number).or_insert(port);
+        }
+        for i in 0..out.ports.len() {
+            let (number, _, asked) = out.ports[i].clone();
             let port = match (by_number.get(&number).copied(), asked) {
-                (Some(shared), 0) => shared,
-                (Some(shared), asked) if asked == shared => shared,
-                (_, 0) => {
-                    // A later entry of the same number may name one.
-                    let named = out.ports[i..]
-                        .iter()
-                        .find(|p| p.0 == number && p.2 != 0)
-                        .map(|p| p.2);
-                    match named {
-                        Some(p) => self.take(key, p, taken)?,
-                        None => self.take_any(taken)?,
-                    }
-                }
-                (_, asked) => self.take(key, asked, taken)?,
+                (_, asked) if asked != 0 => asked,
+                (Some(shared), _) => shared,
+                (None, _) => self.take_any(taken)?,
             };
             by_number.entry(number).or_insert(port);
             out.ports[i].2 = port;
         }
-        out.health = match out.health {
+        out.health = match health {
             None => None,
             Some(0) => Some(self.take_any(taken)?),
-            Some(p) => Some(self.take(key, p, taken)?),
+            Some(p) => Some(p),
         };
         Ok(out)
     }

@@ -253,3 +253,28 @@ fn a_restart_gives_every_service_the_ports_it_had_the_oldest_first() {
     );
     assert!(fresh.problem(&Key::new("default", "thief")).is_some());
 }
+
+/// The ports a Service names (its node ports, its health check port) are
+/// taken before any chosen at random for it, so a random choice never
+/// takes one: with room for exactly its three ports, every seed fits.
+#[test]
+fn a_services_named_ports_are_taken_before_its_random_ones() {
+    for seed in 0..64 {
+        let mut a = NodePortAllocator::new("32000-32002".parse().unwrap()).with_seed(seed);
+        let svc = etp_local(
+            mk_svc(
+                "lb",
+                "LoadBalancer",
+                &[(80, "TCP", 0), (81, "TCP", 32001)],
+                0,
+            ),
+            32000,
+        );
+        let got = merged(&svc, &a.apply(&svc));
+        assert_eq!(
+            (node_ports(&got), health(&got)),
+            (vec![32002, 32001], 32000),
+            "seed {seed}"
+        );
+    }
+}
