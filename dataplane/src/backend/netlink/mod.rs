@@ -206,77 +206,42 @@ impl Netlink {
         // Sets first: a rule's anonymous map is read with them.
         let mut sets = BTreeMap::new();
         let mut anonymous: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
-        for payload in self.dump(msg::GETSET, family)? {
-            let a = wire::attrs(payload.get(4..).unwrap_or_default());
-            if wire::find(&a, attr::SET_TABLE).map(wire::text).as_deref() != Some(TABLE) {
-                continue;
-            }
-            let Some(name) = wire::find(&a, attr::SET_NAME).map(wire::text) else {
-                continue;
-            };
-            let num = |t: u16| wire::find(&a, t).and_then(wire::be32);
-            let flags = num(attr::SET_FLAGS).unwrap_or_default();
-            let data = num(attr::SET_DATA_TYPE).map(|t| (t, num(attr::SET_DATA_LEN).unwrap_or(0)));
-            let layout = read::Layout::of(
-                num(attr::SET_KEY_TYPE).unwrap_or_default(),
-                num(attr::SET_KEY_LEN).unwrap_or_default(),
-                data,
-                flags,
-            );
-            let elems = self.read_elements(family, &name)?;
+        for set in self
+            .dump(msg::GETSET, family)?
+            .iter()
+            .filter_map(|p| set_info(p))
+        {
+            let layout = read::Layout::of(set.key_type, set.key_len, set.data, set.flags);
+            let elems = self.read_elements(family, &set.name)?;
             let listed = read::elements(&layout, &elems);
-            if flags & 0x1 != 0 {
+            if set.anonymous() {
                 let mut arms: Vec<(u32, String)> = listed
                     .into_iter()
                     .filter_map(|(k, v)| Some((k.parse().ok()?, v?)))
                     .collect();
                 arms.sort();
-                anonymous.insert(name, arms);
+                anonymous.insert(set.name, arms);
                 continue;
             }
+            let map = set.map();
             sets.insert(
-                name,
+                set.name,
                 crate::backend::SetView {
-                    map: flags & 0x8 != 0,
+                    map,
                     elements: listed,
                 },
             );
         }
         let mut chains: BTreeMap<String, crate::backend::ChainView> = BTreeMap::new();
-        for payload in self.dump(msg::GETCHAIN, family)? {
-            let a = wire::attrs(payload.get(4..).unwrap_or_default());
-            if wire::find(&a, attr::CHAIN_TABLE).map(wire::text).as_deref() != Some(TABLE) {
-                continue;
-            }
-            let Some(name) = wire::find(&a, attr::CHAIN_NAME).map(wire::text) else {
-                continue;
-            };
-            let base = wire::find(&a, attr::CHAIN_HOOK).map(|hook| {
-                let h = wire::attrs(hook);
-                let num = wire::find(&h, attr::HOOK_HOOKNUM).and_then(wire::be32);
-                let prio = wire::find(&h, attr::HOOK_PRIORITY)
-                    .and_then(wire::be32)
-                    .unwrap_or_default() as i32;
-                let hook = match num {
-                    Some(0) => "prerouting",
-                    Some(1) => "input",
-                    Some(2) => "forward",
-                    Some(3) => "output",
-                    _ => "postrouting",
-                };
-                let type_ = wire::find(&a, attr::CHAIN_TYPE)
-                    .map(wire::text)
-                    .unwrap_or_default();
-                let policy = match wire::find(&a, attr::CHAIN_POLICY).and_then(wire::be32) {
-                    Some(0) => "drop",
-                    _ => "accept",
-                };
-                format!("type {type_} hook {hook} priority {prio} ; policy {policy} ;")
-            });
+        for chain in self
+            .dump(msg::GETCHAIN, family)?
+            .iter()
+            .filter_map(|p| chain_info(p))
+        {
             chains.insert(
-                name,
+                chain.name,
                 crate::backend::ChainView {
-                    base,
+                    base: chain.base,
                     rules: Vec::new(),
                 },
             );
@@ -337,6 +302,81 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// A chain of Portico's table, as a `GETCHAIN` dump lists it: its name,
+/// and a base chain's declaration as the renderer writes it.
+struct ChainInfo {
+    name: String,
+    base: Option<String>,
+}
+
+fn chain_info(payload: &[u8]) -> Option<ChainInfo> {
+    let a = wire::attrs(payload.get(4..)?);
+    if wire::find(&a, attr::CHAIN_TABLE).map(wire::text).as_deref() != Some(TABLE) {
+        return None;
+    }
+    let name = wire::find(&a, attr::CHAIN_NAME).map(wire::text)?;
+    let base = wire::find(&a, attr::CHAIN_HOOK).map(|hook| {
+        let h = wire::attrs(hook);
+        let prio = wire::find(&h, attr::HOOK_PRIORITY)
+            .and_then(wire::be32)
+            .unwrap_or_default() as i32;
+        let hook = match wire::find(&h, attr::HOOK_HOOKNUM).and_then(wire::be32) {
+            Some(0) => "prerouting",
+            Some(1) => "input",
+            Some(2) => "forward",
+            Some(3) => "output",
+            _ => "postrouting",
+        };
+        let type_ = wire::find(&a, attr::CHAIN_TYPE)
+            .map(wire::text)
+            .unwrap_or_default();
+        let policy = match wire::find(&a, attr::CHAIN_POLICY).and_then(wire::be32) {
+            Some(0) => "drop",
+            _ => "accept",
+        };
+        format!("type {type_} hook {hook} priority {prio} ; policy {policy} ;")
+    });
+    Some(ChainInfo { name, base })
+}
+
+/// A set of Portico's table, as a `GETSET` dump lists it.
+struct SetInfo {
+    name: String,
+    flags: u32,
+    key_type: u32,
+    key_len: u32,
+    /// A map's data type and length.
+    data: Option<(u32, u32)>,
+    size: Option<u32>,
+}
+
+impl SetInfo {
+    fn anonymous(&self) -> bool {
+        self.flags & 0x1 != 0
+    }
+
+    fn map(&self) -> bool {
+        self.flags & 0x8 != 0
+    }
+}
+
+fn set_info(payload: &[u8]) -> Option<SetInfo> {
+    let a = wire::attrs(payload.get(4..)?);
+    if wire::find(&a, attr::SET_TABLE).map(wire::text).as_deref() != Some(TABLE) {
+        return None;
+    }
+    let num = |t: u16| wire::find(&a, t).and_then(wire::be32);
+    Some(SetInfo {
+        name: wire::find(&a, attr::SET_NAME).map(wire::text)?,
+        flags: num(attr::SET_FLAGS).unwrap_or_default(),
+        key_type: num(attr::SET_KEY_TYPE).unwrap_or_default(),
+        key_len: num(attr::SET_KEY_LEN).unwrap_or_default(),
+        data: num(attr::SET_DATA_TYPE).map(|t| (t, num(attr::SET_DATA_LEN).unwrap_or(0))),
+        size: wire::find(&a, attr::SET_DESC)
+            .and_then(|d| wire::find(&wire::attrs(d), attr::SET_DESC_SIZE).and_then(wire::be32)),
+    })
 }
 
 fn nfproto(f: Family) -> u8 {
@@ -448,65 +488,33 @@ impl Backend for Netlink {
 
     fn list(&mut self, family: Family) -> Result<Existing> {
         let mut existing = Existing::default();
-        for payload in self.dump(msg::GETCHAIN, family)? {
-            let a = wire::attrs(payload.get(4..).unwrap_or_default());
-            if wire::find(&a, attr::CHAIN_TABLE).map(wire::text).as_deref() != Some(TABLE) {
-                continue;
+        for chain in self
+            .dump(msg::GETCHAIN, family)?
+            .iter()
+            .filter_map(|p| chain_info(p))
+        {
+            if let Some(k) = chain.base.as_deref().and_then(hook_key) {
+                existing.hooks.insert(chain.name.clone(), k);
             }
-            let Some(name) = wire::find(&a, attr::CHAIN_NAME).map(wire::text) else {
-                continue;
-            };
-            if let (Some(hook), Some(type_)) = (
-                wire::find(&a, attr::CHAIN_HOOK),
-                wire::find(&a, attr::CHAIN_TYPE).map(wire::text),
-            ) {
-                let h = wire::attrs(hook);
-                let num = wire::find(&h, attr::HOOK_HOOKNUM).and_then(wire::be32);
-                let prio = wire::find(&h, attr::HOOK_PRIORITY).and_then(wire::be32);
-                let hook = match num {
-                    Some(0) => "prerouting",
-                    Some(1) => "input",
-                    Some(2) => "forward",
-                    Some(3) => "output",
-                    Some(4) => "postrouting",
-                    _ => "unknown",
-                };
-                let spec = format!(
-                    "type {type_} hook {hook} priority {}",
-                    prio.unwrap_or_default() as i32
-                );
-                if let Some(k) = hook_key(&spec) {
-                    existing.hooks.insert(name.clone(), k);
-                }
-            }
-            existing.chains.insert(name);
+            existing.chains.insert(chain.name);
         }
-        for payload in self.dump(msg::GETSET, family)? {
-            let a = wire::attrs(payload.get(4..).unwrap_or_default());
-            if wire::find(&a, attr::SET_TABLE).map(wire::text).as_deref() != Some(TABLE) {
+        for set in self
+            .dump(msg::GETSET, family)?
+            .iter()
+            .filter_map(|p| set_info(p))
+        {
+            if set.anonymous() {
                 continue;
             }
-            let Some(name) = wire::find(&a, attr::SET_NAME).map(wire::text) else {
-                continue;
-            };
-            let flags = wire::find(&a, attr::SET_FLAGS)
-                .and_then(wire::be32)
-                .unwrap_or_default();
-            if flags & 0x1 != 0 {
-                continue; // anonymous
+            if let Some(size) = set.size {
+                existing.sizes.insert(set.name.clone(), size);
             }
-            let kind = if flags & 0x8 != 0 {
+            let kind = if set.map() {
                 SetKind::Map
             } else {
                 SetKind::Set
             };
-            if let Some(desc) = wire::find(&a, attr::SET_DESC) {
-                let d = wire::attrs(desc);
-                if let Some(size) = wire::find(&d, attr::SET_DESC_SIZE).and_then(wire::be32) {
-                    existing.sizes.insert(name.clone(), size);
-                }
-            }
-            existing.sets.insert(name, kind);
+            existing.sets.insert(set.name, kind);
         }
         Ok(existing)
     }
