@@ -126,41 +126,47 @@ fn measure<B: Backend>(n: usize, backend: &str, kernel: B) {
 
     // One endpoint goes and comes back, alternately, on Services spread
     // over the catalog.
-    let mut durations = Vec::new();
-    let mut ops = Vec::new();
-    for round in 0..10 {
-        let i = (round * 7919 + 17) % n;
-        for endpoints in [ENDPOINTS - 1, ENDPOINTS] {
-            catalog.apply_slice(&bench_slice(i, endpoints));
-            let changes = catalog.take_changes();
-            let r = p.sync(&catalog, &changes).unwrap();
-            assert_eq!(r.kind, SyncKind::Partial);
-            durations.push(r.duration);
-            ops.push(r.operations);
-        }
-    }
-    ops.sort();
-    ops.dedup();
-    println!(
-        "{backend:<8} partial     {n:>6} Services: one endpoint removed or added: median {}, max {}; \
-         transaction sizes {ops:?} operations",
-        ms(median(durations.clone())),
-        ms(*durations.iter().max().unwrap()),
+    partials(
+        &mut p,
+        &mut catalog,
+        backend,
+        "one endpoint removed or added",
+        |i| [bench_slice(i, ENDPOINTS - 1), bench_slice(i, ENDPOINTS)],
     );
-
     // One endpoint moves to another address, the count staying: the
     // Service's verdict-map element stays, only its slot elements change.
+    partials(
+        &mut p,
+        &mut catalog,
+        backend,
+        "one endpoint moved, the count the same",
+        |i| {
+            let mut moved = bench_slice(i, ENDPOINTS);
+            moved.endpoints[ENDPOINTS - 1].addresses =
+                vec![format!("10.250.{}.{}", (i >> 8) & 255, i & 255)];
+            [moved, bench_slice(i, ENDPOINTS)]
+        },
+    );
+}
+
+/// Partial syncs of 10 Services spread over the catalog, each changed to
+/// `slices(i)` one after the other; the median and max durations.
+fn partials<B: Backend>(
+    p: &mut Proxier<B, ConntrackTool>,
+    catalog: &mut Catalog,
+    backend: &str,
+    what: &str,
+    slices: impl Fn(usize) -> [EndpointSlice; 2],
+) {
+    let n = catalog.service_count();
     let mut durations = Vec::new();
     let mut ops = Vec::new();
     for round in 0..10 {
         let i = (round * 7919 + 17) % n;
-        let mut moved = bench_slice(i, ENDPOINTS);
-        moved.endpoints[ENDPOINTS - 1].addresses =
-            vec![format!("10.250.{}.{}", (i >> 8) & 255, i & 255)];
-        for slice in [moved, bench_slice(i, ENDPOINTS)] {
+        for slice in slices(i) {
             catalog.apply_slice(&slice);
             let changes = catalog.take_changes();
-            let r = p.sync(&catalog, &changes).unwrap();
+            let r = p.sync(catalog, &changes).unwrap();
             assert_eq!(r.kind, SyncKind::Partial);
             durations.push(r.duration);
             ops.push(r.operations);
@@ -169,7 +175,7 @@ fn measure<B: Backend>(n: usize, backend: &str, kernel: B) {
     ops.sort();
     ops.dedup();
     println!(
-        "{backend:<8} partial     {n:>6} Services: one endpoint moved, the count the same: median {}, max {}; \
+        "{backend:<8} partial     {n:>6} Services: {what}: median {}, max {}; \
          transaction sizes {ops:?} operations",
         ms(median(durations.clone())),
         ms(*durations.iter().max().unwrap()),

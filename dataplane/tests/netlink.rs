@@ -413,6 +413,25 @@ fn netlink_in(ns: &Netns) -> Netlink {
     in_netns(ns.name(), || Netlink::new().unwrap())
 }
 
+/// A proxier writing through netlink in `a`, and one through nft in `b`.
+fn proxiers(
+    a: &Netns,
+    b: &Netns,
+) -> (Proxier<Netlink, ConntrackTool>, Proxier<Nft, ConntrackTool>) {
+    (
+        Proxier::new(
+            support::config(),
+            netlink_in(a),
+            ConntrackTool::in_netns(a.name()),
+        ),
+        Proxier::new(
+            support::config(),
+            Nft::in_netns(b.name()),
+            ConntrackTool::in_netns(b.name()),
+        ),
+    )
+}
+
 /// The showcase through netlink and through nft, in two namespaces: the
 /// kernel lists the same tables after a full sync, after a partial one,
 /// and after a second full sync.
@@ -424,16 +443,7 @@ fn the_showcase_through_netlink_lists_as_through_nft() {
     let (a, b) = (Netns::new("ptcnl", "a"), Netns::new("ptcnl", "b"));
     let (services, slices) = support::showcase();
     let mut c = support::catalog(&services, &slices);
-    let mut by_netlink = Proxier::new(
-        support::config(),
-        netlink_in(&a),
-        ConntrackTool::in_netns(a.name()),
-    );
-    let mut by_nft = Proxier::new(
-        support::config(),
-        Nft::in_netns(b.name()),
-        ConntrackTool::in_netns(b.name()),
-    );
+    let (mut by_netlink, mut by_nft) = proxiers(&a, &b);
     by_netlink.full_sync(&c).unwrap();
     by_nft.full_sync(&c).unwrap();
     // Read back over netlink, the kernel holds what each proxier says it
@@ -634,16 +644,7 @@ fn random_catalogs_through_netlink_list_as_through_nft() {
         let (a, b) = (Netns::new("ptcrnd", "a"), Netns::new("ptcrnd", "b"));
         let (services, slices) = random_catalog(seed, 60);
         let c = support::catalog(&services, &slices);
-        let mut by_netlink = Proxier::new(
-            support::config(),
-            netlink_in(&a),
-            ConntrackTool::in_netns(a.name()),
-        );
-        let mut by_nft = Proxier::new(
-            support::config(),
-            Nft::in_netns(b.name()),
-            ConntrackTool::in_netns(b.name()),
-        );
+        let (mut by_netlink, mut by_nft) = proxiers(&a, &b);
         by_netlink
             .full_sync(&c)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));

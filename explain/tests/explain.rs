@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use portico_controllers::NetworkConfig;
-use portico_explain::{Action, Cluster, Error, Explanation, Request, Source, Target};
+mod support;
+
+use support::net;
+
+use portico_explain::{Action, Error, Explanation, Source};
 use portico_local::{World, load, reconcile_once};
-use std::net::IpAddr;
 use std::path::Path;
 
 /// Two ready nodes, a client pod on n1, and shop/web: two ready pods
@@ -79,10 +81,6 @@ metadata: {name: lab}
 spec: {addresses: ["192.168.56.60-192.168.56.70"]}
 "#;
 
-fn net() -> NetworkConfig {
-    NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap()
-}
-
 fn world(yaml: &str) -> World {
     let m = load::parse(Path::new("test.yaml"), &format!("{BASE}{yaml}"));
     assert!(
@@ -93,30 +91,13 @@ fn world(yaml: &str) -> World {
     reconcile_once(m, &net()).unwrap()
 }
 
-fn nowhere(name: &str) -> Result<Vec<IpAddr>, String> {
-    Err(format!("{name}: NXDOMAIN"))
-}
-
 fn explain_in(
     world: &World,
     target: &str,
     from: Source,
     node: Option<&str>,
 ) -> Result<Explanation, Error> {
-    let net = net();
-    let cluster = Cluster {
-        live: None,
-        world,
-        net: &net,
-        settings: portico_agent::Settings::default(),
-        zone: "cluster.local".into(),
-    };
-    let request = Request {
-        target: target.parse::<Target>()?,
-        node: node.map(str::to_owned),
-        from,
-    };
-    portico_explain::explain(&cluster, &request, &nowhere)
+    support::explain_with(world, None, target, from, node)
 }
 
 fn explain(yaml: &str, target: &str) -> Explanation {

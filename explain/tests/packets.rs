@@ -9,11 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use support::net;
+
 use portico_agent::NodeAgent;
-use portico_controllers::NetworkConfig;
 use portico_dataplane::backend::netlink::Netlink;
 use portico_dataplane::{ConntrackTool, Kernel};
-use portico_explain::{Action, Cluster, Explanation, LiveRules, Request, Source};
+use portico_explain::{Action, Explanation, LiveRules, Source};
 use portico_local::{World, load, reconcile_once};
 use portico_testkit::lab::{From, Lab};
 use std::collections::BTreeSet;
@@ -66,25 +69,9 @@ metadata: {name: lab}
 spec: {addresses: ["192.168.56.60-192.168.56.70"]}
 "#;
 
-fn net() -> NetworkConfig {
-    NetworkConfig::parse("10.96.0.0/12", "10.244.0.0/16").unwrap()
-}
-
 fn explain(world: &World, live: Option<LiveRules<'_>>, target: &str) -> Explanation {
-    let net = net();
-    let cluster = Cluster {
-        live,
-        world,
-        net: &net,
-        settings: portico_agent::Settings::default(),
-        zone: "cluster.local".into(),
-    };
-    let request = Request {
-        target: target.parse().unwrap(),
-        node: Some("node-a".into()),
-        from: Source::Address("192.168.77.2".parse().unwrap()),
-    };
-    portico_explain::explain(&cluster, &request, &|_| Err("offline".into())).unwrap()
+    let from = Source::Address("192.168.77.2".parse().unwrap());
+    support::explain_with(world, live, target, from, Some("node-a")).unwrap()
 }
 
 /// Connects `n` times; the endpoints reached (`ip:8080`) and whether the

@@ -190,7 +190,12 @@ impl Netlink {
                 tables.insert(family, t);
             }
         }
-        Ok(read::view(tables))
+        Ok(crate::RulesView {
+            tables: tables
+                .into_iter()
+                .map(|(f, t)| (f.nft().to_owned(), t))
+                .collect(),
+        })
     }
 
     fn read_table(&mut self, family: Family) -> Result<Option<crate::backend::TableView>> {
@@ -265,7 +270,7 @@ impl Netlink {
                 .map_err(|e| bad(format!("a rule of {chain}: {e}")))?;
             chains.entry(chain).or_default().rules.push(text);
         }
-        Ok(Some(read::table(chains, sets)))
+        Ok(Some(crate::backend::TableView { chains, sets }))
     }
 
     fn read_elements(&mut self, family: Family, set: &str) -> Result<Vec<read::Element>> {

@@ -4,7 +4,6 @@
 //! holds can be traced and compared with what was meant.
 
 use super::wire::{self, attr};
-use crate::backend::{ChainView, RulesView, SetView, TableView};
 use crate::names::Family;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -592,22 +591,4 @@ pub(crate) fn elements(layout: &Layout, elems: &[Element]) -> BTreeMap<String, O
         out.insert(range_text(a, last), value(s));
     }
     out
-}
-
-/// Assembles a family's table.
-pub(crate) fn table(
-    chains: BTreeMap<String, ChainView>,
-    sets: BTreeMap<String, SetView>,
-) -> TableView {
-    TableView { chains, sets }
-}
-
-/// The view of both families.
-pub(crate) fn view(tables: BTreeMap<Family, TableView>) -> RulesView {
-    RulesView {
-        tables: tables
-            .into_iter()
-            .map(|(f, t)| (f.nft().to_owned(), t))
-            .collect(),
-    }
 }

@@ -206,16 +206,6 @@ impl<'a> Message<'a> {
             self.buf.push(0);
         }
     }
-
-    /// The message's length so far.
-    pub fn len(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    /// Whether it is only headers.
-    pub fn is_empty(&self) -> bool {
-        self.len() <= 20
-    }
 }
 
 impl Drop for Message<'_> {
