@@ -51,8 +51,9 @@ pub struct IPPoolSpec {
     /// this pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
-    /// When several pools fit a Service, the lowest priority wins (then the
-    /// name).
+    /// When several pools fit a Service, the pools with a selector come
+    /// first, then the others; within each, the lowest priority wins, 0
+    /// (unset) counting after every other value, then the name.
     #[serde(default)]
     pub priority: i32,
 }

@@ -58,6 +58,24 @@ impl LbIpamController {
             }
         }
 
+        if !requested.is_empty() && requested.len() < families.len() {
+            for (h, _) in &before {
+                self.release(*h, key);
+            }
+            return (
+                Vec::new(),
+                Some(Problem::new(
+                    lb_reasons::INVALID_REQUEST,
+                    format!(
+                        "requested {} but the Service is dual-stack; ask for one address of each family",
+                        list_ips(&requested)
+                    ),
+                )),
+            );
+        }
+
+        // A dual-stack Service takes both addresses from one pool, as with
+        // MetalLB: the first family's pool is the only one for the second.
         let mut got: Held = Vec::new();
         let mut problem = None;
         let mut kept: Vec<IpAddr> = Vec::new();
@@ -66,8 +84,11 @@ impl LbIpamController {
                 .iter()
                 .copied()
                 .find(|ip| Family::of(*ip) == family);
+            let first_pool = got.first().map(|(_, pool)| pool.clone());
+            let same_pool = |pool: &str| first_pool.as_deref().is_none_or(|f| f == pool);
             if let Some((ip, pool)) = before.iter().find(|(ip, _)| Family::of(*ip) == family)
                 && wanted.is_none_or(|w| w == *ip)
+                && same_pool(pool)
                 && self.may_keep(svc, *ip, pool)
                 && self.compatible(svc, key, *ip).is_ok()
             {
@@ -75,9 +96,31 @@ impl LbIpamController {
                 kept.push(*ip);
                 continue;
             }
-            let result = match wanted {
-                Some(ip) => self.claim(svc, key, ip),
-                None => self.share_or_allocate(svc, key, family),
+            let result = match (wanted, first_pool.as_deref()) {
+                (Some(ip), first) => self.claim(svc, key, ip).and_then(|(ip, pool)| {
+                    match first.filter(|f| *f != pool) {
+                        Some(f) => {
+                            self.release(ip, key);
+                            Err(Problem::new(
+                                lb_reasons::INVALID_REQUEST,
+                                format!(
+                                    "requested {ip} is in pool {pool}, and the Service's other address in pool {f}; a dual-stack Service takes both from one pool"
+                                ),
+                            ))
+                        }
+                        None => Ok((ip, pool)),
+                    }
+                }),
+                (None, Some(first)) => self.share_or_allocate(svc, key, family, Within::Pool(first)),
+                (None, None) if families.len() > 1 => {
+                    match self.share_or_allocate(svc, key, family, Within::Serving(&families)) {
+                        Err(_) if policy != "RequireDualStack" => {
+                            self.share_or_allocate(svc, key, family, Within::Any)
+                        }
+                        r => r,
+                    }
+                }
+                (None, None) => self.share_or_allocate(svc, key, family, Within::Any),
             };
             match result {
                 Ok(pool) => got.push(pool),
@@ -176,6 +219,7 @@ impl LbIpamController {
         svc: &Service,
         key: &Key,
         family: Family,
+        within: Within<'_>,
     ) -> Result<(IpAddr, String), Problem> {
         if let Some(sharing) = annotation(svc, annotations::SHARING_KEY) {
             let mut partners: Vec<(IpAddr, String)> = self
@@ -197,7 +241,7 @@ impl LbIpamController {
                 let usable = self
                     .pools
                     .get(&pool)
-                    .is_some_and(|p| self.may_use(svc, p, None));
+                    .is_some_and(|p| within.admits(p) && self.may_use(svc, p, None));
                 if usable && self.compatible(svc, key, ip).is_ok() {
                     self.add_holder(ip, key);
                     return Ok((ip, pool));
@@ -223,7 +267,19 @@ impl LbIpamController {
                 ),
             ));
         }
-        candidates.sort_by_key(|p| (p.spec().priority, p.name()));
+        candidates.retain(|p| within.admits(p));
+        if candidates.is_empty() {
+            return Err(Problem::new(
+                lb_reasons::NO_MATCHING_POOL,
+                match within {
+                    Within::Pool(pool) => format!(
+                        "pool {pool}, which gave the Service's other address, has no {family} addresses for it"
+                    ),
+                    _ => "no pool serves both families to this dual-stack Service, with a free address of each".to_owned(),
+                },
+            ));
+        }
+        candidates.sort_by_key(|p| pool_order(p));
         let (usable, blocked): (Vec<&PoolState>, Vec<&PoolState>) =
             candidates.into_iter().partition(|p| p.assigns());
         let names: Vec<String> = usable.iter().map(|p| p.name()).collect();
@@ -269,4 +325,47 @@ impl LbIpamController {
             ),
         ))
     }
+}
+
+/// The order in which pools are tried for a Service, as MetalLB's
+/// allocator tries them: the pools that select Services (by label or
+/// namespace; `may_use` has kept only those that select this one) before
+/// the pools for every Service; within each, the lowest priority first,
+/// with 0 (unset) after every set priority; then the name.
+fn pool_order(p: &PoolState) -> (bool, bool, i32, String) {
+    let spec = p.spec();
+    let selects = spec.service_selector.is_some() || spec.namespace_selector.is_some();
+    (!selects, spec.priority == 0, spec.priority, p.name())
+}
+
+/// Which pools an address may come from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Within<'a> {
+    /// Any pool the Service may use.
+    Any,
+    /// This pool only (a dual-stack Service's second address).
+    Pool(&'a str),
+    /// Pools that have a free address of each of these families (a
+    /// dual-stack Service's first address).
+    Serving(&'a [Family]),
+}
+
+impl Within<'_> {
+    fn admits(&self, p: &PoolState) -> bool {
+        match self {
+            Within::Any => true,
+            Within::Pool(name) => p.name() == *name,
+            Within::Serving(families) => p
+                .pool
+                .as_ref()
+                .is_some_and(|pool| families.iter().all(|f| pool.usage(*f).free > 0)),
+        }
+    }
+}
+
+fn list_ips(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -10,7 +10,8 @@
 //!  Namespaces    keep what it holds while a pool it may use contains it,
 //!               else its request (annotation / spec.loadBalancerIP),
 //!               else an address shared under its sharing key,
-//!               else the lowest free address of the best pool (priority, name)
+//!               else the lowest free address of the best pool (selecting
+//!               pools first, then priority with 0 last, then name)
 //!               │
 //!               v
 //!   status.loadBalancer.ingress + condition portico.dev/IPAllocated + Event
@@ -109,6 +110,15 @@ impl PoolState {
 
     fn contains(&self, ip: IpAddr) -> bool {
         self.pool.as_ref().is_some_and(|p| p.contains(ip))
+    }
+
+    /// Whether it contains `ip` and may hand it out: not a `.0`/`.255`
+    /// address when the pool avoids them (a Service that holds one when
+    /// `avoidBuggyIPs` is turned on loses it, as with MetalLB).
+    fn assignable(&self, ip: IpAddr) -> bool {
+        self.pool
+            .as_ref()
+            .is_some_and(|p| p.contains(ip) && !p.is_reserved(ip))
     }
 
     /// Whether it may make new assignments at all.
@@ -517,6 +527,9 @@ impl LbIpamController {
         if !self.may_use(svc, pool, Some(ip)) {
             return Err(format!("pool {} does not serve this Service", pool.name()));
         }
+        if !pool.assignable(ip) {
+            return Err(format!("pool {} avoids .0 and .255 addresses", pool.name()));
+        }
         self.compatible(svc, key, ip)
             .map_err(|(holder, why)| format!("Service {holder} holds it and {why}"))?;
         Ok(pool.name())
@@ -661,7 +674,7 @@ impl LbIpamController {
     fn may_keep(&self, svc: &Service, ip: IpAddr, pool: &str) -> bool {
         self.pools
             .get(pool)
-            .is_some_and(|p| p.contains(ip) && self.may_use(svc, p, Some(ip)))
+            .is_some_and(|p| p.assignable(ip) && self.may_use(svc, p, Some(ip)))
     }
 
     /// Whether the Service may share `ip` with everyone who holds it.
@@ -746,8 +759,9 @@ impl LbIpamController {
 }
 
 /// Whether two Services may share an address: same namespace, same sharing
-/// key, no port and protocol in common, and with `externalTrafficPolicy:
-/// Local` the same selector (traffic must reach the same pods' nodes).
+/// key, no port and protocol in common, the same `externalTrafficPolicy`,
+/// and under `Local` the same selector (traffic must reach the same pods'
+/// nodes).
 pub fn can_share(a: &Service, b: &Service) -> Result<(), String> {
     if a.metadata.namespace != b.metadata.namespace {
         return Err("it is in another namespace".to_owned());
@@ -783,8 +797,13 @@ pub fn can_share(a: &Service, b: &Service) -> Result<(), String> {
             .and_then(|sp| sp.external_traffic_policy.as_deref())
             == Some("Local")
     };
+    // MetalLB's backend key: the selector under `Local`, nothing under
+    // `Cluster`; both must be equal.
     let selector = |s: &Service| s.spec.as_ref().and_then(|sp| sp.selector.clone());
-    if (local(a) || local(b)) && selector(a) != selector(b) {
+    if local(a) != local(b) {
+        return Err("one has externalTrafficPolicy Local and the other Cluster".to_owned());
+    }
+    if local(a) && selector(a) != selector(b) {
         return Err("externalTrafficPolicy Local needs the same selector".to_owned());
     }
     Ok(())
@@ -799,9 +818,23 @@ fn annotation<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The addresses a Service asks for: the annotation, else the deprecated
-/// `spec.loadBalancerIP`; at most one per family.
+/// The addresses a Service asks for: the annotation or the deprecated
+/// `spec.loadBalancerIP` (not both, as MetalLB); at most one per family.
 pub fn requested_ips(svc: &Service) -> Result<Vec<IpAddr>, Problem> {
+    let legacy = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_ip.as_deref())
+        .filter(|s| !s.is_empty());
+    if legacy.is_some() && annotation(svc, annotations::LOAD_BALANCER_IPS).is_some() {
+        return Err(Problem::new(
+            lb_reasons::INVALID_REQUEST,
+            format!(
+                "the Service sets both {} and spec.loadBalancerIP; keep one",
+                annotations::LOAD_BALANCER_IPS
+            ),
+        ));
+    }
     let raw: Vec<String> = match annotation(svc, annotations::LOAD_BALANCER_IPS) {
         Some(list) => list
             .split(',')
