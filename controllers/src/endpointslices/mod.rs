@@ -532,7 +532,13 @@ impl EndpointSliceController {
                     .map(|g| g.endpoints.len())
                     .sum();
                 counted = Some(count);
-                plan(svc, &desired, &existing, self.cfg.max_endpoints_per_slice)
+                let mut plan = plan(svc, &desired, &existing, self.cfg.max_endpoints_per_slice);
+                // Being deleted: no new slices (the garbage collector would
+                // race them), as upstream; updates and deletes go on.
+                if svc.metadata.deletion_timestamp.is_some() {
+                    plan.create.clear();
+                }
+                plan
             }
             // No selector, ExternalName, or (in delete_orphans mode) deleted:
             // the slices Portico made are no longer wanted. Others' slices

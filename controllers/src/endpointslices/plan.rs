@@ -47,7 +47,9 @@ pub fn plan(svc: &Service, desired: &Desired, existing: &[Arc<EndpointSlice>], m
     let mut by_group: BTreeMap<(AddressType, PortsKey), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
     for slice in existing {
         match AddressType::parse(&slice.address_type) {
-            Some(t) if desired.contains_key(&t) => {
+            // A slice owned by another Service of this name (one deleted
+            // and made again) is deleted, never taken over, as upstream.
+            Some(t) if desired.contains_key(&t) && meta.owns(slice) => {
                 let key = PortsKey::of(slice.ports.as_deref().unwrap_or_default());
                 by_group.entry((t, key)).or_default().push(slice.clone());
             }
@@ -203,7 +205,13 @@ impl SliceMeta {
             .collect();
         l.insert(labels::SERVICE_NAME.into(), key.name.clone());
         l.insert(labels::MANAGED_BY.into(), ENDPOINTSLICE_MANAGER.into());
-        if is_headless(svc) {
+        // Upstream's `isServiceIPSet`: `None`, and also a Service with no
+        // ClusterIP at all, is headless here.
+        let no_ip = svc
+            .spec
+            .as_ref()
+            .is_none_or(|s| s.cluster_ip.as_deref().is_none_or(str::is_empty));
+        if is_headless(svc) || no_ip {
             l.insert(labels::HEADLESS.into(), String::new());
         }
         let owner = svc.metadata.uid.clone().map(|uid| OwnerReference {

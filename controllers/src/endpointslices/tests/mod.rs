@@ -15,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
+mod upstream;
+
 // ---- fixtures ----------------------------------------------------------
 
 fn mk_svc(name: &str, app: &str) -> Service {

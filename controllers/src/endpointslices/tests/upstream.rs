@@ -1,0 +1,109 @@
+//! Cases from the upstream EndpointSlice reconciler's tests
+//! (`reconciler_test.go`), in Portico's terms.
+
+use super::*;
+use crate::k8s::OwnerReference;
+
+#[test]
+fn a_slice_owned_by_an_older_service_of_the_same_name_is_replaced() {
+    // TestReconcileEndpointSlicesRecreation, "slice owned by other Service
+    // UID": one create, one delete, no takeover.
+    let mut sim = Sim::new(100);
+    let mut old = sim_slice("web-old", "web");
+    old.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Service".into(),
+        name: "web".into(),
+        uid: "uid-of-the-deleted-web".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    old.metadata.resource_version = Some("1".into());
+    sim.slices.insert("web-old".into(), old.clone());
+    sim.ctrl.apply_slice(Arc::new(old), sim.now);
+    sim.ctrl.apply_pod(
+        &mk_pod("web-1", "web", &["10.244.1.10"], "node-a", true),
+        sim.now,
+    );
+    sim.ctrl.apply_service(&mk_svc("web", "web"), sim.now);
+    let writes = sim.settle();
+    assert_eq!(count(&writes), (1, 0, 1));
+    let slices = sim.of_service("web");
+    assert_eq!(slices.len(), 1);
+    assert_ne!(slices[0].metadata.name.as_deref(), Some("web-old"));
+    let owner = &slices[0].metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.uid, "uid-web");
+    assert_eq!(sim.endpoints("web").len(), 1);
+}
+
+#[test]
+fn a_service_being_deleted_gets_no_new_slices() {
+    // TestReconcilerFinalizeSvcDeletionTimestamp: updates and deletes go on,
+    // creates do not.
+    let mut sim = Sim::new(1);
+    let svc = mk_svc("web", "web");
+    sim.ctrl.apply_service(&svc, sim.now);
+    sim.ctrl.apply_pod(
+        &mk_pod("web-1", "web", &["10.244.1.10"], "node-a", true),
+        sim.now,
+    );
+    sim.settle();
+    assert_eq!(sim.of_service("web").len(), 1);
+
+    let mut deleting = svc.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    sim.ctrl.apply_service(&deleting, sim.now);
+    // A second pod would need a second slice (one endpoint per slice):
+    // none is made.
+    sim.ctrl.apply_pod(
+        &mk_pod("web-2", "web", &["10.244.1.11"], "node-b", true),
+        sim.now,
+    );
+    assert_eq!(count(&sim.settle()), (0, 0, 0));
+    // A change to the existing slice is still written.
+    sim.ctrl.apply_pod(
+        &mk_pod("web-1", "web", &["10.244.1.10"], "node-a", false),
+        sim.now,
+    );
+    let writes = sim.settle();
+    assert_eq!(count(&writes).0, 0, "{writes:#?}");
+    assert_eq!(sim.of_service("web").len(), 1);
+    // The garbage collector deletes the slice: no placeholder comes back.
+    let name = sim.of_service("web")[0].metadata.name.clone().unwrap();
+    let gone = sim.slices.remove(&name).unwrap();
+    sim.ctrl.delete_slice(&gone, sim.now);
+    assert_eq!(count(&sim.settle()), (0, 0, 0));
+    assert!(sim.of_service("web").is_empty());
+}
+
+#[test]
+fn a_service_without_a_cluster_ip_gets_the_headless_label() {
+    // TestReconcile1Pod: `isServiceIPSet` is false for "" as for "None".
+    let mut sim = Sim::new(100);
+    for (name, ip) in [
+        ("none", Some("None")),
+        ("empty", Some("")),
+        ("unset", None),
+        ("set", Some("10.96.0.10")),
+    ] {
+        sim.ctrl.apply_service(
+            &with_spec(mk_svc(name, "web"), |s| {
+                s.cluster_ip = ip.map(str::to_owned)
+            }),
+            sim.now,
+        );
+    }
+    sim.settle();
+    let headless = |svc: &str| {
+        sim.of_service(svc)[0]
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key(labels::HEADLESS)
+    };
+    assert!(headless("none"));
+    assert!(headless("empty"));
+    assert!(headless("unset"));
+    assert!(!headless("set"));
+}
