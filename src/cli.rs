@@ -447,8 +447,9 @@ pub struct ControllerArgs {
 #[derive(Clone, Debug, Default, Args)]
 pub struct RuleArgs {
     /// Where NodePorts answer: CIDRs, comma-separated (e.g.
-    /// `192.168.56.0/24`). Default: the node's primary addresses (the first
-    /// InternalIP of each family of its Node object).
+    /// `192.168.56.0/24`), or `primary`, the default: the node's primary
+    /// addresses (the first InternalIP of each family of its Node object).
+    /// Never on loopback addresses, as kube-proxy's nftables mode.
     #[arg(long, value_delimiter = ',', env = "PORTICO_NODEPORT_ADDRESSES")]
     pub nodeport_addresses: Vec<String>,
     /// Program only the Services labelled

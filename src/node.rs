@@ -249,7 +249,6 @@ where
     B: portico_dataplane::Backend,
     C: portico_dataplane::Conntrack,
 {
-    let node_name = agent.node_name().to_owned();
     let mut relists = Relists::default();
     // The agent's writes go out in order and are retried until they land.
     let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
@@ -260,7 +259,7 @@ where
     ));
     let mut gossip: Option<Gossip> = None;
     let mut live: Option<tokio::sync::watch::Receiver<BTreeSet<String>>> = None;
-    let mut health_checks = HealthChecks::default();
+    let mut health_checks = HealthChecks::default().with_liveness(agent.liveness());
     let mut l2_tick = tokio::time::interval(Duration::from_secs(5));
 
     tokio::pin!(shutdown);
@@ -347,7 +346,9 @@ where
                         "synced"
                     );
                 }
-                health_checks.update(agent.catalog(), &node_name).await;
+                health_checks
+                    .update(agent.catalog(), agent.proxier().config())
+                    .await;
             }
             Err((kind, e)) => tracing::warn!(
                 error = %e,

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// `--nodeport-addresses`: CIDRs (or addresses) where NodePorts
-    /// answer; empty: the node's primary addresses.
+    /// answer; empty or `primary`: the node's primary addresses.
     pub nodeport_addresses: Vec<String>,
     /// `--service-proxy-name`: program only the Services labelled with it.
     pub service_proxy_name: Option<String>,
@@ -49,8 +49,19 @@ pub fn dataplane_config(
     settings: &Settings,
     node: Option<&Node>,
 ) -> anyhow::Result<Config> {
-    let nodeport_addresses = if settings.nodeport_addresses.is_empty() {
-        node.map(primary_addresses).unwrap_or_default()
+    let primary = node.map(primary_addresses).unwrap_or_default();
+    let only_primary = match settings.nodeport_addresses.as_slice() {
+        [] => true,
+        [one] => one.trim() == "primary",
+        many => {
+            if many.iter().any(|s| s.trim() == "primary") {
+                anyhow::bail!("--nodeport-addresses: \"primary\" cannot be combined with CIDRs");
+            }
+            false
+        }
+    };
+    let nodeport_addresses = if only_primary {
+        primary.clone()
     } else {
         settings
             .nodeport_addresses
@@ -69,6 +80,7 @@ pub fn dataplane_config(
         cluster_cidrs: net.cluster_cidrs.clone(),
         service_cidrs: net.service_ranges.clone(),
         nodeport_addresses,
+        node_ips: primary.iter().map(IpNet::addr).collect(),
         service_proxy_name: settings.service_proxy_name.clone(),
     })
 }
@@ -127,6 +139,20 @@ mod tests {
                 "192.168.1.1/32".parse().unwrap()
             ]
         );
+        assert_eq!(
+            c.node_ips,
+            vec![
+                "192.168.56.31".parse::<IpAddr>().unwrap(),
+                "fd00::31".parse().unwrap()
+            ],
+            "the primary addresses, whatever --nodeport-addresses says"
+        );
         assert!(dataplane_config(&net, "n1", &addresses(&["nope"]), None).is_err());
+        // kube-proxy's `primary`: the default, said out loud; alone only.
+        let c = dataplane_config(&net, "n1", &addresses(&["primary"]), Some(&n)).unwrap();
+        assert_eq!(c.nodeport_addresses, primary_addresses(&n));
+        let err = dataplane_config(&net, "n1", &addresses(&["primary", "10.0.0.0/8"]), Some(&n))
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot be combined"), "{err}");
     }
 }

@@ -2,11 +2,11 @@
 //! and the `healthCheckNodePort` servers that load balancers ask.
 
 use portico_catalog::{Catalog, Key, TrafficPolicy};
-use portico_dataplane::local_endpoint_count;
+use portico_dataplane::{Config, local_endpoint_count};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// When `/healthz` says the node is healthy.
@@ -61,33 +61,47 @@ struct HealthCheck {
 
 /// The `healthCheckNodePort` servers of the Services with
 /// `externalTrafficPolicy: Local`: load balancers ask each node whether it
-/// has local endpoints (200 with at least one, 503 without).
+/// has local endpoints and a healthy proxy (200), or not (503).
 #[derive(Default)]
 pub struct HealthChecks {
     servers: HashMap<u16, HealthCheck>,
     /// Where to listen (default: every address, both families).
     bind: Option<IpAddr>,
+    /// The agent's sync health, asked at each request; none: healthy.
+    liveness: Option<Arc<Mutex<Liveness>>>,
 }
 
 impl HealthChecks {
     /// Servers that listen on one address only.
     pub fn on(address: IpAddr) -> Self {
         HealthChecks {
-            servers: HashMap::new(),
             bind: Some(address),
+            ..HealthChecks::default()
         }
     }
 
-    /// Starts, updates and stops servers to match the catalog.
-    pub async fn update(&mut self, catalog: &Catalog, node: &str) {
+    /// Answers 503 whenever the agent's syncs are failing or late (what
+    /// `/healthz` says), whatever the endpoints, as kube-proxy does.
+    pub fn with_liveness(mut self, liveness: Arc<Mutex<Liveness>>) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// Starts, updates and stops servers to match the catalog: one per
+    /// Service this proxy programs (`cfg`'s service proxy name; never a
+    /// headless one) with `externalTrafficPolicy: Local`.
+    pub async fn update(&mut self, catalog: &Catalog, cfg: &Config) {
         let mut wanted: HashMap<u16, (Key, usize)> = HashMap::new();
         for svc in catalog.services() {
-            if svc.external_traffic_policy != TrafficPolicy::Local {
+            if svc.external_traffic_policy != TrafficPolicy::Local
+                || svc.headless
+                || !svc.proxy.programmed_by(cfg.service_proxy_name.as_deref())
+            {
                 continue;
             }
             if let Some(port) = svc.health_check_node_port {
                 let key = svc.key();
-                let count = local_endpoint_count(svc, catalog.endpoints(&key), node);
+                let count = local_endpoint_count(svc, catalog.endpoints(&key), &cfg.node_name);
                 wanted.insert(port, (key, count));
             }
         }
@@ -107,8 +121,12 @@ impl HealthChecks {
             match bind(self.bind, port).await {
                 Ok(listener) => {
                     tracing::info!(port, service = %service, "serving healthCheckNodePort");
-                    let task =
-                        tokio::spawn(serve_health_check(listener, service.clone(), local.clone()));
+                    let task = tokio::spawn(serve_health_check(
+                        listener,
+                        service.clone(),
+                        local.clone(),
+                        self.liveness.clone(),
+                    ));
                     self.servers.insert(
                         port,
                         HealthCheck {
@@ -152,27 +170,37 @@ async fn bind(address: Option<IpAddr>, port: u16) -> std::io::Result<tokio::net:
     }
 }
 
-/// What kube-proxy answers: the Service, its local endpoints, 200 or 503.
-pub fn health_check_response(service: &Key, local: usize) -> (u16, String) {
+/// What kube-proxy answers: the Service, its local endpoints and whether
+/// the proxy is healthy; 200 when it has local endpoints and is healthy,
+/// else 503.
+pub fn health_check_response(service: &Key, local: usize, proxy_healthy: bool) -> (u16, String) {
     let body = serde_json::json!({
         "service": { "namespace": service.namespace, "name": service.name },
         "localEndpoints": local,
-        "serviceProxyHealthy": true,
+        "serviceProxyHealthy": proxy_healthy,
     });
-    (if local > 0 { 200 } else { 503 }, format!("{body}\n"))
+    let code = if local > 0 && proxy_healthy { 200 } else { 503 };
+    (code, format!("{body}\n"))
 }
 
 async fn serve_health_check(
     listener: tokio::net::TcpListener,
     service: Key,
     local: Arc<AtomicUsize>,
+    liveness: Option<Arc<Mutex<Liveness>>>,
 ) {
     use axum::http::{StatusCode, header};
     let app = axum::Router::new().fallback(move || {
         let service = service.clone();
         let local = local.clone();
+        let healthy = liveness.as_ref().is_none_or(|l| {
+            l.lock()
+                .map(|l| l.check(Instant::now()).is_ok())
+                .unwrap_or(false)
+        });
         async move {
-            let (code, body) = health_check_response(&service, local.load(Ordering::Relaxed));
+            let (code, body) =
+                health_check_response(&service, local.load(Ordering::Relaxed), healthy);
             (
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 [(header::CONTENT_TYPE, "application/json")],
@@ -285,19 +313,50 @@ mod tests {
         let mut catalog = Catalog::new();
         catalog.apply_service(&svc);
         catalog.apply_slice(&slice(&["n1", "n2", "n1"]));
-        let mut hc = HealthChecks::on("127.0.0.1".parse().unwrap());
-        hc.update(&catalog, "n1").await;
+        let t0 = Instant::now();
+        let liveness = Arc::new(Mutex::new(Liveness {
+            last_success: Some(t0),
+            pending_since: None,
+            sync_period: Duration::from_secs(3600),
+            timeout: Duration::from_secs(60),
+        }));
+        let mut hc = HealthChecks::on("127.0.0.1".parse().unwrap()).with_liveness(liveness.clone());
+        let cfg = Config {
+            node_name: "n1".into(),
+            ..Config::default()
+        };
+        hc.update(&catalog, &cfg).await;
         assert_eq!(hc.ports(), vec![port]);
         let (code, body) = get(port).await;
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("\"localEndpoints\":2"), "{body}");
+        assert!(body.contains("\"serviceProxyHealthy\":true"), "{body}");
+
+        // The proxy's syncs fail (kube-proxy's healthcheck_test: 503 with
+        // local endpoints when the proxy is unhealthy).
+        liveness.lock().unwrap().last_success = None;
+        let (code, body) = get(port).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("\"localEndpoints\":2"), "{body}");
+        assert!(body.contains("\"serviceProxyHealthy\":false"), "{body}");
+        liveness.lock().unwrap().last_success = Some(Instant::now());
+        assert_eq!(get(port).await.0, 200);
 
         catalog.apply_slice(&slice(&["n2"]));
-        hc.update(&catalog, "n1").await;
+        hc.update(&catalog, &cfg).await;
         assert_eq!(get(port).await.0, 503);
 
-        catalog.delete_service(&svc);
-        hc.update(&catalog, "n1").await;
+        // A Service another proxy programs gets no server here.
+        let mut other = svc.clone();
+        other.metadata.labels = Some(
+            [(
+                "service.kubernetes.io/service-proxy-name".to_owned(),
+                "other".to_owned(),
+            )]
+            .into(),
+        );
+        catalog.apply_service(&other);
+        hc.update(&catalog, &cfg).await;
         assert!(hc.ports().is_empty());
         hc.stop();
     }
@@ -305,11 +364,11 @@ mod tests {
     #[test]
     fn a_health_check_answers_with_the_local_endpoints() {
         let key = Key::new("default", "local");
-        let (code, body) = health_check_response(&key, 2);
+        let (code, body) = health_check_response(&key, 2, true);
         assert_eq!(code, 200);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["localEndpoints"], 2);
         assert_eq!(v["service"]["name"], "local");
-        assert_eq!(health_check_response(&key, 0).0, 503);
+        assert_eq!(health_check_response(&key, 0, true).0, 503);
     }
 }

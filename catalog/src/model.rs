@@ -334,6 +334,10 @@ impl ServiceInfo {
                     .and_then(|lb| lb.ingress.as_ref())
                     .into_iter()
                     .flatten()
+                    // `ipMode: Proxy`: the load balancer proxies, so
+                    // traffic must go to it, not be short-cut to the
+                    // endpoints (kube-proxy leaves these out too).
+                    .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                     .filter_map(|i| i.ip.as_ref()),
             ),
             load_balancer_source_ranges: parse_ranges(

@@ -137,10 +137,22 @@ fn a_service_is_normalised() {
     spec.ports.as_mut().unwrap()[0].node_port = Some(30080);
     svc.status = Some(ServiceStatus {
         load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some("192.168.56.60".into()),
-                ..Default::default()
-            }]),
+            ingress: Some(vec![
+                LoadBalancerIngress {
+                    ip: Some("192.168.56.60".into()),
+                    ..Default::default()
+                },
+                LoadBalancerIngress {
+                    ip: Some("192.168.56.61".into()),
+                    ip_mode: Some("VIP".into()),
+                    ..Default::default()
+                },
+                LoadBalancerIngress {
+                    ip: Some("192.168.56.62".into()),
+                    ip_mode: Some("Proxy".into()),
+                    ..Default::default()
+                },
+            ]),
         }),
         ..Default::default()
     });
@@ -160,7 +172,11 @@ fn a_service_is_normalised() {
     );
     assert_eq!(
         info.load_balancer_ips,
-        vec!["192.168.56.60".parse::<IpAddr>().unwrap()]
+        vec![
+            "192.168.56.60".parse::<IpAddr>().unwrap(),
+            "192.168.56.61".parse().unwrap()
+        ],
+        "ipMode Proxy addresses are left out"
     );
     assert_eq!(
         info.session_affinity,

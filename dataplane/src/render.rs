@@ -37,8 +37,16 @@ pub struct Config {
     /// addresses that no Service holds is dropped.
     pub service_cidrs: Vec<IpNet>,
     /// Where NodePorts answer (`--nodeport-addresses`, or the node's
-    /// primary addresses as host routes).
+    /// primary addresses as host routes). Loopback addresses are left out:
+    /// NodePorts never answer on localhost, as in kube-proxy's nftables
+    /// mode.
     pub nodeport_addresses: Vec<IpNet>,
+    /// The node's primary addresses (its first InternalIP of each family).
+    /// When a LoadBalancer's `loadBalancerSourceRanges` include one, the
+    /// load balancer's own address is let through too: traffic the node
+    /// sends to the address comes back with it as the source (kube-proxy's
+    /// `allowFromNode`).
+    pub node_ips: Vec<IpAddr>,
     /// `--service-proxy-name`: program only the Services labelled
     /// `service.kubernetes.io/service-proxy-name: <this>`. Unset, Portico
     /// programs the Services without that label, as kube-proxy does.
@@ -65,10 +73,56 @@ impl Config {
         Config::cidrs(&self.service_cidrs, family)
     }
 
-    /// The NodePort addresses of a family.
+    /// The NodePort addresses of a family, loopback left out.
     pub fn nodeport_addresses(&self, family: Family) -> Vec<IpNet> {
+        let loopback: IpNet = match family {
+            Family::Ipv4 => IpNet::from(ipnet::Ipv4Net::new_assert(
+                std::net::Ipv4Addr::new(127, 0, 0, 0),
+                8,
+            )),
+            Family::Ipv6 => IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+        };
         Config::cidrs(&self.nodeport_addresses, family)
+            .iter()
+            .flat_map(|n| without(*n, loopback))
+            .collect()
     }
+
+    /// The node's primary addresses of a family.
+    pub fn node_ips(&self, family: Family) -> Vec<IpAddr> {
+        self.node_ips
+            .iter()
+            .filter(|ip| family.contains(ip))
+            .copied()
+            .collect()
+    }
+}
+
+/// `net` without the addresses of `hole`, as the fewest prefixes (`net`
+/// itself when they do not overlap, nothing when `hole` covers it).
+fn without(net: IpNet, hole: IpNet) -> Vec<IpNet> {
+    if !net.contains(&hole) {
+        return if hole.contains(&net) {
+            Vec::new()
+        } else {
+            vec![net]
+        };
+    }
+    let mut out = Vec::new();
+    let mut rest = net;
+    while rest != hole {
+        let Ok(halves) = rest.subnets(rest.prefix_len() + 1) else {
+            break;
+        };
+        for half in halves {
+            if half.contains(&hole) {
+                rest = half;
+            } else {
+                out.push(half);
+            }
+        }
+    }
+    out
 }
 
 /// One element of a static set or map.
@@ -242,6 +296,24 @@ fn usable(
     pick(&|e| e.serving && e.terminating)
 }
 
+/// The addresses of the serving endpoints of a port (ready ones, and
+/// terminating ones that still serve), on any node.
+fn serving(endpoints: &[Endpoint], port: &ServicePort, family: Family) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = endpoints
+        .iter()
+        .filter(|e| family.contains(&e.address) && (e.ready || e.serving))
+        .filter(|e| {
+            e.ports
+                .iter()
+                .any(|p| p.name == port.name && p.protocol == port.protocol)
+        })
+        .map(|e| e.address)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The number of ready node-local endpoints of a Service (distinct
 /// addresses), as its `healthCheckNodePort` reports it. As in kube-proxy,
 /// terminating endpoints do not count, even while they still serve (the
@@ -365,6 +437,9 @@ struct PortCtx<'a> {
     node_port: Option<u16>,
     all: Vec<Backend>,
     local: Vec<Backend>,
+    /// Addresses of every serving endpoint of the port (ready, or
+    /// terminating and still serving; any node).
+    serving: Vec<IpAddr>,
 }
 
 impl PortCtx<'_> {
@@ -436,6 +511,7 @@ pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -
                     Some(&cfg.node_name),
                     &cfg.node_name,
                 ),
+                serving: serving(endpoints, port, family),
             };
             render_port(cfg, svc, &ctx, &mut r);
         }

@@ -512,6 +512,56 @@ fn removed_udp_endpoints_lose_their_conntrack_entries() {
     );
 }
 
+/// kube-proxy's conntrack cleanup keeps every flow whose endpoint still
+/// serves: terminating ones, and those a traffic policy no longer picks.
+#[test]
+fn udp_flows_to_serving_endpoints_are_kept() {
+    let dns = |eps: &[Ep]| {
+        slice(
+            "kube-system",
+            "dns-v4",
+            "dns",
+            &[("dns", "UDP", 5353), ("dns-tcp", "TCP", 5353)],
+            eps,
+        )
+    };
+    let (services, mut slices) = showcase();
+    let mut catalog = catalog(&services, &slices);
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    let resync = |catalog: &mut Catalog, p: &mut Proxier<MemoryNft, RecordingConntrack>| {
+        let before = p.conntrack().deleted.len();
+        let changes = catalog.take_changes();
+        p.sync(catalog, &changes).unwrap();
+        p.conntrack().deleted[before..].to_vec()
+    };
+    // 10.244.4.2 drains: terminating but serving; no new connections, but
+    // its flows stay.
+    slices[1] = dns(&[
+        ep("10.244.3.2"),
+        ep("10.244.4.2").on(OTHER_NODE).terminating(),
+    ]);
+    catalog.apply_slice(&slices[1]);
+    assert_eq!(resync(&mut catalog, &mut p), vec![]);
+    // internalTrafficPolicy Local: the remote endpoint is not picked any
+    // more, and its flows stay too.
+    catalog.apply_service(&services[1].clone().itp_local().0);
+    assert_eq!(resync(&mut catalog, &mut p), vec![]);
+    // It stops serving: its flows go, from every entry point.
+    slices[1] = dns(&[
+        ep("10.244.3.2"),
+        ep("10.244.4.2").on(OTHER_NODE).not_ready(),
+    ]);
+    catalog.apply_slice(&slices[1]);
+    assert_eq!(
+        resync(&mut catalog, &mut p),
+        vec![(
+            ConntrackTarget::Address("10.96.0.53".parse().unwrap()),
+            "10.244.4.2".parse().unwrap()
+        )]
+    );
+}
+
 #[test]
 fn two_services_claiming_one_address_and_port_get_one_winner() {
     let a = svc("default", "a", "10.96.0.100")

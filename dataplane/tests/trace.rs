@@ -177,3 +177,49 @@ fn the_installed_rules_are_what_the_syncs_wrote_and_their_view_traces_the_same()
         assert_eq!(outcomes(&back, &pk), outcomes(&installed, &pk), "{dst}");
     }
 }
+
+/// kube-proxy's nftables cases for source ranges and NodePort addresses
+/// (its `TestLoadBalancer` and `TestNodePorts`), on a small catalog.
+#[test]
+fn source_ranges_by_family_from_the_node_and_no_nodeports_on_localhost() {
+    let services = vec![
+        svc("default", "lb", "10.96.0.30")
+            .also("fd96::30")
+            .port("http", "TCP", 80)
+            .load_balancer("192.168.56.60", &[30081])
+            .load_balancer("fd56::60", &[])
+            // IPv4 ranges only, one of them holding the node's address.
+            .source_ranges(&["192.168.77.0/24", "198.51.100.7"]),
+    ];
+    let http = [("http", "TCP", 8080)];
+    let slices = vec![
+        slice("default", "lb-v4", "lb", &http, &[ep("10.244.1.2")]),
+        slice("default", "lb-v6", "lb", &http, &[ep("fd44:0:1::2")]),
+    ];
+    let mut cfg = config();
+    cfg.nodeport_addresses = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
+    p.full_sync(&catalog(&services, &slices)).unwrap();
+    let nft = p.backend().clone();
+    #[rustfmt::skip]
+    let table: &[(&str, &str, Origin, &[&str])] = &[
+        // Within the ranges, and outside them.
+        ("198.51.100.7", "192.168.56.60:80", Origin::Remote, &["10.244.1.2:8080 masq"]),
+        ("203.0.113.9", "192.168.56.60:80", Origin::Remote, &["DROP"]),
+        // The node is in a range: the address itself is let through as a
+        // source (the node's own traffic to it comes back so).
+        ("192.168.56.60", "192.168.56.60:80", Origin::Remote, &["10.244.1.2:8080 masq"]),
+        // No IPv6 range: the IPv6 address is open to all.
+        ("2001:db8::9", "[fd56::60]:80", Origin::Remote, &["[fd44:0:1::2]:8080 masq"]),
+        // NodePorts on every address of the node but localhost.
+        ("192.168.77.2", "192.168.77.1:30081", Origin::Remote, &["10.244.1.2:8080 masq"]),
+        ("127.0.0.1", "127.0.0.1:30081", Origin::Node, &["PASS"]),
+        ("::1", "[::1]:30081", Origin::Node, &["PASS"]),
+        ("fd77::2", "[fd77::1]:30081", Origin::Remote, &["[fd44:0:1::2]:8080 masq"]),
+    ];
+    for (src, dst, origin, expected) in table {
+        let got = outcomes(&nft, &packet(src, dst, "tcp", *origin));
+        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(got, expected, "{src} -> {dst} ({origin:?})");
+    }
+}

@@ -147,8 +147,9 @@ impl<B: Backend, C: Conntrack> LocalDataplane<B, C> {
     /// Serves the `healthCheckNodePort`s of the last sync's catalog, as
     /// `portico node` does; returns the ports served.
     pub async fn serve_health_checks(&mut self) -> Vec<u16> {
-        let node = self.agent.node_name().to_owned();
-        self.health_checks.update(self.agent.catalog(), &node).await;
+        self.health_checks
+            .update(self.agent.catalog(), self.agent.proxier().config())
+            .await;
         self.health_checks.ports()
     }
 

@@ -7,10 +7,30 @@ use super::*;
 /// Renders one port of one family into `r`.
 pub(super) fn render_port(cfg: &Config, svc: &ServiceInfo, c: &PortCtx<'_>, r: &mut Rendered) {
     hairpins(c, r);
+    udp_flows(c, r);
     let port = PortRender::new(cfg, svc, c, r);
     port.cluster_ip(r);
     port.external(r);
     port.node_port(r);
+}
+
+/// The UDP flows of the port's entry points that may live on: those to a
+/// serving endpoint, whatever the traffic policies pick (kube-proxy clears
+/// the flows whose endpoint no longer serves, and only those; a draining
+/// endpoint keeps its flows).
+fn udp_flows(c: &PortCtx<'_>, r: &mut Rendered) {
+    if c.port.protocol != Protocol::Udp {
+        return;
+    }
+    let targets = std::iter::once(ConntrackTarget::Address(c.cluster_ip))
+        .chain(c.external.iter().map(|a| ConntrackTarget::Address(*a)))
+        .chain(
+            c.node_port
+                .map(|np| ConntrackTarget::NodePort(c.family, np)),
+        );
+    for target in targets {
+        r.udp.extend(c.serving.iter().map(|a| (target, *a)));
+    }
 }
 
 /// Endpoints that reach themselves through the Service are masqueraded.
@@ -127,11 +147,6 @@ impl<'a> PortRender<'a> {
                 }
             };
             els.push(element(family, SERVICE_IPS, key, verdict));
-            if c.port.protocol == Protocol::Udp {
-                for b in internal {
-                    r.udp.push((ConntrackTarget::Address(c.cluster_ip), b.addr));
-                }
-            }
         }
         r.entries.push((entry, els));
     }
@@ -166,15 +181,26 @@ impl<'a> PortRender<'a> {
             };
             let key = concat([Part::Addr(addr), Part::Word(p), Part::Num(port.into())]);
             let mut els = Vec::new();
-            if svc.load_balancer_ips.contains(&addr) && !svc.load_balancer_source_ranges.is_empty()
-            {
+            // Ranges of the address's own family: an address of a family
+            // without any is open to all, as in kube-proxy.
+            let ranges = Config::cidrs(&svc.load_balancer_source_ranges, family);
+            if svc.load_balancer_ips.contains(&addr) && !ranges.is_empty() {
                 els.push(Element {
                     family,
                     set: FIREWALL_IPS,
                     key: key.clone(),
                     value: None,
                 });
-                for range in Config::cidrs(&svc.load_balancer_source_ranges, family) {
+                let node_ips = cfg.node_ips(family);
+                let from_node = ranges
+                    .iter()
+                    .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+                // The node's own traffic to the address may come back with
+                // the address as its source (kube-proxy's allowFromNode).
+                let sources = ranges
+                    .into_iter()
+                    .chain(from_node.then(|| IpNet::from(addr)));
+                for range in sources {
                     els.push(Element {
                         family,
                         set: FIREWALL_ALLOW,
@@ -214,11 +240,6 @@ impl<'a> PortRender<'a> {
                     }
                 };
                 els.push(element(family, SERVICE_IPS, key, verdict));
-                if c.port.protocol == Protocol::Udp {
-                    for b in &c.all {
-                        r.udp.push((ConntrackTarget::Address(addr), b.addr));
-                    }
-                }
             }
             r.entries.push((entry, els));
         }
@@ -272,11 +293,6 @@ impl<'a> PortRender<'a> {
                     )
                 };
                 els.push(element(family, SERVICE_NODEPORTS, key, verdict));
-                if c.port.protocol == Protocol::Udp {
-                    for b in &c.all {
-                        r.udp.push((ConntrackTarget::NodePort(family, np), b.addr));
-                    }
-                }
             }
             r.entries.push((entry, els));
         }

@@ -44,6 +44,7 @@ pub fn config() -> Config {
             "192.168.77.1/32".parse().unwrap(),
             "fd77::1/128".parse().unwrap(),
         ],
+        node_ips: vec!["192.168.77.1".parse().unwrap(), "fd77::1".parse().unwrap()],
         service_proxy_name: None,
     }
 }
