@@ -94,9 +94,6 @@ fn zone_answer(
     out: &mut Vec<u8>,
 ) -> Outcome {
     let mut w = Writer::start(out, req, p);
-    if !snap.synced {
-        return reply(metrics, w, rcode::SERVFAIL, false, p);
-    }
     if matches!(p.qtype, rtype::AXFR | rtype::IXFR) {
         return reply(metrics, w, rcode::REFUSED, false, p);
     }
@@ -112,6 +109,9 @@ fn zone_answer(
     negative(metrics, w, snap, rcode::NXDOMAIN, p)
 }
 
+/// NXDOMAIN or NODATA, with the SOA. Before the first sync a name that is
+/// not there may yet come: SERVFAIL (with the SOA, as CoreDNS), never
+/// NXDOMAIN; the names already known are answered.
 fn negative(
     metrics: &DnsMetrics,
     mut w: Writer<'_>,
@@ -120,6 +120,9 @@ fn negative(
     p: &Parsed,
 ) -> Outcome {
     w.push(1, &snap.zone.soa_authority, 1);
+    if rc == rcode::NXDOMAIN && !snap.synced {
+        return reply(metrics, w, rcode::SERVFAIL, false, p);
+    }
     reply(metrics, w, rc, true, p)
 }
 
@@ -214,7 +217,12 @@ fn pod_answer(snap: &Snapshot, w: &mut Writer<'_>, p: &Parsed, rel: usize) -> Op
     }
     let mode = snap.zone.pods;
     if mode == PodsMode::Disabled {
-        return Some(rcode::NXDOMAIN);
+        // `pod.<zone>` itself exists (NODATA), as in CoreDNS.
+        return Some(if rel == 1 {
+            rcode::NOERROR
+        } else {
+            rcode::NXDOMAIN
+        });
     }
     let verified = mode == PodsMode::Verified;
     Some(match rel {

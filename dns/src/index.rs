@@ -206,14 +206,16 @@ impl IndexWriter {
             Rrset::new(rtype::NS, 1, &ns, glue_count, &glue),
         ]);
         self.insert_name(Entry::new(&zone.apex, &apex));
-        // dns-version.<zone> TXT "1.1.0" (schema version of the specification).
+        // dns-version.<zone> TXT "1.1.0" (schema version of the
+        // specification), with the TTL of the specification's example and
+        // CoreDNS.
         if let Some(name) = wire::name_under(&["dns-version"], &zone.apex) {
             let mut records = Vec::new();
             wire::push_rr(
                 &mut records,
                 Owner::Question,
                 rtype::TXT,
-                ttl,
+                DNS_VERSION_TTL,
                 &wire::txt_rdata("1.1.0"),
             );
             let node = Node::new(&[Rrset::new(rtype::TXT, 1, &records, 0, &[])]);
@@ -451,3 +453,6 @@ impl IndexWriter {
 
 #[cfg(test)]
 mod tests;
+
+/// The TTL of `dns-version.<zone>`.
+const DNS_VERSION_TTL: u32 = 28_800;

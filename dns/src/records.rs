@@ -5,12 +5,16 @@
 //! | --- | --- | --- |
 //! | ClusterIP (any type with ClusterIPs) | `<svc>.<ns>.svc.<zone>` | A/AAAA: the ClusterIPs |
 //! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for each named port → `<svc>.<ns>.svc.<zone>`, the ClusterIPs in additional |
+//! | | `<svc>.<ns>.svc.<zone>` | SRV for every port → itself |
 //! | | reverse of each ClusterIP | PTR → `<svc>.<ns>.svc.<zone>` |
-//! | headless | `<svc>.<ns>.svc.<zone>` | A/AAAA: ready endpoints (no name at all when none) |
-//! | | `<host>.<svc>.<ns>.svc.<zone>` | A/AAAA of that endpoint; `<host>` is its hostname, else its dashed address |
-//! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV per ready endpoint with that port → `<host>.<svc>…`, addresses in additional |
+//! | any with endpoints | `<host>.<svc>.<ns>.svc.<zone>` | A/AAAA of that ready endpoint; `<host>` is its hostname, else its dashed address |
 //! | | reverse of each ready endpoint | PTR → `<host>.<svc>.<ns>.svc.<zone>` |
-//! | ExternalName | `<svc>.<ns>.svc.<zone>` | CNAME → the external name |
+//! | headless | `<svc>.<ns>.svc.<zone>` | A/AAAA: ready endpoints (no name at all when none); SRV for every port of every ready endpoint → `<host>.<svc>…` |
+//! | | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV per ready endpoint with that port → `<host>.<svc>…`, addresses in additional |
+//! | ExternalName | `<svc>.<ns>.svc.<zone>` | CNAME → the external name (none when it is an IP address) |
+//!
+//! SRV weights are CoreDNS's: 100 shared by the records of a name, counted
+//! before duplicates (one per address of a target) are merged.
 //!
 //! "Ready" includes not-ready endpoints when the Service sets
 //! `publishNotReadyAddresses`.
@@ -120,6 +124,15 @@ pub(crate) fn service_records(zone: &Zone, svc: &ServiceInfo, endpoints: &[Endpo
     };
 
     if svc.type_ == ServiceType::ExternalName {
+        // An address is not a name to alias: CoreDNS serves no such
+        // Service (NXDOMAIN), and Kubernetes documents it as unresolved.
+        if svc
+            .external_name
+            .as_deref()
+            .is_some_and(|n| n.trim_end_matches('.').parse::<IpAddr>().is_ok())
+        {
+            return Built::default();
+        }
         let target = svc
             .external_name
             .as_deref()
@@ -132,33 +145,14 @@ pub(crate) fn service_records(zone: &Zone, svc: &ServiceInfo, endpoints: &[Endpo
         return b.finish();
     }
 
-    if !svc.headless {
-        b.node(&svc_name);
-        for ip in &svc.cluster_ips {
-            b.add_address(&svc_name, *ip);
-            b.ptrs.insert((*ip, svc_name.clone()));
-        }
-        for port in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-            let Some(srv) = srv_name(&port.name, port.protocol, &svc_name) else {
-                continue;
-            };
-            let ttl = zone.ttl;
-            let rdata = wire::srv_rdata(0, weight(1), port.port, &svc_name);
-            if let Some(set) = b.add(&srv, rtype::SRV, rdata) {
-                for ip in &svc.cluster_ips {
-                    add_extra(set, &svc_name, *ip, ttl);
-                }
-            }
-        }
-        return b.finish();
-    }
-
-    // Headless: the ready endpoints.
+    // The ready endpoints, by name; for any Service with a selector, as
+    // CoreDNS answers `<host>.<svc>…` and their PTRs for ClusterIP
+    // Services too.
     let ready: Vec<&Endpoint> = endpoints
         .iter()
         .filter(|e| e.ready || svc.publish_not_ready_addresses)
         .collect();
-    let mut srv: BTreeMap<Vec<u8>, Vec<SrvTarget>> = BTreeMap::new();
+    let mut hosts: Vec<(&Endpoint, Vec<u8>)> = Vec::new();
     for ep in &ready {
         let host = ep
             .hostname
@@ -167,23 +161,67 @@ pub(crate) fn service_records(zone: &Zone, svc: &ServiceInfo, endpoints: &[Endpo
         let Some(host_name) = wire::name_under(&[&host], &svc_name) else {
             continue;
         };
-        b.add_address(&svc_name, ep.address);
         b.add_address(&host_name, ep.address);
         b.ptrs.insert((ep.address, host_name.clone()));
-        for port in ep.ports.iter().filter(|p| !p.name.is_empty()) {
+        hosts.push((ep, host_name));
+    }
+
+    if !svc.headless {
+        b.node(&svc_name);
+        for ip in &svc.cluster_ips {
+            b.add_address(&svc_name, *ip);
+            b.ptrs.insert((*ip, svc_name.clone()));
+        }
+        let ttl = zone.ttl;
+        // `_<port>._<proto>.<svc>`: one record per ClusterIP, merged, so
+        // a dual-stack Service's weight is 50 (CoreDNS counts before it
+        // drops duplicates).
+        for port in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+            let Some(srv) = srv_name(&port.name, port.protocol, &svc_name) else {
+                continue;
+            };
+            let rdata = wire::srv_rdata(0, weight(svc.cluster_ips.len()), port.port, &svc_name);
+            if let Some(set) = b.add(&srv, rtype::SRV, rdata) {
+                for ip in &svc.cluster_ips {
+                    add_extra(set, &svc_name, *ip, ttl);
+                }
+            }
+        }
+        // `<svc>` SRV: every port.
+        let w = weight(svc.cluster_ips.len() * svc.ports.len());
+        for port in &svc.ports {
+            let rdata = wire::srv_rdata(0, w, port.port, &svc_name);
+            if let Some(set) = b.add(&svc_name, rtype::SRV, rdata) {
+                for ip in &svc.cluster_ips {
+                    add_extra(set, &svc_name, *ip, ttl);
+                }
+            }
+        }
+        return b.finish();
+    }
+
+    // Headless: the ready endpoints are the Service's addresses; SRV
+    // records point at their names, per named port and (at the Service's
+    // own name) for every port.
+    let mut srv: BTreeMap<Vec<u8>, Vec<SrvTarget>> = BTreeMap::new();
+    for (ep, host_name) in &hosts {
+        b.add_address(&svc_name, ep.address);
+        for port in ep.ports.iter() {
+            let target = (port.port, host_name.clone(), ep.address);
+            srv.entry(svc_name.clone())
+                .or_default()
+                .push(target.clone());
+            if port.name.is_empty() {
+                continue;
+            }
             if let Some(name) = srv_name(&port.name, port.protocol, &svc_name) {
-                srv.entry(name)
-                    .or_default()
-                    .push((port.port, host_name.clone(), ep.address));
+                srv.entry(name).or_default().push(target);
             }
         }
     }
     for (name, targets) in srv {
-        let mut distinct: BTreeSet<(u16, &[u8])> = BTreeSet::new();
-        for (port, host, _) in &targets {
-            distinct.insert((*port, host));
-        }
-        let w = weight(distinct.len());
+        // CoreDNS shares 100 among the records before it drops duplicates.
+        let w = weight(targets.len());
         for (port, host, ip) in &targets {
             let ttl = zone.ttl;
             if let Some(set) = b.add(&name, rtype::SRV, wire::srv_rdata(0, w, *port, host)) {

@@ -40,16 +40,25 @@ impl Zone {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
         let rdata = wire::soa_rdata(&ns_name, &rname, serial, ttl);
+        // The SOA's own TTL is the zone's, at most 300 s; its minimum
+        // field (the negative TTL) stays the zone's, as CoreDNS writes it.
+        let soa_ttl = ttl.min(MAX_SOA_TTL);
         let mut soa_authority = Vec::new();
         wire::push_rr(
             &mut soa_authority,
             Owner::Name(&apex),
             rtype::SOA,
-            ttl,
+            soa_ttl,
             &rdata,
         );
         let mut soa_answer = Vec::new();
-        wire::push_rr(&mut soa_answer, Owner::Question, rtype::SOA, ttl, &rdata);
+        wire::push_rr(
+            &mut soa_answer,
+            Owner::Question,
+            rtype::SOA,
+            soa_ttl,
+            &rdata,
+        );
         let mut unique = Vec::with_capacity(ns_ips.len());
         for ip in ns_ips {
             if !unique.contains(ip) {
@@ -83,3 +92,6 @@ impl Zone {
         (records, count)
     }
 }
+
+/// The longest TTL of the zone's SOA record.
+const MAX_SOA_TTL: u32 = 300;

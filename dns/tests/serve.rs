@@ -325,7 +325,7 @@ async fn every_record_kind_and_negative_answer_over_udp_and_tcp() {
     let cases: Vec<(&str, RecordType, ResponseCode, Vec<String>)> = vec![
         ("web.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError, vec!["web.default.svc.cluster.local A 10.96.0.10".into()]),
         ("WEB.Default.Svc.Cluster.Local.", RecordType::AAAA, ResponseCode::NoError, vec!["web.default.svc.cluster.local AAAA fd00:96::10".into()]),
-        ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV, ResponseCode::NoError, vec!["_http._tcp.web.default.svc.cluster.local SRV 0 100 80 web.default.svc.cluster.local".into()]),
+        ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV, ResponseCode::NoError, vec!["_http._tcp.web.default.svc.cluster.local SRV 0 50 80 web.default.svc.cluster.local".into()]),
         ("db.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError, vec!["db.default.svc.cluster.local A 10.244.0.1".into(), "db.default.svc.cluster.local A 10.244.0.2".into()]),
         ("db-0.db.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError, vec!["db-0.db.default.svc.cluster.local A 10.244.0.1".into()]),
         ("_pg._tcp.db.default.svc.cluster.local.", RecordType::SRV, ResponseCode::NoError, vec![
@@ -458,18 +458,14 @@ async fn malformed_packets_get_formerr_and_the_server_keeps_answering() {
 }
 
 #[tokio::test]
-async fn the_zone_answers_servfail_until_the_catalog_is_synced() {
+async fn a_missing_name_is_servfail_until_the_catalog_is_synced() {
     let server = Server::start(DnsConfig::default(), &cluster(), false).await;
-    let m = ask(
-        server.addr,
-        "web.default.svc.cluster.local.",
-        RecordType::A,
-        Via::Udp,
-    )
-    .await;
+    let missing = "nothing.default.svc.cluster.local.";
+    let m = ask(server.addr, missing, RecordType::A, Via::Udp).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert!(!server.dns.is_synced());
-    server.dns.mark_synced();
+    // A name already known is answered (CoreDNS answers what its caches
+    // hold and turns only NXDOMAIN into SERVFAIL).
     let m = ask(
         server.addr,
         "web.default.svc.cluster.local.",
@@ -478,6 +474,9 @@ async fn the_zone_answers_servfail_until_the_catalog_is_synced() {
     )
     .await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    server.dns.mark_synced();
+    let m = ask(server.addr, missing, RecordType::A, Via::Udp).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     server.stop().await;
 }
 

@@ -9,6 +9,8 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use portico_catalog::Catalog;
 use std::sync::Arc;
 
+mod coredns;
+
 struct Cluster {
     catalog: Catalog,
     writer: IndexWriter,
@@ -193,11 +195,11 @@ fn named_ports_of_a_cluster_ip_service_have_srv_records() {
     let c = web();
     assert_answer(
         &c.ask("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
-        &["_http._tcp.web.default.svc.cluster.local SRV 0 100 80 web.default.svc.cluster.local"],
+        &["_http._tcp.web.default.svc.cluster.local SRV 0 50 80 web.default.svc.cluster.local"],
     );
     assert_answer(
         &c.ask("_dns._udp.web.default.svc.cluster.local.", RecordType::SRV),
-        &["_dns._udp.web.default.svc.cluster.local SRV 0 100 53 web.default.svc.cluster.local"],
+        &["_dns._udp.web.default.svc.cluster.local SRV 0 50 53 web.default.svc.cluster.local"],
     );
     assert_negative(
         &c.ask("_dns._tcp.web.default.svc.cluster.local.", RecordType::SRV),
@@ -223,11 +225,12 @@ fn cluster_ip_srv_answers_carry_the_service_addresses_in_additional() {
         rrs(&m.additionals),
         ["v4.default.svc.cluster.local A 10.96.0.20"]
     );
-    // Dual-stack: both families.
+    // Dual-stack: both families (and CoreDNS's weight, 100 shared by one
+    // record per ClusterIP).
     let m = c.ask("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
     assert_answer(
         &m,
-        &["_http._tcp.web.default.svc.cluster.local SRV 0 100 80 web.default.svc.cluster.local"],
+        &["_http._tcp.web.default.svc.cluster.local SRV 0 50 80 web.default.svc.cluster.local"],
     );
     assert_eq!(
         rrs(&m.additionals),
@@ -549,12 +552,20 @@ fn pod_records_follow_the_pods_mode() {
 }
 
 #[test]
-fn the_zone_is_servfail_until_synced_and_other_names_are_forwarded() {
+fn until_synced_a_missing_name_is_servfail_and_other_names_are_forwarded() {
     let mut c = web();
     c.writer.set_synced(false);
-    let m = c.ask("web.default.svc.cluster.local.", RecordType::A);
+    // CoreDNS's notSyncedTestCases: SERVFAIL with the SOA, never NXDOMAIN.
+    let m = c.ask("svc0.default.svc.cluster.local.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert!(m.answers.is_empty());
+    assert_eq!(rrs(&m.authorities).len(), 1);
+    assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+    // What is known already is answered.
+    assert_answer(
+        &c.ask("web.default.svc.cluster.local.", RecordType::A),
+        &["web.default.svc.cluster.local A 10.96.0.10"],
+    );
     let (o, _) = c.raw(&query("example.org.", RecordType::A, true), Transport::Udp);
     assert_eq!(o, Outcome::Forward(Forward::Query));
 }
