@@ -347,8 +347,9 @@ impl ClusterIpController {
 
     /// In allocate mode, headless Services get no address but, as from the
     /// API server, their `ipFamilies` and `ipFamilyPolicy` (which decide the
-    /// address types of their EndpointSlices). Without a selector and on a
-    /// dual-stack cluster the policy defaults to `RequireDualStack`.
+    /// address types of their EndpointSlices). Without a selector the
+    /// policy defaults to `RequireDualStack`, and the families need no
+    /// service range (see [`Self::selectorless_families`]).
     pub(super) fn headless_families(
         &mut self,
         svc: &Service,
@@ -358,7 +359,7 @@ impl ClusterIpController {
         let spec = svc.spec.clone().unwrap_or_default();
         let selectorless = spec.selector.as_ref().is_none_or(|s| s.is_empty());
         let policy = spec.ip_family_policy.clone().unwrap_or_else(|| {
-            if selectorless && self.ranges.len() > 1 {
+            if selectorless {
                 "RequireDualStack".to_owned()
             } else {
                 "SingleStack".to_owned()
@@ -371,9 +372,15 @@ impl ClusterIpController {
             .ip_family_policy = Some(policy.clone());
         let was_blocked = !reported.is_empty();
         let mut writes = Vec::new();
-        match self.plan(&probe, &[]) {
-            Ok(plan) => {
-                let families: Vec<String> = plan.iter().map(|(f, _)| f.to_string()).collect();
+        let planned = if selectorless {
+            self.selectorless_families(&probe)
+        } else {
+            self.plan(&probe, &[])
+                .map(|plan| plan.iter().map(|(f, _)| *f).collect())
+        };
+        match planned {
+            Ok(planned) => {
+                let families: Vec<String> = planned.iter().map(ToString::to_string).collect();
                 if spec.ip_families.as_deref() != Some(families.as_slice())
                     || spec.ip_family_policy.as_deref() != Some(policy.as_str())
                 {
@@ -405,6 +412,52 @@ impl ClusterIpController {
             }
         }
         writes
+    }
+}
+
+impl ClusterIpController {
+    /// The families of a headless Service without a selector (endpoints
+    /// kept by hand), as the API server's `initIPFamilyFields` gives them:
+    /// the stated ones, else the cluster's first; and unless the policy is
+    /// `SingleStack`, the other family too, whatever ranges the cluster
+    /// has (no address is allocated, so none is needed). What is malformed
+    /// is refused as for any Service.
+    fn selectorless_families(&self, probe: &Service) -> Result<Vec<Family>, Problem> {
+        let refused = || {
+            self.plan(probe, &[])
+                .map(|plan| plan.iter().map(|(f, _)| *f).collect())
+        };
+        let spec = probe.spec.clone().unwrap_or_default();
+        let mut families = Vec::new();
+        for f in spec.ip_families.iter().flatten() {
+            match f.as_str() {
+                "IPv4" => families.push(Family::V4),
+                "IPv6" => families.push(Family::V6),
+                _ => return refused(),
+            }
+        }
+        if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
+            return refused();
+        }
+        let policy = spec
+            .ip_family_policy
+            .as_deref()
+            .unwrap_or("RequireDualStack");
+        match policy {
+            "SingleStack" if families.len() > 1 => return refused(),
+            "SingleStack" | "PreferDualStack" | "RequireDualStack" => {}
+            _ => return refused(),
+        }
+        if families.is_empty() {
+            families.push(self.ranges.first().map_or(Family::V4, |r| r.family));
+        }
+        if policy != "SingleStack" && families.len() < 2 {
+            families.push(match families[0] {
+                Family::V4 => Family::V6,
+                Family::V6 => Family::V4,
+            });
+        }
+        Ok(families)
     }
 }
 

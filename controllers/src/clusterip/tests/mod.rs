@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use std::time::Duration;
 
+mod upstream;
+
 fn net(services: &str) -> NetworkConfig {
     NetworkConfig::parse(services, "10.244.0.0/16").unwrap()
 }
