@@ -68,7 +68,8 @@ pub struct EndpointSliceController {
     services_by_label: HashMap<LabelKey, BTreeSet<String>>,
     pods: HashMap<Key, PodInfo>,
     pods_by_label: HashMap<LabelKey, BTreeSet<String>>,
-    zones: HashMap<String, String>,
+    /// Every Node, with its zone.
+    nodes: HashMap<String, Option<String>>,
     slices: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
     endpoints: HashMap<Key, usize>,
     /// The sum of `endpoints` (a metric), kept as it changes: summing at
@@ -87,7 +88,7 @@ impl EndpointSliceController {
             services_by_label: HashMap::new(),
             pods: HashMap::new(),
             pods_by_label: HashMap::new(),
-            zones: HashMap::new(),
+            nodes: HashMap::new(),
             slices: HashMap::new(),
             endpoints: HashMap::new(),
             endpoint_total: 0,
@@ -289,27 +290,24 @@ impl EndpointSliceController {
 
     /// Replaces every Node (a relist).
     pub fn reset_nodes<'a>(&mut self, nodes: impl IntoIterator<Item = &'a Node>, now: Instant) {
-        let zones: HashMap<String, String> = nodes
+        let nodes: HashMap<String, Option<String>> = nodes
             .into_iter()
-            .filter_map(|n| Some((n.metadata.name.clone()?, zone(n)?)))
+            .filter_map(|n| Some((n.metadata.name.clone()?, zone(n))))
             .collect();
-        if zones != self.zones {
-            self.zones = zones;
+        if nodes != self.nodes {
+            self.nodes = nodes;
             self.mark_all(now);
         }
     }
 
-    /// A Node was added or changed: only a change of its zone matters.
+    /// A Node was added or changed: only its coming and its zone matter.
     pub fn apply_node(&mut self, node: &Node, now: Instant) {
         let Some(name) = node.metadata.name.clone() else {
             return;
         };
-        let new = zone(node);
-        if self.zones.get(&name) != new.as_ref() {
-            match new {
-                Some(z) => self.zones.insert(name.clone(), z),
-                None => self.zones.remove(&name),
-            };
+        let new = Some(zone(node));
+        if self.nodes.get(&name) != new.as_ref() {
+            self.nodes.insert(name.clone(), zone(node));
             self.mark_services_on_node(&name, now);
         }
     }
@@ -317,10 +315,28 @@ impl EndpointSliceController {
     /// A Node was deleted.
     pub fn delete_node(&mut self, node: &Node, now: Instant) {
         if let Some(name) = node.metadata.name.clone()
-            && self.zones.remove(&name).is_some()
+            && self.nodes.remove(&name).is_some()
         {
             self.mark_services_on_node(&name, now);
         }
+    }
+
+    /// Whether a pod's endpoint may be published: its Node exists, or the
+    /// Service publishes not-ready addresses, or no Node is known at all
+    /// (manifests that do not model nodes). Upstream skips such a pod
+    /// until the Node comes (or the pod goes): a reference to a missing
+    /// Node must not keep a dead address in the slices.
+    fn on_known_node(&self, pod: &PodInfo, svc: &Service) -> bool {
+        self.nodes.is_empty()
+            || pod
+                .node
+                .as_deref()
+                .is_none_or(|n| self.nodes.contains_key(n))
+            || svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.publish_not_ready_addresses)
+                .unwrap_or(false)
     }
 
     fn mark_services_on_node(&mut self, node: &str, now: Instant) {
@@ -521,11 +537,27 @@ impl EndpointSliceController {
             .unwrap_or_default();
         let mut counted = None;
         let mut forget = false;
+        let mut missing_node = None;
         let plan = match self.services.get(key) {
             Some(svc) if selector(svc).is_some() && service_type(svc) != "ExternalName" => {
-                let desired = desired(svc, self.pods_selected(svc), |node| {
-                    self.zones.get(node).cloned()
-                });
+                let (pods, skipped): (Vec<&PodInfo>, Vec<&PodInfo>) = self
+                    .pods_selected(svc)
+                    .into_iter()
+                    .partition(|p| self.on_known_node(p, svc));
+                if let Some(p) = skipped.first() {
+                    missing_node = Some(format!(
+                        "skipping Pod {} for Service {}/{}: Node {} Not Found{}",
+                        p.name,
+                        key.namespace,
+                        key.name,
+                        p.node.as_deref().unwrap_or_default(),
+                        match skipped.len() {
+                            1 => String::new(),
+                            n => format!(" (and {} more Pods)", n - 1),
+                        }
+                    ));
+                }
+                let desired = desired(svc, pods, |node| self.nodes.get(node).cloned().flatten());
                 let count = desired
                     .values()
                     .flat_map(|g| g.values())
@@ -568,7 +600,22 @@ impl EndpointSliceController {
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
-        writes(key, plan, &self.metrics)
+        let mut out = writes(key, plan, &self.metrics);
+        // As upstream's sync error: a Warning on the Service; the Service
+        // is synced again when the Node comes.
+        if let (Some(message), Some(svc)) = (missing_node, self.services.get(key)) {
+            out.push(Write::event(
+                svc.as_ref(),
+                true,
+                "FailedToUpdateEndpointSlices",
+                "Sync",
+                format!(
+                    "Error updating Endpoint Slices for Service {}/{}: {message}",
+                    key.namespace, key.name
+                ),
+            ));
+        }
+        out
     }
 
     /// The slices of a Service that Portico manages, by name.

@@ -111,6 +111,8 @@ struct Sim {
     slices: BTreeMap<String, EndpointSlice>,
     now: Instant,
     next: u32,
+    /// Warning Events: (reason, note).
+    warnings: Vec<(String, String)>,
 }
 
 impl Sim {
@@ -131,6 +133,7 @@ impl Sim {
             slices: BTreeMap::new(),
             now,
             next: 0,
+            warnings: Vec::new(),
         }
     }
 
@@ -181,6 +184,7 @@ impl Sim {
                 let s = self.slices.remove(&target.name).unwrap();
                 self.ctrl.delete_slice(&s, self.now);
             }
+            Write::Event(e) if e.warning => self.warnings.push((e.reason, e.note)),
             other => panic!("unexpected write {other:?}"),
         }
     }

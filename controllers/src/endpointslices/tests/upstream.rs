@@ -107,3 +107,47 @@ fn a_service_without_a_cluster_ip_gets_the_headless_label() {
     assert!(headless("unset"));
     assert!(!headless("set"));
 }
+
+#[test]
+fn a_pod_on_a_node_that_does_not_exist_is_left_out_until_the_node_comes() {
+    // TestReconcilerPodMissingNode.
+    let mut sim = Sim::new(100);
+    sim.ctrl.apply_service(&mk_svc("web", "web"), sim.now);
+    sim.ctrl.apply_pod(
+        &mk_pod("web-1", "web", &["10.244.1.10"], "node-a", true),
+        sim.now,
+    );
+    sim.ctrl.apply_pod(
+        &mk_pod("web-2", "web", &["10.244.9.10"], "node-gone", true),
+        sim.now,
+    );
+    sim.settle();
+    assert_eq!(
+        sim.endpoints("web").keys().collect::<Vec<_>>(),
+        ["10.244.1.10"]
+    );
+    let (reason, note) = sim.warnings.last().cloned().unwrap();
+    assert_eq!(reason, "FailedToUpdateEndpointSlices");
+    assert_eq!(
+        note,
+        "Error updating Endpoint Slices for Service default/web: skipping Pod web-2 for Service default/web: Node node-gone Not Found"
+    );
+    // The Node comes: the pod is published.
+    let node = portico_testkit::objects::node("node-gone").build();
+    sim.ctrl.apply_node(&node, sim.now);
+    sim.settle();
+    assert_eq!(sim.endpoints("web").len(), 2);
+    // It goes again: "Update if publishNotReady false and no nodes are
+    // present" removes the endpoint.
+    sim.ctrl.delete_node(&node, sim.now);
+    sim.settle();
+    assert_eq!(sim.endpoints("web").len(), 1);
+
+    // publishNotReadyAddresses: kept ("Create and publishNotReady true").
+    let publish = with_spec(mk_svc("pub", "web"), |s| {
+        s.publish_not_ready_addresses = Some(true)
+    });
+    sim.ctrl.apply_service(&publish, sim.now);
+    sim.settle();
+    assert_eq!(sim.endpoints("pub").len(), 2);
+}
