@@ -109,7 +109,8 @@ pub struct Group {
 pub type Desired = BTreeMap<AddressType, BTreeMap<PortsKey, Group>>;
 
 /// The address types of a Service's slices: its `ipFamilies`, else the
-/// families of its ClusterIPs, else IPv4 (as upstream).
+/// families of its ClusterIPs, else both for a headless Service, else IPv4
+/// (as upstream).
 pub fn address_types(svc: &Service) -> Vec<AddressType> {
     let spec = svc.spec.clone().unwrap_or_default();
     let mut types: Vec<AddressType> = spec
@@ -130,6 +131,11 @@ pub fn address_types(svc: &Service) -> Vec<AddressType> {
                 }
             })
             .collect();
+    }
+    if types.is_empty() && is_headless(svc) {
+        // A headless Service without families: both, as upstream's
+        // getAddressTypesForService assumes.
+        types = vec![AddressType::V4, AddressType::V6];
     }
     if types.is_empty() {
         types.push(AddressType::V4);

@@ -64,14 +64,23 @@ pub fn plan(svc: &Service, desired: &Desired, existing: &[Arc<EndpointSlice>], m
     }
     out.delete.extend(by_group.into_values().flatten());
 
-    // 4. The placeholder: a Service always has at least one slice.
-    if existing.len() == out.delete.len() && out.create.is_empty() {
-        let first = desired.keys().next().copied().unwrap_or(AddressType::V4);
-        let placeholder = meta.new_slice(first, Vec::new());
-        if out.delete.len() == 1 && is_placeholder_of(&out.delete[0], &placeholder, &meta) {
-            out.delete.clear();
-        } else {
-            out.create.push(placeholder);
+    // 4. The placeholder: each address type of the Service always has at
+    //    least one slice (upstream's reconcileByAddressType).
+    for t in desired.keys() {
+        let of_type = |s: &EndpointSlice| AddressType::parse(&s.address_type) == Some(*t);
+        let existing_t = existing.iter().filter(|s| of_type(s)).count();
+        let deleted: Vec<usize> = (0..out.delete.len())
+            .filter(|i| of_type(&out.delete[*i]))
+            .collect();
+        if existing_t != deleted.len() || out.create.iter().any(of_type) {
+            continue;
+        }
+        let placeholder = meta.new_slice(*t, Vec::new());
+        match deleted.as_slice() {
+            [only] if is_placeholder_of(&out.delete[*only], &placeholder, &meta) => {
+                out.delete.remove(*only);
+            }
+            _ => out.create.push(placeholder),
         }
     }
     // 5. Reuse slices that would be deleted for slices that would be created.

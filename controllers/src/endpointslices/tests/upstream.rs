@@ -151,3 +151,47 @@ fn a_pod_on_a_node_that_does_not_exist_is_left_out_until_the_node_comes() {
     sim.settle();
     assert_eq!(sim.endpoints("pub").len(), 2);
 }
+
+#[test]
+fn each_address_type_has_a_slice_even_without_endpoints() {
+    // reconcileByAddressType makes its placeholder per address type.
+    let mut sim = Sim::new(100);
+    let dual = |name: &str| {
+        with_spec(mk_svc(name, name), |s| {
+            s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()])
+        })
+    };
+    sim.ctrl.apply_service(&dual("empty"), sim.now);
+    sim.ctrl.apply_service(&dual("v4-pods"), sim.now);
+    sim.ctrl.apply_pod(
+        &mk_pod("p-1", "v4-pods", &["10.244.1.10"], "node-a", true),
+        sim.now,
+    );
+    // Headless without families: both address types.
+    let headless = with_spec(mk_svc("db", "db"), |s| {
+        s.cluster_ip = Some("None".into());
+        s.ip_families = None;
+    });
+    sim.ctrl.apply_service(&headless, sim.now);
+    sim.ctrl.apply_pod(
+        &mk_pod("db-1", "db", &["10.244.1.11"], "node-a", true),
+        sim.now,
+    );
+    sim.settle();
+    let types = |svc: &str| {
+        let mut t: Vec<(String, usize)> = sim
+            .of_service(svc)
+            .iter()
+            .map(|s| (s.address_type.clone(), s.endpoints.len()))
+            .collect();
+        t.sort();
+        t
+    };
+    let both = |v4: usize| vec![("IPv4".to_owned(), v4), ("IPv6".to_owned(), 0)];
+    assert_eq!(types("empty"), both(0));
+    assert_eq!(types("v4-pods"), both(1));
+    assert_eq!(types("db"), both(1));
+    // Settled: nothing more to write.
+    sim.ctrl.apply_service(&dual("empty"), sim.now);
+    assert!(sim.settle().is_empty());
+}
