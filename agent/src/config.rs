@@ -7,6 +7,9 @@ use portico_controllers::k8s::Node;
 use portico_dataplane::Config;
 use std::net::IpAddr;
 
+/// The label that names a Node's zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// What the node dataplane programs beyond the networks (the flags of
 /// `portico node` and `portico local --dataplane`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,6 +84,9 @@ pub fn dataplane_config(
         service_cidrs: net.service_ranges.clone(),
         nodeport_addresses,
         node_ips: primary.iter().map(IpNet::addr).collect(),
+        zone: node
+            .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned())
+            .filter(|z| !z.is_empty()),
         service_proxy_name: settings.service_proxy_name.clone(),
     })
 }
@@ -148,6 +154,12 @@ mod tests {
             "the primary addresses, whatever --nodeport-addresses says"
         );
         assert!(dataplane_config(&net, "n1", &addresses(&["nope"]), None).is_err());
+        assert_eq!(c.zone, None);
+        let zoned = portico_testkit::objects::node("n1")
+            .label(ZONE_LABEL, "zone-a")
+            .build();
+        let c = dataplane_config(&net, "n1", &Settings::default(), Some(&zoned)).unwrap();
+        assert_eq!(c.zone.as_deref(), Some("zone-a"));
         // kube-proxy's `primary`: the default, said out loud; alone only.
         let c = dataplane_config(&net, "n1", &addresses(&["primary"]), Some(&n)).unwrap();
         assert_eq!(c.nodeport_addresses, primary_addresses(&n));

@@ -388,6 +388,10 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// `zone`.
     pub zone: Option<String>,
+    /// `hints.forZones`: the zones whose nodes should send this endpoint
+    /// their traffic (`trafficDistribution: PreferClose`); `None` without
+    /// hints.
+    pub zone_hints: Option<Box<[String]>>,
     /// The name of the Pod in `targetRef`, when it is a Pod.
     pub pod: Option<String>,
     /// The slice's ports (shared by every endpoint of the slice).
@@ -454,6 +458,17 @@ fn endpoint(ep: &discovery::Endpoint, ports: &Arc<[EndpointPort]>) -> Option<End
         hostname: ep.hostname.clone().filter(|h| !h.is_empty()),
         node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
         zone: ep.zone.clone().filter(|z| !z.is_empty()),
+        zone_hints: ep
+            .hints
+            .as_ref()
+            .and_then(|h| h.for_zones.as_ref())
+            .map(|zones| {
+                zones
+                    .iter()
+                    .map(|z| z.name.clone())
+                    .collect::<Box<[String]>>()
+            })
+            .filter(|zones| !zones.is_empty()),
         pod: ep
             .target_ref
             .as_ref()

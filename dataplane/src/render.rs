@@ -47,6 +47,11 @@ pub struct Config {
     /// sends to the address comes back with it as the source (kube-proxy's
     /// `allowFromNode`).
     pub node_ips: Vec<IpAddr>,
+    /// The node's zone (`topology.kubernetes.io/zone`): when every ready
+    /// endpoint of a Service port has zone hints and some are hinted for
+    /// this zone, only those take the node's traffic (kube-proxy's
+    /// topology-aware routing, `trafficDistribution: PreferClose`).
+    pub zone: Option<String>,
     /// `--service-proxy-name`: program only the Services labelled
     /// `service.kubernetes.io/service-proxy-name: <this>`. Unset, Portico
     /// programs the Services without that label, as kube-proxy does.
@@ -259,6 +264,7 @@ fn usable(
     family: Family,
     node: Option<&str>,
     me: &str,
+    zone: Option<&str>,
 ) -> Vec<Backend> {
     let candidates: Vec<(&Endpoint, Backend)> = endpoints
         .iter()
@@ -290,10 +296,28 @@ fn usable(
         v
     };
     let ready = pick(&|e| e.ready);
-    if !ready.is_empty() {
-        return ready;
+    if ready.is_empty() {
+        return pick(&|e| e.serving && e.terminating);
     }
-    pick(&|e| e.serving && e.terminating)
+    // Zone hints narrow the cluster-wide set (never the node-local one,
+    // nor the terminating fallback), as kube-proxy's CategorizeEndpoints:
+    // only when every ready endpoint has hints and one is for this zone.
+    if node.is_none()
+        && let Some(zone) = zone
+    {
+        let ready_eps = || candidates.iter().filter(|(e, _)| e.ready);
+        let for_zone = |e: &Endpoint| zone_hints(e).iter().any(|z| z == zone);
+        if ready_eps().all(|(e, _)| !zone_hints(e).is_empty())
+            && ready_eps().any(|(e, _)| for_zone(e))
+        {
+            return pick(&|e| e.ready && for_zone(e));
+        }
+    }
+    ready
+}
+
+fn zone_hints(e: &Endpoint) -> &[String] {
+    e.zone_hints.as_deref().unwrap_or_default()
 }
 
 /// The addresses of the serving endpoints of a port (ready ones, and
@@ -322,7 +346,7 @@ pub fn local_endpoint_count(svc: &ServiceInfo, endpoints: &[Endpoint], node: &st
     let mut addrs: Vec<IpAddr> = Vec::new();
     for port in &svc.ports {
         for family in Family::ALL {
-            for b in usable(endpoints, port, family, Some(node), node) {
+            for b in usable(endpoints, port, family, Some(node), node, None) {
                 let ready = endpoints
                     .iter()
                     .any(|e| e.address == b.addr && e.ready && !e.terminating);
@@ -503,13 +527,21 @@ pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -
                 node_port: port.node_port.filter(|_| {
                     matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
                 }),
-                all: usable(endpoints, port, family, None, &cfg.node_name),
+                all: usable(
+                    endpoints,
+                    port,
+                    family,
+                    None,
+                    &cfg.node_name,
+                    cfg.zone.as_deref(),
+                ),
                 local: usable(
                     endpoints,
                     port,
                     family,
                     Some(&cfg.node_name),
                     &cfg.node_name,
+                    None,
                 ),
                 serving: serving(endpoints, port, family),
             };

@@ -223,3 +223,78 @@ fn source_ranges_by_family_from_the_node_and_no_nodeports_on_localhost() {
         assert_eq!(got, expected, "{src} -> {dst} ({origin:?})");
     }
 }
+
+/// kube-proxy's topology-aware routing (`TestTopologyAwareHints`,
+/// `CategorizeEndpoints`): zone hints narrow the cluster-wide endpoints
+/// when every ready endpoint has them and some are for the node's zone.
+#[test]
+fn zone_hints_keep_traffic_in_the_nodes_zone() {
+    let http = [("http", "TCP", 8080)];
+    let services = vec![
+        svc("default", "close", "10.96.0.10").port("http", "TCP", 80),
+        svc("default", "partly", "10.96.0.11").port("http", "TCP", 80),
+        svc("default", "elsewhere", "10.96.0.12").port("http", "TCP", 80),
+    ];
+    let slices = vec![
+        slice(
+            "default",
+            "close-1",
+            "close",
+            &http,
+            &[
+                ep("10.244.1.2").zoned("zone-a", Some("zone-a")),
+                ep("10.244.2.2")
+                    .on(OTHER_NODE)
+                    .zoned("zone-b", Some("zone-b")),
+                ep("10.244.3.2")
+                    .on(OTHER_NODE)
+                    .zoned("zone-a", Some("zone-a")),
+                // Not ready: neither counted nor picked.
+                ep("10.244.4.2").on(OTHER_NODE).not_ready(),
+            ],
+        ),
+        // One ready endpoint without hints: hints are ignored.
+        slice(
+            "default",
+            "partly-1",
+            "partly",
+            &http,
+            &[
+                ep("10.244.1.3").zoned("zone-a", Some("zone-a")),
+                ep("10.244.2.3").on(OTHER_NODE),
+            ],
+        ),
+        // No endpoint for this zone: every endpoint.
+        slice(
+            "default",
+            "elsewhere-1",
+            "elsewhere",
+            &http,
+            &[
+                ep("10.244.2.4")
+                    .on(OTHER_NODE)
+                    .zoned("zone-b", Some("zone-b")),
+                ep("10.244.2.5")
+                    .on(OTHER_NODE)
+                    .zoned("zone-c", Some("zone-c")),
+            ],
+        ),
+    ];
+    let mut cfg = config();
+    cfg.zone = Some("zone-a".into());
+    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
+    p.full_sync(&catalog(&services, &slices)).unwrap();
+    let nft = p.backend().clone();
+    let pod = "10.244.9.9";
+    #[rustfmt::skip]
+    let table: &[(&str, &[&str])] = &[
+        ("10.96.0.10:80", &["10.244.1.2:8080", "10.244.3.2:8080"]),
+        ("10.96.0.11:80", &["10.244.1.3:8080", "10.244.2.3:8080"]),
+        ("10.96.0.12:80", &["10.244.2.4:8080", "10.244.2.5:8080"]),
+    ];
+    for (dst, expected) in table {
+        let got = outcomes(&nft, &packet(pod, dst, "tcp", Origin::Remote));
+        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(got, expected, "{dst}");
+    }
+}

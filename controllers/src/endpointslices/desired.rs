@@ -7,6 +7,7 @@
 use crate::k8s::{
     Endpoint, EndpointConditions, EndpointPort, ObjectReference, Pod, Service, is_headless,
 };
+use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -280,6 +281,10 @@ pub fn endpoint(
         hostname,
         node_name: pod.node.clone(),
         zone: zone.map(str::to_owned),
+        hints: zone.filter(|_| prefers_close(svc)).map(|z| EndpointHints {
+            for_zones: Some(vec![ForZone { name: z.to_owned() }]),
+            ..Default::default()
+        }),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".into()),
             namespace: Some(pod.namespace.clone()),
@@ -289,6 +294,18 @@ pub fn endpoint(
         }),
         ..Default::default()
     })
+}
+
+/// `trafficDistribution: PreferClose` (or its newer name `PreferSameZone`):
+/// each endpoint is hinted for its own zone, as upstream's
+/// `preferCloseHeuristic`; otherwise endpoints carry no hints.
+fn prefers_close(svc: &Service) -> bool {
+    matches!(
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.traffic_distribution.as_deref()),
+        Some("PreferClose" | "PreferSameZone")
+    )
 }
 
 /// The Service's ports as this pod resolves them. A named `targetPort` is

@@ -45,6 +45,7 @@ pub fn config() -> Config {
             "fd77::1/128".parse().unwrap(),
         ],
         node_ips: vec!["192.168.77.1".parse().unwrap(), "fd77::1".parse().unwrap()],
+        zone: None,
         service_proxy_name: None,
     }
 }
@@ -223,6 +224,19 @@ impl Ep {
             ready: Some(false),
             serving: Some(false),
             terminating: Some(false),
+        });
+        self
+    }
+
+    /// In `zone`, hinted for `hint` (`trafficDistribution: PreferClose`
+    /// hints an endpoint for its own zone).
+    pub fn zoned(mut self, zone: &str, hint: Option<&str>) -> Self {
+        self.0.zone = Some(zone.into());
+        self.0.hints = hint.map(|h| k8s_openapi::api::discovery::v1::EndpointHints {
+            for_zones: Some(vec![k8s_openapi::api::discovery::v1::ForZone {
+                name: h.into(),
+            }]),
+            ..Default::default()
         });
         self
     }

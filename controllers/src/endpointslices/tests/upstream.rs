@@ -195,3 +195,47 @@ fn each_address_type_has_a_slice_even_without_endpoints() {
     sim.ctrl.apply_service(&dual("empty"), sim.now);
     assert!(sim.settle().is_empty());
 }
+
+#[test]
+fn prefer_close_hints_each_endpoint_for_its_own_zone() {
+    // TestReconcile_TrafficDistribution, PreferClose.
+    let mut sim = Sim::new(100);
+    let svc = |dist: Option<&str>| {
+        with_spec(mk_svc("web", "web"), |s| {
+            s.traffic_distribution = dist.map(str::to_owned)
+        })
+    };
+    sim.ctrl.apply_service(&svc(Some("PreferClose")), sim.now);
+    sim.ctrl.apply_pod(
+        &mk_pod("web-1", "web", &["10.244.1.10"], "node-a", true),
+        sim.now,
+    );
+    sim.ctrl.apply_pod(
+        &mk_pod("web-2", "web", &["10.244.2.10"], "node-b", true),
+        sim.now,
+    );
+    sim.settle();
+    let hints = |sim: &Sim| -> Vec<(String, Option<Vec<String>>)> {
+        sim.endpoints("web")
+            .into_iter()
+            .map(|(addr, e)| {
+                let zones = e
+                    .hints
+                    .and_then(|h| h.for_zones)
+                    .map(|z| z.into_iter().map(|z| z.name).collect::<Vec<_>>());
+                (addr, zones)
+            })
+            .collect()
+    };
+    assert_eq!(
+        hints(&sim),
+        [
+            ("10.244.1.10".to_owned(), Some(vec!["zone-a".to_owned()])),
+            ("10.244.2.10".to_owned(), Some(vec!["zone-b".to_owned()])),
+        ]
+    );
+    // Back to the default: the hints go, in one update of the slice.
+    sim.ctrl.apply_service(&svc(None), sim.now);
+    assert_eq!(count(&sim.settle()), (0, 1, 0));
+    assert!(hints(&sim).iter().all(|(_, h)| h.is_none()));
+}
