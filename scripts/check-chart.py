@@ -222,6 +222,7 @@ CALLS = {
     },
     ("dns", "ClusterRole"): {
         ("", "services"): WATCH,
+        ("", "namespaces"): WATCH,
         ("discovery.k8s.io", "endpointslices"): WATCH,
         ("", "pods"): WATCH,
     },

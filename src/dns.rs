@@ -18,8 +18,8 @@ use futures::stream::{BoxStream, SelectAll};
 use kube::Api;
 use kube::runtime::watcher;
 use portico_catalog::Catalog;
-use portico_controllers::k8s::{EndpointSlice, Pod, Service};
-use portico_controllers::watch::{Relist, watch};
+use portico_controllers::k8s::{EndpointSlice, Namespace, Pod, Service};
+use portico_controllers::watch::{Relist, watch, watch_metadata};
 use portico_dns::{Dns, PodsMode};
 use prometheus_client::registry::Registry;
 
@@ -29,6 +29,7 @@ pub enum Watched {
     Service(Box<watcher::Event<Service>>),
     Slice(Box<watcher::Event<EndpointSlice>>),
     Pod(Box<watcher::Event<Pod>>),
+    Namespace(Box<watcher::Event<Namespace>>),
 }
 
 pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
@@ -61,8 +62,10 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     result
 }
 
-/// The watches of the DNS server: Services and EndpointSlices, and Pods
-/// when pod records are verified (`--pods verified`).
+/// The watches of the DNS server: Services, EndpointSlices, Namespaces
+/// (metadata only: a namespace that exists answers NODATA, one that does
+/// not NXDOMAIN), and Pods when pod records are verified (`--pods
+/// verified`).
 pub fn watches(
     client: &kube::Client,
     pods: bool,
@@ -74,6 +77,9 @@ pub fn watches(
         }),
         watch(Api::<EndpointSlice>::all(client.clone()), all(), |e| {
             Watched::Slice(Box::new(e))
+        }),
+        watch_metadata(Api::all(client.clone()), all(), |e| {
+            Watched::Namespace(Box::new(e))
         }),
     ]);
     if pods {
@@ -100,6 +106,7 @@ pub async fn drive(
     let mut catalog = Catalog::new();
     let mut services: Relist<Service> = Relist::default();
     let mut slices: Relist<EndpointSlice> = Relist::default();
+    let mut namespaces: Relist<Namespace> = Relist::default();
     let mut pods_synced = !pods_needed;
     tokio::pin!(shutdown);
     loop {
@@ -118,6 +125,11 @@ pub async fn drive(
                     ev.into_index(&mut catalog);
                 }
             }
+            Ok(Some(Watched::Namespace(ev))) => {
+                if let Some(ev) = namespaces.feed(*ev) {
+                    ev.into_index(&mut catalog);
+                }
+            }
             // Pods stream straight into the catalog, even during a relist:
             // buffering 100,000 Pod objects would cost more than the whole
             // DNS server.
@@ -133,7 +145,7 @@ pub async fn drive(
             Ok(None) => anyhow::bail!("a watch ended"),
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
         }
-        if !(services.synced() && slices.synced() && pods_synced) {
+        if !(services.synced() && slices.synced() && namespaces.synced() && pods_synced) {
             continue;
         }
         let changes = catalog.take_changes();

@@ -37,7 +37,7 @@ pub use model::{
     ServiceInfo, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use model::{SliceInfo, namespace_of, pod_ips};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -67,12 +67,17 @@ pub struct Changes {
     /// all with [`Catalog::pod_addresses`]); `pod_addresses` lists only the
     /// changes after the relist.
     pub pods_relisted: bool,
+    /// Namespaces that came or went (ask [`Catalog::has_namespace`]).
+    pub namespaces: BTreeSet<String>,
 }
 
 impl Changes {
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.pod_addresses.is_empty() && !self.pods_relisted
+        self.services.is_empty()
+            && self.pod_addresses.is_empty()
+            && !self.pods_relisted
+            && self.namespaces.is_empty()
     }
 }
 
@@ -91,6 +96,8 @@ pub struct Catalog {
     pod_relist: bool,
     pod_addresses: HashMap<Arc<str>, HashMap<IpAddr, u32>>,
     namespaces: HashSet<Arc<str>>,
+    /// The Namespace objects (DNS answers for a namespace that exists).
+    namespace_objects: BTreeSet<String>,
     changes: Changes,
 }
 
@@ -369,6 +376,47 @@ impl Catalog {
         }
         self.pod_relist = false;
         self.changes.pods_relisted = true;
+    }
+
+    // ---- Namespaces ----------------------------------------------------
+
+    /// Whether a Namespace object of this name exists.
+    pub fn has_namespace(&self, name: &str) -> bool {
+        self.namespace_objects.contains(name)
+    }
+
+    /// The names of the Namespace objects.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespace_objects.iter().map(String::as_str)
+    }
+
+    /// A Namespace was added (or changed).
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = ns.metadata.name.as_ref()
+            && self.namespace_objects.insert(name.clone())
+        {
+            self.changes.namespaces.insert(name.clone());
+        }
+    }
+
+    /// A Namespace was deleted.
+    pub fn delete_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = ns.metadata.name.as_ref()
+            && self.namespace_objects.remove(name)
+        {
+            self.changes.namespaces.insert(name.clone());
+        }
+    }
+
+    /// Replaces every Namespace (a relist).
+    pub fn reset_namespaces<'a>(&mut self, all: impl IntoIterator<Item = &'a Namespace>) {
+        let now: BTreeSet<String> = all
+            .into_iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let changed = now.symmetric_difference(&self.namespace_objects).cloned();
+        self.changes.namespaces.extend(changed);
+        self.namespace_objects = now;
     }
 
     /// Replaces every Pod (a relist of an in-memory list).

@@ -7,7 +7,7 @@
 //!  watcher::Event ──Relist::feed──> Event::{Reset, Apply, Delete} ──Index──> catalog / reconciler
 //! ```
 
-use crate::k8s::{EndpointSlice, Service};
+use crate::k8s::{EndpointSlice, Namespace, Service};
 use futures::{StreamExt, TryStreamExt};
 use kube::Api;
 use kube::api::PartialObjectMeta;
@@ -105,6 +105,19 @@ impl Index<Arc<EndpointSlice>> for Catalog {
     }
     fn delete(&mut self, obj: Arc<EndpointSlice>) {
         self.delete_slice(&obj);
+    }
+}
+
+/// Namespaces: DNS answers for the namespaces that exist.
+impl Index<Namespace> for Catalog {
+    fn reset(&mut self, all: Vec<Namespace>) {
+        self.reset_namespaces(all.iter());
+    }
+    fn apply(&mut self, obj: Namespace) {
+        self.apply_namespace(&obj);
+    }
+    fn delete(&mut self, obj: Namespace) {
+        self.delete_namespace(&obj);
     }
 }
 

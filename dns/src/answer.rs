@@ -225,10 +225,19 @@ fn pod_answer(snap: &Snapshot, w: &mut Writer<'_>, p: &Parsed, rel: usize) -> Op
         });
     }
     let verified = mode == PodsMode::Verified;
+    // A namespace that does not exist has no pod names (CoreDNS's
+    // namespaceExposed), in either mode.
     Some(match rel {
         1 => rcode::NOERROR,
         2 => {
-            if !verified || snap.has_pod_namespace(p.qname.label(0)) {
+            let ns = p.qname.label(0);
+            let exists = if verified {
+                snap.has_pod_namespace(ns)
+                    || (!snap.namespaces.is_empty() && snap.namespaces.contains(ns))
+            } else {
+                snap.namespace_exposed(ns)
+            };
+            if exists {
                 rcode::NOERROR
             } else {
                 rcode::NXDOMAIN
@@ -238,6 +247,9 @@ fn pod_answer(snap: &Snapshot, w: &mut Writer<'_>, p: &Parsed, rel: usize) -> Op
             let Some(ip) = wire::pod_label_ip(p.qname.label(0)) else {
                 return Some(rcode::NXDOMAIN);
             };
+            if !snap.namespace_exposed(p.qname.label(1)) {
+                return Some(rcode::NXDOMAIN);
+            }
             if verified && !snap.has_pod(p.qname.label(1), ip) {
                 return Some(rcode::NXDOMAIN);
             }

@@ -23,7 +23,7 @@ use crate::records::{self, Built};
 use crate::wire::{self, Owner, rtype};
 pub(crate) use crate::zone::Zone;
 use portico_catalog::{Catalog, Changes, Key};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -122,9 +122,20 @@ pub(crate) struct Snapshot {
     pub(crate) names: NameTable,
     pub(crate) ptrs: PtrMap,
     pub(crate) pods: PodMap,
+    /// The Namespace objects (empty: none known, as with manifests that
+    /// declare none).
+    pub(crate) namespaces: Arc<HashSet<Box<[u8]>>>,
 }
 
 impl Snapshot {
+    /// Whether a namespace is there for DNS: a Namespace object of that
+    /// name, or pods in it; any name when no Namespace is known at all.
+    pub(crate) fn namespace_exposed(&self, namespace: &[u8]) -> bool {
+        self.namespaces.is_empty()
+            || self.namespaces.contains(namespace)
+            || self.has_pod_namespace(namespace)
+    }
+
     pub(crate) fn has_pod(&self, namespace: &[u8], ip: IpAddr) -> bool {
         std::str::from_utf8(namespace)
             .ok()
@@ -158,6 +169,9 @@ pub(crate) struct IndexWriter {
     owned: HashMap<Key, Owned>,
     /// PTR targets of each address, counted.
     ptr_targets: HashMap<IpAddr, Vec<(Entry, u32)>>,
+    /// The Namespace objects, and the `<ns>.svc.<zone>` name each holds.
+    namespaces: Arc<HashSet<Box<[u8]>>>,
+    namespace_names: HashMap<String, Entry>,
 }
 
 impl IndexWriter {
@@ -171,6 +185,8 @@ impl IndexWriter {
             refs: HashMap::new(),
             owned: HashMap::new(),
             ptr_targets: HashMap::new(),
+            namespaces: Arc::default(),
+            namespace_names: HashMap::new(),
         };
         w.insert_static();
         w
@@ -241,6 +257,7 @@ impl IndexWriter {
             names: self.names.clone(),
             ptrs: self.ptrs.clone(),
             pods: self.pods.clone(),
+            namespaces: self.namespaces.clone(),
         }
     }
 
@@ -249,6 +266,9 @@ impl IndexWriter {
     pub(crate) fn apply(&mut self, catalog: &Catalog, changes: &Changes) {
         for key in &changes.services {
             self.update_service(catalog, key);
+        }
+        for ns in &changes.namespaces {
+            self.set_namespace(ns, catalog.has_namespace(ns));
         }
         if self.zone.pods == PodsMode::Verified {
             if changes.pods_relisted {
@@ -270,9 +290,47 @@ impl IndexWriter {
         for key in keys {
             self.update_service(catalog, &key);
         }
+        for ns in catalog.namespaces() {
+            self.set_namespace(ns, true);
+        }
         if self.zone.pods == PodsMode::Verified {
             self.rebuild_pods(catalog);
         }
+    }
+
+    /// A namespace that exists answers `<ns>.svc.<zone>` (NODATA) even
+    /// without Services, as CoreDNS; one that goes stops doing so once it
+    /// has none. The name holds a reference of its own, so Services coming
+    /// and going below it do not remove it.
+    fn set_namespace(&mut self, ns: &str, present: bool) {
+        if present == self.namespace_names.contains_key(ns) {
+            return;
+        }
+        let Some(name) = wire::name_under(&[ns, "svc"], &self.zone.apex) else {
+            return;
+        };
+        let mut set: HashSet<Box<[u8]>> = (*self.namespaces).clone();
+        if present {
+            let entry = self
+                .names
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| Entry::new(&name, &Node::default()));
+            self.insert_name(entry.clone());
+            *self.refs.entry(entry.clone()).or_insert(0) += 1;
+            self.namespace_names.insert(ns.to_owned(), entry);
+            set.insert(ns.as_bytes().into());
+        } else if let Some(entry) = self.namespace_names.remove(ns) {
+            if let Some(r) = self.refs.get_mut(entry.key()) {
+                *r -= 1;
+                if *r == 0 {
+                    self.refs.remove(entry.key());
+                }
+            }
+            self.remove_name(&entry);
+            set.remove(ns.as_bytes());
+        }
+        self.namespaces = Arc::new(set);
     }
 
     fn update_service(&mut self, catalog: &Catalog, key: &Key) {

@@ -31,9 +31,11 @@ pub fn catalog(world: &World) -> portico_catalog::Catalog {
     catalog
 }
 
-/// Brings a catalog's Services and EndpointSlices to a (reloaded) world;
+/// Brings a catalog's Namespaces, Services and EndpointSlices to a
+/// (reloaded) world;
 /// the catalog records what changed.
 pub fn update_catalog(catalog: &mut portico_catalog::Catalog, world: &World) {
+    catalog.reset_namespaces(world.namespaces.store.state().iter().map(AsRef::as_ref));
     catalog.reset_services(world.services.store.state().iter().map(AsRef::as_ref));
     catalog.reset_slices(
         world

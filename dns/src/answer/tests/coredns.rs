@@ -195,3 +195,97 @@ fn ttls_of_dns_version_and_the_soa() {
     let soa = m.authorities[0].data.to_string();
     assert!(soa.ends_with(" 600"), "{soa}");
 }
+
+fn namespace(name: &str) -> k8s_openapi::api::core::v1::Namespace {
+    k8s_openapi::api::core::v1::Namespace {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+impl Cluster {
+    fn namespace(&mut self, name: &str, present: bool) {
+        if present {
+            self.catalog.apply_namespace(&namespace(name));
+        } else {
+            self.catalog.delete_namespace(&namespace(name));
+        }
+        self.sync();
+    }
+}
+
+#[test]
+fn a_namespace_that_exists_answers_nodata_and_one_that_does_not_nxdomain() {
+    // handler_pod_verified_test "svcns.svc.cluster.local. A": NOERROR with
+    // the SOA for a namespace without Services; findPods: NXDOMAIN for a
+    // namespace that does not exist.
+    let mut c = web();
+    let ask = |c: &Cluster, name: &str| c.ask(name, RecordType::A);
+    // No Namespace known (manifests without any): names follow the records.
+    assert_negative(
+        &ask(&c, "emptyns.svc.cluster.local."),
+        ResponseCode::NXDomain,
+    );
+    assert_negative(
+        &ask(&c, "default.svc.cluster.local."),
+        ResponseCode::NoError,
+    );
+    c.namespace("default", true);
+    c.namespace("emptyns", true);
+    assert_negative(
+        &ask(&c, "emptyns.svc.cluster.local."),
+        ResponseCode::NoError,
+    );
+    assert_negative(
+        &ask(&c, "emptyns.pod.cluster.local."),
+        ResponseCode::NoError,
+    );
+    assert_negative(
+        &ask(&c, "nosuchns.svc.cluster.local."),
+        ResponseCode::NXDomain,
+    );
+    assert_negative(
+        &ask(&c, "nosuchns.pod.cluster.local."),
+        ResponseCode::NXDomain,
+    );
+    assert_negative(
+        &ask(&c, "web.emptyns.svc.cluster.local."),
+        ResponseCode::NXDomain,
+    );
+    // Services come and go below a namespace; its name stays.
+    c.svc(mk_svc("emptyns", "api", "10.96.0.30", &[]));
+    c.catalog
+        .delete_service(&mk_svc("emptyns", "api", "10.96.0.30", &[]));
+    c.sync();
+    assert_negative(
+        &ask(&c, "emptyns.svc.cluster.local."),
+        ResponseCode::NoError,
+    );
+    // The Namespace goes: so does its name.
+    c.namespace("emptyns", false);
+    assert_negative(
+        &ask(&c, "emptyns.svc.cluster.local."),
+        ResponseCode::NXDomain,
+    );
+    // The default namespace keeps answering (its Service holds it too).
+    c.namespace("default", false);
+    assert_negative(
+        &ask(&c, "default.svc.cluster.local."),
+        ResponseCode::NoError,
+    );
+
+    // Insecure pod records: only in namespaces that exist.
+    let mut c = Cluster::new(PodsMode::Insecure);
+    c.namespace("podns", true);
+    assert_answer(
+        &ask(&c, "10-1-2-3.podns.pod.cluster.local."),
+        &["10-1-2-3.podns.pod.cluster.local A 10.1.2.3"],
+    );
+    assert_negative(
+        &ask(&c, "10-1-2-3.nosuchns.pod.cluster.local."),
+        ResponseCode::NXDomain,
+    );
+}
