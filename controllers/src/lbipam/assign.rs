@@ -13,7 +13,7 @@ impl LbIpamController {
         before: Held,
     ) -> (Held, Option<Problem>) {
         let spec = svc.spec.clone().unwrap_or_default();
-        let requested = match requested_ips(svc) {
+        let (requested, families) = match request(svc) {
             Ok(r) => r,
             Err(p) => {
                 for (ip, _) in &before {
@@ -22,57 +22,8 @@ impl LbIpamController {
                 return (Vec::new(), Some(p));
             }
         };
-        let mut families: Vec<Family> = spec
-            .ip_families
-            .iter()
-            .flatten()
-            .filter_map(|f| match f.as_str() {
-                "IPv4" => Some(Family::V4),
-                "IPv6" => Some(Family::V6),
-                _ => None,
-            })
-            .collect();
-        if families.is_empty() {
-            families = requested.iter().map(|ip| Family::of(*ip)).collect();
-        }
-        if families.is_empty() {
-            families.push(Family::V4);
-        }
         let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
         let required = |i: usize| i == 0 || policy == "RequireDualStack";
-        for ip in &requested {
-            if !families.contains(&Family::of(*ip)) {
-                for (h, _) in &before {
-                    self.release(*h, key);
-                }
-                return (
-                    Vec::new(),
-                    Some(Problem::new(
-                        lb_reasons::INVALID_REQUEST,
-                        format!(
-                            "requested {ip} is {}, which the Service's ipFamilies do not include",
-                            Family::of(*ip)
-                        ),
-                    )),
-                );
-            }
-        }
-
-        if !requested.is_empty() && requested.len() < families.len() {
-            for (h, _) in &before {
-                self.release(*h, key);
-            }
-            return (
-                Vec::new(),
-                Some(Problem::new(
-                    lb_reasons::INVALID_REQUEST,
-                    format!(
-                        "requested {} but the Service is dual-stack; ask for one address of each family",
-                        list_ips(&requested)
-                    ),
-                )),
-            );
-        }
 
         // A dual-stack Service takes both addresses from one pool, as with
         // MetalLB: the first family's pool is the only one for the second.
@@ -336,6 +287,46 @@ fn pool_order(p: &PoolState) -> (bool, bool, i32, String) {
     let spec = p.spec();
     let selects = spec.service_selector.is_some() || spec.namespace_selector.is_some();
     (!selects, spec.priority == 0, spec.priority, p.name())
+}
+
+/// The addresses a Service asks for and the families it needs, in order;
+/// refused as MetalLB refuses them: a requested family the Service does
+/// not have, or one address for a dual-stack Service.
+fn request(svc: &Service) -> Result<(Vec<IpAddr>, Vec<Family>), Problem> {
+    let requested = requested_ips(svc)?;
+    let mut families: Vec<Family> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ip_families.iter().flatten())
+        .filter_map(|f| match f.as_str() {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        })
+        .collect();
+    if families.is_empty() {
+        families = requested.iter().map(|ip| Family::of(*ip)).collect();
+    }
+    if families.is_empty() {
+        families.push(Family::V4);
+    }
+    let invalid = |message: String| Err(Problem::new(lb_reasons::INVALID_REQUEST, message));
+    if let Some(ip) = requested
+        .iter()
+        .find(|ip| !families.contains(&Family::of(**ip)))
+    {
+        return invalid(format!(
+            "requested {ip} is {}, which the Service's ipFamilies do not include",
+            Family::of(*ip)
+        ));
+    }
+    if !requested.is_empty() && requested.len() < families.len() {
+        return invalid(format!(
+            "requested {} but the Service is dual-stack; ask for one address of each family",
+            list_ips(&requested)
+        ));
+    }
+    Ok((requested, families))
 }
 
 /// Which pools an address may come from.
