@@ -18,6 +18,11 @@ pub trait Conntrack {
     /// Deletes the UDP entries whose original destination is `target`
     /// and whose reply comes from `endpoint`; returns how many went.
     fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize>;
+
+    /// Deletes the UDP entries to `target` that were not translated (their
+    /// reply comes from the original destination itself: made while no
+    /// rule served it); returns how many went.
+    fn delete_udp_untranslated(&mut self, target: ConntrackTarget) -> Result<usize>;
 }
 
 /// The `conntrack` tool (conntrack-tools), optionally in a named network
@@ -42,6 +47,28 @@ impl ConntrackTool {
 
     /// The arguments of `conntrack` for one deletion.
     pub fn args(target: ConntrackTarget, endpoint: IpAddr) -> Vec<String> {
+        let mut args = ConntrackTool::target_args(target);
+        args.extend(["--reply-src".into(), endpoint.to_string()]);
+        args
+    }
+
+    /// The arguments of `conntrack` that delete the untranslated UDP
+    /// entries to `target`: the reply comes from the address (or, for a
+    /// NodePort, the port) that was asked for.
+    pub fn untranslated_args(target: ConntrackTarget) -> Vec<String> {
+        let mut args = ConntrackTool::target_args(target);
+        match target {
+            ConntrackTarget::Address(addr) => {
+                args.extend(["--reply-src".into(), addr.to_string()]);
+            }
+            ConntrackTarget::NodePort(_, port) => {
+                args.extend(["--reply-port-src".into(), port.to_string()]);
+            }
+        }
+        args
+    }
+
+    fn target_args(target: ConntrackTarget) -> Vec<String> {
         let mut args: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
         match target {
             ConntrackTarget::Address(addr) => {
@@ -60,14 +87,11 @@ impl ConntrackTool {
                 ]);
             }
         }
-        args.extend(["--reply-src".into(), endpoint.to_string()]);
         args
     }
-}
 
-impl Conntrack for ConntrackTool {
-    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize> {
-        let args = ConntrackTool::args(target, endpoint);
+    /// Runs one `conntrack -D`; the number of entries it deleted.
+    fn delete(&self, args: &[String]) -> Result<usize> {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -76,7 +100,7 @@ impl Conntrack for ConntrackTool {
             }
             None => Command::new("conntrack"),
         };
-        let out = cmd.args(&args).output().map_err(|e| Error::Spawn {
+        let out = cmd.args(args).output().map_err(|e| Error::Spawn {
             program: "conntrack".into(),
             message: e.to_string(),
         })?;
@@ -98,17 +122,34 @@ impl Conntrack for ConntrackTool {
     }
 }
 
+impl Conntrack for ConntrackTool {
+    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize> {
+        self.delete(&ConntrackTool::args(target, endpoint))
+    }
+
+    fn delete_udp_untranslated(&mut self, target: ConntrackTarget) -> Result<usize> {
+        self.delete(&ConntrackTool::untranslated_args(target))
+    }
+}
+
 /// Records deletions instead of making them (tests, and `portico
 /// explain`, which never touches the node's flows).
 #[derive(Clone, Debug, Default)]
 pub struct RecordingConntrack {
     /// Every deletion asked for, in order.
     pub deleted: Vec<(ConntrackTarget, IpAddr)>,
+    /// Every deletion of untranslated entries asked for, in order.
+    pub untranslated: Vec<ConntrackTarget>,
 }
 
 impl Conntrack for RecordingConntrack {
     fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize> {
         self.deleted.push((target, endpoint));
+        Ok(0)
+    }
+
+    fn delete_udp_untranslated(&mut self, target: ConntrackTarget) -> Result<usize> {
+        self.untranslated.push(target);
         Ok(0)
     }
 }

@@ -151,6 +151,36 @@ impl Inputs {
 /// The UDP flows to forget after a sync: (original destination, endpoint).
 pub type StaleFlows = Vec<(ConntrackTarget, IpAddr)>;
 
+/// What a sync changes of UDP flows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdpChanges {
+    /// Flows whose endpoint stopped serving.
+    pub stale: StaleFlows,
+    /// Entry points that had no serving endpoint and now have one: their
+    /// untranslated flows (made while nothing served them) must go, or
+    /// they would keep bypassing the new rules.
+    pub fresh: Vec<ConntrackTarget>,
+}
+
+impl UdpChanges {
+    /// From the flows of one Service (or of everything) before and after.
+    pub fn between(old: &[(ConntrackTarget, IpAddr)], new: &[(ConntrackTarget, IpAddr)]) -> Self {
+        let mut c = UdpChanges::default();
+        c.add(old, new);
+        c
+    }
+
+    fn add(&mut self, old: &[(ConntrackTarget, IpAddr)], new: &[(ConntrackTarget, IpAddr)]) {
+        self.stale
+            .extend(old.iter().filter(|f| !new.contains(f)).copied());
+        for (target, _) in new {
+            if !old.iter().any(|(t, _)| t == target) && !self.fresh.contains(target) {
+                self.fresh.push(*target);
+            }
+        }
+    }
+}
+
 impl Model {
     /// The number of chains installed (static, pick and per-Service).
     pub fn chain_count(&self) -> usize {
@@ -465,15 +495,15 @@ impl Model {
 
     /// Replaces the rules of some Services (deleted ones have no
     /// `Rendered`), returning the transaction that makes the kernel follow
-    /// and the UDP flows that lost their endpoint. Unchanged chains are
+    /// and what changed of UDP flows. Unchanged chains are
     /// not rewritten; pick chains are created when first needed and only
     /// removed by a full sync.
     pub fn partial_transaction(
         &mut self,
         updates: Vec<(Key, Option<Rendered>)>,
-    ) -> (Transaction, StaleFlows) {
+    ) -> (Transaction, UdpChanges) {
         let mut tx = Transaction::new();
-        let mut stale_flows = Vec::new();
+        let mut udp = UdpChanges::default();
         let mut new_sets: Vec<Set> = Vec::new();
         let mut refill: Vec<Chain> = Vec::new();
         let mut new_picks: Vec<(Family, Pick)> = Vec::new();
@@ -541,7 +571,7 @@ impl Model {
             }
             let old_udp: &[(ConntrackTarget, IpAddr)] = old.map_or(&[], |r| &r.udp);
             let new_udp: &[(ConntrackTarget, IpAddr)] = new.as_ref().map_or(&[], |r| &r.udp);
-            stale_flows.extend(old_udp.iter().filter(|f| !new_udp.contains(f)).copied());
+            udp.add(old_udp, new_udp);
         }
 
         // Apply the updates to the model.
@@ -665,7 +695,7 @@ impl Model {
         }
         self.picks.extend(new_picks.iter().copied());
         self.recount();
-        (tx, stale_flows)
+        (tx, udp)
     }
 
     /// Counts chains from scratch (after a partial sync).

@@ -11,7 +11,7 @@
 use crate::Result;
 use crate::backend::Backend;
 use crate::conntrack::Conntrack;
-use crate::model::{Existing, Model, StaleFlows, StaticSets};
+use crate::model::{Existing, Model, StaticSets, UdpChanges};
 use crate::names::Family;
 use crate::render::{Config, ConntrackTarget, render_service};
 use crate::tx::Transaction;
@@ -151,12 +151,16 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
 
     /// Rewrites everything and deletes what is no longer wanted.
     pub fn full_sync(&mut self, catalog: &Catalog) -> Result<SyncReport> {
-        self.full_sync_and_forget(catalog, Vec::new())
+        self.full_sync_and_forget(catalog, UdpChanges::default())
     }
 
-    /// A full sync that also forgets `stale` UDP flows (those a partial
-    /// sync found before it gave way to a full one).
-    fn full_sync_and_forget(&mut self, catalog: &Catalog, stale: StaleFlows) -> Result<SyncReport> {
+    /// A full sync that also carries out `pending` UDP changes (those a
+    /// partial sync found before it gave way to a full one).
+    fn full_sync_and_forget(
+        &mut self,
+        catalog: &Catalog,
+        pending: UdpChanges,
+    ) -> Result<SyncReport> {
         let start = Instant::now();
         self.needs_full = true;
         let mut existing: BTreeMap<Family, Existing> = BTreeMap::new();
@@ -177,12 +181,20 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         let old = std::mem::replace(&mut self.model, model);
         self.needs_full = false;
         self.full_failed = false;
-        let now: HashSet<(ConntrackTarget, IpAddr)> = udp_flows(&self.model);
-        let mut stale: StaleFlows = stale.into_iter().filter(|f| !now.contains(f)).collect();
-        stale.extend(udp_flows(&old).into_iter().filter(|f| !now.contains(f)));
-        stale.sort();
-        stale.dedup();
-        Ok(self.finish(SyncKind::Full, start, &tx, catalog.service_count(), stale))
+        let now: Vec<(ConntrackTarget, IpAddr)> = udp_flows(&self.model);
+        let before: Vec<(ConntrackTarget, IpAddr)> = udp_flows(&old);
+        let mut udp = UdpChanges::between(&before, &now);
+        let now: HashSet<(ConntrackTarget, IpAddr)> = now.into_iter().collect();
+        udp.stale
+            .extend(pending.stale.into_iter().filter(|f| !now.contains(f)));
+        udp.stale.sort();
+        udp.stale.dedup();
+        for t in pending.fresh {
+            if !udp.fresh.contains(&t) && now.iter().any(|(n, _)| *n == t) {
+                udp.fresh.push(t);
+            }
+        }
+        Ok(self.finish(SyncKind::Full, start, &tx, catalog.service_count(), udp))
     }
 
     /// Rewrites the rules of some Services (those gone from the catalog
@@ -206,12 +218,12 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
             })
             .collect();
         let count = updates.len();
-        let (tx, stale) = self.model.partial_transaction(updates);
+        let (tx, udp) = self.model.partial_transaction(updates);
         if self.model.outgrown() {
             // A set would hold more than it was declared for: a full sync
             // declares it anew, larger.
             self.needs_full = true;
-            return self.full_sync_and_forget(catalog, stale);
+            return self.full_sync_and_forget(catalog, udp);
         }
         if !tx.is_empty()
             && let Err(e) = self.backend.apply(&tx)
@@ -220,7 +232,7 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
             self.needs_full = true;
             return Err(e);
         }
-        Ok(self.finish(SyncKind::Partial, start, &tx, count, stale))
+        Ok(self.finish(SyncKind::Partial, start, &tx, count, udp))
     }
 
     fn finish(
@@ -229,16 +241,25 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         start: Instant,
         tx: &Transaction,
         services: usize,
-        stale: StaleFlows,
+        udp: UdpChanges,
     ) -> SyncReport {
         let mut deleted = 0;
         let mut errors = 0;
-        for (target, endpoint) in stale {
+        for (target, endpoint) in udp.stale {
             match self.conntrack.delete_udp(target, endpoint) {
                 Ok(n) => deleted += n,
                 Err(e) => {
                     errors += 1;
                     tracing::warn!(error = %e, ?target, %endpoint, "deleting UDP conntrack entries");
+                }
+            }
+        }
+        for target in udp.fresh {
+            match self.conntrack.delete_udp_untranslated(target) {
+                Ok(n) => deleted += n,
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(error = %e, ?target, "deleting untranslated UDP conntrack entries");
                 }
             }
         }
@@ -255,7 +276,7 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
     }
 }
 
-fn udp_flows(model: &Model) -> HashSet<(ConntrackTarget, IpAddr)> {
+fn udp_flows(model: &Model) -> Vec<(ConntrackTarget, IpAddr)> {
     model.udp_flows().collect()
 }
 

@@ -512,6 +512,46 @@ fn removed_udp_endpoints_lose_their_conntrack_entries() {
     );
 }
 
+/// A UDP entry point that gets its first serving endpoint (and every one at
+/// the first sync) has its untranslated flows deleted; one that keeps
+/// serving does not.
+#[test]
+fn udp_entry_points_that_start_serving_lose_their_untranslated_flows() {
+    let (services, mut slices) = showcase();
+    let mut catalog = catalog(&services, &slices);
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    let dns_v4 = ConntrackTarget::Address("10.96.0.53".parse().unwrap());
+    let dns_v6 = ConntrackTarget::Address("fd96::53".parse().unwrap());
+    assert_eq!(p.conntrack().untranslated, vec![dns_v4, dns_v6]);
+    let dns = |eps: &[Ep]| {
+        slice(
+            "kube-system",
+            "dns-v4",
+            "dns",
+            &[("dns", "UDP", 5353), ("dns-tcp", "TCP", 5353)],
+            eps,
+        )
+    };
+    let resync = |catalog: &mut Catalog, p: &mut Proxier<MemoryNft, RecordingConntrack>| {
+        let before = p.conntrack().untranslated.len();
+        let changes = catalog.take_changes();
+        p.sync(catalog, &changes).unwrap();
+        p.conntrack().untranslated[before..].to_vec()
+    };
+    // Still serving: nothing.
+    slices[1] = dns(&[ep("10.244.3.2")]);
+    catalog.apply_slice(&slices[1]);
+    assert_eq!(resync(&mut catalog, &mut p), vec![]);
+    // No endpoint, then one again.
+    slices[1] = dns(&[]);
+    catalog.apply_slice(&slices[1]);
+    assert_eq!(resync(&mut catalog, &mut p), vec![]);
+    slices[1] = dns(&[ep("10.244.3.2")]);
+    catalog.apply_slice(&slices[1]);
+    assert_eq!(resync(&mut catalog, &mut p), vec![dns_v4]);
+}
+
 /// kube-proxy's conntrack cleanup keeps every flow whose endpoint still
 /// serves: terminating ones, and those a traffic policy no longer picks.
 #[test]

@@ -206,6 +206,53 @@ fn a_node_port_answers_on_the_node_address() {
     assert!(lab.tcp(From::Pod(1), "10.244.1.1:30080").is_err());
 }
 
+/// kube-proxy's cleanup of a UDP Service that gets its first endpoint:
+/// a flow made while nothing served the NodePort is not translated, and
+/// would keep bypassing the new rules until it timed out.
+#[test]
+fn a_udp_flow_made_before_its_service_served_reaches_the_pod_once_it_does() {
+    let Some(lab) = lab(
+        "a_udp_flow_made_before_its_service_served_reaches_the_pod_once_it_does",
+        2,
+    ) else {
+        return;
+    };
+    let np = svc("default", "np", "10.96.0.20")
+        .port("dns", "UDP", 80)
+        .node_ports(&[30053]);
+    let mut c = catalog(&[], &[]);
+    let mut p = proxier(&lab);
+    p.full_sync(&c).unwrap();
+    // Nothing serves the port: the datagram meets the node itself.
+    assert!(
+        lab.udp(From::Client, "192.168.77.1:30053", Some(41000))
+            .is_err()
+    );
+    let entries = lab.conntrack_entries();
+    assert!(
+        entries.lines().any(|l| l.contains("dport=30053")
+            && l.contains("src=192.168.77.1 dst=192.168.77.2 sport=30053")),
+        "an untranslated entry: {entries}"
+    );
+    c.apply_service(&np.0);
+    c.apply_slice(&slice(
+        "default",
+        "np-1",
+        "np",
+        &[("dns", "UDP", 8080)],
+        &[ep("10.244.2.2").on(OTHER_NODE)],
+    ));
+    let changes = c.take_changes();
+    let report = p.sync(&c, &changes).unwrap();
+    assert!(report.conntrack_deleted >= 1, "{report:?}");
+    // The same client port now reaches the pod.
+    assert_eq!(
+        lab.udp(From::Client, "192.168.77.1:30053", Some(41000))
+            .unwrap(),
+        "pod2 10.244.2.1"
+    );
+}
+
 #[test]
 fn a_load_balancer_address_reaches_the_pods_within_its_source_ranges() {
     let Some(lab) = lab(
