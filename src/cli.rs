@@ -460,6 +460,11 @@ pub struct RuleArgs {
     /// every Service either way.
     #[arg(long, value_name = "NAME", env = "PORTICO_SERVICE_PROXY_NAME")]
     pub service_proxy_name: Option<String>,
+    /// Masquerade (SNAT) every connection to a ClusterIP, pods' too, as
+    /// kube-proxy's `--masquerade-all`. Without it, only connections from
+    /// outside `--cluster-cidr` (and hairpin ones) are masqueraded.
+    #[arg(long, env = "PORTICO_MASQUERADE_ALL")]
+    pub masquerade_all: bool,
 }
 
 impl RuleArgs {
@@ -468,6 +473,7 @@ impl RuleArgs {
         portico_agent::Settings {
             nodeport_addresses: self.nodeport_addresses.clone(),
             service_proxy_name: self.service_proxy_name.clone(),
+            masquerade_all: self.masquerade_all,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Settings {
     pub nodeport_addresses: Vec<String>,
     /// `--service-proxy-name`: program only the Services labelled with it.
     pub service_proxy_name: Option<String>,
+    /// `--masquerade-all`: masquerade every connection to a ClusterIP.
+    pub masquerade_all: bool,
 }
 
 /// The NodePort addresses by default: the node's first InternalIP of each
@@ -88,6 +90,7 @@ pub fn dataplane_config(
             .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned())
             .filter(|z| !z.is_empty()),
         service_proxy_name: settings.service_proxy_name.clone(),
+        masquerade_all: settings.masquerade_all,
     })
 }
 

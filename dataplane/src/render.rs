@@ -58,6 +58,9 @@ pub struct Config {
     /// Services labelled `service.kubernetes.io/headless` are never
     /// programmed.
     pub service_proxy_name: Option<String>,
+    /// `--masquerade-all`: masquerade every connection to a ClusterIP, not
+    /// only those from outside the pod network (kube-proxy's flag).
+    pub masquerade_all: bool,
 }
 
 impl Config {

@@ -298,3 +298,23 @@ fn zone_hints_keep_traffic_in_the_nodes_zone() {
         assert_eq!(got, expected, "{dst}");
     }
 }
+
+/// kube-proxy's `--masquerade-all`: pods' connections to a ClusterIP are
+/// masqueraded too.
+#[test]
+fn masquerade_all_masquerades_pods_too() {
+    let (services, slices) = showcase();
+    let mut cfg = config();
+    cfg.masquerade_all = true;
+    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
+    p.full_sync(&catalog(&services, &slices)).unwrap();
+    let got = outcomes(
+        p.backend(),
+        &packet("10.244.3.2", "10.96.0.10:80", "tcp", Origin::Remote),
+    );
+    let want: BTreeSet<String> = ["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(got, want);
+}

@@ -104,7 +104,7 @@ pub fn render_static(cfg: &Config, family: Family) -> StaticRules {
         })
         .collect();
     let cluster = cfg.cluster_cidrs(family);
-    let off_cluster = if cluster.is_empty() {
+    let off_cluster = if cluster.is_empty() || cfg.masquerade_all {
         String::new()
     } else {
         format!(" {f} saddr != {}", net_list(&cluster))

@@ -46,6 +46,7 @@ pub fn config() -> Config {
         ],
         node_ips: vec!["192.168.77.1".parse().unwrap(), "fd77::1".parse().unwrap()],
         zone: None,
+        masquerade_all: false,
         service_proxy_name: None,
     }
 }
