@@ -465,7 +465,7 @@ struct PortCtx<'a> {
     all: Vec<Backend>,
     local: Vec<Backend>,
     /// Addresses of every serving endpoint of the port (ready, or
-    /// terminating and still serving; any node).
+    /// terminating and still serving; any node); UDP ports only.
     serving: Vec<IpAddr>,
 }
 
@@ -546,7 +546,12 @@ pub fn render_service(cfg: &Config, svc: &ServiceInfo, endpoints: &[Endpoint]) -
                     &cfg.node_name,
                     None,
                 ),
-                serving: serving(endpoints, port, family),
+                // Only UDP flows are cleared; the others need no list.
+                serving: if port.protocol == Protocol::Udp {
+                    serving(endpoints, port, family)
+                } else {
+                    Vec::new()
+                },
             };
             render_port(cfg, svc, &ctx, &mut r);
         }
