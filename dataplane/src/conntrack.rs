@@ -9,15 +9,17 @@ use crate::names::Family;
 use crate::render::ConntrackTarget;
 use crate::{Error, Result};
 use std::io::ErrorKind;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
 /// Deletes conntrack entries.
 pub trait Conntrack {
     /// Deletes the UDP entries whose original destination is `target`
-    /// and whose reply comes from `endpoint`; returns how many went.
-    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize>;
+    /// and whose reply comes from `endpoint` (address and port: an
+    /// endpoint renumbered on the same address loses its old flows);
+    /// returns how many went.
+    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: SocketAddr) -> Result<usize>;
 
     /// Deletes the UDP entries to `target` that were not translated (their
     /// reply comes from the original destination itself: made while no
@@ -46,9 +48,14 @@ impl ConntrackTool {
     }
 
     /// The arguments of `conntrack` for one deletion.
-    pub fn args(target: ConntrackTarget, endpoint: IpAddr) -> Vec<String> {
+    pub fn args(target: ConntrackTarget, endpoint: SocketAddr) -> Vec<String> {
         let mut args = ConntrackTool::target_args(target);
-        args.extend(["--reply-src".into(), endpoint.to_string()]);
+        args.extend([
+            "--reply-src".into(),
+            endpoint.ip().to_string(),
+            "--reply-port-src".into(),
+            endpoint.port().to_string(),
+        ]);
         args
     }
 
@@ -123,7 +130,7 @@ impl ConntrackTool {
 }
 
 impl Conntrack for ConntrackTool {
-    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize> {
+    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: SocketAddr) -> Result<usize> {
         self.delete(&ConntrackTool::args(target, endpoint))
     }
 
@@ -137,13 +144,13 @@ impl Conntrack for ConntrackTool {
 #[derive(Clone, Debug, Default)]
 pub struct RecordingConntrack {
     /// Every deletion asked for, in order.
-    pub deleted: Vec<(ConntrackTarget, IpAddr)>,
+    pub deleted: Vec<(ConntrackTarget, SocketAddr)>,
     /// Every deletion of untranslated entries asked for, in order.
     pub untranslated: Vec<ConntrackTarget>,
 }
 
 impl Conntrack for RecordingConntrack {
-    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: IpAddr) -> Result<usize> {
+    fn delete_udp(&mut self, target: ConntrackTarget, endpoint: SocketAddr) -> Result<usize> {
         self.deleted.push((target, endpoint));
         Ok(0)
     }
@@ -255,19 +262,31 @@ mod tests {
 
     #[test]
     fn deletions_name_the_service_address_or_node_port() {
-        let ep: IpAddr = "10.244.1.5".parse().unwrap();
+        let ep: SocketAddr = "10.244.1.5:8053".parse().unwrap();
         assert_eq!(
             ConntrackTool::args(ConntrackTarget::Address("10.96.0.10".parse().unwrap()), ep)
                 .join(" "),
-            "-D -p udp --orig-dst 10.96.0.10 --reply-src 10.244.1.5"
+            "-D -p udp --orig-dst 10.96.0.10 --reply-src 10.244.1.5 --reply-port-src 8053"
         );
         assert_eq!(
             ConntrackTool::args(
                 ConntrackTarget::NodePort(Family::Ipv6, 30053),
-                "fd00::5".parse().unwrap()
+                "[fd00::5]:53".parse().unwrap()
             )
             .join(" "),
-            "-D -p udp -f ipv6 --orig-port-dst 30053 --reply-src fd00::5"
+            "-D -p udp -f ipv6 --orig-port-dst 30053 --reply-src fd00::5 --reply-port-src 53"
+        );
+        assert_eq!(
+            ConntrackTool::untranslated_args(ConntrackTarget::Address(
+                "10.96.0.10".parse().unwrap()
+            ))
+            .join(" "),
+            "-D -p udp --orig-dst 10.96.0.10 --reply-src 10.96.0.10"
+        );
+        assert_eq!(
+            ConntrackTool::untranslated_args(ConntrackTarget::NodePort(Family::Ipv4, 30053))
+                .join(" "),
+            "-D -p udp -f ipv4 --orig-port-dst 30053 --reply-port-src 30053"
         );
     }
 }

@@ -16,7 +16,7 @@ use crate::render::{
 use crate::tx::{SetKind, Transaction};
 use portico_catalog::{Catalog, Endpoint, Key, Seniority, ServiceInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What exists in one family's table, as listed from the kernel (no
@@ -149,7 +149,7 @@ impl Inputs {
 }
 
 /// The UDP flows to forget after a sync: (original destination, endpoint).
-pub type StaleFlows = Vec<(ConntrackTarget, IpAddr)>;
+pub type StaleFlows = Vec<(ConntrackTarget, SocketAddr)>;
 
 /// What a sync changes of UDP flows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -164,13 +164,20 @@ pub struct UdpChanges {
 
 impl UdpChanges {
     /// From the flows of one Service (or of everything) before and after.
-    pub fn between(old: &[(ConntrackTarget, IpAddr)], new: &[(ConntrackTarget, IpAddr)]) -> Self {
+    pub fn between(
+        old: &[(ConntrackTarget, SocketAddr)],
+        new: &[(ConntrackTarget, SocketAddr)],
+    ) -> Self {
         let mut c = UdpChanges::default();
         c.add(old, new);
         c
     }
 
-    fn add(&mut self, old: &[(ConntrackTarget, IpAddr)], new: &[(ConntrackTarget, IpAddr)]) {
+    fn add(
+        &mut self,
+        old: &[(ConntrackTarget, SocketAddr)],
+        new: &[(ConntrackTarget, SocketAddr)],
+    ) {
         self.stale
             .extend(old.iter().filter(|f| !new.contains(f)).copied());
         for (target, _) in new {
@@ -207,7 +214,7 @@ impl Model {
     }
 
     /// Every UDP flow the ruleset NATs: (original destination, endpoint).
-    pub fn udp_flows(&self) -> impl Iterator<Item = (ConntrackTarget, IpAddr)> + '_ {
+    pub fn udp_flows(&self) -> impl Iterator<Item = (ConntrackTarget, SocketAddr)> + '_ {
         self.services
             .values()
             .flat_map(|s| s.rules.udp.iter().copied())
@@ -569,8 +576,8 @@ impl Model {
                     new_picks.push(*p);
                 }
             }
-            let old_udp: &[(ConntrackTarget, IpAddr)] = old.map_or(&[], |r| &r.udp);
-            let new_udp: &[(ConntrackTarget, IpAddr)] = new.as_ref().map_or(&[], |r| &r.udp);
+            let old_udp: &[(ConntrackTarget, SocketAddr)] = old.map_or(&[], |r| &r.udp);
+            let new_udp: &[(ConntrackTarget, SocketAddr)] = new.as_ref().map_or(&[], |r| &r.udp);
             udp.add(old_udp, new_udp);
         }
 

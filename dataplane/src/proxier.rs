@@ -17,7 +17,7 @@ use crate::render::{Config, ConntrackTarget, render_service};
 use crate::tx::Transaction;
 use portico_catalog::{Catalog, Changes, Key};
 use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A full or a partial sync.
@@ -181,10 +181,10 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         let old = std::mem::replace(&mut self.model, model);
         self.needs_full = false;
         self.full_failed = false;
-        let now: Vec<(ConntrackTarget, IpAddr)> = udp_flows(&self.model);
-        let before: Vec<(ConntrackTarget, IpAddr)> = udp_flows(&old);
+        let now: Vec<(ConntrackTarget, SocketAddr)> = udp_flows(&self.model);
+        let before: Vec<(ConntrackTarget, SocketAddr)> = udp_flows(&old);
         let mut udp = UdpChanges::between(&before, &now);
-        let now: HashSet<(ConntrackTarget, IpAddr)> = now.into_iter().collect();
+        let now: HashSet<(ConntrackTarget, SocketAddr)> = now.into_iter().collect();
         udp.stale
             .extend(pending.stale.into_iter().filter(|f| !now.contains(f)));
         udp.stale.sort();
@@ -276,7 +276,7 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
     }
 }
 
-fn udp_flows(model: &Model) -> Vec<(ConntrackTarget, IpAddr)> {
+fn udp_flows(model: &Model) -> Vec<(ConntrackTarget, SocketAddr)> {
     model.udp_flows().collect()
 }
 

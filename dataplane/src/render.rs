@@ -20,7 +20,7 @@ use portico_catalog::{
 };
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,8 +220,9 @@ pub struct Rendered {
     pub sets: Vec<Set>,
     /// Pick chains it jumps to.
     pub picks: Vec<(Family, Pick)>,
-    /// UDP flows it NATs: (original destination, endpoint address).
-    pub udp: Vec<(ConntrackTarget, IpAddr)>,
+    /// UDP flows it NATs: (original destination, endpoint address and
+    /// port).
+    pub udp: Vec<(ConntrackTarget, SocketAddr)>,
 }
 
 impl Rendered {
@@ -323,18 +324,19 @@ fn zone_hints(e: &Endpoint) -> &[String] {
     e.zone_hints.as_deref().unwrap_or_default()
 }
 
-/// The addresses of the serving endpoints of a port (ready ones, and
-/// terminating ones that still serve), on any node.
-fn serving(endpoints: &[Endpoint], port: &ServicePort, family: Family) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = endpoints
+/// The addresses and ports of the serving endpoints of a port (ready ones,
+/// and terminating ones that still serve), on any node.
+fn serving(endpoints: &[Endpoint], port: &ServicePort, family: Family) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = endpoints
         .iter()
         .filter(|e| family.contains(&e.address) && (e.ready || e.serving))
-        .filter(|e| {
-            e.ports
+        .filter_map(|e| {
+            let p = e
+                .ports
                 .iter()
-                .any(|p| p.name == port.name && p.protocol == port.protocol)
+                .find(|p| p.name == port.name && p.protocol == port.protocol)?;
+            Some(SocketAddr::new(e.address, p.port))
         })
-        .map(|e| e.address)
         .collect();
     out.sort();
     out.dedup();
@@ -466,7 +468,7 @@ struct PortCtx<'a> {
     local: Vec<Backend>,
     /// Addresses of every serving endpoint of the port (ready, or
     /// terminating and still serving; any node); UDP ports only.
-    serving: Vec<IpAddr>,
+    serving: Vec<SocketAddr>,
 }
 
 impl PortCtx<'_> {

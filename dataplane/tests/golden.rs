@@ -507,8 +507,36 @@ fn removed_udp_endpoints_lose_their_conntrack_entries() {
         p.conntrack().deleted,
         vec![(
             ConntrackTarget::Address("10.96.0.53".parse().unwrap()),
-            "10.244.4.2".parse().unwrap()
+            "10.244.4.2:5353".parse().unwrap()
         )]
+    );
+}
+
+/// kube-proxy's `testOldEndpointPort`: an endpoint renumbered on the same
+/// address loses the flows of its old port.
+#[test]
+fn a_udp_endpoint_renumbered_on_its_address_loses_its_old_flows() {
+    let (services, mut slices) = showcase();
+    let mut catalog = catalog(&services, &slices);
+    let mut p = proxier();
+    p.full_sync(&catalog).unwrap();
+    slices[1] = slice(
+        "kube-system",
+        "dns-v4",
+        "dns",
+        &[("dns", "UDP", 5354), ("dns-tcp", "TCP", 5354)],
+        &[ep("10.244.3.2"), ep("10.244.4.2").on(OTHER_NODE)],
+    );
+    catalog.apply_slice(&slices[1]);
+    let changes = catalog.take_changes();
+    p.sync(&catalog, &changes).unwrap();
+    let dns = ConntrackTarget::Address("10.96.0.53".parse().unwrap());
+    assert_eq!(
+        p.conntrack().deleted,
+        vec![
+            (dns, "10.244.3.2:5353".parse().unwrap()),
+            (dns, "10.244.4.2:5353".parse().unwrap())
+        ]
     );
 }
 
@@ -597,7 +625,7 @@ fn udp_flows_to_serving_endpoints_are_kept() {
         resync(&mut catalog, &mut p),
         vec![(
             ConntrackTarget::Address("10.96.0.53".parse().unwrap()),
-            "10.244.4.2".parse().unwrap()
+            "10.244.4.2:5353".parse().unwrap()
         )]
     );
 }
