@@ -318,3 +318,33 @@ fn masquerade_all_masquerades_pods_too() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// A node-local endpoint that only `internalTrafficPolicy: Local` still
+/// picks (terminating, while ready ones serve elsewhere) is masqueraded
+/// when it reaches itself, as every kube-proxy endpoint chain does.
+#[test]
+fn a_local_terminating_endpoint_reaching_itself_is_masqueraded() {
+    let services = vec![
+        svc("default", "itp", "10.96.0.70")
+            .port("http", "TCP", 80)
+            .itp_local(),
+    ];
+    let slices = vec![slice(
+        "default",
+        "itp-1",
+        "itp",
+        &[("http", "TCP", 8080)],
+        &[
+            ep("10.244.1.2").terminating(),
+            ep("10.244.2.2").on(OTHER_NODE),
+        ],
+    )];
+    let mut p = Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default());
+    p.full_sync(&catalog(&services, &slices)).unwrap();
+    let got = outcomes(
+        p.backend(),
+        &packet("10.244.1.2", "10.96.0.70:80", "tcp", Origin::Remote),
+    );
+    let want: BTreeSet<String> = ["10.244.1.2:8080 masq".to_owned()].into();
+    assert_eq!(got, want);
+}

@@ -33,9 +33,12 @@ fn udp_flows(c: &PortCtx<'_>, r: &mut Rendered) {
     }
 }
 
-/// Endpoints that reach themselves through the Service are masqueraded.
+/// Endpoints that reach themselves through the Service are masqueraded:
+/// every endpoint a connection may be sent to, node-local ones included
+/// (a terminating one that only a `Local` policy still picks, too; every
+/// endpoint chain of kube-proxy masquerades its own address).
 fn hairpins(c: &PortCtx<'_>, r: &mut Rendered) {
-    for b in &c.all {
+    for b in c.all.iter().chain(&c.local) {
         if b.hairpin {
             r.shared.push(Element {
                 family: c.family,
