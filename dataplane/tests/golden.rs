@@ -512,6 +512,21 @@ fn removed_udp_endpoints_lose_their_conntrack_entries() {
     );
 }
 
+/// What one sync of the catalog's changes asked of conntrack.
+fn conntrack_of_a_sync(
+    catalog: &mut Catalog,
+    p: &mut Proxier<MemoryNft, RecordingConntrack>,
+) -> RecordingConntrack {
+    let before = p.conntrack().clone();
+    let changes = catalog.take_changes();
+    p.sync(catalog, &changes).unwrap();
+    let after = p.conntrack();
+    RecordingConntrack {
+        deleted: after.deleted[before.deleted.len()..].to_vec(),
+        untranslated: after.untranslated[before.untranslated.len()..].to_vec(),
+    }
+}
+
 /// kube-proxy's `testOldEndpointPort`: an endpoint renumbered on the same
 /// address loses the flows of its old port.
 #[test]
@@ -561,12 +576,7 @@ fn udp_entry_points_that_start_serving_lose_their_untranslated_flows() {
             eps,
         )
     };
-    let resync = |catalog: &mut Catalog, p: &mut Proxier<MemoryNft, RecordingConntrack>| {
-        let before = p.conntrack().untranslated.len();
-        let changes = catalog.take_changes();
-        p.sync(catalog, &changes).unwrap();
-        p.conntrack().untranslated[before..].to_vec()
-    };
+    let resync = |c: &mut Catalog, p: &mut _| conntrack_of_a_sync(c, p).untranslated;
     // Still serving: nothing.
     slices[1] = dns(&[ep("10.244.3.2")]);
     catalog.apply_slice(&slices[1]);
@@ -597,12 +607,7 @@ fn udp_flows_to_serving_endpoints_are_kept() {
     let mut catalog = catalog(&services, &slices);
     let mut p = proxier();
     p.full_sync(&catalog).unwrap();
-    let resync = |catalog: &mut Catalog, p: &mut Proxier<MemoryNft, RecordingConntrack>| {
-        let before = p.conntrack().deleted.len();
-        let changes = catalog.take_changes();
-        p.sync(catalog, &changes).unwrap();
-        p.conntrack().deleted[before..].to_vec()
-    };
+    let resync = |c: &mut Catalog, p: &mut _| conntrack_of_a_sync(c, p).deleted;
     // 10.244.4.2 drains: terminating but serving; no new connections, but
     // its flows stay.
     slices[1] = dns(&[
