@@ -2,13 +2,11 @@
 //! agent's settings.
 
 use ipnet::IpNet;
+use portico_catalog::labels;
 use portico_controllers::NetworkConfig;
 use portico_controllers::k8s::Node;
 use portico_dataplane::Config;
 use std::net::IpAddr;
-
-/// The label that names a Node's zone.
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// What the node dataplane programs beyond the networks (the flags of
 /// `portico node` and `portico local --dataplane`).
@@ -87,7 +85,7 @@ pub fn dataplane_config(
         nodeport_addresses,
         node_ips: primary.iter().map(IpNet::addr).collect(),
         zone: node
-            .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned())
+            .and_then(|n| n.metadata.labels.as_ref()?.get(labels::ZONE).cloned())
             .filter(|z| !z.is_empty()),
         service_proxy_name: settings.service_proxy_name.clone(),
         masquerade_all: settings.masquerade_all,
@@ -159,7 +157,7 @@ mod tests {
         assert!(dataplane_config(&net, "n1", &addresses(&["nope"]), None).is_err());
         assert_eq!(c.zone, None);
         let zoned = portico_testkit::objects::node("n1")
-            .label(ZONE_LABEL, "zone-a")
+            .label(labels::ZONE, "zone-a")
             .build();
         let c = dataplane_config(&net, "n1", &Settings::default(), Some(&zoned)).unwrap();
         assert_eq!(c.zone.as_deref(), Some("zone-a"));

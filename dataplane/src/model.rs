@@ -15,7 +15,7 @@ use crate::render::{
 };
 use crate::tx::{SetKind, Transaction};
 use portico_catalog::{Catalog, Endpoint, Key, Seniority, ServiceInfo};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -173,18 +173,27 @@ impl UdpChanges {
         c
     }
 
+    /// Adds what changed from `old` to `new` (hashed: a full sync compares
+    /// every UDP flow of the node).
     fn add(
         &mut self,
         old: &[(ConntrackTarget, SocketAddr)],
         new: &[(ConntrackTarget, SocketAddr)],
     ) {
+        let kept: HashSet<&(ConntrackTarget, SocketAddr)> = new.iter().collect();
         self.stale
-            .extend(old.iter().filter(|f| !new.contains(f)).copied());
-        for (target, _) in new {
-            if !old.iter().any(|(t, _)| t == target) && !self.fresh.contains(target) {
-                self.fresh.push(*target);
-            }
-        }
+            .extend(old.iter().filter(|f| !kept.contains(f)).copied());
+        let served: HashSet<ConntrackTarget> = old.iter().map(|(t, _)| *t).collect();
+        self.fresh
+            .extend(new.iter().map(|(t, _)| *t).filter(|t| !served.contains(t)));
+    }
+
+    /// Each flow and each entry point once, in order.
+    pub fn tidy(&mut self) {
+        self.stale.sort_unstable();
+        self.stale.dedup();
+        self.fresh.sort_unstable();
+        self.fresh.dedup();
     }
 }
 

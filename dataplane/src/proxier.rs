@@ -182,18 +182,14 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         self.needs_full = false;
         self.full_failed = false;
         let now: Vec<(ConntrackTarget, SocketAddr)> = udp_flows(&self.model);
-        let before: Vec<(ConntrackTarget, SocketAddr)> = udp_flows(&old);
-        let mut udp = UdpChanges::between(&before, &now);
-        let now: HashSet<(ConntrackTarget, SocketAddr)> = now.into_iter().collect();
+        let mut udp = UdpChanges::between(&udp_flows(&old), &now);
+        // What the partial sync that gave way found, where it still holds.
+        let flows: HashSet<&(ConntrackTarget, SocketAddr)> = now.iter().collect();
+        let targets: HashSet<ConntrackTarget> = now.iter().map(|(t, _)| *t).collect();
         udp.stale
-            .extend(pending.stale.into_iter().filter(|f| !now.contains(f)));
-        udp.stale.sort();
-        udp.stale.dedup();
-        for t in pending.fresh {
-            if !udp.fresh.contains(&t) && now.iter().any(|(n, _)| *n == t) {
-                udp.fresh.push(t);
-            }
-        }
+            .extend(pending.stale.into_iter().filter(|f| !flows.contains(f)));
+        udp.fresh
+            .extend(pending.fresh.into_iter().filter(|t| targets.contains(t)));
         Ok(self.finish(SyncKind::Full, start, &tx, catalog.service_count(), udp))
     }
 
@@ -241,8 +237,9 @@ impl<B: Backend, C: Conntrack> Proxier<B, C> {
         start: Instant,
         tx: &Transaction,
         services: usize,
-        udp: UdpChanges,
+        mut udp: UdpChanges,
     ) -> SyncReport {
+        udp.tidy();
         let mut deleted = 0;
         let mut errors = 0;
         for (target, endpoint) in udp.stale {

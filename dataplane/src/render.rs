@@ -95,15 +95,6 @@ impl Config {
             .flat_map(|n| without(*n, loopback))
             .collect()
     }
-
-    /// The node's primary addresses of a family.
-    pub fn node_ips(&self, family: Family) -> Vec<IpAddr> {
-        self.node_ips
-            .iter()
-            .filter(|ip| family.contains(ip))
-            .copied()
-            .collect()
-    }
 }
 
 /// `net` without the addresses of `hole`, as the fewest prefixes (`net`

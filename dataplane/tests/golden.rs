@@ -493,13 +493,7 @@ fn removed_udp_endpoints_lose_their_conntrack_entries() {
     let mut catalog = catalog(&services, &slices);
     let mut p = proxier();
     p.full_sync(&catalog).unwrap();
-    slices[1] = slice(
-        "kube-system",
-        "dns-v4",
-        "dns",
-        &[("dns", "UDP", 5353), ("dns-tcp", "TCP", 5353)],
-        &[ep("10.244.3.2")],
-    );
+    slices[1] = dns_slice(5353, &[ep("10.244.3.2")]);
     catalog.apply_slice(&slices[1]);
     let changes = catalog.take_changes();
     p.sync(&catalog, &changes).unwrap();
@@ -510,6 +504,17 @@ fn removed_udp_endpoints_lose_their_conntrack_entries() {
             "10.244.4.2:5353".parse().unwrap()
         )]
     );
+}
+
+/// The showcase's IPv4 DNS slice (UDP and TCP on `port`) with `eps`.
+fn dns_slice(port: i32, eps: &[Ep]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    slice(
+        "kube-system",
+        "dns-v4",
+        "dns",
+        &[("dns", "UDP", port), ("dns-tcp", "TCP", port)],
+        eps,
+    )
 }
 
 /// What one sync of the catalog's changes asked of conntrack.
@@ -535,19 +540,11 @@ fn a_udp_endpoint_renumbered_on_its_address_loses_its_old_flows() {
     let mut catalog = catalog(&services, &slices);
     let mut p = proxier();
     p.full_sync(&catalog).unwrap();
-    slices[1] = slice(
-        "kube-system",
-        "dns-v4",
-        "dns",
-        &[("dns", "UDP", 5354), ("dns-tcp", "TCP", 5354)],
-        &[ep("10.244.3.2"), ep("10.244.4.2").on(OTHER_NODE)],
-    );
+    slices[1] = dns_slice(5354, &[ep("10.244.3.2"), ep("10.244.4.2").on(OTHER_NODE)]);
     catalog.apply_slice(&slices[1]);
-    let changes = catalog.take_changes();
-    p.sync(&catalog, &changes).unwrap();
     let dns = ConntrackTarget::Address("10.96.0.53".parse().unwrap());
     assert_eq!(
-        p.conntrack().deleted,
+        conntrack_of_a_sync(&mut catalog, &mut p).deleted,
         vec![
             (dns, "10.244.3.2:5353".parse().unwrap()),
             (dns, "10.244.4.2:5353".parse().unwrap())
@@ -567,15 +564,7 @@ fn udp_entry_points_that_start_serving_lose_their_untranslated_flows() {
     let dns_v4 = ConntrackTarget::Address("10.96.0.53".parse().unwrap());
     let dns_v6 = ConntrackTarget::Address("fd96::53".parse().unwrap());
     assert_eq!(p.conntrack().untranslated, vec![dns_v4, dns_v6]);
-    let dns = |eps: &[Ep]| {
-        slice(
-            "kube-system",
-            "dns-v4",
-            "dns",
-            &[("dns", "UDP", 5353), ("dns-tcp", "TCP", 5353)],
-            eps,
-        )
-    };
+    let dns = |eps: &[Ep]| dns_slice(5353, eps);
     let resync = |c: &mut Catalog, p: &mut _| conntrack_of_a_sync(c, p).untranslated;
     // Still serving: nothing.
     slices[1] = dns(&[ep("10.244.3.2")]);
@@ -594,15 +583,7 @@ fn udp_entry_points_that_start_serving_lose_their_untranslated_flows() {
 /// serves: terminating ones, and those a traffic policy no longer picks.
 #[test]
 fn udp_flows_to_serving_endpoints_are_kept() {
-    let dns = |eps: &[Ep]| {
-        slice(
-            "kube-system",
-            "dns-v4",
-            "dns",
-            &[("dns", "UDP", 5353), ("dns-tcp", "TCP", 5353)],
-            eps,
-        )
-    };
+    let dns = |eps: &[Ep]| dns_slice(5353, eps);
     let (services, mut slices) = showcase();
     let mut catalog = catalog(&services, &slices);
     let mut p = proxier();

@@ -7,9 +7,10 @@
 
 mod support;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_catalog::Protocol;
 use portico_dataplane::trace::{self, Origin, Packet, Tracer};
-use portico_dataplane::{MemoryNft, Proxier, RecordingConntrack};
+use portico_dataplane::{Config, MemoryNft, Proxier, RecordingConntrack};
 use std::collections::BTreeSet;
 use support::*;
 
@@ -17,9 +18,13 @@ const NODE_ADDRESSES: [&str; 4] = ["192.168.77.1", "10.244.1.1", "fd77::1", "127
 
 fn showcase_nft() -> MemoryNft {
     let (services, slices) = showcase();
-    let c = catalog(&services, &slices);
-    let mut p = Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default());
-    p.full_sync(&c).unwrap();
+    rules(config(), &services, &slices)
+}
+
+/// The rules a full sync of `services` and `slices` installs under `cfg`.
+fn rules(cfg: Config, services: &[Svc], slices: &[EndpointSlice]) -> MemoryNft {
+    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
+    p.full_sync(&catalog(services, slices)).unwrap();
     p.backend().clone()
 }
 
@@ -44,6 +49,18 @@ fn outcomes(nft: &MemoryNft, p: &Packet) -> BTreeSet<String> {
         .into_iter()
         .map(|(o, _)| o.to_string())
         .collect()
+}
+
+/// A first packet `src -> dst` meets exactly the `expected` outcomes.
+#[track_caller]
+fn assert_outcomes(
+    nft: &MemoryNft,
+    (src, dst, proto, origin): (&str, &str, &str, Origin),
+    expected: &[&str],
+) {
+    let got = outcomes(nft, &packet(src, dst, proto, origin));
+    let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(got, expected, "{src} -> {dst}/{proto} ({origin:?})");
 }
 
 #[test]
@@ -100,9 +117,7 @@ fn packets_go_where_the_services_say() {
         (client, "10.244.2.2:8080", "tcp", Origin::Remote, &["PASS"]),
     ];
     for (src, dst, proto, origin, expected) in table {
-        let got = outcomes(&nft, &packet(src, dst, proto, *origin));
-        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
-        assert_eq!(got, expected, "{src} -> {dst}/{proto} ({origin:?})");
+        assert_outcomes(&nft, (src, dst, proto, *origin), expected);
     }
 }
 
@@ -198,9 +213,7 @@ fn source_ranges_by_family_from_the_node_and_no_nodeports_on_localhost() {
     ];
     let mut cfg = config();
     cfg.nodeport_addresses = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
-    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
-    p.full_sync(&catalog(&services, &slices)).unwrap();
-    let nft = p.backend().clone();
+    let nft = rules(cfg, &services, &slices);
     #[rustfmt::skip]
     let table: &[(&str, &str, Origin, &[&str])] = &[
         // Within the ranges, and outside them.
@@ -218,9 +231,7 @@ fn source_ranges_by_family_from_the_node_and_no_nodeports_on_localhost() {
         ("fd77::2", "[fd77::1]:30081", Origin::Remote, &["[fd44:0:1::2]:8080 masq"]),
     ];
     for (src, dst, origin, expected) in table {
-        let got = outcomes(&nft, &packet(src, dst, "tcp", *origin));
-        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
-        assert_eq!(got, expected, "{src} -> {dst} ({origin:?})");
+        assert_outcomes(&nft, (src, dst, "tcp", *origin), expected);
     }
 }
 
@@ -282,9 +293,7 @@ fn zone_hints_keep_traffic_in_the_nodes_zone() {
     ];
     let mut cfg = config();
     cfg.zone = Some("zone-a".into());
-    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
-    p.full_sync(&catalog(&services, &slices)).unwrap();
-    let nft = p.backend().clone();
+    let nft = rules(cfg, &services, &slices);
     let pod = "10.244.9.9";
     #[rustfmt::skip]
     let table: &[(&str, &[&str])] = &[
@@ -293,9 +302,7 @@ fn zone_hints_keep_traffic_in_the_nodes_zone() {
         ("10.96.0.12:80", &["10.244.2.4:8080", "10.244.2.5:8080"]),
     ];
     for (dst, expected) in table {
-        let got = outcomes(&nft, &packet(pod, dst, "tcp", Origin::Remote));
-        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
-        assert_eq!(got, expected, "{dst}");
+        assert_outcomes(&nft, (pod, dst, "tcp", Origin::Remote), expected);
     }
 }
 
@@ -306,17 +313,11 @@ fn masquerade_all_masquerades_pods_too() {
     let (services, slices) = showcase();
     let mut cfg = config();
     cfg.masquerade_all = true;
-    let mut p = Proxier::new(cfg, MemoryNft::new(), RecordingConntrack::default());
-    p.full_sync(&catalog(&services, &slices)).unwrap();
-    let got = outcomes(
-        p.backend(),
-        &packet("10.244.3.2", "10.96.0.10:80", "tcp", Origin::Remote),
+    assert_outcomes(
+        &rules(cfg, &services, &slices),
+        ("10.244.3.2", "10.96.0.10:80", "tcp", Origin::Remote),
+        &["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"],
     );
-    let want: BTreeSet<String> = ["10.244.1.2:8080 masq", "10.244.2.2:8080 masq"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    assert_eq!(got, want);
 }
 
 /// A node-local endpoint that only `internalTrafficPolicy: Local` still
@@ -339,12 +340,9 @@ fn a_local_terminating_endpoint_reaching_itself_is_masqueraded() {
             ep("10.244.2.2").on(OTHER_NODE),
         ],
     )];
-    let mut p = Proxier::new(config(), MemoryNft::new(), RecordingConntrack::default());
-    p.full_sync(&catalog(&services, &slices)).unwrap();
-    let got = outcomes(
-        p.backend(),
-        &packet("10.244.1.2", "10.96.0.70:80", "tcp", Origin::Remote),
+    assert_outcomes(
+        &rules(config(), &services, &slices),
+        ("10.244.1.2", "10.96.0.70:80", "tcp", Origin::Remote),
+        &["10.244.1.2:8080 masq"],
     );
-    let want: BTreeSet<String> = ["10.244.1.2:8080 masq".to_owned()].into();
-    assert_eq!(got, want);
 }

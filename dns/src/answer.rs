@@ -232,8 +232,7 @@ fn pod_answer(snap: &Snapshot, w: &mut Writer<'_>, p: &Parsed, rel: usize) -> Op
         2 => {
             let ns = p.qname.label(0);
             let exists = if verified {
-                snap.has_pod_namespace(ns)
-                    || (!snap.namespaces.is_empty() && snap.namespaces.contains(ns))
+                snap.has_pod_namespace(ns) || snap.namespaces.contains(ns)
             } else {
                 snap.namespace_exposed(ns)
             };

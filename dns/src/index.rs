@@ -309,7 +309,8 @@ impl IndexWriter {
         let Some(name) = wire::name_under(&[ns, "svc"], &self.zone.apex) else {
             return;
         };
-        let mut set: HashSet<Box<[u8]>> = (*self.namespaces).clone();
+        // The set is cloned at most once per published snapshot (a reset
+        // adds every namespace into one copy).
         if present {
             let entry = self
                 .names
@@ -319,7 +320,7 @@ impl IndexWriter {
             self.insert_name(entry.clone());
             *self.refs.entry(entry.clone()).or_insert(0) += 1;
             self.namespace_names.insert(ns.to_owned(), entry);
-            set.insert(ns.as_bytes().into());
+            Arc::make_mut(&mut self.namespaces).insert(ns.as_bytes().into());
         } else if let Some(entry) = self.namespace_names.remove(ns) {
             if let Some(r) = self.refs.get_mut(entry.key()) {
                 *r -= 1;
@@ -327,10 +328,9 @@ impl IndexWriter {
                     self.refs.remove(entry.key());
                 }
             }
+            Arc::make_mut(&mut self.namespaces).remove(ns.as_bytes());
             self.remove_name(&entry);
-            set.remove(ns.as_bytes());
         }
-        self.namespaces = Arc::new(set);
     }
 
     fn update_service(&mut self, catalog: &Catalog, key: &Key) {

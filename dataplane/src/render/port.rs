@@ -194,10 +194,10 @@ impl<'a> PortRender<'a> {
                     key: key.clone(),
                     value: None,
                 });
-                let node_ips = cfg.node_ips(family);
+                // (A range holds no address of the other family.)
                 let from_node = ranges
                     .iter()
-                    .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+                    .any(|r| cfg.node_ips.iter().any(|ip| r.contains(ip)));
                 // The node's own traffic to the address may come back with
                 // the address as its source (kube-proxy's allowFromNode).
                 let sources = ranges
